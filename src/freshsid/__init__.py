@@ -1,0 +1,3 @@
+"""freshsid: keep collaborative Semantic IDs fresh for generative retrieval."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,153 @@
+"""Artifacts: a folder of plain files plus a ``manifest.json`` that describes them.
+
+Every pipeline stage writes one artifact and reads the manifests of its inputs.
+A manifest records the kind, schema version, config, seed, input fingerprints,
+compute spent and the parent artifact, plus a SHA-256 for each file so that a
+corrupted or hand-edited artifact is refused on read.
+
+Writes are atomic: the folder is built under a temporary sibling name and renamed
+into place only when complete, so a crash never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from freshsid.errors import FreshsidError
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class Manifest(BaseModel):
+    """What an artifact folder holds and how it was made."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    schema_version: int = SCHEMA_VERSION
+    config: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    inputs: dict[str, str] = Field(default_factory=dict)  # name -> fingerprint
+    compute: dict[str, float] = Field(default_factory=dict)
+    parent: str | None = None  # fingerprint of the artifact this one derives from
+    files: dict[str, str] = Field(default_factory=dict)  # file name -> sha256
+    info: dict[str, Any] = Field(default_factory=dict)  # free-form summary numbers
+    created: float = Field(default_factory=time.time)
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable id of the content: hash of kind, config and file hashes (not the time)."""
+        payload = {"kind": self.kind, "config": self.config, "files": self.files, "seed": self.seed}
+        return fingerprint_of(payload)
+
+
+def fingerprint_of(obj: Any) -> str:
+    """SHA-256 (first 16 hex digits) of an object's canonical JSON."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def artifact_dir(out: Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it replaces ``out`` atomically.
+
+    The caller writes its files and then calls :func:`finish_manifest` on the
+    temporary folder. If the block raises, nothing at ``out`` changes.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FreshsidError(f"Output path {out} exists and is not a folder; choose another --out.")
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise FreshsidError(f"Output folder {out} is not empty; remove it or choose another --out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if not (tmp / MANIFEST).exists():
+            raise RuntimeError("artifact_dir block finished without writing a manifest")
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def finish_manifest(folder: Path, **fields: Any) -> Manifest:
+    """Hash every file in ``folder`` and write its manifest; returns the manifest."""
+    folder = Path(folder)
+    files = {
+        p.relative_to(folder).as_posix(): file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = Manifest(files=files, **fields)
+    write_json_atomic(folder / MANIFEST, manifest.model_dump(mode="json"))
+    return manifest
+
+
+def read_manifest(folder: Path, kind: str | None = None, *, verify: bool = True) -> Manifest:
+    """Read and check an artifact's manifest: kind, schema version and file hashes."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FreshsidError(f"{folder} is not a freshsid artifact (no {MANIFEST}); pass the folder a stage wrote.")
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except ValueError as exc:
+        first = str(exc).splitlines()[0]
+        raise FreshsidError(f"{path} is not a valid manifest ({first}); rebuild the artifact.") from None
+    if kind is not None and manifest.kind != kind:
+        raise FreshsidError(f"{folder} holds a {manifest.kind!r} artifact, not the {kind!r} expected here.")
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise FreshsidError(
+            f"{folder} has schema version {manifest.schema_version}, this freshsid reads {SCHEMA_VERSION}; rebuild it."
+        )
+    if verify:
+        for name, digest in manifest.files.items():
+            file = folder / name
+            if not file.is_file():
+                raise FreshsidError(f"{file} is missing from the artifact; rebuild {folder}.")
+            if file_sha256(file) != digest:
+                raise FreshsidError(f"{file} does not match its manifest hash (corrupted or edited); rebuild {folder}.")
+    return manifest

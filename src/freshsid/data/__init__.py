@@ -1,0 +1,1 @@
+"""Data layer: event logs, benchmark registry, temporal protocol, sequences, synthetic drift."""

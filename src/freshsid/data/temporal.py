@@ -1,0 +1,191 @@
+"""The temporal protocol of the SID-staleness literature.
+
+All events, sorted globally by time (stable), are cut into ``n_parts`` parts of
+equal count (sizes differ by at most one). Windows are half-open ranges of
+parts: by default base = [0, 8), gap = [8, 9), test = [9, 10).
+
+Test examples: every user with an event in the test window and at least one
+earlier event; input = the user's last ``max_history`` earlier items in order;
+labels = the set of items the user touches in the test window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from freshsid.data.interactions import Interactions
+from freshsid.errors import FreshsidError
+
+
+class Window(BaseModel):
+    """Half-open range of parts [start, stop)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start: int
+    stop: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if not 0 <= self.start < self.stop:
+            raise ValueError(f"window [{self.start}, {self.stop}) must satisfy 0 <= start < stop")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """Parse ``"0:8"`` (half-open) into a window."""
+        try:
+            start, stop = (int(v) for v in text.split(":"))
+            return cls(start=start, stop=stop)
+        except ValueError:
+            raise FreshsidError(f"Part range {text!r} is not START:STOP with 0 <= START < STOP, e.g. 0:8.") from None
+
+    def __str__(self) -> str:
+        return f"{self.start}:{self.stop}"
+
+
+class ProtocolConfig(BaseModel):
+    """Number of parts and the named windows; defaults follow the paper."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_parts: int = 10
+    base: Window = Window(start=0, stop=8)
+    gap: Window = Window(start=8, stop=9)
+    test: Window = Window(start=9, stop=10)
+    max_history: int = 20
+
+    @model_validator(mode="after")
+    def _fits(self) -> ProtocolConfig:
+        for name in ("base", "gap", "test"):
+            if getattr(self, name).stop > self.n_parts:
+                raise ValueError(f"window {name} ends after part {self.n_parts - 1}")
+        if self.base.stop > self.test.start or self.gap.stop > self.test.start:
+            raise ValueError("the test window must come after base and gap")
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class Examples:
+    """Test (or validation) examples.
+
+    Attributes:
+        users: (m,) dense user index.
+        inputs: (m, max_history) item index of the last earlier items, left-padded with -1.
+        label_indptr: (m + 1,) CSR offsets into ``label_items``.
+        label_items: (nnz,) item index; each user's labels are unique and sorted.
+    """
+
+    users: np.ndarray
+    inputs: np.ndarray
+    label_indptr: np.ndarray
+    label_items: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def labels(self, i: int) -> np.ndarray:
+        return self.label_items[self.label_indptr[i] : self.label_indptr[i + 1]]
+
+    def subset(self, rows: np.ndarray) -> Examples:
+        rows = np.asarray(rows)
+        counts = np.diff(self.label_indptr)[rows]
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        take = np.concatenate([np.arange(self.label_indptr[r], self.label_indptr[r + 1]) for r in rows]) if len(rows) else np.zeros(0, np.int64)
+        return Examples(self.users[rows], self.inputs[rows], indptr, self.label_items[take])
+
+
+class TemporalSplit:
+    """Parts of equal count over a time-sorted :class:`Interactions`."""
+
+    def __init__(self, logs: Interactions, n_parts: int = 10) -> None:
+        if n_parts < 2:
+            raise FreshsidError(f"Number of parts must be at least 2, got {n_parts}.")
+        if logs.n_events < n_parts:
+            raise FreshsidError(f"{logs.name} has {logs.n_events} events, fewer than the {n_parts} parts asked for.")
+        self.logs = logs
+        self.n_parts = n_parts
+        # bounds[p] is the first event of part p; integer division keeps sizes within one.
+        self.bounds = (np.arange(n_parts + 1, dtype=np.int64) * logs.n_events) // n_parts
+
+    def events(self, window: Window) -> slice:
+        """The event positions of a window, as a slice of the time-sorted arrays."""
+        self._check(window)
+        return slice(int(self.bounds[window.start]), int(self.bounds[window.stop]))
+
+    def _check(self, window: Window) -> None:
+        if window.stop > self.n_parts:
+            raise FreshsidError(f"Window {window} reaches past the last part ({self.n_parts - 1}); use parts 0:{self.n_parts}.")
+
+    def part_sizes(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+    def part_of_events(self) -> np.ndarray:
+        """(n_events,) part number of every event."""
+        return np.repeat(np.arange(self.n_parts), self.part_sizes())
+
+    def allowed_items(self, window: Window) -> np.ndarray:
+        """Sorted item indices seen in the window's events."""
+        return np.unique(self.logs.item[self.events(window)])
+
+    def new_items(self, window: Window) -> np.ndarray:
+        """Items whose first event falls in the window."""
+        first = self.bounds[window.start]
+        seen_before = np.zeros(self.logs.n_items, dtype=bool)
+        seen_before[self.logs.item[:first]] = True
+        inside = self.allowed_items(window)
+        return inside[~seen_before[inside]]
+
+    def examples(self, target: Window, *, max_history: int = 20, history_start: int = 0) -> Examples:
+        """Users with an event in ``target`` and at least one earlier event (from part
+        ``history_start`` on); input = last ``max_history`` earlier items, labels = target items."""
+        cut = int(self.bounds[target.start])
+        lo = int(self.bounds[history_start])
+        span = self.events(target)
+        logs = self.logs
+        hist_users = logs.user[lo:cut]
+        target_users = np.unique(logs.user[span])
+        has_history = np.zeros(logs.n_users, dtype=bool)
+        has_history[hist_users] = True
+        users = target_users[has_history[target_users]]
+
+        inputs = last_items(hist_users, logs.item[lo:cut], users, max_history)
+        # Labels: unique (user, item) pairs of the target window, grouped by user.
+        keep = has_history[logs.user[span]]
+        pairs = np.unique(np.stack([logs.user[span][keep], logs.item[span][keep]], axis=1), axis=0)
+        counts = np.bincount(np.searchsorted(users, pairs[:, 0]), minlength=len(users))
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return Examples(users, inputs, indptr, pairs[:, 1].astype(np.int64))
+
+    def report(self, target: Window) -> dict[str, int | float]:
+        """Users excluded from evaluation and labels on items unseen before the window."""
+        span = self.events(target)
+        users_in = np.unique(self.logs.user[span])
+        ex = self.examples(target)
+        seen = np.zeros(self.logs.n_items, dtype=bool)
+        seen[self.logs.item[: span.start]] = True
+        unseen = int((~seen[ex.label_items]).sum())
+        return {
+            "test_users": len(ex),
+            "excluded_users": int(len(users_in) - len(ex)),
+            "labels": int(len(ex.label_items)),
+            "labels_on_unseen_items": unseen,
+            "unseen_label_share": unseen / max(1, len(ex.label_items)),
+        }
+
+
+def last_items(event_users: np.ndarray, event_items: np.ndarray, users: np.ndarray, length: int) -> np.ndarray:
+    """(len(users), length) last ``length`` items of each user's time-ordered events,
+    left-padded with -1. ``users`` must be sorted."""
+    order = np.argsort(event_users, kind="stable")  # by user, time order kept within a user
+    su, si = event_users[order], event_items[order]
+    end = np.searchsorted(su, users, side="right")
+    start = np.searchsorted(su, users, side="left")
+    out = np.full((len(users), length), -1, dtype=np.int64)
+    # Column j (from the right) holds the item at position end-1-j when it exists.
+    for j in range(length):
+        pos = end - 1 - j
+        ok = pos >= start
+        out[ok, length - 1 - j] = si[pos[ok]]
+    return out
