@@ -1,0 +1,445 @@
+"""The generative retriever: a small GPT-style decoder over SID tokens.
+
+Read top to bottom: config, token layout, attention, block, model, FLOPs, checkpoints.
+
+Token layout of one user (D = SID levels, collision suffix included)::
+
+    [user bucket] [item_0 level 0 .. level D-1] [item_1 ...] ... [item_T-1 ...]
+
+The vocabulary is ``user_buckets`` user tokens followed by one token range per
+level (offsets derived from ``codebook_sizes``), so the same code at two levels
+is two different tokens. The input is that sequence minus its last token, and
+input position ``p`` predicts level ``p % D`` of item ``p // D``: the user token
+predicts item 0's first code, and every item is predicted from the items before it.
+
+Output head: the logits at a position cover only the level predicted there. The
+head is tied to the token embedding (as in GPT-2) and each level reads its own
+slice of it, rather than separate per-level heads: no extra parameters, one
+table per token, and a level's softmax never spends probability (or compute) on
+user tokens or codes of another level. With 2000 user buckets and 3 x 256 codes,
+a full-vocabulary head would be over 10x wider than the slice it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, fingerprint_of, read_manifest
+from freshsid.errors import FreshsidError
+
+CHECKPOINT_KIND = "retriever"
+WEIGHTS_FILE = "model.safetensors"
+TRAIN_FLOPS_MULTIPLIER = 3  # backward costs about twice the forward (Kaplan et al. 2020)
+
+
+class RetrieverConfig(BaseModel):
+    """Size of the retriever; ``codebook_sizes`` comes from the SidTable, never retyped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    codebook_sizes: tuple[int, ...]
+    width: int = Field(128, gt=0)
+    n_layers: int = Field(4, gt=0)
+    n_heads: int = Field(4, gt=0)
+    ffn: int = Field(512, gt=0)
+    user_buckets: int = Field(2000, gt=0)
+    max_history: int = Field(20, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrieverConfig:
+        if self.width % self.n_heads:
+            raise ValueError(f"width {self.width} must be divisible by n_heads {self.n_heads}")
+        if not self.codebook_sizes or min(self.codebook_sizes) < 1:
+            raise ValueError(f"codebook_sizes {self.codebook_sizes} must be non-empty and positive")
+        return self
+
+    @classmethod
+    def preset(cls, name: Literal["cpu", "paper"], *, codebook_sizes: tuple[int, ...]) -> RetrieverConfig:
+        """``cpu``: width 128, 4x4 heads, ffn 512, 2000 buckets. ``paper``: 768, 4 layers x 6 heads, 1024, 8000."""
+        sizes = {
+            "cpu": dict(width=128, n_layers=4, n_heads=4, ffn=512, user_buckets=2000),
+            "paper": dict(width=768, n_layers=4, n_heads=6, ffn=1024, user_buckets=8000),
+        }
+        if name not in sizes:
+            raise FreshsidError(f"unknown retriever preset {name!r}; use one of {sorted(sizes)}.")
+        return cls(codebook_sizes=tuple(codebook_sizes), **sizes[name])
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.codebook_sizes)
+
+    @property
+    def level_offsets(self) -> tuple[int, ...]:
+        """First token id of each level's range (user tokens come first)."""
+        return tuple(self.user_buckets + int(x) for x in np.cumsum((0, *self.codebook_sizes[:-1])))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.user_buckets + sum(self.codebook_sizes)
+
+    @property
+    def n_positions(self) -> int:
+        """Longest input: user + max_history items + the target's first D-1 tokens."""
+        return (self.max_history + 1) * self.n_levels
+
+
+def sid_shape_fingerprint(codebook_sizes: tuple[int, ...]) -> str:
+    """Fingerprint of a SID vocabulary shape; a checkpoint only fits tables with the same one."""
+    return fingerprint_of({"codebook_sizes": [int(k) for k in codebook_sizes]})
+
+
+# ---------------------------------------------------------------- token batches
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Token sequences for a batch of users, items packed to the left (right padding).
+
+    Attributes:
+        tokens: (B, 1 + T*D) long; pad positions hold token 0 and are never attended
+            to by real positions (they come after them under the causal mask).
+        item_valid: (B, T) bool, True for real items.
+        item_weight: (B, T) float, loss weight of each item's prediction.
+    """
+
+    tokens: torch.Tensor
+    item_valid: torch.Tensor
+    item_weight: torch.Tensor
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) number of real tokens (user token included)."""
+        n_levels = (self.tokens.shape[1] - 1) // self.item_valid.shape[1]
+        return 1 + self.item_valid.sum(1) * n_levels
+
+
+def build_tokens(
+    items: torch.Tensor | np.ndarray,
+    codes_table: torch.Tensor | np.ndarray,
+    user_tokens: torch.Tensor | np.ndarray,
+    *,
+    config: RetrieverConfig,
+    item_weight: torch.Tensor | np.ndarray | None = None,
+) -> TokenBatch:
+    """Turn item histories into token sequences.
+
+    Args:
+        items: (B, T) item indices, padded with -1 on either side (or anywhere);
+            real items keep their order and are packed to the left.
+        codes_table: (n_items, D) SID of every item.
+        user_tokens: (B,) user bucket in [0, user_buckets), see :func:`hash_user`.
+        config: the model config (token offsets).
+        item_weight: (B, T) loss weight per item, aligned with ``items``. Default:
+            every real item except each user's first (it has no history to predict from).
+
+    Returns:
+        TokenBatch with T columns of items.
+    """
+    items = torch.as_tensor(np.asarray(items) if not isinstance(items, torch.Tensor) else items).long()
+    codes = torch.as_tensor(codes_table).long().to(items.device)
+    users = torch.as_tensor(user_tokens).long().to(items.device)
+    if codes.ndim != 2 or codes.shape[1] != config.n_levels:
+        raise FreshsidError(
+            f"codes table has shape {tuple(codes.shape)} but the model expects {config.n_levels} levels; "
+            "use the SidTable the model was trained for."
+        )
+    batch, n_items = items.shape
+    if n_items > config.max_history + 1:
+        raise FreshsidError(
+            f"sequences of {n_items} items exceed max_history + 1 = {config.max_history + 1}; keep the last items."
+        )
+    valid = items >= 0
+    # Stable pack: real items first in their order, pads after.
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+    packed = items.gather(1, order)
+    packed_valid = valid.gather(1, order)
+    if item_weight is None:
+        weight = packed_valid.float()
+        weight[:, 0] = 0.0
+    else:
+        weight = torch.as_tensor(item_weight).float().to(items.device).gather(1, order) * packed_valid
+    offsets = torch.tensor(config.level_offsets, device=items.device)
+    sid_tokens = codes[packed.clamp(min=0)] + offsets  # (B, T, D)
+    sid_tokens = torch.where(packed_valid[..., None], sid_tokens, 0)
+    tokens = torch.cat([users[:, None], sid_tokens.reshape(batch, -1)], dim=1)
+    return TokenBatch(tokens=tokens, item_valid=packed_valid, item_weight=weight)
+
+
+def hash_user(user_ids: torch.Tensor | np.ndarray, buckets: int) -> torch.Tensor | np.ndarray:
+    """Stable user bucket: splitmix64 of the integer id, modulo ``buckets``.
+
+    Python's ``hash()`` is salted per process for strings; splitmix64 gives the same
+    bucket on every machine and run. Returns the input's array type, int64.
+    """
+    as_torch = isinstance(user_ids, torch.Tensor)
+    x = np.asarray(user_ids.cpu() if as_torch else user_ids)
+    if not np.issubdtype(x.dtype, np.integer):
+        raise FreshsidError(f"user ids must be integers, got {x.dtype}; map users to dense ids first.")
+    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    out = (z % np.uint64(buckets)).astype(np.int64)
+    return torch.from_numpy(out).to(user_ids.device) if as_torch else out
+
+
+# ---------------------------------------------------------------- the network
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: RetrieverConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.width, 3 * config.width)  # one fused matmul for q, k, v
+        self.proj = nn.Linear(config.width, config.width)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(..., C) -> three (..., H, C/H)."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        shape = (*x.shape[:-1], self.n_heads, -1)
+        return q.reshape(shape), k.reshape(shape), v.reshape(shape)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, KV]:
+        """x (B, L, C) -> y (B, L, C) and this layer's keys/values, each (B, H, L, C/H)."""
+        q, k, v = (t.transpose(1, 2) for t in self._split(x))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        y = y.transpose(1, 2).reshape(x.shape)
+        return self.resid_dropout(self.proj(y)), (k, v)
+
+    def step(self, x: torch.Tensor, prefix: KV, prefix_valid: torch.Tensor, generated: KV | None) -> tuple[torch.Tensor, KV]:
+        """One decoding step for W beams per user that share a cached prefix.
+
+        The prefix cache is read once per user and broadcast over beams (no
+        per-beam copy); only the few tokens generated so far are per beam.
+
+        Args:
+            x: (B, W, C) the newest token of each beam.
+            prefix: keys, values (B, H, Lp, C/H) of the shared history.
+            prefix_valid: (B, Lp) bool, False at padding.
+            generated: keys, values (B, H, W, s, C/H) of earlier generated tokens, or None.
+
+        Returns:
+            y (B, W, C) and the generated cache with this token appended (B, H, W, s+1, C/H).
+        """
+        q, k, v = (t.transpose(1, 2) for t in self._split(x))  # (B, H, W, hd)
+        k, v = k.unsqueeze(3), v.unsqueeze(3)
+        if generated is not None:
+            k, v = torch.cat([generated[0], k], dim=3), torch.cat([generated[1], v], dim=3)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        s_prefix = torch.matmul(q, prefix[0].transpose(-1, -2)) * scale  # (B, H, W, Lp)
+        s_prefix = s_prefix.masked_fill(~prefix_valid[:, None, None, :], float("-inf"))
+        s_gen = torch.matmul(q.unsqueeze(3), k.transpose(-1, -2)).squeeze(3) * scale  # (B, H, W, s+1)
+        attn = torch.cat([s_prefix, s_gen], dim=-1).softmax(dim=-1)
+        n_prefix = s_prefix.shape[-1]
+        y = torch.matmul(attn[..., :n_prefix], prefix[1])
+        y = y + torch.matmul(attn[..., n_prefix:].unsqueeze(3), v).squeeze(3)
+        y = y.transpose(1, 2).reshape(x.shape)
+        return self.proj(y), (k, v)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: RetrieverConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.width)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.width)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.width, config.ffn),
+            nn.GELU(approximate="tanh"),  # GPT-2's GELU
+            nn.Linear(config.ffn, config.width),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, KV]:
+        a, kv = self.attn(self.ln_1(x))
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), kv
+
+    def step(self, x: torch.Tensor, prefix: KV, prefix_valid: torch.Tensor, generated: KV | None) -> tuple[torch.Tensor, KV]:
+        a, kv = self.attn.step(self.ln_1(x), prefix, prefix_valid, generated)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), kv
+
+
+class Retriever(nn.Module):
+    """Decoder-only transformer over user + SID tokens; see the module docstring for the layout."""
+
+    def __init__(self, config: RetrieverConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.width)
+        self.pos_emb = nn.Embedding(config.n_positions, config.width)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.width)
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layers) so the residual stream stays O(1).
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def level_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """hidden (..., C) -> logits (..., K_level) over that level's codes only (tied head slice)."""
+        start = self.config.level_offsets[level]
+        return F.linear(hidden, self.tok_emb.weight[start : start + self.config.codebook_sizes[level]])
+
+    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[KV]]:
+        """tokens (B, L) input -> final hidden states (B, L, C) and per-layer KV cache."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.drop(self.tok_emb(tokens) + self.pos_emb(positions))
+        cache = []
+        for block in self.blocks:
+            x, kv = block(x)
+            cache.append(kv)
+        return self.ln_f(x), cache
+
+    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher-forced logits for every item of every sequence.
+
+        Args:
+            tokens: (B, 1 + T*D) from :func:`build_tokens` (the last token is only a target).
+
+        Returns:
+            D tensors; entry d is (B, T, K_d): logits of item t's level-d code given
+            the user, items < t and item t's levels < d.
+        """
+        d_levels = self.config.n_levels
+        hidden, _ = self.encode(tokens[:, :-1])
+        hidden = hidden.reshape(tokens.shape[0], -1, d_levels, hidden.shape[-1])
+        return [self.level_logits(hidden[:, :, d], d) for d in range(d_levels)]
+
+    def loss(self, batch: TokenBatch) -> torch.Tensor:
+        """Weighted mean cross-entropy over the SID tokens of items with weight > 0.
+
+        Logits are computed only for weighted items: fine-tuning on a few target
+        items then pays the head for those items alone.
+        """
+        cfg = self.config
+        tokens, weight = batch.tokens, batch.item_weight
+        hidden, _ = self.encode(tokens[:, :-1])
+        hidden = hidden.reshape(tokens.shape[0], -1, cfg.n_levels, hidden.shape[-1])
+        targets = tokens[:, 1:].reshape(tokens.shape[0], -1, cfg.n_levels)
+        keep = weight > 0
+        w = weight[keep]
+        total = hidden.new_zeros(())
+        for d in range(cfg.n_levels):
+            logits = self.level_logits(hidden[:, :, d][keep], d)
+            ce = F.cross_entropy(logits, targets[:, :, d][keep] - cfg.level_offsets[d], reduction="none")
+            total = total + (w * ce).sum()
+        return total / (w.sum() * cfg.n_levels).clamp(min=1e-12)
+
+    def step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        prefix: list[KV],
+        prefix_valid: torch.Tensor,
+        generated: list[KV] | None,
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """Cached decoding step: tokens (B, W) at positions (B,) -> hidden (B, W, C) and the new generated cache."""
+        x = self.tok_emb(tokens) + self.pos_emb(positions)[:, None, :]
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block.step(x, prefix[i], prefix_valid, None if generated is None else generated[i])
+            new_cache.append(kv)
+        return self.ln_f(x), new_cache
+
+
+def flops_per_token(config: RetrieverConfig, seq_len: int) -> float:
+    """Analytic forward FLOPs per token (a multiply-add counts 2).
+
+    Per layer: 2 * (3C^2 + C^2) for the QKV and output projections, 2 * 2 * C * F for
+    the MLP, and 2 * 2 * L * C for attention scores (QK^T) and values (AV) over the full
+    context L (as in Kaplan et al.; the causal mask would halve it on average). Plus
+    the head: 2 * C * mean(K_d), since each position scores one level's codes only.
+    Embeddings, norms and softmax are ignored. Training costs
+    ``TRAIN_FLOPS_MULTIPLIER`` (3) times this.
+    """
+    c, f = config.width, config.ffn
+    per_layer = 2 * 4 * c * c + 2 * 2 * c * f + 2 * 2 * seq_len * c
+    head = 2 * c * float(np.mean(config.codebook_sizes))
+    return float(config.n_layers * per_layer + head)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    folder: Path,
+    model: Retriever,
+    *,
+    extra_meta: dict[str, Any] | None = None,
+    inputs: dict[str, str] | None = None,
+    compute: dict[str, float] | None = None,
+    parent: str | None = None,
+    seed: int | None = None,
+) -> Manifest:
+    """Write ``model.safetensors`` + a manifest whose config is the model config.
+
+    ``info`` records the ``sid_shape_fingerprint`` and ``extra_meta`` (e.g. epochs, loss);
+    ``inputs``/``compute``/``parent``/``seed`` go to the manifest fields of the same name.
+    """
+    info = {**(extra_meta or {}), "sid_shape_fingerprint": sid_shape_fingerprint(model.config.codebook_sizes)}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with artifact_dir(Path(folder)) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        return finish_manifest(
+            tmp,
+            kind=CHECKPOINT_KIND,
+            config=model.config.model_dump(mode="json"),
+            info=info,
+            inputs=inputs or {},
+            compute=compute or {},
+            parent=parent,
+            seed=seed,
+        )
+
+
+def load_checkpoint(
+    folder: Path,
+    *,
+    expected_shape: tuple[int, ...] | None = None,
+) -> tuple[Retriever, Manifest]:
+    """Load a retriever; ``expected_shape`` (codebook sizes of the SidTable to use) must match."""
+    manifest = read_manifest(Path(folder), CHECKPOINT_KIND)
+    try:
+        config = RetrieverConfig.model_validate(manifest.config)
+    except ValueError as exc:
+        first = str(exc).splitlines()[0]
+        raise FreshsidError(f"{folder} holds an invalid retriever config ({first}); retrain the checkpoint.") from None
+    if expected_shape is not None and sid_shape_fingerprint(tuple(expected_shape)) != sid_shape_fingerprint(
+        config.codebook_sizes
+    ):
+        raise FreshsidError(
+            f"checkpoint {folder} was trained for SID shape {config.codebook_sizes}, not {tuple(expected_shape)}; "
+            "use the SidTable it was trained with (or an aligned one of the same shape)."
+        )
+    model = Retriever(config)
+    model.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)))
+    model.eval()
+    return model, manifest

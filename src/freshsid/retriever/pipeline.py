@@ -1,0 +1,161 @@
+"""Retriever stages over the temporal protocol: fit, finetune, evaluate, recommend.
+
+These functions join the data layer (logs, parts, windows), a SidTable and the
+model; the CLI and the experiment runner call them and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freshsid.data.interactions import Interactions
+from freshsid.data.sequences import Sequences, windows
+from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.errors import FreshsidError
+from freshsid.evaluate.metrics import DEFAULT_KS, recall_ndcg
+from freshsid.retriever.decode import beam_search
+from freshsid.retriever.model import Retriever, RetrieverConfig, hash_user, load_checkpoint
+from freshsid.retriever.train import TrainConfig, TrainResult, train
+from freshsid.sid.table import SidTable
+
+
+def training_windows(split: TemporalSplit, table: SidTable, *, history: Window, target: Window, max_history: int) -> Sequences:
+    """Windows over events from ``history.start`` to ``target.stop`` with loss on the
+    events of ``target``; items the table cannot code are dropped (they have no SID)."""
+    logs = split.logs
+    span = split.events(Window(start=history.start, stop=target.stop))
+    user, item = logs.user[span], logs.item[span]
+    is_target = np.arange(span.start, span.stop) >= split.bounds[target.start]
+    known = table.lookup_table(logs.n_items)[item, 0] >= 0
+    return windows(user[known], item[known], length=max_history + 1, is_target=is_target[known])
+
+
+def fit(
+    split: TemporalSplit,
+    table: SidTable,
+    *,
+    window: Window,
+    model_config: RetrieverConfig,
+    train_config: TrainConfig,
+    out: Path,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train a retriever from scratch on the events of ``window``."""
+    _check_shape(model_config, table)
+    seqs = training_windows(split, table, history=window, target=window, max_history=model_config.max_history)
+    torch.manual_seed(train_config.seed)
+    model = Retriever(model_config)
+    return train(
+        model,
+        seqs,
+        table.lookup_table(split.logs.n_items),
+        config=train_config,
+        work_dir=_work_dir(out),
+        out=out,
+        inputs={"sid_table": table.content_hash, "logs": split.logs.fingerprint},
+        extra_meta={"mode": "fit", "window": str(window)},
+        show_progress=show_progress,
+    )
+
+
+def finetune(
+    checkpoint: Path,
+    split: TemporalSplit,
+    table: SidTable,
+    *,
+    target: Window,
+    train_config: TrainConfig,
+    out: Path,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Warm-start from ``checkpoint`` (optionally with another table of the same shape)
+    and train with loss on the events of ``target`` only, histories from part 0."""
+    model, manifest = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
+    history = Window(start=0, stop=target.start) if target.start > 0 else target
+    seqs = training_windows(split, table, history=history, target=target, max_history=model.config.max_history)
+    if len(seqs) == 0:
+        raise FreshsidError(f"No user has an event in parts {target} with a SID in the table; check --parts.")
+    return train(
+        model,
+        seqs,
+        table.lookup_table(split.logs.n_items),
+        config=train_config,
+        work_dir=_work_dir(out),
+        out=out,
+        inputs={"sid_table": table.content_hash, "logs": split.logs.fingerprint},
+        parent=manifest.fingerprint,
+        extra_meta={"mode": "finetune", "target": str(target)},
+        show_progress=show_progress,
+    )
+
+
+def recommend(
+    model: Retriever,
+    table: SidTable,
+    histories: np.ndarray,
+    users: np.ndarray,
+    *,
+    allowed_items: np.ndarray | None,
+    top_k: int,
+    beam: int | None = None,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``top_k`` items (m, top_k) with scores for users (m,) with histories (m, T).
+
+    History items the table cannot code are skipped; ``beam`` defaults to ``top_k``.
+    """
+    _check_shape(model.config, table)
+    n_items = int(max(table.items.max(initial=0), histories.max(initial=0))) + 1
+    lookup = table.lookup_table(n_items)
+    histories = np.where((histories >= 0) & (lookup[np.maximum(histories, 0), 0] >= 0), histories, -1)
+    histories = histories[:, -model.config.max_history :]
+    trie = table.trie(allowed_items)
+    items, scores = beam_search(
+        model,
+        torch.from_numpy(histories),
+        hash_user(np.asarray(users, dtype=np.int64), model.config.user_buckets),
+        torch.from_numpy(lookup),
+        trie,
+        beam=beam or top_k,
+        top_k=top_k,
+        batch_size=batch_size,
+    )
+    return items.numpy(), scores.numpy()
+
+
+def evaluate(
+    model: Retriever,
+    table: SidTable,
+    split: TemporalSplit,
+    *,
+    test: Window,
+    allowed: Window,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    beam: int | None = None,
+    max_users: int | None = None,
+) -> dict[str, float]:
+    """Recall@K / nDCG@K on the test window; decoding allows the items seen in ``allowed``."""
+    examples = split.examples(test, max_history=model.config.max_history)
+    if max_users is not None and len(examples) > max_users:
+        examples = examples.subset(np.random.default_rng(0).choice(len(examples), max_users, replace=False))
+    ranked, _ = recommend(
+        model, table, examples.inputs, examples.users, allowed_items=split.allowed_items(allowed),
+        top_k=max(ks), beam=beam,
+    )
+    return recall_ndcg(ranked, examples.label_indptr, examples.label_items, ks)
+
+
+def _check_shape(config: RetrieverConfig, table: SidTable) -> None:
+    if tuple(config.codebook_sizes) != tuple(table.codebook_sizes):
+        raise FreshsidError(
+            f"The retriever expects SIDs of shape {list(config.codebook_sizes)} but the table has "
+            f"{list(table.codebook_sizes)}; use a table of the shape the checkpoint was trained for."
+        )
+
+
+def _work_dir(out: Path) -> Path:
+    out = Path(out)
+    return out.parent / f".{out.name}.train"

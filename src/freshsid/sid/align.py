@@ -1,0 +1,132 @@
+"""Align a refreshed SidTable to the legacy vocabulary (Baikalov et al., SIGIR 2026).
+
+Refitting a tokenizer renumbers every code. Per semantic level, alignment finds a
+one-to-one map new code -> old code that keeps as many common items as possible
+on their old code: the co-occurrence counts ``C[a, b]`` (items with new code a
+and old code b) define an assignment problem, solved exactly (``hungarian``,
+scipy's ``linear_sum_assignment``) or greedily by descending count. New codes
+left without a partner take the unused old codes in order. The map is applied to
+every item of the refreshed table, items new since the legacy table included.
+
+Relabelling each level by a permutation maps distinct prefixes to distinct
+prefixes, so collision groups are unchanged; the suffix level is then
+re-resolved so that an item whose aligned prefix equals its legacy prefix keeps
+its legacy suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from freshsid.errors import FreshsidError
+from freshsid.sid.table import SidTable
+
+Method = Literal["greedy", "hungarian"]
+METHODS: tuple[str, ...] = ("greedy", "hungarian")
+
+
+def cooccurrence(new: np.ndarray, old: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) int64 counts C[a, b] of items with new code a and old code b."""
+    return np.bincount(new * size + old, minlength=size * size).reshape(size, size)
+
+
+def match(counts: np.ndarray, method: Method) -> np.ndarray:
+    """A permutation ``perm`` (K,) with ``perm[a]`` = old code for new code a."""
+    size = len(counts)
+    if method == "hungarian":
+        rows, cols = linear_sum_assignment(counts, maximize=True)
+        perm = np.empty(size, dtype=np.int64)
+        perm[rows] = cols
+        return perm
+    if method != "greedy":
+        raise FreshsidError(f"Alignment method {method!r} is unknown; use one of {', '.join(METHODS)}.")
+    perm = np.full(size, -1, dtype=np.int64)
+    taken = np.zeros(size, dtype=bool)
+    flat = np.flatnonzero(counts)
+    # Descending count; ties broken by (new, old) so the result is deterministic.
+    for key in flat[np.argsort(-counts.ravel()[flat], kind="stable")]:
+        a, b = divmod(int(key), size)
+        if perm[a] < 0 and not taken[b]:
+            perm[a], taken[b] = b, True
+    perm[perm < 0] = np.flatnonzero(~taken)  # leftover new codes take unused old ones in order
+    return perm
+
+
+def align(legacy: SidTable, refreshed: SidTable, *, method: Method = "hungarian") -> tuple[SidTable, dict]:
+    """Relabel ``refreshed`` onto ``legacy``'s vocabulary.
+
+    Returns the aligned table (its parent is the legacy table) and diagnostics per
+    level: the share of common items keeping their legacy code before and after
+    alignment, the matched count, and whole-SID agreement.
+    """
+    if legacy.codebook_sizes != refreshed.codebook_sizes:
+        raise FreshsidError(
+            f"Cannot align tables of different shapes ({list(legacy.codebook_sizes)} vs "
+            f"{list(refreshed.codebook_sizes)}); refit the refreshed tokenizer with the legacy sizes."
+        )
+    common, in_new, in_old = np.intersect1d(refreshed.items, legacy.items, return_indices=True)
+    if len(common) == 0:
+        raise FreshsidError("The legacy and refreshed tables share no items, so there is nothing to align on.")
+    old = legacy.codes[in_old].astype(np.int64)
+    codes = refreshed.codes.astype(np.int64).copy()
+    levels = []
+    for level in range(refreshed.n_levels):
+        size = refreshed.codebook_sizes[level]
+        counts = cooccurrence(codes[in_new, level], old[:, level], size)
+        perm = match(counts, method)
+        before = float(np.trace(counts)) / len(common)
+        matched = int(counts[np.arange(size), perm].sum())
+        codes[:, level] = perm[codes[:, level]]
+        levels.append({"level": level, "kept_before": before, "kept_after": matched / len(common), "matched": matched})
+
+    codes[:, -1] = resolve_suffix(codes, in_new, old)
+    report = {
+        "method": method,
+        "common_items": int(len(common)),
+        "levels": levels,
+        "sid_agreement_before": _whole_sid_agreement(refreshed.codes[in_new], old),
+        "sid_agreement_after": _whole_sid_agreement(codes[in_new], old),
+        "prefix_agreement_after": _whole_sid_agreement(codes[in_new, :-1], old[:, :-1]),
+    }
+    # The parent is the legacy table's content hash: stable whether or not it was ever saved.
+    meta = {**refreshed.meta, "parent": legacy.content_hash, "stats": {**refreshed.meta.get("stats", {}), "alignment": report}}
+    return replace(refreshed, codes=codes.astype(np.int32), meta=meta), report
+
+
+def resolve_suffix(codes: np.ndarray, in_new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """(n,) suffix codes after alignment.
+
+    An item whose aligned prefix equals its legacy prefix claims its legacy suffix
+    (claims never clash: legacy SIDs are unique). The other items of a prefix group
+    take the smallest suffixes no claim uses, in the order of their refreshed suffix.
+
+    Args:
+        codes: (n, D) aligned prefixes plus the refreshed suffix in the last column.
+        in_new: (c,) rows of the common items; old: (c, D) their legacy codes.
+    """
+    n = len(codes)
+    claim = np.full(n, -1, dtype=np.int64)
+    same_prefix = (codes[in_new, :-1] == old[:, :-1]).all(axis=1)
+    claim[in_new[same_prefix]] = old[same_prefix, -1]
+    _, group, sizes = np.unique(codes[:, :-1], axis=0, return_inverse=True, return_counts=True)
+    group = group.reshape(-1)
+    suffix = np.where(claim >= 0, claim, 0)
+    # Only groups of several items, or whose lone item has no claim, need the loop;
+    # these are the collision groups, a small share of the table.
+    order = np.lexsort((codes[:, -1], group))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for g in np.flatnonzero(sizes > 1):
+        rows = order[starts[g] : starts[g + 1]]
+        used = set(claim[rows][claim[rows] >= 0].tolist())
+        free = (v for v in range(len(rows) + len(used)) if v not in used)
+        for row in rows[claim[rows] < 0]:
+            suffix[row] = next(free)
+    return suffix
+
+
+def _whole_sid_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).all(axis=1).mean()) if len(a) else 0.0

@@ -1,0 +1,258 @@
+"""RQ-VAE tokenizer: MLP encoder -> residual quantizer -> MLP decoder (torch).
+
+Follows the RQ-VAE used for Semantic IDs (Rajput et al., TIGER, 2023; Lee et
+al., 2022): the encoder maps an item embedding to a latent z, level l picks the
+codeword e_l nearest to the residual r_l (r_0 = z, r_{l+1} = r_l - e_l), the
+decoder reconstructs the embedding from sum_l e_l, and the loss is
+
+    ||x - x_hat||^2 + sum_l ( ||sg[r_l] - e_l||^2 + beta * ||r_l - sg[e_l]||^2 )
+
+with the straight-through estimator carrying the decoder's gradient past the
+non-differentiable code choice. Codebooks start from residual k-means on the
+initial encoder's latents of the full data (an RQKMeans fit) to avoid
+collapse, and codes unused during an epoch are reset to random residuals of
+that epoch's last batch.
+
+Code choice is done by the shared numpy core (:mod:`freshsid.sid.quantize`),
+the same function ``transform`` uses, so training and inference assign codes
+identically; torch only gathers the chosen codewords and carries gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from freshsid.errors import FreshsidError
+from freshsid.sid.quantize import (
+    as_codebooks,
+    as_matrix,
+    check_codes,
+    check_int,
+    codebooks_fingerprint,
+    dead_code_replacements,
+    reconstruct,
+    require_fitted,
+    residual_encode,
+)
+from freshsid.sid.rqkmeans import RQKMeans
+
+# Rows per forward pass in transform: bounds activation memory on large catalogs.
+_TRANSFORM_BATCH = 65_536
+
+
+def _mlp(dims: Sequence[int], generator: torch.Generator) -> nn.Sequential:
+    """Linear layers dims[0] -> ... -> dims[-1] with ReLU between, seeded from ``generator``.
+
+    skip_init + explicit init keeps torch's global RNG untouched; the init
+    itself is torch's Linear default (kaiming-uniform, a = sqrt(5)).
+    """
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+        linear = torch.nn.utils.skip_init(nn.Linear, fan_in, fan_out)
+        nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+        layers.append(linear)
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class RQVAE:
+    """Residual-quantized autoencoder tokenizer: X (n, d) -> codes (n, n_levels) int32.
+
+    Fitted attributes:
+        codebooks_ (L, K, latent_dim) float32 numpy; encoder_, decoder_
+        (torch modules, eval mode); loss_history_ (one dict per epoch: loss,
+        recon, codebook, commitment, dead_codes); n_features_in_; fit_seconds_.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_levels: int = 3,
+        codebook_size: int = 256,
+        latent_dim: int = 32,
+        hidden_dims: Sequence[int] = (128, 64),
+        beta: float = 0.25,
+        epochs: int = 50,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        random_state: int = 0,
+        init_codebooks: np.ndarray | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.n_levels = n_levels
+        self.codebook_size = codebook_size
+        self.latent_dim = latent_dim
+        self.hidden_dims = hidden_dims
+        self.beta = beta
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.random_state = random_state
+        self.init_codebooks = init_codebooks
+        self.device = device
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters as JSON-able values (warm start recorded by content hash)."""
+        return {
+            "n_levels": self.n_levels,
+            "codebook_size": self.codebook_size,
+            "latent_dim": self.latent_dim,
+            "hidden_dims": [int(h) for h in self.hidden_dims],
+            "beta": float(self.beta),
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": float(self.lr),
+            "random_state": self.random_state,
+            "init_codebooks": codebooks_fingerprint(self.init_codebooks),
+            "device": str(self.device),
+        }
+
+    def _checked_params(self) -> dict[str, Any]:
+        params = {
+            "n_levels": check_int(self.n_levels, name="n_levels", minimum=1),
+            "k": check_int(self.codebook_size, name="codebook_size", minimum=2),
+            "latent": check_int(self.latent_dim, name="latent_dim", minimum=1),
+            "hidden": [check_int(h, name="hidden_dims entry", minimum=1) for h in self.hidden_dims],
+            "epochs": check_int(self.epochs, name="epochs", minimum=0),
+            "batch_size": check_int(self.batch_size, name="batch_size", minimum=1),
+            "seed": check_int(self.random_state, name="random_state", minimum=0),
+        }
+        for name in ("beta", "lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
+                raise FreshsidError(f"{name} must be a finite number >= 0, got {value!r}; fix the tokenizer settings.")
+        try:
+            params["device"] = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise FreshsidError(f"device {self.device!r} is not a torch device; use 'cpu' or 'cuda'.") from None
+        return params
+
+    def fit(self, X: np.ndarray) -> RQVAE:
+        """Train encoder, codebooks and decoder on X (n, d)."""
+        p = self._checked_params()
+        X = as_matrix(X, min_rows=p["k"])
+        n, d = X.shape
+        init = None
+        if self.init_codebooks is not None:
+            init = as_codebooks(self.init_codebooks, n_levels=p["n_levels"], codebook_size=p["k"], dim=p["latent"])
+        start = time.perf_counter()
+        device = p["device"]
+        generator = torch.Generator().manual_seed(p["seed"])
+        rng = np.random.default_rng(p["seed"])
+        encoder = _mlp([d, *p["hidden"], p["latent"]], generator).to(device)
+        decoder = _mlp([p["latent"], *reversed(p["hidden"]), d], generator).to(device)
+        data = torch.from_numpy(X).to(device)
+
+        if init is None:
+            with torch.no_grad():
+                latents = _encode(encoder, data)
+            tokenizer = RQKMeans(n_levels=p["n_levels"], codebook_size=p["k"], random_state=p["seed"])
+            init = tokenizer.fit(latents).codebooks_
+        codebooks = nn.Parameter(torch.from_numpy(init.copy()).to(device))
+        optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters(), codebooks], lr=self.lr)
+
+        history: list[dict[str, float]] = []
+        for _ in range(p["epochs"]):
+            encoder.train()
+            decoder.train()
+            usage = np.zeros((p["n_levels"], p["k"]), dtype=np.int64)
+            totals = np.zeros(4)
+            order = torch.randperm(n, generator=generator).to(device)
+            for first in range(0, n, p["batch_size"]):
+                batch = data[order[first : first + p["batch_size"]]]
+                terms, codes, residuals = self._step(encoder, decoder, codebooks, batch)
+                loss = terms[0]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                totals += np.array([t.item() for t in terms]) * batch.shape[0]
+                for level in range(p["n_levels"]):
+                    usage[level] += np.bincount(codes[:, level], minlength=p["k"])
+            n_dead = 0
+            with torch.no_grad():
+                for level in range(p["n_levels"]):
+                    dead, rows = dead_code_replacements(usage[level], residuals.shape[0], rng)
+                    codebooks[level, torch.from_numpy(dead).to(device)] = residuals[torch.from_numpy(rows).to(device), level]
+                    n_dead += dead.size
+            names = ("loss", "recon", "codebook", "commitment")
+            history.append({**dict(zip(names, (totals / n).tolist())), "dead_codes": float(n_dead)})
+
+        self.encoder_ = encoder.eval()
+        self.decoder_ = decoder.eval()
+        self.codebooks_ = codebooks.detach().cpu().numpy().copy()
+        self.loss_history_ = history
+        self.n_features_in_ = d
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def _step(
+        self, encoder: nn.Module, decoder: nn.Module, codebooks: torch.Tensor, batch: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], np.ndarray, torch.Tensor]:
+        """One forward pass on batch (b, d).
+
+        Returns (loss, recon, codebook, commitment) tensors, codes (b, L) numpy
+        and the per-level residuals (b, L, latent), detached, for dead-code reset.
+        """
+        z = encoder(batch)  # (b, latent)
+        codes = residual_encode(z.detach().cpu().numpy(), codebooks.detach().cpu().numpy())
+        index = torch.from_numpy(codes).to(batch.device, torch.long)
+        residual = z
+        quantized = torch.zeros_like(z)
+        codebook_loss = commitment = z.new_zeros(())
+        residuals = []
+        for level in range(codebooks.shape[0]):
+            chosen = codebooks[level][index[:, level]]  # (b, latent)
+            residuals.append(residual.detach())
+            codebook_loss = codebook_loss + F.mse_loss(chosen, residual.detach())
+            commitment = commitment + F.mse_loss(residual, chosen.detach())
+            quantized = quantized + chosen
+            residual = residual - chosen.detach()
+        # Straight-through: the decoder sees the quantized latent, gradients flow to z.
+        recon = F.mse_loss(decoder(z + (quantized - z).detach()), batch)
+        loss = recon + codebook_loss + self.beta * commitment
+        return (loss, recon, codebook_loss, commitment), codes, torch.stack(residuals, dim=1)
+
+    def _latents(self, X: np.ndarray) -> np.ndarray:
+        require_fitted(self)
+        X = as_matrix(X)
+        if X.shape[1] != self.n_features_in_:
+            raise FreshsidError(
+                f"X has {X.shape[1]} columns but the tokenizer was fitted on {self.n_features_in_}; "
+                "pass embeddings from the same model."
+            )
+        device = next(self.encoder_.parameters()).device
+        with torch.no_grad():
+            return _encode(self.encoder_, torch.from_numpy(X).to(device))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Codes of X (n, d) -> (n, L) int32; deterministic, no gradients."""
+        return residual_encode(self._latents(X), self.codebooks_)
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        """fit(X) then transform(X): (n, d) -> (n, L) int32."""
+        return self.fit(X).transform(X)
+
+    def inverse_transform(self, codes: np.ndarray) -> np.ndarray:
+        """Decoded embeddings from codes (n, L) -> (n, d) float32."""
+        require_fitted(self)
+        latent = reconstruct(check_codes(codes, self.codebooks_), self.codebooks_)
+        device = next(self.decoder_.parameters()).device
+        with torch.no_grad():
+            return _encode(self.decoder_, torch.from_numpy(latent).to(device))
+
+
+def _encode(module: nn.Module, data: torch.Tensor) -> np.ndarray:
+    """Apply ``module`` to data (n, d_in) in blocks -> (n, d_out) float32 numpy (call under no_grad)."""
+    parts = [module(data[i : i + _TRANSFORM_BATCH]).cpu() for i in range(0, data.shape[0], _TRANSFORM_BATCH)]
+    return np.ascontiguousarray(torch.cat(parts).numpy(), dtype=np.float32)
