@@ -1,7 +1,8 @@
 """Retriever speed against a same-size Hugging Face GPT-2.
 
 (a) Training tokens/s: forward + backward + AdamW step on identical token
-    batches, our ``Retriever.loss`` vs ``GPT2LMHeadModel(labels=...)``. Rounds
+    batches, our ``Retriever.loss`` vs ``GPT2LMHeadModel`` with its LM loss, both
+    as GPT-2 ships (tanh GELU) and with our exact GELU (``hf_same_gelu``). Rounds
     alternate the two models so that load from other processes hits both alike;
     the median round is reported.
 (b) Users/s decoding at beam 500 / top 500: our trie-constrained beam search vs
@@ -47,12 +48,14 @@ def synthetic_codes(n_items: int, levels: int, size: int, seed: int) -> tuple[np
     return codes, (size,) * levels + (max(int(suffix.max()) + 1, 4),)
 
 
-def gpt2_like(cfg: RetrieverConfig) -> GPT2LMHeadModel:
+def gpt2_like(cfg: RetrieverConfig, *, activation: str = "gelu_new") -> GPT2LMHeadModel:
+    """GPT-2 with our dims; ``gelu_new`` is GPT-2's default, ``gelu`` matches our MLP exactly."""
     return GPT2LMHeadModel(
         GPT2Config(
             vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.width, n_layer=cfg.n_layers,
             n_head=cfg.n_heads, n_inner=cfg.ffn, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout, bos_token_id=0, eos_token_id=None, pad_token_id=0,
+            attn_pdrop=cfg.dropout, activation_function=activation, bos_token_id=0, eos_token_id=None,
+            pad_token_id=0,
         )
     )
 
@@ -69,11 +72,14 @@ def bench_training(cfg, codes, *, batch_size, rounds, steps, seed):
     users = rng.integers(0, cfg.user_buckets, batch_size)
     # Loss on every item, as GPT-2's LM loss covers every position.
     batch = build_tokens(items, codes, users, config=cfg, item_weight=np.ones(items.shape))
-    ours, hf = Retriever(cfg).train(), gpt2_like(cfg).train()
-    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("ours", ours), ("hf", hf))}
+    ours = Retriever(cfg).train()
+    hf, hf_gelu = gpt2_like(cfg).train(), gpt2_like(cfg, activation="gelu").train()
+    models = {"ours": ours, "hf": hf, "hf_same_gelu": hf_gelu}
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
     run = {
         "ours": lambda: ours.loss(batch),
         "hf": lambda: hf_loss(hf, batch.tokens),
+        "hf_same_gelu": lambda: hf_loss(hf_gelu, batch.tokens),
     }
     n_tokens = batch.tokens[:, :-1].numel()
 
@@ -146,8 +152,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=12_000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared box)")
     parser.add_argument("--beam", type=int, default=500)
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--hf-users", type=int, default=2)
@@ -156,12 +163,12 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
 
     codes, sizes = synthetic_codes(args.items, 3, 256, args.seed)
     cfg = RetrieverConfig.preset("cpu", codebook_sizes=sizes)
     trie = SidTrie.from_codes(codes, sizes)
     train = bench_training(cfg, codes, batch_size=args.batch_size, rounds=args.rounds, steps=args.steps, seed=args.seed)
-    print(json.dumps({"train_tokens_per_s": train}), flush=True)
     decode = bench_decoding(
         cfg, codes, trie, beam=args.beam, n_users=args.users, n_hf_users=args.hf_users, seed=args.seed
     )
@@ -174,6 +181,7 @@ def main() -> None:
                            "threads": torch.get_num_threads()},
                 "train_tokens_per_s": {k: round(v, 1) for k, v in train.items()},
                 "train_ratio": round(train["ours"] / train["hf"], 2),
+                "train_ratio_same_gelu": round(train["ours"] / train["hf_same_gelu"], 2),
                 "decode_users_per_s": {k: round(v, 3) for k, v in decode.items()},
                 "decode_ratio": round(decode["ours"] / decode["hf"], 1),
             }

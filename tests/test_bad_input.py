@@ -99,7 +99,7 @@ CASES = [
         "parquet-bool-time",
         parquet("logs.parquet", pl.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "timestamp": [True, False]})),
         "logs.parquet",
-        ["type Boolean"],
+        ["timestamp column has type Boolean"],
     ),
     ("items-without-key", with_items("title,brand\nX,Y\n"), "items.csv", ["no 'item_id' or 'asin' column"]),
     ("unknown-dataset", args("amazon-books"), "amazon-books", ["Unknown dataset", "amazon-beauty"]),

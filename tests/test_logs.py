@@ -163,3 +163,14 @@ def test_csv_round_trip_equals_from_arrays(rows):
     direct = from_arrays(users, items, ts)
     assert _as_tuples(loaded) == _as_tuples(direct)
     assert np.array_equal(loaded.user, direct.user) and np.array_equal(loaded.item, direct.item)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-(2**62), 2**62) | st.integers(0, 30), min_size=1, max_size=60))
+def test_dense_ids_follow_first_appearance(values):
+    """Property: the loader's integer fast path densifies exactly like a brute-force scan."""
+    ids = np.array(values, dtype=np.int64)
+    logs = from_arrays(ids, ids, np.zeros(len(ids), dtype=np.int64))
+    order = list(dict.fromkeys(values))
+    assert logs.user_ids.tolist() == order
+    assert logs.user.tolist() == [order.index(v) for v in values]

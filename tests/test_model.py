@@ -35,7 +35,9 @@ def _one_thread():
 
 
 def tiny(**over) -> RetrieverConfig:
-    base = dict(codebook_sizes=SIZES, width=16, n_layers=2, n_heads=2, ffn=32, user_buckets=7, max_history=4, dropout=0.0)
+    base = dict(
+        codebook_sizes=SIZES, width=16, n_layers=2, n_heads=2, ffn=32, user_buckets=7, max_history=4, dropout=0.0
+    )
     return RetrieverConfig(**{**base, **over})
 
 
@@ -158,3 +160,12 @@ def test_checkpoint_roundtrip_and_shape_guard(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(FreshsidError, match="SID shape"):
         load_checkpoint(tmp_path / "ckpt", expected_shape=(5, 4, 4))
+
+
+def test_shape_fingerprint_agrees_with_sid_table():
+    from freshsid.sid.table import SidTable
+
+    table = SidTable(items=np.arange(2), codes=np.array([[0, 1, 0], [1, 0, 0]]), codebook_sizes=SIZES,
+                     item_ids=np.arange(2))
+    assert sid_shape_fingerprint(SIZES) == table.shape_fingerprint
+    assert sid_shape_fingerprint(SIZES) != sid_shape_fingerprint((5, 4, 3, 2))

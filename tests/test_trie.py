@@ -92,6 +92,15 @@ def test_duplicate_sids_raise():
     SidTrie.from_codes(codes, (2, 2, 3), items=[0, 1])  # the duplicate is not kept: fine
 
 
+def test_dense_lookup_table_with_uncovered_rows():
+    # -1 rows (items a table does not code) are fine as long as they are not kept.
+    lookup = np.array([[-1, -1], [0, 1], [-1, -1], [1, 0]])
+    trie = SidTrie.from_codes(lookup, (2, 2), items=np.array([1, 3]))
+    assert trie.item_of(trie.walk(np.array([[1, 0], [0, 1]]))).tolist() == [3, 1]
+    with pytest.raises(FreshsidError, match="outside the codebook"):
+        SidTrie.from_codes(lookup, (2, 2))
+
+
 def test_bad_inputs_raise():
     with pytest.raises(FreshsidError):
         SidTrie(np.array([[0, 5]]), (2, 2))  # code out of range

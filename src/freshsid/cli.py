@@ -59,21 +59,26 @@ app = typer.Typer(
 _state = {"progress": None}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     progress: Annotated[
         bool | None,
         typer.Option("--progress/--no-progress", help="Show a spinner on stderr (default: only on a terminal)."),
     ] = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Keep collaborative Semantic IDs fresh for generative retrieval.
 
     Example: freshsid data stats amazon-beauty
     """
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit()
     _state["progress"] = progress
 
 
@@ -94,9 +99,12 @@ DatasetArg = Annotated[
     typer.Argument(help="Named dataset: amazon-beauty, amazon-sports, amazon-toys or synthetic.", show_default=False),
 ]
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data root or dataset folder (default: $FRESHSID_DATA or ../shared/data).")
+    Path | None,
+    typer.Option("--data-dir", help="Data root or dataset folder (default: $FRESHSID_DATA or ../shared/data)."),
 ]
-LogsOpt = Annotated[Path | None, typer.Option("--logs", help="A log file: CSV/TSV/parquet (.gz ok) or an original one.")]
+LogsOpt = Annotated[
+    Path | None, typer.Option("--logs", help="A log file: CSV/TSV/parquet (.gz ok), or an original Amazon/MovieLens file.")
+]
 ItemsOpt = Annotated[Path | None, typer.Option("--items", help="Item metadata file for --logs.")]
 ColumnsOpt = Annotated[
     str | None, typer.Option("--columns", help="User, item and time column names of --logs, e.g. uid,sku,ts.")
@@ -187,7 +195,8 @@ def _print_stats(stats: dict[str, Any]) -> None:
     console.print(
         f"test window {stats['test_window']}: {test['test_users']:,} test users "
         f"({test['excluded_users']:,} excluded: no earlier event), {test['labels']:,} labels, "
-        f"{test['labels_on_unseen_items']:,} unreachable ({test['unseen_label_share']:.1%}, items unseen before the window)"
+        f"{test['labels_on_unseen_items']:,} unreachable "
+        f"({test['unseen_label_share']:.1%}, items unseen before the window)"
     )
 
 

@@ -165,7 +165,8 @@ def _null_problem(source: Source, row: int, what: str) -> str:
     fields = source.fields_on(row)
     if fields is not None and fields < source.n_fields:
         return f"{source.where(row)} has {fields} fields where the header has {source.n_fields}; {source.fix_row}."
-    return f"{source.where(row)} has an empty {what}; fill it in or delete the line."
+    unit = "line" if source.kind == "text" else "row"
+    return f"{source.where(row)} has an empty {what}; fill it in or delete that {unit}."
 
 
 def _clean_ids(frame: pl.DataFrame, column: str, source: Source) -> pl.Series:
@@ -180,14 +181,16 @@ def _clean_ids(frame: pl.DataFrame, column: str, source: Source) -> pl.Series:
             values = values.cast(pl.Int64)
         return values.alias(column)
     if values.dtype.is_integer() or values.dtype.is_float():
-        missing = values.is_null() | (values.is_nan() if values.dtype.is_float() else values.is_null())
+        missing = values.is_null() | values.is_nan() if values.dtype.is_float() else values.is_null()
         if missing.any():
             raise FreshsidError(_null_problem(source, _first_row(frame, missing), what))
         if values.dtype.is_float() and not (values == values.floor()).all():
             row = _first_row(frame, values != values.floor())
             raise FreshsidError(f"{source.where(row)} has a fractional {what}; ids must be integers or strings.")
-        return values.cast(pl.Int64).alias(column)
-    raise FreshsidError(f"Column {column} of {source.path} has type {values.dtype}; ids must be integers or strings.")
+        as_int = values.cast(pl.Int64, strict=False)
+        # Unsigned ids beyond int64 stay exact as strings.
+        return (as_int if not as_int.is_null().any() else values.cast(pl.String)).alias(column)
+    raise FreshsidError(f"{source.path} {what} column has type {values.dtype}; ids must be integers or strings.")
 
 
 def _clean_times(frame: pl.DataFrame, source: Source) -> pl.Series:
@@ -209,7 +212,7 @@ def _clean_times(frame: pl.DataFrame, source: Source) -> pl.Series:
         seconds = _numeric_seconds(frame, values, source)
     else:
         raise FreshsidError(
-            f"Column timestamp of {source.path} has type {values.dtype}; it must hold Unix seconds (integers)."
+            f"{source.path} timestamp column has type {values.dtype}; it must hold Unix seconds (integers)."
         )
     if (seconds < 0).any():
         row = _first_row(frame, seconds < 0)
@@ -218,7 +221,8 @@ def _clean_times(frame: pl.DataFrame, source: Source) -> pl.Series:
         row = _first_row(frame, seconds > MAX_TIMESTAMP)
         big = seconds.filter(seconds > MAX_TIMESTAMP)[0]
         raise FreshsidError(
-            f"{source.where(row)} has timestamp {big}, after year 9999; if it is in milliseconds, divide the column by 1000."
+            f"{source.where(row)} has timestamp {big}, after year 9999; "
+            "if it is in milliseconds, divide the column by 1000."
         )
     return seconds.alias("timestamp")
 
@@ -243,7 +247,8 @@ def _numeric_seconds(frame: pl.DataFrame, values: pl.Series, source: Source) -> 
     if fractional.any():
         row = _first_row(frame, fractional)
         raise FreshsidError(
-            f"{source.where(row)} has fractional timestamp {floats.filter(fractional)[0]}; round timestamps to whole seconds."
+            f"{source.where(row)} has fractional timestamp {floats.filter(fractional)[0]}; "
+            "round timestamps to whole seconds."
         )
     if (floats.abs() > 2.0**53).any():
         row = _first_row(frame, floats.abs() > 2.0**53)
@@ -274,7 +279,7 @@ def _handle_duplicates(frame: pl.DataFrame, source: Source, *, drop: bool) -> pl
 def _missing_column(path: Path, role: str, column: str, header: list[str]) -> str:
     shown = ", ".join(repr(h) for h in header[:8]) + (", ..." if len(header) > 8 else "")
     if header and all(_looks_like_value(h) for h in header):
-        fix = "the file seems to lack a header line; add one naming the columns"
+        fix = "the file seems to lack a header line, so add one naming the columns"
     else:
         fix = f"name its {role.replace('_', ' ')} column with --columns USER,ITEM,TIME (LogSchema in Python)"
     return f"{path} has no column {column!r} (it has {shown}); {fix}."
@@ -303,7 +308,9 @@ def read_catalog(paths: str | Path | Sequence[str | Path], *, key: str = "item_i
             continue
         common = [c for c in ("item_id", "asin") if c in merged.columns and c in frame.columns]
         if not common:
-            raise FreshsidError(f"Item file {path} shares no key column with {paths[0]}; give both an {key!r} or 'asin' column.")
+            raise FreshsidError(
+                f"Item file {path} shares no key column with {paths[0]}; give both an {key!r} or 'asin' column."
+            )
         extra = [c for c in frame.columns if c not in merged.columns or c == common[0]]
         merged = merged.join(frame.select(extra), on=common[0], how="full", coalesce=True)
     assert merged is not None, "read_catalog needs at least one path"

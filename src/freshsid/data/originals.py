@@ -54,7 +54,7 @@ def load_original(
         elif AMAZON_META.match(items.name):
             catalog = read_amazon_meta(items, asins={str(a) for a in events.get_column("item_id").to_list()})
         else:
-            raise FreshsidError(f"Item file {items} is not an Amazon meta_<Category>.json.gz; pass the matching meta file.")
+            raise FreshsidError(f"Item file {items} is not an Amazon meta_<Category>.json.gz; pass the matching one.")
         category = AMAZON_REVIEWS.match(logs.name).group(1)  # type: ignore[union-attr]
         return events_to_interactions(events, catalog=catalog, name=name or f"amazon-{category.lower()}")
     if logs.name in ML_RATINGS:

@@ -69,11 +69,12 @@ def load_dataset(
         return load_folder(folder, name=folder.name, schema=schema, duplicates=dup)
     if name == SYNTHETIC:
         if data_dir is not None or schema is not None:
-            raise FreshsidError("The synthetic dataset is generated, so --data-dir and column names do not apply; drop them.")
+            raise FreshsidError("The synthetic dataset is generated, so --data-dir and --columns do not apply; drop them.")
         # Repeats within a synthetic day are events of the generator's model, not logging errors.
         return synthetic_dataset(duplicates="drop" if drop_duplicates else "keep")
     if name not in AMAZON:
-        raise FreshsidError(f"Unknown dataset {name!r}; known datasets are {', '.join(KNOWN_DATASETS)} (or pass --logs PATH).")
+        known = ", ".join(KNOWN_DATASETS)
+        raise FreshsidError(f"Unknown dataset {name!r}; known datasets are {known} (or pass --logs PATH).")
     folder, category = _find_amazon(name, data_dir)
     return load_folder(folder, name=name, schema=schema, duplicates=dup, category=category)
 
@@ -155,9 +156,10 @@ def _find_amazon(name: str, data_dir: str | Path | None) -> tuple[Path, str]:
     """The folder holding an Amazon category, in the freshsid layout or the original files."""
     sub, category = AMAZON[name]
     root = data_root(data_dir)
-    candidates = [root / "amazon2014" / sub, root / sub, root]
-    for folder in candidates:
-        if folder.is_dir() and find_layout(folder, category=category)[0] is not None:
+    for folder in (root / "amazon2014" / sub, root / sub, root):
+        logs = find_layout(folder, category=category)[0] if folder.is_dir() else None
+        # A generic interactions file in a folder named for another category must not pass for this one.
+        if logs is not None and (folder.name == sub or is_original(logs)):
             return folder, category
     if not root.is_dir():
         raise FreshsidError(f"Data folder {root} for {name} does not exist; pass --data-dir or set FRESHSID_DATA.")
@@ -213,7 +215,8 @@ def synthetic_dataset(
     except FreshsidError:
         with artifact_dir(folder) as tmp:
             synthetic.write_synthetic(cfg, tmp)
-            finish_manifest(tmp, kind="synthetic-logs", config=cfg.model_dump(), seed=cfg.seed, info={"generator": code})
+            info = {"generator": code}
+            finish_manifest(tmp, kind="synthetic-logs", config=cfg.model_dump(), seed=cfg.seed, info=info)
     return load_logs(
         folder / "interactions.parquet",
         items=folder / "items.parquet",

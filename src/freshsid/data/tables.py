@@ -81,7 +81,7 @@ def read_bytes(path: Path) -> bytes:
     try:
         data = gzip.decompress(data)
     except EOFError:
-        raise FreshsidError(f"{path} is truncated gzip (the stream ends early); download or compress it again.") from None
+        raise FreshsidError(f"{path} is truncated gzip (the stream ends early); get or gzip it again.") from None
     except (OSError, zlib.error) as exc:
         raise FreshsidError(f"{path} is corrupt gzip ({exc}); download or compress it again.") from None
     if not data:
@@ -187,7 +187,7 @@ def read_header(source: Source) -> list[str]:
         try:
             names = list(pl.read_parquet_schema(_parquet_input(source)))
         except Exception as exc:  # polars/arrow raise several types for a bad footer
-            raise FreshsidError(f"{source.path} is not a readable parquet file ({_first(exc)}); write it again.") from None
+            raise FreshsidError(f"{source.path} is not a readable parquet file ({_first(exc)}); rewrite it.") from None
     else:
         assert source.data is not None
         first = _first_line(source.path, source.data)
@@ -202,7 +202,7 @@ def read_table(source: Source, columns: list[str], *, as_text: bool = False) -> 
         try:
             frame = pl.read_parquet(_parquet_input(source), columns=columns)
         except Exception as exc:
-            raise FreshsidError(f"{source.path} is not a readable parquet file ({_first(exc)}); write it again.") from None
+            raise FreshsidError(f"{source.path} is not a readable parquet file ({_first(exc)}); rewrite it.") from None
         return frame.with_columns(pl.all().cast(pl.String)) if as_text else frame
     assert source.data is not None
     try:

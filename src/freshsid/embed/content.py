@@ -119,7 +119,9 @@ class ContentEncoder:
             except (OSError, ValueError, KeyError):
                 raise FreshsidError(f"Content cache shard {path} is unreadable; delete it and re-run.") from None
             if keys is None or vectors.shape != (len(keys), DIM):
-                raise FreshsidError(f"Content cache shard {path} does not hold (n, 32) keys and (n, {DIM}) vectors; delete it and re-run.")
+                raise FreshsidError(
+                    f"Content cache shard {path} does not hold (n, 32) keys and (n, {DIM}) vectors; delete it and re-run."
+                )
             cache.update(zip(keys, vectors, strict=True))
         if len(shards) > _MAX_SHARDS:
             self._write_shard(list(cache), np.stack(list(cache.values())))

@@ -79,11 +79,13 @@ def load_embedding_items(folder: Path | str) -> np.ndarray:
     manifest = read_manifest(folder, KIND)
     items = np.load(folder / ITEMS, allow_pickle=False)
     if len(items) != manifest.info.get("n_covered"):
-        raise FreshsidError(f"{folder / ITEMS} lists {len(items)} items, its manifest says {manifest.info.get('n_covered')}; rebuild {folder}.")
+        said = manifest.info.get("n_covered")
+        raise FreshsidError(f"{folder / ITEMS} lists {len(items)} items, its manifest says {said}; rebuild {folder}.")
     _check_items(items, manifest.info["n_items"], where=str(folder / ITEMS))
     return items
 
 
 def _check_items(items: np.ndarray, n_items: int, *, where: str) -> None:
-    if items.ndim != 1 or items.dtype.kind not in "iu" or (items.size and (items[0] < 0 or items[-1] >= n_items or (np.diff(items) <= 0).any())):
+    ordered = items.ndim == 1 and items.dtype.kind in "iu" and bool((np.diff(items) > 0).all())
+    if not ordered or (items.size and (items[0] < 0 or items[-1] >= n_items)):
         raise FreshsidError(f"{where} must be sorted, distinct item indices in [0, {n_items}); rebuild the embeddings.")

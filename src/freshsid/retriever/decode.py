@@ -42,7 +42,14 @@ def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 
 @torch.inference_mode()
-def _search(model: Retriever, tokens: torch.Tensor, lengths: torch.Tensor, trie: SidTrie, beam: int, top_k: int):
+def _search(
+    model: Retriever, tokens: torch.Tensor, lengths: torch.Tensor, trie: SidTrie, beam: int, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (B, L) right-padded histories with lengths (B,) -> items, scores (B, <= top_k).
+
+    Beams that run out of valid continuations carry node -1 and score -inf; a
+    level keeps no more beams than the richest user has valid candidates.
+    """
     cfg = model.config
     device = tokens.device
     n_users, n_levels = tokens.shape[0], cfg.n_levels

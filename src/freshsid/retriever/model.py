@@ -95,8 +95,12 @@ class RetrieverConfig(BaseModel):
 
 
 def sid_shape_fingerprint(codebook_sizes: tuple[int, ...]) -> str:
-    """Fingerprint of a SID vocabulary shape; a checkpoint only fits tables with the same one."""
-    return fingerprint_of({"codebook_sizes": [int(k) for k in codebook_sizes]})
+    """Fingerprint of a SID vocabulary shape; a checkpoint only fits tables with the same one.
+
+    Equal to ``SidTable.shape_fingerprint`` (n_levels excludes the collision suffix).
+    """
+    sizes = [int(k) for k in codebook_sizes]
+    return fingerprint_of({"codebook_sizes": sizes, "n_levels": len(sizes) - 1})
 
 
 # ---------------------------------------------------------------- token batches
@@ -222,7 +226,9 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(x.shape)
         return self.resid_dropout(self.proj(y)), (k, v)
 
-    def step(self, x: torch.Tensor, prefix: KV, prefix_valid: torch.Tensor, generated: KV | None) -> tuple[torch.Tensor, KV]:
+    def step(
+        self, x: torch.Tensor, prefix: KV, prefix_valid: torch.Tensor, generated: KV | None
+    ) -> tuple[torch.Tensor, KV]:
         """One decoding step for W beams per user that share a cached prefix.
 
         The prefix cache is read once per user and broadcast over beams (no
@@ -263,7 +269,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.width)
         self.mlp = nn.Sequential(
             nn.Linear(config.width, config.ffn),
-            nn.GELU(approximate="tanh"),  # GPT-2's GELU
+            nn.GELU(),  # exact erf GELU: on CPU faster than GPT-2's tanh approximation
             nn.Linear(config.ffn, config.width),
             nn.Dropout(config.dropout),
         )
@@ -273,7 +279,9 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.ln_2(x)), kv
 
-    def step(self, x: torch.Tensor, prefix: KV, prefix_valid: torch.Tensor, generated: KV | None) -> tuple[torch.Tensor, KV]:
+    def step(
+        self, x: torch.Tensor, prefix: KV, prefix_valid: torch.Tensor, generated: KV | None
+    ) -> tuple[torch.Tensor, KV]:
         a, kv = self.attn.step(self.ln_1(x), prefix, prefix_valid, generated)
         x = x + a
         return x + self.mlp(self.ln_2(x)), kv
@@ -342,14 +350,16 @@ class Retriever(nn.Module):
         cfg = self.config
         tokens, weight = batch.tokens, batch.item_weight
         hidden, _ = self.encode(tokens[:, :-1])
-        hidden = hidden.reshape(tokens.shape[0], -1, cfg.n_levels, hidden.shape[-1])
-        targets = tokens[:, 1:].reshape(tokens.shape[0], -1, cfg.n_levels)
-        keep = weight > 0
-        w = weight[keep]
+        hidden = hidden.reshape(-1, cfg.n_levels, hidden.shape[-1])  # (B*T, D, C)
+        targets = tokens[:, 1:].reshape(-1, cfg.n_levels)
+        w = weight.reshape(-1)
+        if not bool((w > 0).all()):
+            keep = (w > 0).nonzero().squeeze(1)
+            hidden, targets, w = hidden[keep], targets[keep], w[keep]
         total = hidden.new_zeros(())
         for d in range(cfg.n_levels):
-            logits = self.level_logits(hidden[:, :, d][keep], d)
-            ce = F.cross_entropy(logits, targets[:, :, d][keep] - cfg.level_offsets[d], reduction="none")
+            logits = self.level_logits(hidden[:, d], d)
+            ce = F.cross_entropy(logits, targets[:, d] - cfg.level_offsets[d], reduction="none")
             total = total + (w * ce).sum()
         return total / (w.sum() * cfg.n_levels).clamp(min=1e-12)
 

@@ -23,7 +23,7 @@ class SidConfig(BaseModel):
     codebook_size: int = 256
     suffix_size: int = 256
     balanced: bool = False  # rqkmeans only: size-balanced assignment
-    epochs: int = 150  # rqvae only
+    epochs: int = 50  # rqvae only
     seed: int = 0
 
 

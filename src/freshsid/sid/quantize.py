@@ -38,8 +38,8 @@ def as_matrix(X: object, *, name: str = "X", min_rows: int = 1) -> np.ndarray:
         raise FreshsidError(f"{name} is not array-like; pass a 2-D numeric array of item embeddings.") from None
     if arr.ndim != 2:
         raise FreshsidError(f"{name} has {arr.ndim} dimension(s), expected a 2-D (items, dims) array; reshape it.")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise FreshsidError(f"{name} has dtype {arr.dtype}, expected numbers; convert it to float32.")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise FreshsidError(f"{name} has dtype {arr.dtype}, expected real numbers; convert it to float32.")
     if arr.shape[1] == 0:
         raise FreshsidError(f"{name} has zero columns; pass embeddings with at least one dimension.")
     if arr.shape[0] < min_rows:
@@ -93,21 +93,24 @@ def check_codes(codes: object, codebooks: np.ndarray) -> np.ndarray:
     arr = np.asarray(codes)
     n_levels, k = codebooks.shape[:2]
     if arr.ndim != 2 or arr.shape[1] != n_levels or not np.issubdtype(arr.dtype, np.integer):
-        raise FreshsidError(f"codes have shape {arr.shape} and dtype {arr.dtype}; pass integer codes of shape (n, {n_levels}).")
+        raise FreshsidError(
+            f"codes have shape {arr.shape} and dtype {arr.dtype}; pass integer codes of shape (n, {n_levels})."
+        )
     if arr.size and (arr.min() < 0 or arr.max() >= k):
         raise FreshsidError(f"codes must lie in [0, {k}); pass codes produced by this tokenizer.")
     return arr.astype(np.int64)
 
 
-def squared_distances(X: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+def squared_distances(X, codebook):
     """Squared L2 distances between rows and codewords.
 
-    X: (m, d) float32, codebook: (K, d) float32 -> (m, K) float32. Uses
-    ||x||^2 - 2 x.c + ||c||^2, so one GEMM does the work.
+    X: (m, d), codebook: (K, d) -> (m, K), as ||x||^2 - 2 x.c + ||c||^2 so one
+    GEMM does the work. Written with operators that numpy arrays and torch
+    tensors share, so the RQ-VAE training step uses this same formula on its
+    torch batch (a numpy round trip per batch thrashes BLAS threads against
+    torch's).
     """
-    x2 = np.einsum("ij,ij->i", X, X)[:, None]
-    c2 = np.einsum("ij,ij->i", codebook, codebook)[None, :]
-    return x2 - 2.0 * (X @ codebook.T) + c2
+    return (X * X).sum(1)[:, None] - 2.0 * (X @ codebook.T) + (codebook * codebook).sum(1)[None, :]
 
 
 def nearest(X: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,11 +122,17 @@ def nearest(X: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray
     n = X.shape[0]
     codes = np.empty(n, dtype=np.int32)
     dist = np.empty(n, dtype=np.float32)
+    c2 = (codebook * codebook).sum(1)
     for start in range(0, n, CHUNK_ROWS):
-        block = squared_distances(X[start : start + CHUNK_ROWS], codebook)
-        idx = block.argmin(axis=1)
-        codes[start : start + CHUNK_ROWS] = idx
-        dist[start : start + CHUNK_ROWS] = block[np.arange(idx.size), idx]
+        block = X[start : start + CHUNK_ROWS]
+        # ||x||^2 is the same for every code of a row, so the argmin only needs
+        # ||c||^2 - 2 x.c; computed in place, this saves two passes over the block.
+        scores = block @ codebook.T
+        scores *= -2.0
+        scores += c2
+        idx = scores.argmin(axis=1)
+        codes[start : start + block.shape[0]] = idx
+        dist[start : start + block.shape[0]] = (block * block).sum(1) + scores[np.arange(idx.size), idx]
     return codes, np.maximum(dist, 0.0)
 
 
@@ -244,7 +253,9 @@ def code_means(X: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np
     return means, counts
 
 
-def dead_code_replacements(counts: np.ndarray, n_candidates: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def dead_code_replacements(
+    counts: np.ndarray, n_candidates: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Pick which codes are dead (count 0) and which candidate row revives each.
 
     counts: (K,) usage per code -> dead code indices (m,), candidate row indices (m,)

@@ -43,7 +43,8 @@ class SidTrie:
     """Prefix trie of the SIDs of a set of items.
 
     Args:
-        codes: (n_items, D) int, the SID of every item (row = item index).
+        codes: (n_items, D) int, the SID of every item (row = item index); rows
+            not in ``items`` are ignored (they may be -1 in a dense lookup table).
         codebook_sizes: (D,) codes per level; every code must lie in ``[0, K_d)``.
         items: optional (m,) item indices to keep; leaves then report these
             original indices. Default: every row of ``codes``.
@@ -69,11 +70,6 @@ class SidTrie:
             )
         if depth == 0 or min(self.codebook_sizes) < 1:
             raise FreshsidError(f"codebook sizes {self.codebook_sizes} must be positive; fix the SID shape.")
-        sizes = np.asarray(self.codebook_sizes, dtype=np.int64)
-        if codes.size and ((codes < 0).any() or (codes >= sizes[None, :]).any()):
-            raise FreshsidError(
-                f"SID codes fall outside the codebook sizes {self.codebook_sizes}; rebuild the codes table."
-            )
         if items is None:
             item_ids = np.arange(len(codes), dtype=np.int64)
         else:
@@ -83,6 +79,12 @@ class SidTrie:
                     f"allowed items must be a 1-D array of indices in [0, {len(codes)}); fix the allowed-item list."
                 )
         kept = codes[item_ids].astype(np.int64)
+        # Only kept rows are checked: a dense lookup table may hold -1 rows for items it does not cover.
+        sizes = np.asarray(self.codebook_sizes, dtype=np.int64)
+        if kept.size and ((kept < 0).any() or (kept >= sizes[None, :]).any()):
+            raise FreshsidError(
+                f"SID codes fall outside the codebook sizes {self.codebook_sizes}; rebuild the codes table."
+            )
 
         # np.lexsort sorts by the last key first, so pass columns reversed.
         order = np.lexsort(kept.T[::-1]) if len(kept) else np.zeros(0, dtype=np.int64)

@@ -1,0 +1,316 @@
+"""The experiment runner: every policy of DESIGN.md on one dataset, side by side.
+
+Stages are shared where policies share them (one legacy tokenizer and base
+model, one refreshed tokenizer) and cached: each stage's artifact is recorded in
+``stages.json`` with the fingerprint of everything it depends on, so a rerun
+skips what is already built and resumes where a run stopped.
+
+Policies (all evaluated on the test window with the same metrics):
+
+- Base: legacy SIDs (tokenizer on base), retriever trained on base.
+- FT-old: Base's checkpoint fine-tuned on gap with the stale legacy SIDs.
+- FT-new: tokenizer refit on base+gap, unaligned; Base's checkpoint fine-tuned on gap.
+- FT-aligned (greedy | hungarian): the refit tokenizer aligned to the legacy vocabulary.
+- FT-aligned+new: FT-aligned (hungarian)'s model, also allowed the items first seen in gap.
+- Full: tokenizer and retriever rebuilt from scratch on base+gap.
+
+Decoding allows the items of base for Base, FT-old, FT-new and FT-aligned, and
+the items of base+gap for FT-aligned+new and Full.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from freshsid.artifacts import fingerprint_of, write_json_atomic
+from freshsid.data.interactions import Interactions
+from freshsid.data.stats import dataset_stats
+from freshsid.data.temporal import ProtocolConfig, TemporalSplit, Window
+from freshsid.embed.collab import SASRec, SASRecConfig
+from freshsid.embed.store import load_embeddings, save_embeddings
+from freshsid.errors import FreshsidError
+from freshsid.evaluate.metrics import DEFAULT_KS, recall_ndcg
+from freshsid.evaluate.report import write_report
+from freshsid.retriever import pipeline
+from freshsid.retriever.model import RetrieverConfig, load_checkpoint
+from freshsid.retriever.train import TrainConfig
+from freshsid.sid.align import align
+from freshsid.sid.build import SidConfig, build_table
+from freshsid.sid.table import SidTable
+
+POLICIES = ("Base", "FT-old", "FT-new", "FT-aligned (greedy)", "FT-aligned (hungarian)", "FT-aligned+new", "Full")
+
+
+class ExperimentConfig(BaseModel):
+    """Everything an experiment depends on; presets below fill it in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    preset: Literal["tiny", "cpu", "paper"] = "cpu"
+    policies: tuple[str, ...] = POLICIES
+    protocol: ProtocolConfig = ProtocolConfig()
+    sasrec: SASRecConfig = SASRecConfig()
+    sid: SidConfig = SidConfig()
+    retriever: Literal["tiny", "cpu", "paper"] = "cpu"
+    fit: TrainConfig = TrainConfig()
+    finetune: TrainConfig = TrainConfig(epochs=2, lr=5e-4, warmup_steps=10, patience=2)
+    beam: int = 500
+    ks: tuple[int, ...] = DEFAULT_KS
+    max_eval_users: int | None = None
+    seed: int = 0
+    threads: int = 2
+
+
+def preset(name: str, **overrides: Any) -> ExperimentConfig:
+    """The named preset, with top-level fields overridden."""
+    presets: dict[str, dict[str, Any]] = {
+        "tiny": dict(
+            preset="tiny",
+            sasrec=SASRecConfig(dim=32, max_epochs=8, patience=2, valid_users=200, max_length=20),
+            sid=SidConfig(tokenizer="rqkmeans", codebook_size=16, suffix_size=64),
+            retriever="tiny",
+            fit=TrainConfig(epochs=3, batch_size=128, lr=3e-3, warmup_steps=5),
+            finetune=TrainConfig(epochs=1, batch_size=128, lr=1e-3, warmup_steps=2),
+            beam=50,
+            ks=(1, 5, 10, 20, 50),
+        ),
+        "cpu": dict(preset="cpu"),
+        "paper": dict(
+            preset="paper",
+            sid=SidConfig(codebook_size=512, suffix_size=512),
+            retriever="paper",
+            threads=16,
+        ),
+    }
+    if name not in presets:
+        raise FreshsidError(f"Unknown preset {name!r}; use one of {', '.join(presets)}.")
+    return ExperimentConfig(**{**presets[name], **overrides})
+
+
+def retriever_config(name: str, codebook_sizes: tuple[int, ...]) -> RetrieverConfig:
+    if name == "tiny":
+        return RetrieverConfig(codebook_sizes=codebook_sizes, width=32, n_layers=2, n_heads=2, ffn=64, user_buckets=100)
+    return RetrieverConfig.preset(name, codebook_sizes=codebook_sizes)
+
+
+class Experiment:
+    """Runs the policies of ``config`` on ``logs`` into ``out`` (results.json, report.md, plots)."""
+
+    def __init__(self, logs: Interactions, config: ExperimentConfig, out: Path, *, show_progress: bool = True) -> None:
+        unknown = [p for p in config.policies if p not in POLICIES]
+        if unknown:
+            raise FreshsidError(f"Unknown policies {unknown}; choose from {', '.join(POLICIES)}.")
+        self.logs, self.config, self.out = logs, config, Path(out)
+        self.split = TemporalSplit(logs, config.protocol.n_parts)
+        self.progress = show_progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._stages_file = self.out / "stages.json"
+        self._stages = json.loads(self._stages_file.read_text()) if self._stages_file.exists() else {}
+        self.log: Callable[[str], None] = print
+
+    # ------------------------------------------------------------ stage cache
+
+    def _cached(self, name: str, key: Any, build: Callable[[Path], Any], load: Callable[[Path], Any]) -> Any:
+        """Load stage ``name`` if it was built with ``key``, else build and record it."""
+        folder = self.out / name
+        key = fingerprint_of(key)
+        if self._stages.get(name) == key and folder.exists():
+            try:
+                return load(folder)
+            except FreshsidError:
+                pass  # damaged artifact: rebuild it
+        self.log(f"[{time.strftime('%H:%M:%S')}] {name}")
+        result = build(folder)
+        self._stages[name] = key
+        write_json_atomic(self._stages_file, self._stages)
+        return result
+
+    # ------------------------------------------------------------ stages
+
+    def embeddings(self, window: Window) -> tuple[np.ndarray, dict[str, float]]:
+        """Collaborative item embeddings from a SASRec trained on ``window``."""
+        cfg = self.config
+
+        def build(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
+            model = SASRec(cfg.sasrec, random_state=cfg.seed, progress=self.progress)
+            model.fit(self.logs, self.split.events(window))
+            compute = {"seconds": model.fit_seconds_, "flops": model.flops_}
+            save_embeddings(folder, model.item_embeddings_, kind="collab", config=cfg.sasrec.model_dump(),
+                            seed=cfg.seed, inputs={"logs": self.logs.fingerprint}, compute=compute,
+                            window=str(window), items=np.flatnonzero(model.trained_items_))
+            return model.item_embeddings_, compute
+
+        def load(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
+            vectors, manifest = load_embeddings(folder)
+            return vectors, dict(manifest.compute)
+
+        return self._cached(f"embed/{window.start}-{window.stop}", [cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window)], build, load)
+
+    def sid_table(self, window: Window) -> SidTable:
+        """Tokenizer fit on the embeddings of ``window``'s items."""
+        cfg = self.config
+        vectors, embed_compute = self.embeddings(window)
+
+        def build(folder: Path) -> SidTable:
+            items = self.split.allowed_items(window)
+            table, _ = build_table(vectors[items], items, self.logs.item_ids[items], cfg.sid, window=str(window),
+                                   inputs={"logs": self.logs.fingerprint})
+            # Tokenizer compute includes the collaborative embeddings it needs.
+            comp = table.meta["compute"]
+            comp["tokenizer_seconds"] += embed_compute["seconds"]
+            comp["tokenizer_flops"] += embed_compute["flops"]
+            table.save(folder)
+            return table
+
+        return self._cached(f"sids/{window.start}-{window.stop}", [cfg.sid, cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window)],
+                            build, SidTable.load)
+
+    def aligned_table(self, method: str) -> tuple[SidTable, dict]:
+        legacy, refreshed = self.sid_table(self.config.protocol.base), self.sid_table(self._base_gap)
+
+        def build(folder: Path) -> tuple[SidTable, dict]:
+            table, report = align(legacy, refreshed, method=method)
+            table.save(folder)
+            return table, report
+
+        def load(folder: Path) -> tuple[SidTable, dict]:
+            table = SidTable.load(folder)
+            return table, table.meta["stats"]["alignment"]
+
+        return self._cached(f"sids/aligned-{method}", [legacy.content_hash, refreshed.content_hash, method], build, load)
+
+    def model(self, name: str, table: SidTable, *, parent: str | None) -> tuple[Any, dict[str, float]]:
+        """A trained retriever: from scratch when ``parent`` is None, else fine-tuned from it."""
+        cfg, protocol = self.config, self.config.protocol
+        torch.set_num_threads(cfg.threads)
+
+        def build(folder: Path):
+            if parent is None:
+                window = protocol.base if name == "base" else self._base_gap
+                result = pipeline.fit(self.split, table, window=window, out=folder, show_progress=self.progress,
+                                      model_config=retriever_config(cfg.retriever, table.codebook_sizes), train_config=cfg.fit)
+            else:
+                result = pipeline.finetune(self.out / parent, self.split, table, target=protocol.gap, out=folder,
+                                           train_config=cfg.finetune, show_progress=self.progress)
+            return result.model, result.compute
+
+        def load(folder: Path):
+            model, manifest = load_checkpoint(folder, expected_shape=table.codebook_sizes)
+            return model, dict(manifest.compute)
+
+        key = [table.content_hash, cfg.retriever, cfg.fit if parent is None else cfg.finetune, parent and self._stages.get(parent)]
+        return self._cached(name, key, build, load)
+
+    @property
+    def _base_gap(self) -> Window:
+        return Window(start=self.config.protocol.base.start, stop=self.config.protocol.gap.stop)
+
+    # ------------------------------------------------------------ policies
+
+    def _policy(self, name: str) -> tuple[Any, SidTable, Window, dict[str, float], dict[str, float], str]:
+        """(model, table, allowed window, retriever compute, tokenizer compute, kind) of a policy."""
+        protocol = self.config.protocol
+        legacy = self.sid_table(protocol.base)
+        base_model, base_compute = self.model("models/base", legacy, parent=None)
+        tok = lambda t: {k: t.meta["compute"][k] for k in ("tokenizer_seconds", "tokenizer_flops")}  # noqa: E731
+        if name == "Base":
+            return base_model, legacy, protocol.base, base_compute, tok(legacy), "base"
+        if name == "FT-old":
+            model, comp = self.model("models/ft-old", legacy, parent="models/base")
+            return model, legacy, protocol.base, comp, {"tokenizer_seconds": 0.0, "tokenizer_flops": 0.0}, "finetune"
+        refreshed = self.sid_table(self._base_gap)
+        if name == "FT-new":
+            model, comp = self.model("models/ft-new", refreshed, parent="models/base")
+            return model, refreshed, protocol.base, comp, tok(refreshed), "finetune"
+        if name == "Full":
+            model, comp = self.model("models/full", refreshed, parent=None)
+            return model, refreshed, self._base_gap, comp, tok(refreshed), "full"
+        method = "greedy" if "greedy" in name else "hungarian"
+        table, _ = self.aligned_table(method)
+        model, comp = self.model(f"models/ft-aligned-{method}", table, parent="models/base")
+        allowed = self._base_gap if name == "FT-aligned+new" else protocol.base
+        return model, table, allowed, comp, tok(refreshed), "finetune"
+
+    def evaluate(self, name: str) -> dict[str, Any]:
+        cfg = self.config
+        model, table, allowed, comp, tok, kind = self._policy(name)
+        slug = name.lower().replace(" ", "-").replace("(", "").replace(")", "").replace("+", "-plus-")
+
+        def build(folder: Path) -> dict[str, Any]:
+            started = time.perf_counter()
+            metrics = pipeline.evaluate(model, table, self.split, test=cfg.protocol.test, allowed=allowed, ks=cfg.ks,
+                                        beam=cfg.beam, max_users=cfg.max_eval_users)
+            record = {"metrics": metrics, "compute": {**{k: float(v) for k, v in comp.items() if k.startswith("retriever")}, **tok},
+                      "kind": kind, "allowed": str(allowed), "eval_seconds": time.perf_counter() - started,
+                      "description": DESCRIPTIONS[name]}
+            write_json_atomic(folder.with_suffix(".json"), record)
+            return record
+
+        key = [table.content_hash, self._stages.get(_model_stage(name)), cfg.ks, cfg.beam, cfg.max_eval_users, str(allowed)]
+        return self._cached(f"eval/{slug}", key, build, lambda f: json.loads(f.with_suffix(".json").read_text()))
+
+    def sasrec_baseline(self) -> dict[str, Any]:
+        """The dense SASRec baseline trained on base+gap, scored on the test window."""
+        cfg = self.config
+        window = self._base_gap
+        model = SASRec(cfg.sasrec, random_state=cfg.seed, progress=self.progress)
+
+        def build(folder: Path) -> dict[str, Any]:
+            model.fit(self.logs, self.split.events(window))
+            ex = self.split.examples(cfg.protocol.test, max_history=cfg.protocol.max_history)
+            ranked = model.recommend(ex.inputs, max(cfg.ks), allowed_items=self.split.allowed_items(window))
+            record = {"metrics": recall_ndcg(ranked, ex.label_indptr, ex.label_items, cfg.ks),
+                      "compute": {"seconds": model.fit_seconds_, "flops": model.flops_}}
+            write_json_atomic(folder.with_suffix(".json"), record)
+            return record
+
+        return self._cached("eval/sasrec", [cfg.sasrec, cfg.seed, self.logs.fingerprint, cfg.ks, str(window)], build,
+                            lambda f: json.loads(f.with_suffix(".json").read_text()))
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        policies = {name: self.evaluate(name) for name in self.config.policies}
+        alignment = {}
+        if any("aligned" in p for p in self.config.policies):
+            alignment = {m: self.aligned_table(m)[1] for m in ("greedy", "hungarian")}
+        results = {
+            "dataset": {"name": self.logs.name, **dataset_stats(self.logs, n_parts=self.config.protocol.n_parts)},
+            "config": self.config.model_dump(mode="json"),
+            "policies": policies,
+            "alignment": alignment,
+            "baselines": {"SASRec": self.sasrec_baseline()},
+            "wall_seconds": time.perf_counter() - started,
+        }
+        write_json_atomic(self.out / "results.json", results)
+        write_report(results, self.out)
+        return results
+
+
+DESCRIPTIONS = {
+    "Base": "legacy SIDs, retriever trained on base",
+    "FT-old": "stale legacy SIDs, warm-start fine-tune on gap",
+    "FT-new": "SIDs refit on base+gap (unaligned), warm-start fine-tune on gap",
+    "FT-aligned (greedy)": "refit SIDs aligned to legacy (greedy), warm-start fine-tune on gap",
+    "FT-aligned (hungarian)": "refit SIDs aligned to legacy (Hungarian), warm-start fine-tune on gap",
+    "FT-aligned+new": "FT-aligned (hungarian), items first seen in gap also allowed",
+    "Full": "SIDs and retriever rebuilt from scratch on base+gap",
+}
+
+
+def _model_stage(policy: str) -> str:
+    return {
+        "Base": "models/base",
+        "FT-old": "models/ft-old",
+        "FT-new": "models/ft-new",
+        "FT-aligned (greedy)": "models/ft-aligned-greedy",
+        "FT-aligned (hungarian)": "models/ft-aligned-hungarian",
+        "FT-aligned+new": "models/ft-aligned-hungarian",
+        "Full": "models/full",
+    }[policy]

@@ -1,0 +1,426 @@
+"""The experiment report: markdown tables, a headline paragraph and PNG plots.
+
+Input is the ``results`` dict the experiment runner saves as ``results.json``
+(dataset, config, wall seconds, per-policy metrics and compute, alignment
+diagnostics, optional dense baselines and staleness numbers). Every section is
+optional: a run with only some policies still gets a report, minus what it lacks.
+
+The headline compares the best FT-aligned variant with FT-old at K >= 100 and the
+Full / FT-aligned retriever compute against the ~8x saving of the reference paper
+(Baikalov et al., SIGIR 2026). It only states what the numbers show: a tie is not
+a win, and a comparison whose inputs are missing is reported as missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+METRICS = ("recall", "ndcg")
+METRIC_TITLES = {"recall": "Recall@K", "ndcg": "nDCG@K"}
+HEADLINE_MIN_K = 100  # the paper's claim is about high cutoffs
+TARGET_COMPUTE_RATIO = 8.0  # paper: ~8-9x less retriever compute than a full rebuild
+MISSING = "—"
+_METRIC_KEY = re.compile(r"^(recall|ndcg)@(\d+)$")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything missing, non-numeric or NaN/inf."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _metric(metrics: dict, metric: str, k: int) -> float | None:
+    return _number((metrics or {}).get(f"{metric}@{k}"))
+
+
+def _ks(metrics_list: Iterable[dict], metric: str) -> list[int]:
+    """Every K with a ``{metric}@K`` key in any of the dicts, sorted numerically."""
+    found = set()
+    for metrics in metrics_list:
+        for key in metrics or {}:
+            match = _METRIC_KEY.match(key)
+            if match and match.group(1) == metric:
+                found.add(int(match.group(2)))
+    return sorted(found)
+
+
+def _policies(results: dict) -> dict[str, dict]:
+    return {name: policy or {} for name, policy in (results.get("policies") or {}).items()}
+
+
+def _metric_rows(results: dict) -> list[tuple[str, dict, bool]]:
+    """(label, metrics, is_policy) for every policy, then every dense baseline."""
+    rows = [(name, p.get("metrics") or {}, True) for name, p in _policies(results).items()]
+    for name, b in (results.get("baselines") or {}).items():
+        rows.append((f"{name} (baseline)", (b or {}).get("metrics") or {}, False))
+    return rows
+
+
+def _compute(policy: dict | None, key: str) -> float | None:
+    return _number(((policy or {}).get("compute") or {}).get(key))
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den is not None and den > 0 else None
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: first column left-aligned (names), the rest right-aligned (numbers)."""
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows])
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    number = _number(value)
+    if number is None:  # a string passes through; None, NaN and inf show as missing
+        return value if isinstance(value, str) else MISSING
+    return f"{value:,}" if isinstance(value, int) and spec == ".4f" else format(number, spec)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    text = f"{hours} h {minutes} min" if hours else (f"{minutes} min {secs} s" if minutes else f"{secs} s")
+    return f"{text} ({seconds:,.1f} s)"
+
+
+def _k_list(ks: list[int]) -> str:
+    return ", ".join(str(k) for k in ks)
+
+
+def _metric_table(results: dict, metric: str) -> str:
+    rows = _metric_rows(results)
+    ks = _ks([m for _, m, _ in rows], metric)
+    if not ks:
+        return f"No {METRIC_TITLES[metric]} values in this run."
+    # Bold the best policy per column as the reader sees it (4 decimals), so shown ties are all bold.
+    cells = {(label, k): _fmt(_metric(m, metric, k)) for label, m, _ in rows for k in ks}
+    best = {k: max((cells[label, k] for label, _, pol in rows if pol and cells[label, k] != MISSING), key=float,
+                   default=None) for k in ks}
+    body = [[label, *(f"**{cells[label, k]}**" if pol and cells[label, k] == best[k] else cells[label, k] for k in ks)]
+            for label, _, pol in rows]
+    return _table(["policy", *[f"@{k}" for k in ks]], body)
+
+
+def _compute_table(results: dict) -> str:
+    policies = _policies(results)
+    if not policies:
+        return "No policies in this run."
+    full = policies.get("Full")
+    full_flops, full_secs = _compute(full, "retriever_flops"), _compute(full, "retriever_seconds")
+    body = []
+    for name, policy in policies.items():
+        flops, secs = _compute(policy, "retriever_flops"), _compute(policy, "retriever_seconds")
+        finetune = policy.get("kind") == "finetune"
+        ratio_f = _ratio(full_flops, flops) if finetune else None
+        ratio_s = _ratio(full_secs, secs) if finetune else None
+        tok_flops, tok_secs = _compute(policy, "tokenizer_flops"), _compute(policy, "tokenizer_seconds")
+        tokenizer = [_fmt(tok_flops, ".3e"), _fmt(tok_secs, ".1f")]
+        ratios = [MISSING if r is None else f"{r:.1f}×" for r in (ratio_f, ratio_s)]
+        body.append([name, _fmt(flops, ".3e"), _fmt(secs, ".1f"), *tokenizer, *ratios])
+    header = ["policy", "retriever FLOPs", "retriever s", "tokenizer FLOPs", "tokenizer s"]
+    return _table([*header, "Full / this FLOPs", "Full / this s"], body)
+
+
+def _alignment_section(results: dict) -> str:
+    alignment = results.get("alignment") or {}
+    if not alignment:
+        return "No alignment diagnostics in this run."
+    parts = []
+    for method, diag in alignment.items():
+        diag = diag or {}
+        common = diag.get("common_items")
+        parts.append(f"### {diag.get('method', method)}" + (f" ({_fmt(common)} common items)" if common else ""))
+        levels = diag.get("levels") or []
+        prefix = diag.get("prefix_agreement_after")
+        per_level_prefix = isinstance(prefix, list) and len(prefix) == len(levels)
+        if levels:
+            keys = ("level", "kept_before", "kept_after", "matched")
+            header = [key.replace("_", " ") for key in keys]
+            body = [[_fmt(lv.get(key)) for key in keys] for lv in levels]
+            if per_level_prefix:
+                header.append("prefix agreement after")
+                body = [[*row, _fmt(p)] for row, p in zip(body, prefix, strict=True)]
+            parts.append(_table(header, body))
+        agreement = f"Whole-SID agreement before: {_fmt(diag.get('sid_agreement_before'))}; after: " + _fmt(
+            diag.get("sid_agreement_after")
+        )
+        if prefix is not None and not per_level_prefix:
+            agreement += f"; prefix agreement after: {_fmt(prefix) if _number(prefix) is not None else prefix}"
+        parts.append(agreement + ".")
+    return "\n\n".join(parts)
+
+
+def _records_table(records: list[dict]) -> str:
+    keys: list[str] = []
+    for record in records:
+        keys += [k for k in record if k not in keys]
+    return _table(keys, [[_fmt(r.get(k)) for k in keys] for r in records])
+
+
+def _staleness_section(results: dict) -> str | None:
+    staleness = results.get("staleness")
+    if not staleness:
+        return None
+    parts = []
+    for key, title in (("by_part", "Retrieval quality by test part"), ("churn", "SID churn per level")):
+        if staleness.get(key):
+            parts.append(f"{title}:\n\n{_records_table(staleness[key])}")
+    return "\n\n".join(parts) or None
+
+
+def headline_paragraph(results: dict) -> str:
+    """Plain-language verdict on the paper's two claims, built only from the numbers.
+
+    Claim 1: the best FT-aligned variant (highest Recall at the largest K >= 100)
+    beats FT-old on both Recall@K and nDCG@K at every K >= 100; a tie is a failure.
+    Claim 2: Full costs at least 8x the retriever FLOPs of that variant.
+    """
+    policies = _policies(results)
+    variants = [name for name in policies if name.startswith("FT-aligned")]
+    if "FT-old" not in policies or not variants:
+        needed = (("FT-old", "FT-old" in policies), ("FT-aligned policy", variants))
+        lacking = " and no ".join(name for name, present in needed if not present)
+        sentences, best = [f"No quality comparison: this run has no {lacking}."], None
+    else:
+        sentences, best = _quality_sentences(policies, variants)
+    sentences.append(_compute_sentence(policies, best or next(iter(variants), None)))
+    return " ".join(sentences)
+
+
+def _quality_sentences(policies: dict, variants: list[str]) -> tuple[list[str], str]:
+    old = policies["FT-old"].get("metrics") or {}
+    high = [k for k in _ks([old], "recall") if k >= HEADLINE_MIN_K]
+    k_top = high[-1] if high else None
+    metrics = {name: policies[name].get("metrics") or {} for name in variants}
+    # Highest Recall at the top K; nDCG breaks ties, then display order.
+    best = max(variants, key=lambda n: tuple(-math.inf if k_top is None or (v := _metric(metrics[n], x, k_top)) is None
+                                             else v for x in METRICS))
+    new = metrics[best]
+    ks = [k for k in sorted(set(_ks([old], "recall")) | set(_ks([old], "ndcg")))
+          if k >= HEADLINE_MIN_K and all(_metric(m, x, k) is not None for m in (old, new) for x in METRICS)]
+    if not ks:
+        return [f"No quality comparison: FT-old and {best} share no Recall and nDCG at K ≥ {HEADLINE_MIN_K}."], best
+    fails = {x: [k for k in ks if not _metric(new, x, k) > _metric(old, x, k)] for x in METRICS}
+    k_last = ks[-1]
+    detail = "; ".join(
+        f"{METRIC_TITLES[x].replace('@K', f'@{k_last}')} {_metric(new, x, k_last):.4f} vs {_metric(old, x, k_last):.4f}"
+        + _relative(_metric(new, x, k_last), _metric(old, x, k_last))
+        for x in METRICS
+    )
+    intro = f"Of the FT-aligned variants, {best} has the highest Recall@{k_top}; it" if len(variants) > 1 else best
+    if not fails["recall"] and not fails["ndcg"]:
+        verdict = (f"{intro} beats FT-old on both Recall@K and nDCG@K at every K ≥ {HEADLINE_MIN_K} measured "
+                   f"(K = {_k_list(ks)}): {detail}.")
+    else:
+        failed = "; ".join(f"{METRIC_TITLES[x]} is not higher at K = {_k_list(fails[x])}" for x in METRICS if fails[x])
+        wins = [k for k in ks if k not in fails["recall"] + fails["ndcg"]]
+        verdict = (f"{intro} does not improve on FT-old on both metrics at every K ≥ {HEADLINE_MIN_K}: {failed}."
+                   + (f" It is higher on both only at K = {_k_list(wins)}." if wins else "") + f" {detail}.")
+    return [verdict, "This is a single run; differences are not tested for significance."], best
+
+
+def _relative(new: float, old: float) -> str:
+    return f" ({(new - old) / old:+.1%})" if old > 0 else ""
+
+
+def _compute_sentence(policies: dict, variant: str | None) -> str:
+    full = policies.get("Full")
+    if full is None or variant is None:
+        return "No compute comparison: this run lacks " + ("Full." if full is None else "an FT-aligned policy.")
+    flops = _ratio(_compute(full, "retriever_flops"), _compute(policies[variant], "retriever_flops"))
+    if flops is None:
+        return f"No compute comparison: retriever FLOPs are missing or zero for Full or {variant}."
+    secs = _ratio(_compute(full, "retriever_seconds"), _compute(policies[variant], "retriever_seconds"))
+    secs_text = f" ({secs:.1f}× the wall seconds)" if secs is not None else ""
+    verdict = "meeting" if flops >= TARGET_COMPUTE_RATIO else "short of"
+    return (
+        f"Retriever training for Full costs {flops:.1f}× the FLOPs of {variant}{secs_text}, "
+        f"{verdict} the {TARGET_COMPUTE_RATIO:g}× target."
+    )
+
+
+def headline_table(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
+    """Compact markdown table: Recall and nDCG at ``ks`` per policy (for RESULTS.md)."""
+    header = ["policy", *[f"R@{k}" for k in ks], *[f"N@{k}" for k in ks]]
+    body = [
+        [name, *[_fmt(_metric(p.get("metrics") or {}, x, k)) for x in METRICS for k in ks]]
+        for name, p in _policies(results).items()
+    ]
+    return _table(header, body)
+
+
+def render_markdown(results: dict) -> str:
+    """The full ``report.md`` text."""
+    dataset = results.get("dataset") or {}
+    name = dataset.get("name", "unknown dataset")
+    counts = [f"{_fmt(dataset[k])} {k}" for k in ("users", "items", "events") if k in dataset]
+    wall = _number(results.get("wall_seconds"))
+    out = [
+        f"# freshsid experiment: {name}",
+        f"Dataset **{name}**" + (f": {', '.join(counts)}." if counts else ".") + f" Wall time: {_duration(wall)}.",
+        "## Headline",
+        headline_paragraph(results),
+    ]
+    if _policies(results):
+        out += ["Policies:", "\n".join(f"- **{n}**: {p.get('description', '')}" for n, p in _policies(results).items())]
+    for metric in METRICS:
+        out += [f"## {METRIC_TITLES[metric]}", _metric_table(results, metric)]
+    out += ["Bold: best policy per column (baselines excluded).", "## Compute", _compute_table(results)]
+    out += ["## Alignment diagnostics", _alignment_section(results)]
+    staleness = _staleness_section(results)
+    if staleness:
+        out += ["## Staleness", staleness]
+    if results.get("config"):
+        config = json.dumps(results["config"], indent=2, sort_keys=True, default=str)
+        out += ["## Configuration", f"<details><summary>config</summary>\n\n```json\n{config}\n```\n\n</details>"]
+    return "\n\n".join(out) + "\n"
+
+
+def _figure(width: float = 7.0, height: float = 4.5):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    # A bare Figure (not pyplot) keeps no global state, so nothing leaks between calls.
+    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _colors(results: dict) -> dict[str, str]:
+    """One colour per policy, by display order, shared by every plot."""
+    return {name: f"C{i % 10}" for i, name in enumerate(_policies(results))}
+
+
+def _png_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _metric_plot(results: dict, metric: str) -> bytes | None:
+    rows = [(label, m, pol) for label, m, pol in _metric_rows(results) if _ks([m], metric)]
+    if not rows:
+        return None
+    fig, ax = _figure()
+    all_ks = _ks([m for _, m, _ in rows], metric)
+    colors = _colors(results)
+    for label, metrics, is_policy in rows:
+        ks = [k for k in _ks([metrics], metric) if _metric(metrics, metric, k) is not None]
+        # Dense baselines are context, not contenders: grey and dashed.
+        style = {"marker": "o", "color": colors[label]} if is_policy else {"marker": "x", "ls": "--", "color": "0.45"}
+        ax.plot(ks, [_metric(metrics, metric, k) for k in ks], label=label, markersize=4, linewidth=1.6, **style)
+    ax.set_xscale("log")
+    ax.set_xticks(all_ks, [str(k) for k in all_ks])
+    ax.minorticks_off()
+    ax.set_xlabel("K")
+    ax.set_ylabel(METRIC_TITLES[metric])
+    ax.set_title(f"{METRIC_TITLES[metric]} by policy: {(results.get('dataset') or {}).get('name', '')}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png_bytes(fig)
+
+
+def _compute_plot(results: dict) -> bytes | None:
+    policies = _policies(results)
+    k = max(_ks([p.get("metrics") or {} for p in policies.values()], "recall"), default=None)
+    colors, points = _colors(results), []
+    for name, p in policies.items():
+        x, y = _compute(p, "retriever_flops"), _metric(p.get("metrics") or {}, "recall", k) if k else None
+        if x is not None and x > 0 and y is not None:  # a log axis cannot show zero compute
+            points.append((name, x, y, colors[name]))
+    if not points:
+        return None
+    fig, ax = _figure()
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    for name, x, y, color in points:
+        ax.scatter([x], [y], color=color, s=36, zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlim(min(xs) / 2, max(xs) * 12)  # room on the right for the labels
+    pad = max((max(ys) - min(ys)) * 0.15, max(ys) * 0.02, 1e-3)
+    ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    ax.set_xlabel("retriever-training FLOPs")
+    ax.set_ylabel(f"Recall@{k}")
+    ax.set_title(f"Recall@{k} vs retriever compute: {(results.get('dataset') or {}).get('name', '')}")
+    ax.grid(True, alpha=0.3, which="both")
+    _label_points(fig, ax, points)
+    return _png_bytes(fig)
+
+
+def _label_points(fig, ax, points: list[tuple[str, float, float, str]]) -> None:
+    """Label each point to its right, pushing apart labels of points at similar x.
+
+    Fine-tune policies share nearly the same compute, so their labels would stack;
+    within a column of points, labels are spaced one text line apart.
+    """
+    fig.draw_without_rendering()  # run the layout so data->pixel transforms are final
+    line = 11 * fig.dpi / 72  # pixels per label line
+    pixels = sorted((*ax.transData.transform((x, y)), name, color, (x, y)) for name, x, y, color in points)
+    columns: list[list] = []
+    for item in pixels:
+        if columns and item[0] - columns[-1][0][0] < 40:
+            columns[-1].append(item)
+        else:
+            columns.append([item])
+    for column in columns:
+        column.sort(key=lambda item: item[1])
+        placed: list[float] = []
+        for item in column:
+            placed.append(max(item[1], placed[-1] + line) if placed else item[1])
+        shift = sum(item[1] - y for item, y in zip(column, placed, strict=True)) / len(column)
+        for (_, py, name, color, xy), label_y in zip(column, placed, strict=True):
+            dy = (label_y + shift - py) * 72 / fig.dpi
+            arrow = {"arrowstyle": "-", "color": "0.6", "linewidth": 0.6} if abs(dy) > 3 else None
+            text = ax.annotate(name, xy, xytext=(10, dy), textcoords="offset points", fontsize=8,
+                               va="center", color=color, arrowprops=arrow)
+            text.set_in_layout(False)  # labels must not shrink the axes after they were placed
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_report(results: dict, out_dir: Path) -> list[Path]:
+    """Write ``report.md`` and the PNG plots into ``out_dir``; return the paths written.
+
+    A plot whose data is absent from ``results`` (no metrics, no compute) is skipped.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        "report.md": render_markdown(results).encode(),
+        "recall_at_k.png": _metric_plot(results, "recall"),
+        "ndcg_at_k.png": _metric_plot(results, "ndcg"),
+        "quality_vs_compute.png": _compute_plot(results),
+    }
+    written = []
+    for name, data in outputs.items():
+        if data is not None:
+            _write_atomic(out_dir / name, data)
+            written.append(out_dir / name)
+    return written

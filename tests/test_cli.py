@@ -1,0 +1,80 @@
+"""The CLI surface: every command documents itself with an example; `data stats` output."""
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from freshsid import __version__
+from freshsid.cli import app
+from freshsid.data.registry import data_root
+
+runner = CliRunner()
+
+
+def command_paths(command=None, path=()):
+    """Every registered command and group, found by walking the app (new ones included)."""
+    command = command or typer.main.get_command(app)
+    yield path
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from command_paths(sub, (*path, name))
+
+
+def test_the_walk_finds_the_data_commands():
+    paths = list(command_paths())
+    assert () in paths and ("data",) in paths and ("data", "stats") in paths
+
+
+@pytest.mark.parametrize("path", list(command_paths()), ids=lambda p: " ".join(p) or "freshsid")
+def test_every_command_has_help_with_an_example(path):
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout
+    assert "freshsid" in result.stdout.split("Example", 1)[1]
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == __version__
+
+
+@pytest.mark.skipif(
+    not (data_root() / "amazon2014" / "beauty").is_dir(), reason=f"benchmark data not found under {data_root()}"
+)
+def test_data_stats_beauty_json():
+    result = runner.invoke(app, ["data", "stats", "amazon-beauty", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert (stats["users"], stats["items"], stats["events"]) == (22_363, 12_101, 198_502)
+    assert stats["first_event"].startswith("2002-06") and stats["last_event"].startswith("2014-07")
+    assert stats["n_parts"] == 10 and stats["test_window"] == "9:10"
+    sizes = [p["events"] for p in stats["parts"]]
+    assert sum(sizes) == 198_502 and max(sizes) - min(sizes) <= 1
+    new_items = [p["new_items"] for p in stats["parts"]]
+    assert sum(new_items) == 12_101 and new_items[8] > 100  # "a few hundred items appear first in part 8"
+    test = stats["test"]
+    assert set(test) >= {"test_users", "excluded_users", "labels", "labels_on_unseen_items", "unseen_label_share"}
+    assert 0.10 < test["unseen_label_share"] < 0.25  # the README's "roughly 16%"
+
+
+def test_data_stats_table_and_json_on_a_small_log(tmp_path):
+    rows = "".join(f"u{i % 7},i{i % 11},{1_600_000_000 + 86_400 * i}\n" for i in range(40))
+    path = tmp_path / "small.csv"
+    path.write_text("uid,sku,ts\n" + rows)
+    base = ["data", "stats", "--logs", str(path), "--columns", "uid,sku,ts", "--parts", "4"]
+    table = runner.invoke(app, base)
+    assert table.exit_code == 0, table.output
+    assert "7 users, 11 items, 40 events" in table.stdout and "2020-09-13" in table.stdout
+    stats = json.loads(runner.invoke(app, [*base, "--json"]).stdout)
+    assert [p["events"] for p in stats["parts"]] == [10, 10, 10, 10]
+    assert [p["new_items"] for p in stats["parts"]] == [10, 1, 0, 0]
+    assert stats["test_window"] == "3:4" and stats["test"]["labels_on_unseen_items"] == 0
+
+
+def test_progress_spinner_goes_to_stderr_only(tmp_path):
+    path = tmp_path / "small.csv"
+    path.write_text("user_id,item_id,timestamp\na,x,1\nb,y,2\nc,x,3\n")
+    result = runner.invoke(app, ["--progress", "data", "stats", "--logs", str(path), "--parts", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["events"] == 3

@@ -1,0 +1,175 @@
+import copy
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from freshsid.evaluate.report import headline_paragraph, headline_table, render_markdown, write_report
+
+KS = (1, 10, 100, 200, 500)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics(base):
+    # Recall/nDCG grow with K; `base` shifts a policy up or down.
+    out = {}
+    for k in KS:
+        out[f"recall@{k}"] = min(1.0, base * (1 + k / 100))
+        out[f"ndcg@{k}"] = min(1.0, base * 0.6 * (1 + k / 200))
+    return out
+
+
+def _policy(kind, base, flops, seconds):
+    return {
+        "description": f"a {kind} policy",
+        "metrics": _metrics(base),
+        "compute": {"retriever_flops": flops, "retriever_seconds": seconds,
+                    "tokenizer_flops": 1e9, "tokenizer_seconds": 2.0},
+        "kind": kind,
+    }
+
+
+# FIXTURE: fabricated numbers shaped like the experiment runner's results.json, not a real run.
+@pytest.fixture
+def results():
+    return {
+        "dataset": {"name": "fixture-beauty", "users": 1000, "items": 500, "events": 9000},
+        "config": {"preset": "cpu", "sid": {"levels": 3, "codebook_size": 64}},
+        "wall_seconds": 1234.5,
+        "policies": {
+            "Base": _policy("base", 0.10, 4e12, 400.0),
+            "FT-old": _policy("finetune", 0.12, 5e11, 50.0),
+            "FT-new": _policy("finetune", 0.08, 5e11, 51.0),
+            "FT-aligned (greedy)": _policy("finetune", 0.13, 5e11, 52.0),
+            "FT-aligned (hungarian)": _policy("finetune", 0.14, 5e11, 50.0),
+            "Full": _policy("full", 0.15, 4.5e12, 450.0),
+        },
+        "alignment": {
+            method: {
+                "method": method, "common_items": 480,
+                "levels": [{"level": lv, "kept_before": 0.1, "kept_after": 0.7, "matched": 60} for lv in range(3)],
+                "sid_agreement_before": 0.01, "sid_agreement_after": 0.42, "prefix_agreement_after": [0.7, 0.5, 0.42],
+            }
+            for method in ("greedy", "hungarian")
+        },
+        "baselines": {"SASRec": {"metrics": _metrics(0.5)}},
+        "staleness": {
+            "by_part": [{"part": 8, "recall@100": 0.2, "recall@500": 0.3},
+                        {"part": 9, "recall@100": 0.18, "recall@500": 0.28}],
+            "churn": [{"level": 0, "churn_raw": 0.9, "churn_aligned": 0.3}],
+        },
+    }
+
+
+def _table_rows(md, heading):
+    section = md.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| ")]
+
+
+def test_files_exist_and_pngs_are_valid(results, tmp_path):
+    paths = write_report(results, tmp_path / "report")
+    names = {p.name for p in paths}
+    assert names == {"report.md", "recall_at_k.png", "ndcg_at_k.png", "quality_vs_compute.png"}
+    for path in paths:
+        assert path.is_file() and path.stat().st_size > 0
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == PNG_MAGIC
+    assert not [p for p in (tmp_path / "report").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_metric_tables_have_every_policy_and_k(results):
+    md = render_markdown(results)
+    assert "fixture-beauty" in md and "20 min 34 s" in md
+    for heading in ("Recall@K", "nDCG@K"):
+        header, *rows = _table_rows(md, heading)
+        assert [c.strip() for c in header.strip("|").split("|")][1:] == [f"@{k}" for k in KS]
+        labels = [r.split("|")[1].strip() for r in rows]
+        assert labels == [*results["policies"], "SASRec (baseline)"]
+    # Full is best among policies in every column; the (higher) baseline is never bold.
+    recall_rows = _table_rows(md, "Recall@K")
+    assert recall_rows[-2].count("**") == 2 * len(KS) and "**" not in recall_rows[-1]
+    assert f"{results['policies']['Full']['metrics']['recall@500']:.4f}" in recall_rows[-2]
+
+
+def test_k_columns_sorted_numerically(results):
+    for p in results["policies"].values():
+        p["metrics"] = {k: p["metrics"][k] for k in sorted(p["metrics"])}  # lexicographic: @1, @10, @100, @200, @5
+    results["policies"]["Base"]["metrics"]["recall@5"] = 0.1
+    header = _table_rows(render_markdown(results), "Recall@K")[0]
+    assert re.findall(r"@(\d+)", header) == ["1", "5", "10", "100", "200", "500"]
+
+
+def test_compute_ratio_is_full_over_finetune(results):
+    results["policies"]["FT-old"]["compute"]["retriever_flops"] = 3e11
+    rows = _table_rows(render_markdown(results), "Compute")
+    cells = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows[1:]}
+    assert cells["FT-old"][4] == f"{4.5e12 / 3e11:.1f}×"  # 15.0×
+    assert cells["FT-old"][5] == f"{450 / 50:.1f}×"
+    assert cells["FT-old"][0] == "3.000e+11"
+    assert cells["Full"][4] == "—" and cells["Base"][4] == "—"  # only fine-tunes get a ratio
+
+
+def test_headline_says_beats_and_compute_target(results):
+    text = headline_paragraph(results)
+    assert "FT-aligned (hungarian)" in text and "beats FT-old on both" in text
+    assert "K = 100, 200, 500" in text
+    assert "9.0× the FLOPs" in text and "meeting the 8× target" in text
+
+
+def test_headline_names_failing_k(results):
+    old = results["policies"]["FT-old"]["metrics"]
+    for name in ("FT-aligned (greedy)", "FT-aligned (hungarian)"):
+        results["policies"][name]["metrics"]["ndcg@200"] = old["ndcg@200"] - 0.01
+        results["policies"][name]["metrics"]["recall@500"] = old["recall@500"]  # a tie is not a win
+    results["policies"]["Full"]["compute"]["retriever_flops"] = 2e12
+    text = headline_paragraph(results)
+    assert "beats" not in text
+    assert "Recall@K is not higher at K = 500" in text and "nDCG@K is not higher at K = 200" in text
+    assert "higher on both only at K = 100" in text
+    assert "short of the 8× target" in text
+
+
+def test_missing_sections_are_tolerated(results, tmp_path):
+    minimal = {"policies": {"FT-old": copy.deepcopy(results["policies"]["FT-old"])}}
+    paths = write_report(minimal, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "No quality comparison" in md and "No compute comparison" in md
+    assert "No alignment diagnostics" in md and "Staleness" not in md
+    assert {p.name for p in paths} >= {"report.md", "recall_at_k.png"}
+    assert write_report({}, tmp_path / "empty") == [tmp_path / "empty" / "report.md"]
+    # A policy with no compute and partial metrics must not crash either.
+    odd = {"policies": {"Full": {"metrics": {"recall@500": float("nan")}}, "FT-aligned (greedy)": {}}}
+    assert "—" in render_markdown(odd)
+
+
+def test_headline_table(results):
+    table = headline_table(results, ks=(100, 500))
+    lines = table.splitlines()
+    assert lines[0] == "| policy | R@100 | R@500 | N@100 | N@500 |"
+    assert len(lines) == 2 + len(results["policies"])
+    assert f"{results['policies']['Full']['metrics']['ndcg@500']:.4f}" in lines[-1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    deltas=st.lists(st.sampled_from([-0.01, 0.0, 0.01]), min_size=6, max_size=6),
+    full_flops=st.floats(1e11, 1e13),
+)
+def test_headline_beats_iff_strictly_higher_everywhere(deltas, full_flops):
+    ks = (100, 200, 500)
+    old = {f"{x}@{k}": 0.5 for x in ("recall", "ndcg") for k in ks}
+    new = {f"{x}@{k}": 0.5 + d for (x, k), d in zip([(x, k) for x in ("recall", "ndcg") for k in ks], deltas)}
+    compute = {"retriever_flops": 1e11, "retriever_seconds": 1.0}
+    res = {"policies": {
+        "FT-old": {"metrics": old, "kind": "finetune", "compute": compute},
+        "FT-aligned (greedy)": {"metrics": new, "kind": "finetune", "compute": compute},
+        "Full": {"metrics": old, "kind": "full", "compute": {"retriever_flops": full_flops}},
+    }}
+    text = headline_paragraph(res)
+    assert ("beats FT-old" in text) == all(d > 0 for d in deltas)
+    for i, x in enumerate(("Recall@K", "nDCG@K")):
+        failing = [k for k, d in zip(ks, deltas[3 * i: 3 * i + 3]) if d <= 0]
+        if failing:
+            assert f"{x} is not higher at K = {', '.join(map(str, failing))}" in text
+    assert ("meeting" in text) == (full_flops / 1e11 >= 8)
