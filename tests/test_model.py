@@ -77,6 +77,9 @@ def test_build_tokens_layout_and_padding_sides():
     assert given_w.item_weight.tolist() == [[0, 1, 0]]  # pad weight dropped, packed with the items
     with pytest.raises(FreshsidError):
         build_tokens(np.zeros((1, 6), dtype=np.int64), codes, np.array([0]), config=cfg)
+    lookup = np.concatenate([codes, np.full((1, 3), -1)])  # item 12 has no SID
+    with pytest.raises(FreshsidError, match="item 12 has no SID"):
+        build_tokens(np.array([[1, 12]]), lookup, np.array([0]), config=cfg)
 
 
 def test_forward_shapes_and_causality():

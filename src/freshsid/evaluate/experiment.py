@@ -39,6 +39,7 @@ from freshsid.embed.store import load_embeddings, save_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.evaluate.report import write_report
+from freshsid.evaluate.staleness import recall_by_part, sid_churn
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import RetrieverConfig, load_checkpoint
 from freshsid.retriever.train import TrainConfig
@@ -274,6 +275,24 @@ class Experiment:
         return self._cached("eval/sasrec", [cfg.sasrec, cfg.seed, self.logs.fingerprint, cfg.ks, str(window)], build,
                             lambda f: json.loads(f.with_suffix(".json").read_text()))
 
+    def staleness(self) -> dict[str, Any]:
+        """SID churn per level (legacy vs refreshed) and the base model's decay by part."""
+        cfg, protocol = self.config, self.config.protocol
+        legacy, refreshed = self.sid_table(protocol.base), self.sid_table(self._base_gap)
+        base_model, _ = self.model("models/base", legacy, parent=None)
+
+        def build(folder: Path) -> dict[str, Any]:
+            record = {
+                "churn": sid_churn(legacy, refreshed),
+                "by_part": recall_by_part(base_model, legacy, self.split, trained_on=protocol.base, ks=cfg.ks,
+                                          beam=cfg.beam, max_users=cfg.max_eval_users),
+            }
+            write_json_atomic(folder.with_suffix(".json"), record)
+            return record
+
+        key = [legacy.content_hash, refreshed.content_hash, self._stages.get("models/base"), cfg.ks, cfg.beam, cfg.max_eval_users]
+        return self._cached("eval/staleness", key, build, lambda f: json.loads(f.with_suffix(".json").read_text()))
+
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         policies = {name: self.evaluate(name) for name in self.config.policies}
@@ -286,6 +305,7 @@ class Experiment:
             "policies": policies,
             "alignment": alignment,
             "baselines": {"SASRec": self.sasrec_baseline()},
+            "staleness": self.staleness(),
             "wall_seconds": time.perf_counter() - started,
         }
         write_json_atomic(self.out / "results.json", results)

@@ -13,16 +13,15 @@ a win, and a comparison whose inputs are missing is reported as missing.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from freshsid.artifacts import write_bytes_atomic
 
 METRICS = ("recall", "ndcg")
 METRIC_TITLES = {"recall": "Recall@K", "ndcg": "nDCG@K"}
@@ -393,18 +392,6 @@ def _label_points(fig, ax, points: list[tuple[str, float, float, str]]) -> None:
             text.set_in_layout(False)  # labels must not shrink the axes after they were placed
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_report(results: dict, out_dir: Path) -> list[Path]:
     """Write ``report.md`` and the PNG plots into ``out_dir``; return the paths written.
 
@@ -421,6 +408,6 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
     written = []
     for name, data in outputs.items():
         if data is not None:
-            _write_atomic(out_dir / name, data)
+            write_bytes_atomic(out_dir / name, data)
             written.append(out_dir / name)
     return written

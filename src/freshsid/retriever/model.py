@@ -173,8 +173,15 @@ def build_tokens(
         weight[:, 0] = 0.0
     else:
         weight = torch.as_tensor(item_weight).float().to(items.device).gather(1, order) * packed_valid
+    sids = codes[packed.clamp(min=0)]  # (B, T, D)
+    uncoded = packed_valid & (sids < 0).any(-1)
+    if bool(uncoded.any()):
+        raise FreshsidError(
+            f"item {int(packed[uncoded][0])} has no SID in the codes table; drop it from the history "
+            "or use a table that covers it."
+        )
     offsets = torch.tensor(config.level_offsets, device=items.device)
-    sid_tokens = codes[packed.clamp(min=0)] + offsets  # (B, T, D)
+    sid_tokens = sids + offsets
     sid_tokens = torch.where(packed_valid[..., None], sid_tokens, 0)
     tokens = torch.cat([users[:, None], sid_tokens.reshape(batch, -1)], dim=1)
     return TokenBatch(tokens=tokens, item_valid=packed_valid, item_weight=weight)

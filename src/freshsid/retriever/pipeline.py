@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from freshsid.data.interactions import Interactions
 from freshsid.data.sequences import Sequences, windows
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.errors import FreshsidError

@@ -82,6 +82,22 @@ class SidTable:
         out = np.where(known[..., None], self.codes[pos], -1)
         return out.astype(np.int64)
 
+    def check_item_ids(self, item_ids: np.ndarray, *, logs_name: str) -> None:
+        """Refuse logs whose dense items are not the ones this table codes.
+
+        ``item_ids`` (n_items,) are the logs' original ids in dense order. Dense indices
+        stay valid when logs are appended to, so the original ids are compared, not a
+        fingerprint of the logs.
+        """
+        item_ids = np.asarray(item_ids)
+        if len(self.items) and (
+            self.items[-1] >= len(item_ids) or not np.array_equal(item_ids[self.items].astype(str), self.item_ids.astype(str))
+        ):
+            raise FreshsidError(
+                f"This SID table ({len(self)} items, window {self.meta.get('window')}) codes items that are not "
+                f"those of {logs_name}; pass the dataset the table was built from."
+            )
+
     def lookup_table(self, n_items: int) -> np.ndarray:
         """(n_items, D) dense codes table indexed by item, -1 rows for items not covered."""
         table = np.full((n_items, self.depth), -1, dtype=np.int64)
