@@ -214,3 +214,14 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
+
+
+def load_split(data: DataSource, *tables: Any):
+    """The logs of ``data``, cut into the protocol's parts, checked against the SID tables
+    that will index them (:meth:`SidTable.check_item_ids`)."""
+    from freshsid.data.temporal import ProtocolConfig, TemporalSplit
+
+    logs = data.load()
+    for table in tables:
+        table.check_item_ids(logs.item_ids, logs_name=logs.name)
+    return TemporalSplit(logs, ProtocolConfig().n_parts)

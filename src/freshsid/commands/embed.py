@@ -19,6 +19,7 @@ from freshsid.commands.common import (
     configure,
     data_options,
     experiment_preset,
+    load_split,
     show_progress,
 )
 from freshsid.data.interactions import Interactions
@@ -97,10 +98,9 @@ def collab(
     Example: freshsid embed collab amazon-beauty --parts 0:8 --out runs/beauty/embed-0-8
     """
     window = Window.parse(parts)
-    logs = data.load()
-    split = TemporalSplit(logs, experiment_preset(preset).protocol.n_parts)
+    split = load_split(data)
     emb = train_collab(split, window, preset=preset, dim=dim, epochs=epochs, seed=seed)
-    emb.save(out, logs)
+    emb.save(out, split.logs)
     _print_saved(emb, out)
 
 

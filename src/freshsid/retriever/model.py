@@ -34,8 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, fingerprint_of, read_manifest
+from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, read_manifest
 from freshsid.errors import FreshsidError
+from freshsid.sid.table import sid_shape_fingerprint
 
 CHECKPOINT_KIND = "retriever"
 WEIGHTS_FILE = "model.safetensors"
@@ -93,14 +94,6 @@ class RetrieverConfig(BaseModel):
         """Longest input: user + max_history items + the target's first D-1 tokens."""
         return (self.max_history + 1) * self.n_levels
 
-
-def sid_shape_fingerprint(codebook_sizes: tuple[int, ...]) -> str:
-    """Fingerprint of a SID vocabulary shape; a checkpoint only fits tables with the same one.
-
-    Equal to ``SidTable.shape_fingerprint`` (n_levels excludes the collision suffix).
-    """
-    sizes = [int(k) for k in codebook_sizes]
-    return fingerprint_of({"codebook_sizes": sizes, "n_levels": len(sizes) - 1})
 
 
 # ---------------------------------------------------------------- token batches

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.tensorboard import SummaryWriter
 
 from freshsid.artifacts import Manifest, fingerprint_of
 from freshsid.data.sequences import Sequences
@@ -100,7 +101,8 @@ def train(
         model: a freshly initialised (fit) or loaded (finetune) retriever.
         seqs: training windows; ``target`` marks the items that carry loss.
         codes_table: (n_items, D) SID of every item in ``seqs`` (-1 rows never used).
-        work_dir: resume state and per-epoch checkpoints; an existing state resumes.
+        work_dir: resume state, per-epoch checkpoints and TensorBoard scalars
+            (``work_dir/tensorboard``); an existing state resumes.
         out: the final checkpoint artifact.
         on_step: called with the global step after each optimiser step (tests use it
             to interrupt a run).
@@ -130,6 +132,7 @@ def train(
         torch.set_rng_state(state["rng"])
     flops_token = TRAIN_FLOPS_MULTIPLIER * flops_per_token(model.config, model.config.n_positions)
     bar = progress_bar("train", total=total_steps, enabled=show_progress)
+    board = SummaryWriter(str(work_dir / "tensorboard"))
     bar.advance(state["epoch"] * steps_per_epoch + state["step"])
     while state["epoch"] < cfg.epochs and state["bad"] < cfg.patience:
         epoch = state["epoch"]
@@ -146,15 +149,23 @@ def train(
             scheduler.step()
             state["step"] += 1
             comp = state["compute"]
-            comp["retriever_tokens"] += float(batch.tokens.numel())
-            comp["retriever_flops"] += flops_token * batch.tokens.numel()
+            # The last token of a sequence is only a target; the model never reads it.
+            n_tokens = batch.tokens[:, :-1].numel()
+            comp["retriever_tokens"] += float(n_tokens)
+            comp["retriever_flops"] += flops_token * n_tokens
             comp["retriever_steps"] += 1
             comp["retriever_seconds"] += time.perf_counter() - started
-            bar.update(loss=float(loss.detach()), epoch=epoch, tok_s=batch.tokens.numel() / (time.perf_counter() - started))
+            tok_s = n_tokens / (time.perf_counter() - started)
+            bar.update(loss=float(loss.detach()), epoch=epoch, tok_s=tok_s)
+            global_step = epoch * steps_per_epoch + state["step"]
+            board.add_scalar("train/loss", float(loss.detach()), global_step)
+            board.add_scalar("train/tokens_per_second", tok_s, global_step)
+            board.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
             if on_step is not None:
-                on_step(epoch * steps_per_epoch + state["step"])
+                on_step(global_step)
         valid = _valid_loss(model, valid_seqs, codes, cfg.batch_size) if valid_seqs is not None else float(loss.detach())
         state["history"].append({"epoch": epoch, "train_loss": float(loss.detach()), "valid_loss": valid})
+        board.add_scalar("valid/loss", valid, epoch)
         if valid < state["best"] - 1e-4:
             state.update(best=valid, best_epoch=epoch, bad=0, best_model=_cpu_state(model))
         else:
@@ -163,6 +174,7 @@ def train(
         state.update(epoch=epoch + 1, step=0)
         _save_state(work_dir, run_id, state, model, optimizer, scheduler)
     bar.close()
+    board.close()
     if "best_model" in state:
         model.load_state_dict(state["best_model"])
     model.eval()

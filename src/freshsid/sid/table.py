@@ -23,6 +23,12 @@ KIND = "sid_table"
 TABLE_FILE = "sids.parquet"
 
 
+def sid_shape_fingerprint(codebook_sizes: tuple[int, ...]) -> str:
+    """Fingerprint of a SID vocabulary shape; a checkpoint only fits tables with the same one."""
+    sizes = [int(k) for k in codebook_sizes]
+    return fingerprint_of({"codebook_sizes": sizes, "n_levels": len(sizes) - 1})
+
+
 @dataclass(frozen=True, eq=False)
 class SidTable:
     """Item -> code tuple.
@@ -63,7 +69,7 @@ class SidTable:
 
     @property
     def shape_fingerprint(self) -> str:
-        return fingerprint_of(self.shape)
+        return sid_shape_fingerprint(self.codebook_sizes)
 
     @property
     def content_hash(self) -> str:
@@ -107,10 +113,9 @@ class SidTable:
     def trie(self, allowed_items: np.ndarray | None = None) -> SidTrie:
         """Prefix trie over the table's SIDs, optionally restricted to an allowed subset.
         Leaves report dense item indices."""
-        rows = np.arange(len(self.items))
-        if allowed_items is not None:
-            rows = rows[np.isin(self.items, allowed_items)]
-        return SidTrie.from_codes(self.codes[rows], self.codebook_sizes, items=self.items[rows])
+        keep = self.items if allowed_items is None else self.items[np.isin(self.items, allowed_items)]
+        # The trie's ``items`` are rows of the codes it is given: a dense item-indexed table.
+        return SidTrie.from_codes(self.lookup_table(int(self.items.max(initial=-1)) + 1), self.codebook_sizes, items=keep)
 
     def save(self, out: Path) -> Manifest:
         """Write the parquet table and its manifest atomically."""

@@ -1,0 +1,150 @@
+"""Root commands over whole runs: ``staleness``, ``experiment``, ``demo`` and ``report``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from freshsid.commands.common import (
+    BeamOpt,
+    DataSource,
+    JsonOpt,
+    KsOpt,
+    MaxUsersOpt,
+    OutOpt,
+    PresetOpt,
+    configure,
+    data_options,
+    experiment_preset,
+    load_split,
+    parse_ks,
+    print_json,
+)
+from freshsid.data.interactions import Interactions
+from freshsid.data.temporal import Window
+from freshsid.errors import FreshsidError
+from freshsid.sid.table import SidTable
+
+MaxEvalUsersOpt = Annotated[
+    int | None, typer.Option("--max-eval-users", min=1, help="Evaluate a random sample of this many test users.")
+]
+
+
+@data_options()
+def staleness(
+    data: DataSource,
+    legacy: Annotated[Path, typer.Option("--legacy", help="The legacy SidTable folder.", show_default=False)],
+    refreshed: Annotated[Path, typer.Option("--refreshed", help="A SidTable refit on later parts.", show_default=False)],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="A retriever trained on the legacy table.")] = None,
+    trained_on: Annotated[str, typer.Option("--trained-on", help="The parts the checkpoint was trained on.")] = "0:8",
+    beam: BeamOpt = 500,
+    max_users: MaxUsersOpt = None,
+    ks: KsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """SID churn per level between a legacy and a refreshed table; with --checkpoint, recall by part.
+
+    Churn is the share of common items whose code changes, raw and after alignment. Recall by part shows how a
+    retriever trained on --trained-on decays on each later part.
+
+    Example: freshsid staleness --dataset amazon-beauty --legacy runs/beauty/sids-0-8 --refreshed runs/beauty/sids-0-9 --checkpoint runs/beauty/base
+    """
+    from freshsid.evaluate.staleness import recall_by_part, sid_churn
+    from freshsid.retriever.model import load_checkpoint
+
+    window, cutoffs = Window.parse(trained_on), parse_ks(ks)
+    old = SidTable.load(legacy)
+    record: dict[str, Any] = {"churn": sid_churn(old, SidTable.load(refreshed))}
+    if checkpoint is not None:
+        model, _ = load_checkpoint(checkpoint, expected_shape=old.codebook_sizes)
+        split = load_split(data, old)
+        record["by_part"] = recall_by_part(model, old, split, trained_on=window, ks=cutoffs, beam=beam, max_users=max_users)
+    if as_json:
+        print_json(record)
+        return
+    churn = Table("level", "churn (raw)", "churn (aligned)", title="share of common items whose code changes")
+    for row in record["churn"]:
+        churn.add_row(str(row["level"] + 1), f"{row['churn_raw']:.1%}", f"{row['churn_aligned']:.1%}")
+    Console().print(churn)
+    if "by_part" in record:
+        decay = Table("part", *[f"R@{k}" for k in cutoffs], title=f"recall by part, trained on {window}")
+        for row in record["by_part"]:
+            decay.add_row(str(row["part"]), *[f"{row[f'recall@{k}']:.4f}" for k in cutoffs])
+        Console().print(decay)
+
+
+@data_options()
+def experiment(
+    data: DataSource,
+    out: OutOpt,
+    preset: PresetOpt = "cpu",
+    policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: all), e.g. Base,FT-old,Full.")] = None,
+    max_eval_users: MaxEvalUsersOpt = None,
+) -> None:
+    """Run the policies (Base, FT-old, FT-new, FT-aligned, Full, ...) on one dataset; write results and report.
+
+    Stages are cached in --out, so a rerun resumes. Writes results.json, report.md and plots.
+
+    Example: freshsid experiment --dataset amazon-beauty --preset cpu --policies "Base,FT-old,FT-aligned (hungarian),Full" --out runs/beauty
+    """
+    chosen = None if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
+    config = configure(experiment_preset(preset), policies=chosen, max_eval_users=max_eval_users)
+    run_experiment(data.load(), config, out)
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
+    max_eval_users: MaxEvalUsersOpt = None,
+) -> None:
+    """The whole experiment on the bundled synthetic drifting catalog, with the tiny preset.
+
+    Example: freshsid demo --out runs/demo
+    """
+    config = configure(experiment_preset("tiny"), max_eval_users=max_eval_users)
+    run_experiment(DataSource(dataset="synthetic").load(), config, out)
+
+
+def run_experiment(logs: Interactions, config: Any, out: Path) -> None:
+    """One :meth:`Experiment.run`; stage lines go to stderr, the headline table to stdout."""
+    from freshsid.commands.common import show_progress
+    from freshsid.evaluate.experiment import Experiment
+    from freshsid.evaluate.report import headline_table
+
+    runner = Experiment(logs, config, out, show_progress=show_progress())
+    runner.log = lambda line: typer.echo(line, err=True)
+    results = runner.run()
+    typer.echo(headline_table(results, ks=tuple(config.ks[-3:])))
+    _print_outputs(out)
+
+
+def report(
+    results_json: Annotated[Path, typer.Argument(help="A results.json written by freshsid experiment.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md and the plots.", show_default=False)],
+) -> None:
+    """Re-render report.md and the plots from a results.json.
+
+    Example: freshsid report runs/beauty/results.json --out runs/beauty
+    """
+    from freshsid.evaluate.report import write_report
+
+    try:
+        results = json.loads(Path(results_json).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not valid JSON"
+        raise FreshsidError(f"Cannot read {results_json} ({reason}); pass a results.json written by freshsid experiment.") from None
+    if not isinstance(results, dict) or not isinstance(results.get("policies", {}), dict):
+        raise FreshsidError(f"{results_json} is not an experiment's results.json; pass the one freshsid experiment wrote.")
+    for path in write_report(results, out):
+        typer.echo(str(path))
+
+
+def _print_outputs(out: Path) -> None:
+    names = ["results.json", "report.md", *sorted(p.name for p in Path(out).glob("*.png"))]
+    for name in names:
+        if (Path(out) / name).exists():
+            typer.echo(str(Path(out) / name))

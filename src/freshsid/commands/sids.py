@@ -1,0 +1,202 @@
+"""``freshsid sids``: build, inspect and align Semantic ID tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import typer
+from typer.core import TyperGroup
+
+from freshsid.commands.common import (
+    DataSource,
+    JsonOpt,
+    OutOpt,
+    PresetOpt,
+    SeedOpt,
+    configure,
+    data_options,
+    experiment_preset,
+    load_split,
+    print_json,
+)
+from freshsid.commands.embed import Embeddings, PartsOpt, encode_content, train_collab
+from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.errors import FreshsidError
+from freshsid.sid.table import SidTable
+
+app = typer.Typer(
+    cls=TyperGroup,
+    help="Build, inspect and align Semantic ID tables.\n\n"
+    "Example: freshsid sids build --dataset amazon-beauty --parts 0:8 --tokenizer rqkmeans --out runs/beauty/sids-0-8",
+    no_args_is_help=True,
+)
+TableArg = Annotated[Path, typer.Argument(help="A SidTable folder.", show_default=False)]
+
+
+@app.command("build")
+@data_options()
+def build(
+    data: DataSource,
+    out: OutOpt,
+    parts: PartsOpt = "0:8",
+    tokenizer: Annotated[Literal["rqvae", "rqkmeans"] | None, typer.Option("--tokenizer", help="Tokenizer (default: the preset's).")] = None,
+    source: Annotated[Literal["collab", "content"] | None, typer.Option("--source", help="Embeddings to compute when --embeddings is not given (default: collab).")] = None,
+    embeddings: Annotated[Path | None, typer.Option("--embeddings", help="An embeddings folder (freshsid embed ...) instead of computing them.")] = None,
+    levels: Annotated[int | None, typer.Option("--levels", min=1, help="Semantic levels, without the collision suffix (default: 3).")] = None,
+    codebook_size: Annotated[int | None, typer.Option("--codebook-size", min=1, help="Codes per level (default: the preset's, 256 for cpu).")] = None,
+    suffix_size: Annotated[int | None, typer.Option("--suffix-size", min=1, help="Codes of the collision-suffix level (default: the preset's).")] = None,
+    seed: SeedOpt = None,
+    preset: PresetOpt = "cpu",
+) -> None:
+    """Fit a tokenizer on the embeddings of the items seen in --parts and save their SidTable.
+
+    Without --embeddings, SASRec embeddings are trained on --parts (or content ones computed) on the fly.
+
+    Prints the collision rate before the suffix level, utilisation per level, the largest group, build seconds.
+
+    Example: freshsid sids build --dataset amazon-beauty --parts 0:8 --tokenizer rqkmeans --source collab --out runs/beauty/sids-0-8
+    """
+    from freshsid.sid.build import build_table
+
+    config = configure(experiment_preset(preset).sid, tokenizer=tokenizer, n_levels=levels,
+                       codebook_size=codebook_size, suffix_size=suffix_size, seed=seed)
+    window = Window.parse(parts)
+    split = load_split(data)
+    logs = split.logs
+    emb, inputs = _item_embeddings(split, window, source=source, folder=embeddings, preset=preset, seed=seed)
+    seen = split.allowed_items(window)
+    items = np.intersect1d(seen, emb.items)  # an item without an embedding gets no SID
+    table, _ = build_table(emb.vectors[items], items, logs.item_ids[items], config, window=str(window), inputs=inputs)
+    if embeddings is None:
+        table.meta["compute"].update({f"embedding_{k}": v for k, v in emb.compute.items()})
+    table.save(out)
+    _print_build(table, emb.kind, skipped=len(seen) - len(items), out=out)
+
+
+def _item_embeddings(split: TemporalSplit, window: Window, *, source: str | None, folder: Path | None,
+                     preset: str, seed: int | None) -> tuple[Embeddings, dict[str, str]]:
+    """The embeddings artifact at ``folder``, else embeddings computed for ``window``."""
+    from freshsid.embed.store import load_embedding_items, load_embeddings
+
+    logs = split.logs
+    if folder is None:
+        emb = encode_content(logs) if source == "content" else train_collab(split, window, preset=preset, seed=seed)
+        return emb, {"logs": logs.fingerprint}
+    vectors, manifest = load_embeddings(folder)
+    kind = manifest.info.get("embedding")
+    if source is not None and source != kind:
+        raise FreshsidError(f"--source {source} conflicts with {folder}, which holds {kind} embeddings; drop --source.")
+    if manifest.inputs.get("logs") != logs.fingerprint:
+        raise FreshsidError(f"{folder} was made from other logs than {logs.name}; pass the dataset it was made from.")
+    emb = Embeddings(vectors, load_embedding_items(folder), str(kind), manifest.config, manifest.seed,
+                     dict(manifest.compute), str(manifest.info.get("window", "")))
+    return emb, {"logs": logs.fingerprint, "embeddings": manifest.fingerprint}
+
+
+def _print_build(table: SidTable, kind: str, *, skipped: int, out: Path) -> None:
+    stats, sizes = table.meta["stats"], table.codebook_sizes
+    tokenizer = table.meta["tokenizer"]["kind"]
+    typer.echo(f"SID table: {len(table):,} items, {table.n_levels} levels x {list(sizes[:-1])} codes + suffix {sizes[-1]}, "
+               f"{tokenizer} on {kind} embeddings of parts {table.meta['window']}")
+    if skipped:
+        typer.echo(f"items of those parts without an embedding, left without a SID: {skipped:,}")
+    typer.echo(f"collision rate before suffix: {stats['collision_rate']:.1%}; largest group: {stats['max_group_size']} items")
+    typer.echo("utilisation per level: " + "  ".join(f"L{i + 1} {u:.1%}" for i, u in enumerate(stats["utilisation"])))
+    typer.echo(f"tokenizer build: {table.meta['compute']['tokenizer_seconds']:.2f} s -> {out}")
+
+
+@app.command("inspect")
+@data_options()
+def inspect_table(
+    folder: TableArg,
+    data: DataSource,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Level-1 codes to show, the most populous first.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Utilisation, collisions, provenance and sample prefixes of a SidTable.
+
+    Pass the dataset (optional) to show item titles next to the sample prefixes.
+
+    Example: freshsid sids inspect runs/beauty/sids-0-8 --dataset amazon-beauty
+    """
+    from freshsid.sid.collisions import collision_stats
+
+    table = SidTable.load(folder)
+    titles = _titles(data.load()) if data.given else {}
+    report = {
+        "n_items": len(table),
+        "codebook_sizes": list(table.codebook_sizes),
+        "tokenizer": table.meta["tokenizer"],
+        "window": table.meta["window"],
+        "parent": table.meta["parent"],
+        "stats": collision_stats(table.codes[:, :-1], table.codebook_sizes[:-1]),
+        "alignment": table.meta["stats"].get("alignment"),
+        "samples": sample_prefixes(table, titles, n=samples),
+    }
+    if as_json:
+        print_json(report)
+    else:
+        _print_inspect(report)
+
+
+def sample_prefixes(table: SidTable, titles: dict[str, str], *, n: int, per_code: int = 3) -> list[dict[str, Any]]:
+    """The ``n`` most populous level-1 codes, each with its first ``per_code`` items (id, title)."""
+    codes, counts = np.unique(table.codes[:, 0], return_counts=True)
+    top = np.argsort(-counts, kind="stable")[:n]
+    out = []
+    for code, count in zip(codes[top], counts[top]):
+        ids = table.item_ids[table.codes[:, 0] == code][:per_code]
+        out.append({"code": int(code), "items": int(count),
+                    "examples": [{"item_id": str(i), "title": titles.get(str(i), "")} for i in ids]})
+    return out
+
+
+def _titles(logs) -> dict[str, str]:
+    return dict(zip(logs.items["item_id"].cast(str).to_list(), logs.items["title"].to_list()))
+
+
+def _print_inspect(report: dict[str, Any]) -> None:
+    stats, sizes = report["stats"], report["codebook_sizes"]
+    parent = f", aligned onto {report['parent']}" if report["parent"] else ""
+    typer.echo(f"{report['n_items']:,} items; {len(sizes) - 1} levels x {sizes[:-1]} codes + suffix {sizes[-1]}; "
+               f"{report['tokenizer'].get('kind', '?')} on parts {report['window']}{parent}")
+    typer.echo(f"collision rate before suffix: {stats['collision_rate']:.1%}; largest group: {stats['max_group_size']} items")
+    typer.echo("utilisation per level: " + "  ".join(f"L{i + 1} {u:.1%}" for i, u in enumerate(stats["utilisation"])))
+    typer.echo("distinct prefixes by length: " + "  ".join(f"{d:,}" for d in stats["distinct_prefixes"]))
+    if report["alignment"]:
+        _print_alignment(report["alignment"])
+    for sample in report["samples"]:
+        shown = "; ".join(e["item_id"] + (f" {e['title'][:40]!r}" if e["title"] else "") for e in sample["examples"])
+        typer.echo(f"  code {sample['code']:>4} ({sample['items']:,} items): {shown}")
+
+
+@app.command("align")
+def align_tables(
+    legacy: TableArg,
+    refreshed: TableArg,
+    out: OutOpt,
+    method: Annotated[Literal["hungarian", "greedy"], typer.Option("--method", help="Exact (hungarian) or greedy matching per level.")] = "hungarian",
+    as_json: JsonOpt = False,
+) -> None:
+    """Relabel REFRESHED's codes onto LEGACY's vocabulary, level by level, and save the aligned table.
+
+    Example: freshsid sids align runs/beauty/sids-0-8 runs/beauty/sids-0-9 --method hungarian --out runs/beauty/sids-aligned
+    """
+    from freshsid.sid.align import align
+
+    table, report = align(SidTable.load(legacy), SidTable.load(refreshed), method=method)
+    table.save(out)
+    if as_json:
+        print_json(report)
+        return
+    _print_alignment(report)
+    typer.echo(f"-> {out}")
+
+
+def _print_alignment(report: dict[str, Any]) -> None:
+    typer.echo(f"alignment ({report['method']}) over {report['common_items']:,} common items, share keeping its legacy code:")
+    for level in report["levels"]:
+        typer.echo(f"  level {level['level'] + 1}: {level['kept_before']:.1%} before -> {level['kept_after']:.1%} after")
+    typer.echo(f"  whole SID: {report['sid_agreement_before']:.1%} before -> {report['sid_agreement_after']:.1%} after")

@@ -1,0 +1,268 @@
+"""The CLI end to end on a tiny synthetic log (embed -> sids -> retriever -> align -> staleness),
+checked against the library it adapts, and bad input through these commands: exit code 2,
+one line, nothing written."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from freshsid.cli import app
+from freshsid.data.registry import load_dataset
+from freshsid.data.synthetic import SyntheticConfig, write_synthetic
+from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.embed.store import load_embedding_items, load_embeddings
+from freshsid.evaluate.experiment import Experiment
+from freshsid.retriever.model import load_checkpoint
+from freshsid.retriever.pipeline import evaluate
+from freshsid.sid.table import SidTable
+
+torch.set_num_threads(1)
+runner = CliRunner()
+TINY = SyntheticConfig(n_users=200, n_items=120, n_events=4000)
+SIDS = ["--tokenizer", "rqkmeans", "--levels", "2", "--codebook-size", "8", "--suffix-size", "64"]
+TRAIN = ["--preset", "tiny", "--epochs", "1"]
+EVAL = ["--beam", "20", "--ks", "1,10,20"]
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """--logs/--items options of the tiny log, and the log itself."""
+    files = write_synthetic(TINY, tmp_path_factory.mktemp("logs"))
+    options = ["--logs", str(files.interactions), "--items", str(files.items), "--drop-duplicates"]
+    return options, load_dataset(logs=files.interactions, items=files.items, drop_duplicates=True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    """Every stage once, as a user would chain them; the tests read what each wrote and printed."""
+    opts, _ = data
+    d = tmp_path_factory.mktemp("run")
+    out = {"dir": d}
+    for parts in ("0:8", "0:9"):
+        name = f"emb-{parts.replace(':', '-')}"
+        out[name] = invoke("embed", "collab", *opts, "--parts", parts, "--dim", "8", "--epochs", "1", "--preset", "tiny",
+                           "--out", d / name)
+    out["build"] = invoke("sids", "build", *opts, "--embeddings", d / "emb-0-8", "--parts", "0:8", *SIDS, "--out", d / "legacy")
+    invoke("sids", "build", *opts, "--embeddings", d / "emb-0-9", "--parts", "0:9", *SIDS, "--out", d / "refreshed")
+    invoke("sids", "build", *opts, "--embeddings", d / "emb-0-8", *SIDS[:4], "--codebook-size", "4", "--out", d / "other-shape")
+    out["inspect"] = invoke("sids", "inspect", d / "legacy", *opts, "--samples", "3", "--json")
+    out["inspect-text"] = invoke("sids", "inspect", d / "legacy", "--samples", "2")
+    out["train"] = invoke("retriever", "train", *opts, "--sids", d / "legacy", "--parts", "0:8", *TRAIN, "--out", d / "base")
+    out["align"] = invoke("sids", "align", d / "legacy", d / "refreshed", "--method", "hungarian", "--out", d / "aligned", "--json")
+    out["finetune"] = invoke("retriever", "finetune", *opts, "--checkpoint", d / "base", "--sids", d / "aligned",
+                             "--parts", "8:9", *TRAIN, "--out", d / "ft")
+    out["eval"] = invoke("retriever", "eval", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned", *EVAL, "--json",
+                         "--out", d / "eval.json")
+    out["eval-text"] = invoke("retriever", "eval", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned", *EVAL)
+    out["recommend"] = invoke("retriever", "recommend", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned",
+                              "--user", "5", "--k", "5", "--allowed", "0:8", "--json")
+    out["staleness"] = invoke("staleness", *opts, "--legacy", d / "legacy", "--refreshed", d / "refreshed",
+                              "--checkpoint", d / "base", *EVAL, "--json")
+    return out
+
+
+def test_embed_collab_saves_item_vectors_of_the_training_parts(run, data):
+    _, logs = data
+    vectors, manifest = load_embeddings(run["dir"] / "emb-0-8")
+    assert vectors.shape == (logs.n_items, 8) and manifest.info["window"] == "0:8"
+    covered = load_embedding_items(run["dir"] / "emb-0-8")
+    seen = TemporalSplit(logs, 10).allowed_items(Window.parse("0:8"))
+    assert 0 < len(covered) and np.isin(covered, seen).all()
+    assert f"({len(covered)} covered) on parts 0:8" in run["emb-0-8"].stdout
+
+
+def test_sids_build_codes_the_covered_items_and_prints_its_stats(run, data):
+    _, logs = data
+    table = SidTable.load(run["dir"] / "legacy")
+    assert table.codebook_sizes == (8, 8, 64) and table.meta["window"] == "0:8"
+    assert np.array_equal(table.items, load_embedding_items(run["dir"] / "emb-0-8"))
+    assert (table.item_ids.astype(str) == logs.item_ids[table.items].astype(str)).all()
+    stats, text = table.meta["stats"], run["build"].stdout
+    assert f"collision rate before suffix: {stats['collision_rate']:.1%}" in text
+    assert f"largest group: {stats['max_group_size']} items" in text
+    assert "L1 " in text and "L2 " in text and "tokenizer build:" in text
+    assert SidTable.load(run["dir"] / "other-shape").codebook_sizes == (4, 4, 64)
+
+
+def test_sids_inspect_reports_stats_and_the_most_populous_prefixes_with_titles(run, data):
+    _, logs = data
+    table = SidTable.load(run["dir"] / "legacy")
+    report = json.loads(run["inspect"].stdout)
+    assert report["codebook_sizes"] == [8, 8, 64] and report["n_items"] == len(table)
+    assert report["stats"]["collision_rate"] == pytest.approx(table.meta["stats"]["collision_rate"])
+    counts = [s["items"] for s in report["samples"]]
+    assert len(counts) == 3 and counts == sorted(counts, reverse=True)
+    assert counts[0] == np.bincount(table.codes[:, 0]).max()
+    titles = dict(zip(logs.items["item_id"].cast(str), logs.items["title"]))
+    for sample in report["samples"]:
+        for example in sample["examples"]:
+            assert example["title"] == titles[example["item_id"]] != ""
+    text = run["inspect-text"].stdout  # no dataset: ids only
+    assert "utilisation per level" in text and text.count("  code ") == 2
+
+
+def test_align_keeps_at_least_as_many_codes_and_records_the_legacy_parent(run):
+    report = json.loads(run["align"].stdout)
+    assert [lv["level"] for lv in report["levels"]] == [0, 1]
+    assert all(lv["kept_after"] >= lv["kept_before"] for lv in report["levels"])
+    aligned, legacy = SidTable.load(run["dir"] / "aligned"), SidTable.load(run["dir"] / "legacy")
+    assert aligned.meta["parent"] == legacy.content_hash
+
+
+def test_train_then_finetune_write_linked_checkpoints(run):
+    _, base = load_checkpoint(run["dir"] / "base", expected_shape=(8, 8, 64))
+    _, ft = load_checkpoint(run["dir"] / "ft", expected_shape=(8, 8, 64))
+    assert base.info["mode"] == "fit" and base.info["window"] == "0:8" and len(base.info["history"]) == 1
+    assert ft.info["mode"] == "finetune" and ft.info["target"] == "8:9" and ft.parent == base.fingerprint
+    assert ft.inputs["sid_table"] == SidTable.load(run["dir"] / "aligned").content_hash
+    assert "1 epochs on" in run["train"].stdout and str(run["dir"] / "ft") in run["finetune"].stdout
+
+
+def test_eval_matches_the_library_and_writes_the_same_json(run, data):
+    _, logs = data
+    printed = json.loads(run["eval"].stdout)
+    assert json.loads((run["dir"] / "eval.json").read_text()) == printed
+    assert (printed["test"], printed["allowed"], printed["beam"]) == ("9:10", "0:8", 20)
+    model, _ = load_checkpoint(run["dir"] / "ft")
+    table = SidTable.load(run["dir"] / "aligned")
+    expected = evaluate(model, table, TemporalSplit(logs, 10), test=Window.parse("9:10"), allowed=Window.parse("0:8"),
+                        ks=(1, 10, 20), beam=20)
+    assert printed["metrics"] == pytest.approx(expected)
+    assert f"{expected['recall@20']:.4f}" in run["eval-text"].stdout
+
+
+def test_recommend_returns_original_ids_and_titles_of_allowed_items(run, data):
+    _, logs = data
+    rows = json.loads(run["recommend"].stdout)["items"]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    allowed = set(logs.item_ids[TemporalSplit(logs, 10).allowed_items(Window.parse("0:8"))].astype(str))
+    titles = dict(zip(logs.items["item_id"].cast(str), logs.items["title"]))
+    assert all(r["item_id"] in allowed and r["title"] == titles[r["item_id"]] for r in rows)
+
+
+def test_staleness_reports_churn_per_level_and_recall_by_later_part(run):
+    record = json.loads(run["staleness"].stdout)
+    assert [c["level"] for c in record["churn"]] == [0, 1]
+    assert all(0 <= c["churn_aligned"] <= c["churn_raw"] <= 1 for c in record["churn"])
+    assert [p["part"] for p in record["by_part"]] == [8, 9]
+    assert all(0 <= p["recall@10"] <= 1 for p in record["by_part"])
+
+
+def test_experiment_passes_its_options_to_the_runner(monkeypatch, tmp_path, data):
+    opts, _ = data
+    seen = {}
+
+    def fake_run(self):
+        seen["config"] = self.config
+        results = {"policies": {p: {"metrics": {"recall@50": 0.25, "ndcg@50": 0.125}} for p in self.config.policies}}
+        (self.out / "results.json").write_text(json.dumps(results))
+        return results
+
+    monkeypatch.setattr(Experiment, "run", fake_run)
+    result = invoke("experiment", *opts, "--preset", "tiny", "--policies", "Base, FT-aligned (hungarian)",
+                    "--max-eval-users", "7", "--out", tmp_path / "exp")
+    config = seen["config"]
+    assert config.preset == "tiny" and config.policies == ("Base", "FT-aligned (hungarian)") and config.max_eval_users == 7
+    assert "FT-aligned (hungarian)" in result.stdout and "0.2500" in result.stdout
+    assert str(tmp_path / "exp" / "results.json") in result.stdout
+
+
+def test_report_rerenders_from_results_json(tmp_path):
+    results = {"dataset": {"name": "tiny"}, "policies": {
+        name: {"metrics": {"recall@100": r, "ndcg@100": r / 2}, "compute": {"retriever_flops": f, "retriever_seconds": 1.0}}
+        for name, r, f in [("FT-old", 0.2, 1e12), ("FT-aligned (hungarian)", 0.3, 1e12), ("Full", 0.31, 9e12)]}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    result = invoke("report", path, "--out", tmp_path / "report")
+    assert str(tmp_path / "report" / "report.md") in result.stdout
+    assert "FT-aligned (hungarian)" in (tmp_path / "report" / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- bad input
+def corrupt_table(run, work: Path) -> Path:
+    table = work / "legacy"
+    shutil.copytree(run["dir"] / "legacy", table)
+    raw = bytearray((table / "sids.parquet").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (table / "sids.parquet").write_bytes(bytes(raw))
+    return table
+
+
+def other_logs(run, work: Path) -> list[str]:
+    files = write_synthetic(TINY.model_copy(update={"seed": 7}), work / "other")
+    return ["--logs", str(files.interactions), "--items", str(files.items), "--drop-duplicates"]
+
+
+# (id, args from (run, data options, work folder), words the message must contain)
+BAD = [
+    ("shape-mismatch", lambda r, o, w: ["retriever", "eval", *o, "--checkpoint", r["dir"] / "base",
+                                        "--sids", r["dir"] / "other-shape"], ["trained for SID shape", "base"]),
+    ("finetune-shape-mismatch", lambda r, o, w: ["retriever", "finetune", *o, "--checkpoint", r["dir"] / "base",
+                                                 "--sids", r["dir"] / "other-shape", "--out", w / "ft"], ["SID shape"]),
+    ("not-an-artifact", lambda r, o, w: ["retriever", "train", *o, "--sids", w, "--out", w / "m"], ["not a freshsid artifact"]),
+    ("wrong-kind", lambda r, o, w: ["sids", "inspect", r["dir"] / "base"], ["'retriever' artifact", "'sid_table'"]),
+    ("corrupted-parquet", lambda r, o, w: ["retriever", "train", *o, "--sids", corrupt_table(r, w), "--out", w / "m"],
+     ["sids.parquet", "manifest hash"]),
+    ("corrupted-parquet-align", lambda r, o, w: ["sids", "align", corrupt_table(r, w), r["dir"] / "refreshed",
+                                                 "--out", w / "a"], ["sids.parquet"]),
+    ("parts-not-a-range", lambda r, o, w: ["retriever", "train", *o, "--sids", r["dir"] / "legacy", "--parts", "0-8",
+                                           "--out", w / "m"], ["'0-8'", "START:STOP"]),
+    ("parts-reversed", lambda r, o, w: ["embed", "collab", *o, "--parts", "8:3", "--out", w / "e"], ["'8:3'"]),
+    ("parts-past-the-end", lambda r, o, w: ["embed", "collab", *o, "--parts", "5:42", "--out", w / "e"], ["5:42", "last part"]),
+    ("test-window-past-the-end", lambda r, o, w: ["retriever", "eval", *o, "--checkpoint", r["dir"] / "base", "--sids",
+                                                  r["dir"] / "legacy", "--test", "9:11", "--out", w / "e.json"], ["9:11"]),
+    ("unknown-policy", lambda r, o, w: ["experiment", *o, "--preset", "tiny", "--policies", "Base,FT-magic",
+                                        "--out", w / "x"], ["FT-magic", "FT-old"]),
+    ("unknown-preset", lambda r, o, w: ["experiment", *o, "--preset", "huge", "--out", w / "x"], ["'huge'", "tiny"]),
+    ("unknown-train-preset", lambda r, o, w: ["retriever", "train", *o, "--sids", r["dir"] / "legacy", "--preset", "huge",
+                                              "--out", w / "m"], ["'huge'"]),
+    ("bad-ks", lambda r, o, w: ["retriever", "eval", *o, "--checkpoint", r["dir"] / "base", "--sids", r["dir"] / "legacy",
+                                "--ks", "10,x"], ["--ks"]),
+    ("unknown-user", lambda r, o, w: ["retriever", "recommend", *o, "--checkpoint", r["dir"] / "base", "--sids",
+                                      r["dir"] / "legacy", "--user", "nobody"], ["'nobody'"]),
+    ("table-of-other-logs", lambda r, o, w: ["retriever", "eval", *other_logs(r, w), "--checkpoint", r["dir"] / "base",
+                                             "--sids", r["dir"] / "legacy"], ["codes items that are not those of"]),
+    ("embeddings-of-other-logs", lambda r, o, w: ["sids", "build", *other_logs(r, w), "--embeddings", r["dir"] / "emb-0-8",
+                                                  *SIDS, "--out", w / "s"], ["emb-0-8", "other logs"]),
+    ("source-conflicts-with-embeddings", lambda r, o, w: ["sids", "build", *o, "--embeddings", r["dir"] / "emb-0-8",
+                                                          "--source", "content", "--out", w / "s"], ["--source content"]),
+    ("suffix-too-small", lambda r, o, w: ["sids", "build", *o, "--embeddings", r["dir"] / "emb-0-8", *SIDS[:6],
+                                          "--suffix-size", "1", "--out", w / "s"], ["suffix"]),
+    ("bad-sasrec-dim", lambda r, o, w: ["embed", "collab", *o, "--dim", "2", "--out", w / "e"], ["dim"]),
+    ("report-not-json", lambda r, o, w: ["report", r["dir"] / "legacy" / "sids.parquet", "--out", w / "rep"],
+     ["sids.parquet", "results.json"]),
+]
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for f in folders for p in f.rglob("*")}
+
+
+@pytest.mark.parametrize(("make_args", "words"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(run, data, tmp_path, monkeypatch, make_args, words):
+    work = tmp_path / "work"
+    work.mkdir()
+    args = [str(a) for a in make_args(run, data[0], work)]  # set-up files exist before the snapshot
+    monkeypatch.chdir(work)
+    before = snapshot(run["dir"], tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message, message
+    assert "Traceback" not in result.output and result.stdout == ""
+    for word in words:
+        assert word in message, message
+    assert snapshot(run["dir"], tmp_path) == before
