@@ -92,7 +92,7 @@ def test_sids_build_codes_the_covered_items_and_prints_its_stats(run, data):
     assert f"collision rate before suffix: {stats['collision_rate']:.1%}" in text
     assert f"largest group: {stats['max_group_size']} items" in text
     assert "L1 " in text and "L2 " in text and "tokenizer build:" in text
-    assert SidTable.load(run["dir"] / "other-shape").codebook_sizes == (4, 4, 64)
+    assert SidTable.load(run["dir"] / "other-shape").codebook_sizes == (4, 4, 256)
 
 
 def test_sids_inspect_reports_stats_and_the_most_populous_prefixes_with_titles(run, data):
