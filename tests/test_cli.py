@@ -21,9 +21,32 @@ def command_paths(command=None, path=()):
         yield from command_paths(sub, (*path, name))
 
 
-def test_the_walk_finds_the_data_commands():
-    paths = list(command_paths())
-    assert () in paths and ("data",) in paths and ("data", "stats") in paths
+EXPECTED = {
+    ("data", "stats"), ("embed", "collab"), ("embed", "content"), ("sids", "build"), ("sids", "inspect"),
+    ("sids", "align"), ("retriever", "train"), ("retriever", "finetune"), ("retriever", "eval"),
+    ("retriever", "recommend"), ("staleness",), ("experiment",), ("demo",), ("report",),
+}
+DATA_OPTIONS = {"dataset", "data_dir", "logs", "items", "columns", "sep", "drop_duplicates"}
+
+
+def test_the_walk_finds_every_command_and_sub_app():
+    paths = set(command_paths())
+    assert EXPECTED <= paths
+    assert {(), ("data",), ("embed",), ("sids",), ("retriever",)} <= paths
+
+
+def test_data_reading_commands_share_the_same_dataset_options():
+    root = typer.main.get_command(app)
+    readers = set()
+    for path in EXPECTED:
+        command = root
+        for name in path:
+            command = command.commands[name]
+        names = {p.name for p in command.params}
+        if names & DATA_OPTIONS:
+            assert DATA_OPTIONS <= names, path
+            readers.add(path)
+    assert readers == EXPECTED - {("sids", "align"), ("demo",), ("report",)}
 
 
 @pytest.mark.parametrize("path", list(command_paths()), ids=lambda p: " ".join(p) or "freshsid")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
+import freshsid.evaluate.experiment as experiment_module
 from freshsid.cli import app
 from freshsid.data.registry import load_dataset
 from freshsid.data.synthetic import SyntheticConfig, write_synthetic
@@ -21,7 +21,6 @@ from freshsid.retriever.model import load_checkpoint
 from freshsid.retriever.pipeline import evaluate
 from freshsid.sid.table import SidTable
 
-torch.set_num_threads(1)
 runner = CliRunner()
 TINY = SyntheticConfig(n_users=200, n_items=120, n_events=4000)
 SIDS = ["--tokenizer", "rqkmeans", "--levels", "2", "--codebook-size", "8", "--suffix-size", "64"]
@@ -95,6 +94,22 @@ def test_sids_build_codes_the_covered_items_and_prints_its_stats(run, data):
     assert SidTable.load(run["dir"] / "other-shape").codebook_sizes == (4, 4, 256)
 
 
+def test_sids_build_without_embeddings_trains_them_on_the_fly(monkeypatch, tmp_path, data):
+    opts, logs = data
+    real = experiment_module.preset
+
+    def quick(name, **overrides):  # the preset's SASRec, shrunk to one small epoch
+        config = real(name, **overrides)
+        return config.model_copy(update={"sasrec": config.sasrec.model_copy(update={"max_epochs": 1, "dim": 8})})
+
+    monkeypatch.setattr(experiment_module, "preset", quick)
+    result = invoke("sids", "build", *opts, "--parts", "0:8", *SIDS, "--preset", "tiny", "--out", tmp_path / "sids")
+    table = SidTable.load(tmp_path / "sids")
+    assert "rqkmeans on collab embeddings of parts 0:8" in result.stdout
+    assert table.meta["compute"]["embedding_seconds"] > 0 and table.meta["compute"]["embedding_flops"] > 0
+    assert set(table.meta["inputs"]) == {"logs"} and table.meta["inputs"]["logs"] == logs.fingerprint
+
+
 def test_sids_inspect_reports_stats_and_the_most_populous_prefixes_with_titles(run, data):
     _, logs = data
     table = SidTable.load(run["dir"] / "legacy")
@@ -161,23 +176,37 @@ def test_staleness_reports_churn_per_level_and_recall_by_later_part(run):
     assert all(0 <= p["recall@10"] <= 1 for p in record["by_part"])
 
 
-def test_experiment_passes_its_options_to_the_runner(monkeypatch, tmp_path, data):
-    opts, _ = data
+def record_runs(monkeypatch) -> dict:
+    """Replace Experiment.run (tested in the library) by a stub that records what it was given."""
     seen = {}
 
     def fake_run(self):
-        seen["config"] = self.config
+        seen.update(config=self.config, logs=self.logs)
         results = {"policies": {p: {"metrics": {"recall@50": 0.25, "ndcg@50": 0.125}} for p in self.config.policies}}
         (self.out / "results.json").write_text(json.dumps(results))
         return results
 
     monkeypatch.setattr(Experiment, "run", fake_run)
+    return seen
+
+
+def test_experiment_passes_its_options_to_the_runner(monkeypatch, tmp_path, data):
+    opts, _ = data
+    seen = record_runs(monkeypatch)
     result = invoke("experiment", *opts, "--preset", "tiny", "--policies", "Base, FT-aligned (hungarian)",
                     "--max-eval-users", "7", "--out", tmp_path / "exp")
     config = seen["config"]
     assert config.preset == "tiny" and config.policies == ("Base", "FT-aligned (hungarian)") and config.max_eval_users == 7
     assert "FT-aligned (hungarian)" in result.stdout and "0.2500" in result.stdout
     assert str(tmp_path / "exp" / "results.json") in result.stdout
+
+
+def test_demo_is_the_tiny_preset_on_the_synthetic_dataset(monkeypatch, tmp_path):
+    monkeypatch.setenv("FRESHSID_CACHE", str(tmp_path / "cache"))
+    seen = record_runs(monkeypatch)
+    result = invoke("demo", "--out", tmp_path / "demo", "--max-eval-users", "50")
+    assert seen["config"].preset == "tiny" and seen["config"].max_eval_users == 50 and seen["logs"].name == "synthetic"
+    assert str(tmp_path / "demo" / "results.json") in result.stdout
 
 
 def test_report_rerenders_from_results_json(tmp_path):

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from freshsid.data.interactions import from_arrays
 from freshsid.embed import content
-from freshsid.embed.collab import SASRec, SASRecConfig, SASRecModel, _length_batches, holdout_last
+from freshsid.data.sequences import length_batches
+from freshsid.embed.collab import SASRec, SASRecConfig, SASRecModel, holdout_last
 from freshsid.embed.store import load_embedding_items, load_embeddings, save_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.metrics import recall_ndcg
@@ -158,7 +159,7 @@ def test_holdout_last_removes_each_chosen_users_last_event(users, n_users, seed)
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(1, 50), max_size=300), st.integers(1, 16), st.integers(0, 2**16))
 def test_length_batches_cover_every_row_once(lengths, batch_size, seed):
-    batches = _length_batches(np.array(lengths, dtype=np.int64), batch_size, np.random.default_rng(seed))
+    batches = length_batches(np.array(lengths, dtype=np.int64), batch_size, np.random.default_rng(seed))
     rows = np.concatenate(batches) if batches else np.zeros(0, int)
     assert sorted(rows.tolist()) == list(range(len(lengths)))
     assert all(1 <= len(b) <= batch_size for b in batches)

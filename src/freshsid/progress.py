@@ -39,6 +39,12 @@ class ProgressBar:
     def close(self) -> None:
         self._progress.stop()
 
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def progress_bar(description: str, *, total: int | None, enabled: bool = True) -> ProgressBar:
     """A progress bar on stderr; shown only when ``enabled`` and stderr is a terminal."""

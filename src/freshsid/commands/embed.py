@@ -88,7 +88,7 @@ def collab(
     data: DataSource,
     out: OutOpt,
     parts: PartsOpt = "0:8",
-    dim: Annotated[int | None, typer.Option("--dim", help="Embedding size (default: the preset's, 64 for cpu).")] = None,
+    dim: Annotated[int | None, typer.Option("--dim", help="Embedding size (default: the preset's).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Most training epochs (early stopping may end sooner).")] = None,
     seed: SeedOpt = None,
     preset: PresetOpt = "cpu",

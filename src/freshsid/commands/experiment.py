@@ -24,6 +24,7 @@ from freshsid.commands.common import (
     load_split,
     parse_ks,
     print_json,
+    show_progress,
 )
 from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import Window
@@ -93,6 +94,8 @@ def experiment(
     Example: freshsid experiment --dataset amazon-beauty --preset cpu --policies "Base,FT-old,FT-aligned (hungarian),Full" --out runs/beauty
     """
     chosen = None if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
+    if chosen == ():
+        raise FreshsidError("--policies names no policy; pass a comma-separated list such as Base,FT-old,Full.")
     config = configure(experiment_preset(preset), policies=chosen, max_eval_users=max_eval_users)
     run_experiment(data.load(), config, out)
 
@@ -111,7 +114,6 @@ def demo(
 
 def run_experiment(logs: Interactions, config: Any, out: Path) -> None:
     """One :meth:`Experiment.run`; stage lines go to stderr, the headline table to stdout."""
-    from freshsid.commands.common import show_progress
     from freshsid.evaluate.experiment import Experiment
     from freshsid.evaluate.report import headline_table
 

@@ -86,3 +86,19 @@ def windows(
     target = valid & (offsets >= first_new[:, None]) & is_target[order][flat]
     has_target = target.any(axis=1)
     return Sequences(users[owner][has_target], items[has_target], target[has_target])
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row batches of similar length, in random order.
+
+    Rows are shuffled, then sorted by length inside pools of 32 batches: a batch's
+    members stay random while its padding (compute spent on nothing) shrinks.
+    """
+    order = rng.permutation(len(lengths))
+    pool = 32 * batch_size
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]

@@ -29,14 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from freshsid.data.interactions import Interactions
-from freshsid.data.sequences import Sequences, windows
+from freshsid.data.sequences import Sequences, length_batches, windows
 from freshsid.data.temporal import Examples, last_items
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.metrics import recall_ndcg
+from freshsid.progress import progress_bar
 
 
 class SASRecConfig(BaseModel):
@@ -190,17 +190,16 @@ class SASRec:
         n_batches = -(-len(seqs) // cfg.batch_size)
         self.history_, self.flops_, self.best_epoch_ = [], 0.0, 0
         best, best_state, stale = -math.inf, None, 0
-        with _progress_bar(enabled=self.progress) as bar:
-            task = bar.add_task("SASRec", total=cfg.max_epochs * n_batches, loss=float("nan"), valid="")
+        with progress_bar("SASRec", total=cfg.max_epochs * n_batches, enabled=self.progress) as bar:
+            valid_text = ""
             for epoch in range(1, cfg.max_epochs + 1):
-                bar.update(task, description=f"SASRec epoch {epoch}")
                 model.train()
                 losses = []
-                for rows in _length_batches(lengths, cfg.batch_size, rng):
+                for rows in length_batches(lengths, cfg.batch_size, rng):
                     width = int(lengths[rows].max())  # trailing columns that hold any item
                     block, mask = items[rows, -width:], target[rows, -width + 1 :]
                     losses.append(self._step(block, mask, candidates, slot, optimizer, rng))
-                    bar.update(task, advance=1, loss=float(np.mean(losses[-50:])))
+                    bar.update(epoch=epoch, loss=float(np.mean(losses[-50:])), valid=valid_text)
                 record = {"epoch": epoch, "loss": float(np.mean(losses)), "valid": None}
                 self.history_.append(record)
                 self.epochs_run_ = epoch
@@ -208,7 +207,7 @@ class SASRec:
                     self.best_epoch_ = epoch
                     continue
                 record["valid"] = score = self._validate(valid, candidates.numpy())
-                bar.update(task, valid=f"{cfg.valid_metric} {score:.4f}")
+                valid_text = f"{cfg.valid_metric} {score:.4f}"
                 if score > best:
                     best, best_state, stale, self.best_epoch_ = score, copy.deepcopy(model.state_dict()), 0, epoch
                 else:
@@ -330,22 +329,6 @@ def holdout_last(
     return keep, Examples(users[chosen], inputs, indptr, item[held].astype(np.int64))
 
 
-def _length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Row batches of similar length (little padding to compute) in random order.
-
-    Rows are shuffled, then sorted by length inside chunks of 50 batches, so a batch's
-    members stay random while its padding shrinks.
-    """
-    order = rng.permutation(len(lengths))
-    chunk = 50 * batch_size
-    batches = []
-    for lo in range(0, len(order), chunk):
-        part = order[lo : lo + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def _train_flops(config: SASRecConfig, *, batch: int, width: int, n_targets: int, n_scored: int) -> float:
     """Analytic FLOPs of one training step (forward + backward = 3x forward, since the
     backward pass does two matmuls per forward one). Per input position and layer: qkv and
@@ -354,15 +337,3 @@ def _train_flops(config: SASRecConfig, *, batch: int, width: int, n_targets: int
     d = config.dim
     per_position = config.n_layers * (2 * d * 3 * d + 2 * d * d + 2 * 2 * d * width + 2 * 2 * d * config.ffn_dim)
     return 3.0 * (batch * width * per_position + n_targets * n_scored * 2 * d)
-
-
-def _progress_bar(*, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[valid]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA (at most)"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )

