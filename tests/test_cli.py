@@ -85,7 +85,7 @@ def test_data_stats_table_and_json_on_a_small_log(tmp_path):
     rows = "".join(f"u{i % 7},i{i % 11},{1_600_000_000 + 86_400 * i}\n" for i in range(40))
     path = tmp_path / "small.csv"
     path.write_text("uid,sku,ts\n" + rows)
-    base = ["data", "stats", "--logs", str(path), "--columns", "uid,sku,ts", "--parts", "4"]
+    base = ["data", "stats", "--logs", str(path), "--columns", "uid,sku,ts", "--n-parts", "4"]
     table = runner.invoke(app, base)
     assert table.exit_code == 0, table.output
     assert "7 users, 11 items, 40 events" in table.stdout and "2020-09-13" in table.stdout
@@ -98,6 +98,6 @@ def test_data_stats_table_and_json_on_a_small_log(tmp_path):
 def test_progress_spinner_goes_to_stderr_only(tmp_path):
     path = tmp_path / "small.csv"
     path.write_text("user_id,item_id,timestamp\na,x,1\nb,y,2\nc,x,3\n")
-    result = runner.invoke(app, ["--progress", "data", "stats", "--logs", str(path), "--parts", "2", "--json"])
+    result = runner.invoke(app, ["--progress", "data", "stats", "--logs", str(path), "--n-parts", "2", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["events"] == 3

@@ -22,7 +22,7 @@ app = typer.Typer(
 @data_options(dataset="argument")
 def stats(
     data: DataSource,
-    parts: Annotated[int, typer.Option("--parts", min=2, help="Number of equal-count time parts.")] = 10,
+    parts: Annotated[int, typer.Option("--n-parts", min=2, help="Number of equal-count time parts.")] = 10,
     as_json: JsonOpt = False,
 ) -> None:
     """Sizes, time span, equal-count parts, new items per part and the test window of a dataset.

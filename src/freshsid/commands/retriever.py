@@ -64,7 +64,7 @@ def train(
 
     Example: freshsid retriever train --dataset amazon-beauty --sids runs/beauty/sids-0-8 --parts 0:8 --preset cpu --out runs/beauty/base
     """
-    from freshsid.evaluate.experiment import retriever_config
+    from freshsid.retriever.model import RetrieverConfig
     from freshsid.retriever.pipeline import fit
 
     exp = experiment_preset(preset)
@@ -72,8 +72,9 @@ def train(
     window = Window.parse(parts)
     table = SidTable.load(sids)
     split = load_split(data, table)
-    result = fit(split, table, window=window, model_config=retriever_config(exp.retriever, table.codebook_sizes),
-                 train_config=train_config, out=out, show_progress=show_progress())
+    model_config = RetrieverConfig.preset(exp.retriever, codebook_sizes=table.codebook_sizes)
+    result = fit(split, table, window=window, model_config=model_config, train_config=train_config, out=out,
+                 show_progress=show_progress())
     _print_trained(result, out)
 
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from freshsid.artifacts import fingerprint_of, write_json_atomic
 from freshsid.data.interactions import Interactions
@@ -68,6 +68,14 @@ class ExperimentConfig(BaseModel):
     seed: int = 0
     threads: int = 2
 
+    @field_validator("policies")
+    @classmethod
+    def _known_policies(cls, policies: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [p for p in policies if p not in POLICIES]
+        if unknown:
+            raise ValueError(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}")
+        return policies
+
 
 def preset(name: str, **overrides: Any) -> ExperimentConfig:
     """The named preset, with top-level fields overridden."""
@@ -103,19 +111,10 @@ def preset(name: str, **overrides: Any) -> ExperimentConfig:
     return ExperimentConfig(**{**presets[name], **overrides})
 
 
-def retriever_config(name: str, codebook_sizes: tuple[int, ...]) -> RetrieverConfig:
-    if name == "tiny":
-        return RetrieverConfig(codebook_sizes=codebook_sizes, width=32, n_layers=2, n_heads=2, ffn=64, user_buckets=100)
-    return RetrieverConfig.preset(name, codebook_sizes=codebook_sizes)
-
-
 class Experiment:
     """Runs the policies of ``config`` on ``logs`` into ``out`` (results.json, report.md, plots)."""
 
     def __init__(self, logs: Interactions, config: ExperimentConfig, out: Path, *, show_progress: bool = True) -> None:
-        unknown = [p for p in config.policies if p not in POLICIES]
-        if unknown:
-            raise FreshsidError(f"Unknown policies {unknown}; choose from {', '.join(POLICIES)}.")
         self.logs, self.config, self.out = logs, config, Path(out)
         self.split = TemporalSplit(logs, config.protocol.n_parts)
         self.progress = show_progress
@@ -211,7 +210,7 @@ class Experiment:
             if parent is None:
                 window = protocol.base if name == "base" else self._base_gap
                 result = pipeline.fit(self.split, table, window=window, out=folder, show_progress=self.progress,
-                                      model_config=retriever_config(cfg.retriever, table.codebook_sizes), train_config=cfg.fit)
+                                      model_config=RetrieverConfig.preset(cfg.retriever, codebook_sizes=table.codebook_sizes), train_config=cfg.fit)
             else:
                 result = pipeline.finetune(self.out / parent, self.split, table, target=protocol.gap, out=folder,
                                            train_config=cfg.finetune, show_progress=self.progress)

@@ -66,14 +66,16 @@ class RetrieverConfig(BaseModel):
         return self
 
     @classmethod
-    def preset(cls, name: Literal["cpu", "paper"], *, codebook_sizes: tuple[int, ...]) -> RetrieverConfig:
-        """``cpu``: width 128, 4x4 heads, ffn 512, 2000 buckets. ``paper``: 768, 4 layers x 6 heads, 1024, 8000."""
+    def preset(cls, name: Literal["tiny", "cpu", "paper"], *, codebook_sizes: tuple[int, ...]) -> RetrieverConfig:
+        """``tiny``: tests and the demo. ``cpu``: width 128, 4 layers x 4 heads, ffn 512, 2000 buckets.
+        ``paper``: width 768, 4 layers x 6 heads, ffn 1024, 8000 buckets."""
         sizes = {
+            "tiny": dict(width=32, n_layers=2, n_heads=2, ffn=64, user_buckets=100),
             "cpu": dict(width=128, n_layers=4, n_heads=4, ffn=512, user_buckets=2000),
             "paper": dict(width=768, n_layers=4, n_heads=6, ffn=1024, user_buckets=8000),
         }
         if name not in sizes:
-            raise FreshsidError(f"unknown retriever preset {name!r}; use one of {sorted(sizes)}.")
+            raise FreshsidError(f"Unknown retriever preset {name!r}; use one of {', '.join(sizes)}.")
         return cls(codebook_sizes=tuple(codebook_sizes), **sizes[name])
 
     @property
