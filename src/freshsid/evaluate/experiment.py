@@ -129,11 +129,11 @@ class Experiment:
         """Load stage ``name`` if it was built with ``key``, else build and record it."""
         folder = self.out / name
         key = fingerprint_of(key)
-        if self._stages.get(name) == key and folder.exists():
+        if self._stages.get(name) == key:
             try:
                 return load(folder)
-            except FreshsidError:
-                pass  # damaged artifact: rebuild it
+            except (FreshsidError, FileNotFoundError):
+                pass  # missing or damaged artifact: rebuild it
         self.log(f"[{time.strftime('%H:%M:%S')}] {name}")
         result = build(folder)
         self._stages[name] = key
