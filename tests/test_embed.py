@@ -248,3 +248,18 @@ def test_store_refuses_tampered_files(tmp_path):
     with pytest.raises(FreshsidError, match="sorted"):
         save_embeddings(out, np.ones((3, 2)), kind="content", config={}, seed=None, inputs={}, compute={}, window="",
                         items=[2, 1])
+
+
+def test_warm_start_begins_from_the_given_item_table(chain_logs, fitted):
+    logs, train = chain_logs
+    config = TINY.model_copy(update={"max_epochs": 1})
+    init = fitted.item_embeddings_
+    warm = SASRec(config, random_state=5, progress=False, init_item_embeddings=init).fit(logs, train)
+    cold = SASRec(config, random_state=5, progress=False).fit(logs, train)
+    # one epoch moves the rows a little: the warm table stays far closer to its start
+    assert np.linalg.norm(warm.item_embeddings_ - init) < 0.5 * np.linalg.norm(cold.item_embeddings_ - init)
+    unseen = ~warm.trained_items_
+    np.testing.assert_array_equal(warm.item_embeddings_[unseen], init[unseen])
+    assert warm.get_params()["init_item_embeddings"] is not None
+    with pytest.raises(FreshsidError, match="Warm-start"):
+        SASRec(config, progress=False, init_item_embeddings=init[:, :3]).fit(logs, train)

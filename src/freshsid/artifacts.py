@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from freshsid.errors import FreshsidError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 SCHEMA_VERSION = 1
 
 
@@ -80,6 +82,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -101,6 +104,7 @@ def artifact_dir(out: Path, *, overwrite: bool = True) -> Iterator[Path]:
         raise FreshsidError(f"Output folder {out} is not empty; remove it or choose another --out.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the artifact gets the usual mode
     try:
         yield tmp
         if not (tmp / MANIFEST).exists():

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from freshsid.artifacts import fingerprint_of
 from freshsid.data.interactions import Interactions
 from freshsid.data.sequences import Sequences, length_batches, windows
 from freshsid.data.temporal import Examples, last_items
@@ -136,13 +137,25 @@ class SASRec:
         fit_seconds_: wall time of fit; flops_: analytic training FLOPs (forward + backward).
     """
 
-    def __init__(self, config: SASRecConfig | None = None, *, random_state: int = 0, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: SASRecConfig | None = None,
+        *,
+        random_state: int = 0,
+        progress: bool = True,
+        init_item_embeddings: np.ndarray | None = None,
+    ) -> None:
         self.config = config if config is not None else SASRecConfig()
         self.random_state = random_state
         self.progress = progress
+        # Warm start: (n_items, dim) rows to start the item table from, e.g. the legacy
+        # model's, so that a refresh moves embeddings only where behaviour moved.
+        self.init_item_embeddings = init_item_embeddings
 
     def get_params(self) -> dict:
-        return {"config": self.config.model_dump(), "random_state": self.random_state}
+        init = self.init_item_embeddings
+        warm = None if init is None else fingerprint_of([list(init.shape), float(np.asarray(init, np.float64).sum())])
+        return {"config": self.config.model_dump(), "random_state": self.random_state, "init_item_embeddings": warm}
 
     def fit(self, logs: Interactions, events: slice, *, valid: Examples | None = None) -> SASRec:
         """Train on ``logs`` events ``events`` (a slice of the time-sorted arrays).
@@ -173,10 +186,21 @@ class SASRec:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             self.model_ = SASRecModel(logs.n_items, cfg)
+            if self.init_item_embeddings is not None:
+                self._warm_start(np.asarray(self.init_item_embeddings, dtype=np.float32))
             self._train(seqs, torch.from_numpy(candidates), slot, valid, rng)
         self.item_embeddings_ = self.model_.item_table.detach().numpy().astype(np.float32, copy=True)
         self.fit_seconds_ = time.perf_counter() - start
         return self
+
+    def _warm_start(self, init: np.ndarray) -> None:
+        if init.shape != tuple(self.model_.item_table.shape):
+            raise FreshsidError(
+                f"Warm-start item embeddings have shape {init.shape}, the model needs {tuple(self.model_.item_table.shape)}; "
+                "pass embeddings of the same logs and dimension."
+            )
+        with torch.no_grad():
+            self.model_.item.weight[: self.model_.pad] = torch.from_numpy(init)
 
     def _train(
         self, seqs: Sequences, candidates: torch.Tensor, slot: np.ndarray, valid: Examples | None, rng: np.random.Generator

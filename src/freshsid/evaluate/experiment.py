@@ -67,6 +67,9 @@ class ExperimentConfig(BaseModel):
     max_eval_users: int | None = None
     seed: int = 0
     threads: int = 2
+    # How the refreshed collaborative embeddings start: "cold" (a new SASRec, as in the
+    # reference protocol) or "warm" (item table initialised from the legacy embeddings).
+    refresh: Literal["cold", "warm"] = "cold"
 
     @field_validator("policies")
     @classmethod
@@ -146,8 +149,11 @@ class Experiment:
         """Collaborative item embeddings from a SASRec trained on ``window``."""
         cfg = self.config
 
+        warm = cfg.refresh == "warm" and window != cfg.protocol.base
+        init = self.embeddings(cfg.protocol.base)[0] if warm else None
+
         def build(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
-            model = SASRec(cfg.sasrec, random_state=cfg.seed, progress=self.progress)
+            model = SASRec(cfg.sasrec, random_state=cfg.seed, progress=self.progress, init_item_embeddings=init)
             model.fit(self.logs, self.split.events(window))
             compute = {"seconds": model.fit_seconds_, "flops": model.flops_}
             # The SASRec model is also the dense baseline of the report: score it now.
@@ -165,7 +171,7 @@ class Experiment:
             vectors, manifest = load_embeddings(folder)
             return vectors, dict(manifest.compute)
 
-        key = [cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window), cfg.protocol, cfg.ks]
+        key = [cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window), cfg.protocol, cfg.ks] + (["warm"] if warm else [])
         return self._cached(f"embed/{window.start}-{window.stop}", key, build, load)
 
     def sid_table(self, window: Window) -> SidTable:
@@ -184,8 +190,9 @@ class Experiment:
             table.save(folder)
             return table
 
-        return self._cached(f"sids/{window.start}-{window.stop}", [cfg.sid, cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window)],
-                            build, SidTable.load)
+        warm = cfg.refresh == "warm" and window != cfg.protocol.base
+        key = [cfg.sid, cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window)] + (["warm"] if warm else [])
+        return self._cached(f"sids/{window.start}-{window.stop}", key, build, SidTable.load)
 
     def aligned_table(self, method: str) -> tuple[SidTable, dict]:
         legacy, refreshed = self.sid_table(self.config.protocol.base), self.sid_table(self._base_gap)
