@@ -86,6 +86,7 @@ def experiment(
     preset: PresetOpt = "cpu",
     policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: all), e.g. Base,FT-old,Full.")] = None,
     max_eval_users: MaxEvalUsersOpt = None,
+    refresh: Annotated[str | None, typer.Option("--refresh", help="Refreshed SASRec: cold (new model) or warm (starts from the legacy item table).")] = None,
 ) -> None:
     """Run the policies (Base, FT-old, FT-new, FT-aligned, Full, ...) on one dataset; write results and report.
 
@@ -96,7 +97,7 @@ def experiment(
     chosen = None if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
     if chosen == ():
         raise FreshsidError("--policies names no policy; pass a comma-separated list such as Base,FT-old,Full.")
-    config = configure(experiment_preset(preset), policies=chosen, max_eval_users=max_eval_users)
+    config = configure(experiment_preset(preset), policies=chosen, max_eval_users=max_eval_users, refresh=refresh)
     run_experiment(data.load(), config, out)
 
 
