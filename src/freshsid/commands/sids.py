@@ -66,13 +66,14 @@ def build(
     split = load_split(data)
     logs = split.logs
     emb, inputs = _item_embeddings(split, window, source=source, folder=embeddings, preset=preset, seed=seed)
-    seen = split.allowed_items(window)
-    items = np.intersect1d(seen, emb.items)  # an item without an embedding gets no SID
+    # Every item of the parts gets a SID, as in `freshsid experiment`; an item the embedding
+    # model never trained on is coded from its initial row (counted in the output).
+    items = split.allowed_items(window)
     table, _ = build_table(emb.vectors[items], items, logs.item_ids[items], config, window=str(window), inputs=inputs)
     if embeddings is None:
         table.meta["compute"].update({f"embedding_{k}": v for k, v in emb.compute.items()})
     table.save(out)
-    _print_build(table, emb.kind, skipped=len(seen) - len(items), out=out)
+    _print_build(table, emb.kind, untrained=len(np.setdiff1d(items, emb.items)), out=out)
 
 
 def _item_embeddings(split: TemporalSplit, window: Window, *, source: str | None, folder: Path | None,
@@ -95,13 +96,13 @@ def _item_embeddings(split: TemporalSplit, window: Window, *, source: str | None
     return emb, {"logs": logs.fingerprint, "embeddings": manifest.fingerprint}
 
 
-def _print_build(table: SidTable, kind: str, *, skipped: int, out: Path) -> None:
+def _print_build(table: SidTable, kind: str, *, untrained: int, out: Path) -> None:
     stats, sizes = table.meta["stats"], table.codebook_sizes
     tokenizer = table.meta["tokenizer"]["kind"]
     typer.echo(f"SID table: {len(table):,} items, {table.n_levels} levels x {list(sizes[:-1])} codes + suffix {sizes[-1]}, "
                f"{tokenizer} on {kind} embeddings of parts {table.meta['window']}")
-    if skipped:
-        typer.echo(f"items of those parts without an embedding, left without a SID: {skipped:,}")
+    if untrained:
+        typer.echo(f"items of those parts the embedding model never trained on (coded from their initial rows): {untrained:,}")
     typer.echo(f"collision rate before suffix: {stats['collision_rate']:.1%}; largest group: {stats['max_group_size']} items")
     typer.echo("utilisation per level: " + "  ".join(f"L{i + 1} {u:.1%}" for i, u in enumerate(stats["utilisation"])))
     typer.echo(f"tokenizer build: {table.meta['compute']['tokenizer_seconds']:.2f} s -> {out}")
