@@ -173,3 +173,14 @@ def test_headline_beats_iff_strictly_higher_everywhere(deltas, full_flops):
         if failing:
             assert f"{x} is not higher at K = {', '.join(map(str, failing))}" in text
     assert ("meeting" in text) == (full_flops / 1e11 >= 8)
+
+
+def test_plus_new_is_reported_beside_the_claim_not_as_it(results):
+    # fixture numbers: aligned variants below FT-old, +new above it
+    results["policies"]["FT-aligned (greedy)"] = _policy("finetune", 0.11, 5e11, 52.0)
+    results["policies"]["FT-aligned (hungarian)"] = _policy("finetune", 0.11, 5e11, 50.0)
+    results["policies"]["FT-aligned+new"] = _policy("finetune", 0.2, 5e11, 50.0)
+    text = headline_paragraph(results)
+    claim, beside = text.split("(Beside the claim", 1)
+    assert "does not improve on FT-old" in claim and "FT-aligned+new" not in claim
+    assert "FT-aligned+new beats FT-old" in beside
