@@ -170,6 +170,17 @@ def _records_table(records: list[dict]) -> str:
     keys: list[str] = []
     for record in records:
         keys += [k for k in record if k not in keys]
+
+    def order(key: str) -> tuple:
+        # Labels (part, level) first, then recall and nDCG by increasing K: JSON sorts
+        # keys as strings, which would put @100 before @20.
+        match = re.fullmatch(r"(recall|ndcg)@(\d+)", key)
+        if match:
+            return (2, METRICS.index(match[1]), int(match[2]))
+        return (0 if key in ("part", "level") else 1, first_seen[key], 0)
+
+    first_seen = {key: i for i, key in enumerate(keys)}
+    keys.sort(key=order)
     return _table(keys, [[_fmt(r.get(k)) for k in keys] for r in records])
 
 
