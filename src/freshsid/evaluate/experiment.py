@@ -85,14 +85,14 @@ def preset(name: str, **overrides: Any) -> ExperimentConfig:
     presets: dict[str, dict[str, Any]] = {
         "tiny": dict(
             preset="tiny",
-            sasrec=SASRecConfig(dim=32, max_epochs=4, patience=2, valid_users=200, max_length=20),
+            sasrec=SASRecConfig(dim=32, max_epochs=3, patience=2, valid_users=200, max_length=20),
             sid=SidConfig(tokenizer="rqkmeans", codebook_size=16, suffix_size=64),
             retriever="tiny",
             fit=TrainConfig(epochs=2, batch_size=128, lr=3e-3, warmup_steps=5),
             finetune=TrainConfig(epochs=1, batch_size=128, lr=1e-3, warmup_steps=2),
             beam=50,
             ks=(1, 5, 10, 20, 50),
-            max_eval_users=400,
+            max_eval_users=300,
         ),
         # Sized so that Beauty runs in well under an hour on 2 cores (benchmarks/RESULTS.md);
         # decoding at beam 500 dominates evaluation, hence a fixed sample of test users.
