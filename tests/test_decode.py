@@ -16,15 +16,6 @@ from freshsid.retriever.model import Retriever, RetrieverConfig
 from freshsid.sid.trie import SidTrie
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: OpenMP thread hand-off costs more than the math, badly so on a busy 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_model(sizes, seed=0, max_history=4) -> Retriever:
     torch.manual_seed(seed)
     cfg = RetrieverConfig(

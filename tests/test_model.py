@@ -25,15 +25,6 @@ from freshsid.retriever.model import (
 SIZES = (5, 4, 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: OpenMP thread hand-off costs more than the math, badly so on a busy 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(**over) -> RetrieverConfig:
     base = dict(
         codebook_sizes=SIZES, width=16, n_layers=2, n_heads=2, ffn=32, user_buckets=7, max_history=4, dropout=0.0

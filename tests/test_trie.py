@@ -14,15 +14,6 @@ from freshsid.errors import FreshsidError
 from freshsid.sid.trie import SidTrie
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: OpenMP thread hand-off costs more than the math, badly so on a busy 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @st.composite
 def sid_sets(draw, max_levels=3, max_code=4):
     """A codebook shape and a set of distinct SIDs in it, in random row order."""
