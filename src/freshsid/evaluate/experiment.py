@@ -157,7 +157,8 @@ class Experiment:
             model.fit(self.logs, self.split.events(window))
             compute = {"seconds": model.fit_seconds_, "flops": model.flops_}
             # The SASRec model is also the dense baseline of the report: score it now.
-            ex = self.split.examples(cfg.protocol.test, max_history=cfg.protocol.max_history)
+            ex = pipeline.sample_users(self.split.examples(cfg.protocol.test, max_history=cfg.protocol.max_history),
+                                       cfg.max_eval_users)
             ranked = model.recommend(ex.inputs, max(cfg.ks), allowed_items=self.split.allowed_items(window))
             write_json_atomic(self.out / f"eval/sasrec-{window.start}-{window.stop}.json",
                               {"metrics": recall_ndcg(ranked, ex.label_indptr, ex.label_items, cfg.ks), "compute": compute,
@@ -171,7 +172,8 @@ class Experiment:
             vectors, manifest = load_embeddings(folder)
             return vectors, dict(manifest.compute)
 
-        key = [cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window), cfg.protocol, cfg.ks] + (["warm"] if warm else [])
+        key = [cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window), cfg.protocol, cfg.ks, cfg.max_eval_users]
+        key += ["warm"] if warm else []
         return self._cached(f"embed/{window.start}-{window.stop}", key, build, load)
 
     def sid_table(self, window: Window) -> SidTable:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from freshsid.data.sequences import Sequences, windows
-from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.data.temporal import Examples, TemporalSplit, Window
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.retriever.decode import beam_search
@@ -134,14 +134,20 @@ def evaluate(
     max_users: int | None = None,
 ) -> dict[str, float]:
     """Recall@K / nDCG@K on the test window; decoding allows the items seen in ``allowed``."""
-    examples = split.examples(test, max_history=model.config.max_history)
-    if max_users is not None and len(examples) > max_users:
-        examples = examples.subset(np.random.default_rng(0).choice(len(examples), max_users, replace=False))
+    examples = sample_users(split.examples(test, max_history=model.config.max_history), max_users)
     ranked, _ = recommend(
         model, table, examples.inputs, examples.users, allowed_items=split.allowed_items(allowed),
         top_k=max(ks), beam=beam,
     )
     return recall_ndcg(ranked, examples.label_indptr, examples.label_items, ks)
+
+
+def sample_users(examples: Examples, max_users: int | None) -> Examples:
+    """A fixed random sample (seed 0) of ``max_users`` test users, or all of them: every
+    policy and baseline of an experiment is scored on the same users."""
+    if max_users is None or len(examples) <= max_users:
+        return examples
+    return examples.subset(np.sort(np.random.default_rng(0).choice(len(examples), max_users, replace=False)))
 
 
 def _check_shape(config: RetrieverConfig, table: SidTable) -> None:
