@@ -148,7 +148,6 @@ class Experiment:
     def embeddings(self, window: Window) -> tuple[np.ndarray, dict[str, float]]:
         """Collaborative item embeddings from a SASRec trained on ``window``."""
         cfg = self.config
-
         warm = cfg.refresh == "warm" and window != cfg.protocol.base
         init = self.embeddings(cfg.protocol.base)[0] if warm else None
 
