@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
 import typer
 from typer.core import TyperGroup
 
@@ -22,8 +19,8 @@ from freshsid.commands.common import (
     load_split,
     show_progress,
 )
-from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.embed.store import Embeddings
 
 app = typer.Typer(
     cls=TyperGroup,
@@ -35,51 +32,16 @@ PartsOpt = Annotated[str, typer.Option("--parts", help="Half-open range of time 
 CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Folder of cached text vectors (default: .cache/content).")]
 
 
-@dataclass(frozen=True)
-class Embeddings:
-    """Item vectors in memory, with what their artifact's manifest records.
-
-    Attributes:
-        vectors: (n_items, dim) float32, row i = dense item i of the logs.
-        items: (n_covered,) sorted items whose rows mean something.
-    """
-
-    vectors: np.ndarray
-    items: np.ndarray
-    kind: str
-    config: dict[str, Any]
-    seed: int | None
-    compute: dict[str, float]
-    window: str
-
-    def save(self, out: Path, logs: Interactions) -> None:
-        from freshsid.embed.store import save_embeddings
-
-        save_embeddings(out, self.vectors, kind=self.kind, config=self.config, seed=self.seed,  # type: ignore[arg-type]
-                        inputs={"logs": logs.fingerprint}, compute=self.compute, window=self.window, items=self.items)
-
-
 def train_collab(split: TemporalSplit, window: Window, *, preset: str, dim: int | None = None,
                  epochs: int | None = None, seed: int | None = None) -> Embeddings:
-    """SASRec (the preset's config, with overrides) fitted on ``window``: its item table."""
-    from freshsid.embed.collab import SASRec
+    """SASRec (the preset's config, with the options given) fitted on ``window``: its item table."""
+    from freshsid.embed.collab import collab_embeddings
 
     exp = experiment_preset(preset)
     config = configure(exp.sasrec, dim=dim, max_epochs=epochs)
-    seed = exp.seed if seed is None else seed
-    model = SASRec(config, random_state=seed, progress=show_progress()).fit(split.logs, split.events(window))
-    return Embeddings(model.item_embeddings_, np.flatnonzero(model.trained_items_), "collab", config.model_dump(),
-                      seed, {"seconds": model.fit_seconds_, "flops": model.flops_}, str(window))
-
-
-def encode_content(logs: Interactions, *, cache: Path | None = None) -> Embeddings:
-    """Every item's text through the bundled sentence encoder (cached by text)."""
-    from freshsid.embed.content import DEFAULT_CACHE, content_embeddings, model_tag
-
-    started = time.perf_counter()
-    vectors = content_embeddings(logs, cache_dir=cache or DEFAULT_CACHE, progress=show_progress())
-    return Embeddings(vectors, np.arange(len(vectors)), "content", {"encoder": model_tag()}, None,
-                      {"seconds": time.perf_counter() - started}, "")
+    emb, _ = collab_embeddings(split.logs, split.events(window), window=str(window), config=config,
+                               seed=exp.seed if seed is None else seed, progress=show_progress())
+    return emb
 
 
 @app.command("collab")
@@ -100,7 +62,7 @@ def collab(
     window = Window.parse(parts)
     split = load_split(data)
     emb = train_collab(split, window, preset=preset, dim=dim, epochs=epochs, seed=seed)
-    emb.save(out, split.logs)
+    emb.save(out, split.logs.fingerprint)
     _print_saved(emb, out)
 
 
@@ -112,8 +74,10 @@ def content(data: DataSource, out: OutOpt, cache: CacheOpt = None) -> None:
     Example: freshsid embed content amazon-beauty --out runs/beauty/embed-content
     """
     logs = data.load()
-    emb = encode_content(logs, cache=cache)
-    emb.save(out, logs)
+    from freshsid.embed.content import DEFAULT_CACHE, encode_content
+
+    emb = encode_content(logs, cache_dir=cache or DEFAULT_CACHE, progress=show_progress())
+    emb.save(out, logs.fingerprint)
     _print_saved(emb, out)
 
 

@@ -20,9 +20,11 @@ from freshsid.commands.common import (
     experiment_preset,
     load_split,
     print_json,
+    show_progress,
 )
-from freshsid.commands.embed import Embeddings, PartsOpt, encode_content, train_collab
+from freshsid.commands.embed import PartsOpt, train_collab
 from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
 from freshsid.sid.table import SidTable
 
@@ -83,7 +85,12 @@ def _item_embeddings(split: TemporalSplit, window: Window, *, source: str | None
 
     logs = split.logs
     if folder is None:
-        emb = encode_content(logs) if source == "content" else train_collab(split, window, preset=preset, seed=seed)
+        if source == "content":
+            from freshsid.embed.content import encode_content
+
+            emb = encode_content(logs, progress=show_progress())
+        else:
+            emb = train_collab(split, window, preset=preset, seed=seed)
         return emb, {"logs": logs.fingerprint}
     vectors, manifest = load_embeddings(folder)
     kind = manifest.info.get("embedding")

@@ -35,6 +35,7 @@ from freshsid.artifacts import fingerprint_of
 from freshsid.data.interactions import Interactions
 from freshsid.data.sequences import Sequences, length_batches, windows
 from freshsid.data.temporal import Examples, last_items
+from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.metrics import recall_ndcg
 from freshsid.progress import progress_bar
@@ -361,3 +362,22 @@ def _train_flops(config: SASRecConfig, *, batch: int, width: int, n_targets: int
     d = config.dim
     per_position = config.n_layers * (2 * d * 3 * d + 2 * d * d + 2 * 2 * d * width + 2 * 2 * d * config.ffn_dim)
     return 3.0 * (batch * width * per_position + n_targets * n_scored * 2 * d)
+
+
+def collab_embeddings(
+    logs: Interactions,
+    events: slice,
+    *,
+    window: str,
+    config: SASRecConfig,
+    seed: int,
+    progress: bool = True,
+    init_item_embeddings: np.ndarray | None = None,
+) -> tuple[Embeddings, SASRec]:
+    """Fit SASRec on ``events`` and return its item table as :class:`Embeddings`
+    (rows of items it trained on are the covered ones), with the fitted model."""
+    model = SASRec(config, random_state=seed, progress=progress, init_item_embeddings=init_item_embeddings)
+    model.fit(logs, events)
+    emb = Embeddings(model.item_embeddings_, np.flatnonzero(model.trained_items_), "collab", config.model_dump(),
+                     seed, {"seconds": model.fit_seconds_, "flops": model.flops_}, window)
+    return emb, model

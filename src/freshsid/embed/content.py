@@ -17,14 +17,16 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from freshsid.progress import progress_bar
 
 from freshsid.data.interactions import Interactions
+from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
+from freshsid.progress import progress_bar
 
 DEFAULT_CACHE = Path(".cache/content")
 DIM = 384
@@ -170,3 +172,11 @@ def content_embeddings(
     """(n_items, 384) float32 unit-norm embeddings of every item's text (:meth:`Interactions.item_text`)."""
     encoder = ContentEncoder(cache_dir=cache_dir, batch_size=batch_size, progress=progress)
     return encoder.encode(logs.item_text())
+
+
+def encode_content(logs: Interactions, *, cache_dir: Path | str = DEFAULT_CACHE, progress: bool = True) -> Embeddings:
+    """Every item's text through the bundled sentence encoder (cached by text), as :class:`Embeddings`."""
+    started = time.perf_counter()
+    vectors = content_embeddings(logs, cache_dir=cache_dir, progress=progress)
+    return Embeddings(vectors, np.arange(len(vectors)), "content", {"encoder": model_tag()}, None,
+                      {"seconds": time.perf_counter() - started}, "")

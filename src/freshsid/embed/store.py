@@ -9,6 +9,7 @@ the embedding kind and the training window, and loading checks the files against
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,3 +90,27 @@ def _check_items(items: np.ndarray, n_items: int, *, where: str) -> None:
     ordered = items.ndim == 1 and items.dtype.kind in "iu" and bool((np.diff(items) > 0).all())
     if not ordered or (items.size and (items[0] < 0 or items[-1] >= n_items)):
         raise FreshsidError(f"{where} must be sorted, distinct item indices in [0, {n_items}); rebuild the embeddings.")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Item vectors in memory, with what their artifact's manifest records.
+
+    Attributes:
+        vectors: (n_items, dim) float32, row i = dense item i of the logs.
+        items: (n_covered,) sorted items whose rows mean something.
+        kind: "collab" or "content"; config, seed, compute, window: as in the manifest.
+    """
+
+    vectors: np.ndarray
+    items: np.ndarray
+    kind: str
+    config: dict[str, Any]
+    seed: int | None
+    compute: dict[str, float]
+    window: str
+
+    def save(self, out: Path | str, logs_fingerprint: str) -> Manifest:
+        return save_embeddings(out, self.vectors, kind=self.kind, config=self.config, seed=self.seed,  # type: ignore[arg-type]
+                               inputs={"logs": logs_fingerprint}, compute=self.compute, window=self.window,
+                               items=self.items)

@@ -34,8 +34,8 @@ from freshsid.artifacts import fingerprint_of, write_json_atomic
 from freshsid.data.interactions import Interactions
 from freshsid.data.stats import dataset_stats
 from freshsid.data.temporal import ProtocolConfig, TemporalSplit, Window
-from freshsid.embed.collab import SASRec, SASRecConfig
-from freshsid.embed.store import load_embeddings, save_embeddings
+from freshsid.embed.collab import SASRecConfig, collab_embeddings
+from freshsid.embed.store import load_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.evaluate.report import write_report
@@ -152,20 +152,17 @@ class Experiment:
         init = self.embeddings(cfg.protocol.base)[0] if warm else None
 
         def build(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
-            model = SASRec(cfg.sasrec, random_state=cfg.seed, progress=self.progress, init_item_embeddings=init)
-            model.fit(self.logs, self.split.events(window))
-            compute = {"seconds": model.fit_seconds_, "flops": model.flops_}
+            emb, model = collab_embeddings(self.logs, self.split.events(window), window=str(window), config=cfg.sasrec,
+                                           seed=cfg.seed, progress=self.progress, init_item_embeddings=init)
             # The SASRec model is also the dense baseline of the report: score it now.
             ex = pipeline.sample_users(self.split.examples(cfg.protocol.test, max_history=cfg.protocol.max_history),
                                        cfg.max_eval_users)
             ranked = model.recommend(ex.inputs, max(cfg.ks), allowed_items=self.split.allowed_items(window))
             write_json_atomic(self.out / f"eval/sasrec-{window.start}-{window.stop}.json",
-                              {"metrics": recall_ndcg(ranked, ex.label_indptr, ex.label_items, cfg.ks), "compute": compute,
-                               "allowed": str(window)})
-            save_embeddings(folder, model.item_embeddings_, kind="collab", config=cfg.sasrec.model_dump(),
-                            seed=cfg.seed, inputs={"logs": self.logs.fingerprint}, compute=compute,
-                            window=str(window), items=np.flatnonzero(model.trained_items_))
-            return model.item_embeddings_, compute
+                              {"metrics": recall_ndcg(ranked, ex.label_indptr, ex.label_items, cfg.ks),
+                               "compute": emb.compute, "allowed": str(window)})
+            emb.save(folder, self.logs.fingerprint)
+            return emb.vectors, emb.compute
 
         def load(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
             vectors, manifest = load_embeddings(folder)
