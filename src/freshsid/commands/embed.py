@@ -29,7 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 PartsOpt = Annotated[str, typer.Option("--parts", help="Half-open range of time parts to train on, START:STOP.")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Folder of cached text vectors (default: .cache/content).")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Folder of cached text vectors (default: content/ in the freshsid cache).")]
 
 
 def train_collab(split: TemporalSplit, window: Window, *, preset: str, dim: int | None = None,
@@ -74,9 +74,9 @@ def content(data: DataSource, out: OutOpt, cache: CacheOpt = None) -> None:
     Example: freshsid embed content amazon-beauty --out runs/beauty/embed-content
     """
     logs = data.load()
-    from freshsid.embed.content import DEFAULT_CACHE, encode_content
+    from freshsid.embed.content import encode_content
 
-    emb = encode_content(logs, cache_dir=cache or DEFAULT_CACHE, progress=show_progress())
+    emb = encode_content(logs, cache_dir=cache, progress=show_progress())
     emb.save(out, logs.fingerprint)
     _print_saved(emb, out)
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from freshsid.data.interactions import Interactions
+from freshsid.data.registry import cache_root
 from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
 from freshsid.progress import progress_bar
 
-DEFAULT_CACHE = Path(".cache/content")
 DIM = 384
 _SHARD_TEXTS = 4096  # new texts per shard: bounds the work lost to an interruption
 _MAX_SHARDS = 32  # beyond this many shards, merge them into one on the next read
@@ -54,10 +54,11 @@ class ContentEncoder:
         n_encoded_: texts this encoder ran through the model (cache misses).
     """
 
-    def __init__(self, *, cache_dir: Path | str = DEFAULT_CACHE, batch_size: int = 64, progress: bool = True) -> None:
+    def __init__(self, *, cache_dir: Path | str | None = None, batch_size: int = 64, progress: bool = True) -> None:
         if batch_size < 1:
             raise FreshsidError(f"Batch size must be at least 1, got {batch_size}.")
-        self.cache_dir = Path(cache_dir)
+        # Default: content/ in the freshsid cache (<project>/.cache or $FRESHSID_CACHE).
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "content"
         self.batch_size = batch_size
         self.progress = progress
         self.n_encoded_ = 0
@@ -167,14 +168,14 @@ def load_model():
 
 
 def content_embeddings(
-    logs: Interactions, *, cache_dir: Path | str = DEFAULT_CACHE, batch_size: int = 64, progress: bool = True
+    logs: Interactions, *, cache_dir: Path | str | None = None, batch_size: int = 64, progress: bool = True
 ) -> np.ndarray:
     """(n_items, 384) float32 unit-norm embeddings of every item's text (:meth:`Interactions.item_text`)."""
     encoder = ContentEncoder(cache_dir=cache_dir, batch_size=batch_size, progress=progress)
     return encoder.encode(logs.item_text())
 
 
-def encode_content(logs: Interactions, *, cache_dir: Path | str = DEFAULT_CACHE, progress: bool = True) -> Embeddings:
+def encode_content(logs: Interactions, *, cache_dir: Path | str | None = None, progress: bool = True) -> Embeddings:
     """Every item's text through the bundled sentence encoder (cached by text), as :class:`Embeddings`."""
     started = time.perf_counter()
     vectors = content_embeddings(logs, cache_dir=cache_dir, progress=progress)
