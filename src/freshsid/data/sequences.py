@@ -30,19 +30,6 @@ class Sequences:
         return len(self.users)
 
 
-def group_by_user(user: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group time-ordered events by user.
-
-    Returns:
-        users: (u,) sorted distinct users; indptr: (u + 1,) offsets; items: (n,) items,
-        each user's slice in time order.
-    """
-    order = np.argsort(user, kind="stable")
-    users, counts = np.unique(user[order], return_counts=True)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return users, indptr, item[order]
-
-
 def windows(
     user: np.ndarray,
     item: np.ndarray,

@@ -121,10 +121,6 @@ class TemporalSplit:
     def part_sizes(self) -> np.ndarray:
         return np.diff(self.bounds)
 
-    def part_of_events(self) -> np.ndarray:
-        """(n_events,) part number of every event."""
-        return np.repeat(np.arange(self.n_parts), self.part_sizes())
-
     def allowed_items(self, window: Window) -> np.ndarray:
         """Sorted item indices seen in the window's events."""
         return np.unique(self.logs.item[self.events(window)])
