@@ -135,6 +135,28 @@ def test_align_keeps_at_least_as_many_codes_and_records_the_legacy_parent(run):
     assert aligned.meta["parent"] == legacy.content_hash
 
 
+def test_warm_refresh_continues_the_legacy_sasrec_and_tokenizer(run, data, tmp_path):
+    opts, _ = data
+    d = run["dir"]
+    # another seed than the legacy model's, so that only the warm start can keep the two close
+    refit = ["embed", "collab", *opts, "--parts", "0:9", "--dim", "8", "--epochs", "1", "--preset", "tiny", "--seed", "5"]
+    invoke(*refit, "--warm-from", d / "emb-0-8", "--out", tmp_path / "emb")
+    invoke(*refit, "--out", tmp_path / "cold")
+    legacy_vectors, _ = load_embeddings(d / "emb-0-8")
+    warm_vectors, manifest = load_embeddings(tmp_path / "emb")
+    cold_vectors, _ = load_embeddings(tmp_path / "cold")
+    assert manifest.config["dim"] == 8
+    assert np.linalg.norm(warm_vectors - legacy_vectors) < 0.5 * np.linalg.norm(cold_vectors - legacy_vectors)
+    # --warm-epochs 0: the legacy tokenizer codes the legacy embeddings exactly as before
+    invoke("sids", "build", *opts, "--embeddings", d / "emb-0-8", "--parts", "0:8", "--warm-from", d / "legacy",
+           "--warm-epochs", "0", "--out", tmp_path / "same")
+    assert np.array_equal(SidTable.load(tmp_path / "same").codes, SidTable.load(d / "legacy").codes)
+    invoke("sids", "build", *opts, "--embeddings", tmp_path / "emb", "--parts", "0:9", "--warm-from", d / "legacy",
+           "--out", tmp_path / "refreshed")
+    refreshed = SidTable.load(tmp_path / "refreshed")
+    assert refreshed.codebook_sizes == SidTable.load(d / "legacy").codebook_sizes and refreshed.tokenizer_state
+
+
 def test_train_then_finetune_write_linked_checkpoints(run):
     _, base = load_checkpoint(run["dir"] / "base", expected_shape=(8, 8, 64))
     _, ft = load_checkpoint(run["dir"] / "ft", expected_shape=(8, 8, 64))
@@ -270,6 +292,11 @@ BAD = [
                                                           "--source", "content", "--out", w / "s"], ["--source content"]),
     ("suffix-too-small", lambda r, o, w: ["sids", "build", *o, "--embeddings", r["dir"] / "emb-0-8", *SIDS[:6],
                                           "--suffix-size", "1", "--out", w / "s"], ["suffix"]),
+    ("warm-from-an-aligned-table", lambda r, o, w: ["sids", "build", *o, "--embeddings", r["dir"] / "emb-0-9", "--parts",
+                                                    "0:9", "--warm-from", r["dir"] / "aligned", "--out", w / "s"],
+     ["no tokenizer state"]),
+    ("warm-from-other-width", lambda r, o, w: ["embed", "collab", *o, "--dim", "16", "--warm-from", r["dir"] / "emb-0-8",
+                                               "--out", w / "e"], ["warm-start weights"]),
     ("bad-sasrec-dim", lambda r, o, w: ["embed", "collab", *o, "--dim", "2", "--out", w / "e"], ["dim"]),
     ("report-not-json", lambda r, o, w: ["report", r["dir"] / "legacy" / "sids.parquet", "--out", w / "rep"],
      ["sids.parquet", "results.json"]),

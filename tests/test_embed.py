@@ -16,7 +16,7 @@ from freshsid.data.interactions import from_arrays
 from freshsid.embed import content
 from freshsid.data.sequences import length_batches
 from freshsid.embed.collab import SASRec, SASRecConfig, SASRecModel, holdout_last
-from freshsid.embed.store import load_embedding_items, load_embeddings, save_embeddings
+from freshsid.embed.store import Embeddings, load_embedding_items, load_embeddings, load_model_state, save_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.metrics import recall_ndcg
 
@@ -250,16 +250,28 @@ def test_store_refuses_tampered_files(tmp_path):
                         items=[2, 1])
 
 
-def test_warm_start_begins_from_the_given_item_table(chain_logs, fitted):
+def test_warm_start_continues_from_the_given_weights(chain_logs, fitted, tmp_path):
     logs, train = chain_logs
     config = TINY.model_copy(update={"max_epochs": 1})
+    state = fitted.state()
     init = fitted.item_embeddings_
-    warm = SASRec(config, random_state=5, progress=False, init_item_embeddings=init).fit(logs, train)
+    warm = SASRec(config, random_state=5, progress=False, init_state=state).fit(logs, train)
     cold = SASRec(config, random_state=5, progress=False).fit(logs, train)
     # one epoch moves the rows a little: the warm table stays far closer to its start
     assert np.linalg.norm(warm.item_embeddings_ - init) < 0.5 * np.linalg.norm(cold.item_embeddings_ - init)
     unseen = ~warm.trained_items_
     np.testing.assert_array_equal(warm.item_embeddings_[unseen], init[unseen])
-    assert warm.get_params()["init_item_embeddings"] is not None
-    with pytest.raises(FreshsidError, match="Warm-start"):
-        SASRec(config, progress=False, init_item_embeddings=init[:, :3]).fit(logs, train)
+    assert warm.get_params()["init_state"] is not None and cold.get_params()["init_state"] is None
+    # the weights travel with the embeddings artifact
+    emb = Embeddings(fitted.item_embeddings_, np.flatnonzero(fitted.trained_items_), "collab", {}, 0, {}, "0:1",
+                     state=state)
+    emb.save(tmp_path / "emb", "logs")
+    loaded = load_model_state(tmp_path / "emb")
+    assert loaded.keys() == state.keys() and all(np.array_equal(loaded[k], state[k]) for k in state)
+    smaller = SASRec(config.model_copy(update={"dim": 8}), progress=False).fit(logs, train)
+    with pytest.raises(FreshsidError, match="warm-start weights"):
+        SASRec(config, progress=False, init_state=smaller.state()).fit(logs, train)
+    content = tmp_path / "content"
+    save_embeddings(content, np.ones((3, 2)), kind="content", config={}, seed=None, inputs={}, compute={}, window="")
+    with pytest.raises(FreshsidError, match="no model weights"):
+        load_model_state(content)

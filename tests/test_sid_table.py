@@ -31,6 +31,12 @@ def test_same_seed_byte_identical_and_other_seed_valid(tmp_path, tokenizer):
     for table in (a, c):
         assert len(np.unique(table.codes, axis=0)) == len(table)  # every item a unique SID
         assert (table.codes < np.array(table.codebook_sizes)).all()
+    # The tokenizer's state is saved with the table, and continuing from it unchanged
+    # (warm_epochs=0) codes the same embeddings identically.
+    loaded = SidTable.load(tmp_path / "a")
+    assert loaded.tokenizer_state.keys() == a.tokenizer_state.keys()
+    again, _ = build_table(X, items, items.astype(str), cfg, window="0:9", init_state=loaded.tokenizer_state)
+    np.testing.assert_array_equal(again.codes, a.codes)
     stats = a.meta["stats"]
     assert 0 <= stats["collision_rate"] <= 1 and len(stats["utilisation"]) == 2
     assert a.meta["compute"]["tokenizer_seconds"] > 0 and a.meta["compute"]["tokenizer_flops"] > 0

@@ -282,11 +282,22 @@ def test_rqvae_reconstruction_improves(X: np.ndarray, fitted_vae: RQVAE) -> None
     assert error(fitted_vae) < 0.5 * error(untrained)
 
 
-def test_rqvae_warm_start_codebooks(X: np.ndarray, fitted_vae: RQVAE) -> None:
-    warm = small_vae(epochs=0, init_codebooks=fitted_vae.codebooks_).fit(X)
-    np.testing.assert_array_equal(warm.codebooks_, fitted_vae.codebooks_)
+def test_rqvae_warm_start_continues_from_a_fitted_state(X: np.ndarray, fitted_vae: RQVAE) -> None:
+    state = fitted_vae.state()
+    frozen = small_vae(epochs=0, init_state=state).fit(X)  # epochs=0: the old tokenizer as it was
+    np.testing.assert_array_equal(frozen.codebooks_, fitted_vae.codebooks_)
+    np.testing.assert_array_equal(frozen.transform(X), fitted_vae.transform(X))
+    assert frozen.get_params()["init_state"].startswith("sha256:")
+    # Continuing on drifted rows keeps far more codes than a fresh fit with another seed.
+    drifted = X + np.random.default_rng(0).normal(scale=0.05, size=X.shape).astype(np.float32)
+    warm = small_vae(epochs=3, init_state=state).fit(drifted).transform(drifted)
+    cold = small_vae(random_state=9).fit(drifted).transform(drifted)
+    old = fitted_vae.transform(X)
+    assert (warm[:, 0] == old[:, 0]).mean() > 0.8 > (cold[:, 0] == old[:, 0]).mean()
     with pytest.raises(FreshsidError, match="init_codebooks"):
-        small_vae(latent_dim=5, init_codebooks=fitted_vae.codebooks_).fit(X)
+        small_vae(latent_dim=5, init_state=state).fit(X)
+    with pytest.raises(FreshsidError, match="encoder does not fit"):
+        small_vae(hidden_dims=(8,), init_state=state).fit(X)
 
 
 def test_rqvae_level1_codes_group_nearby_items(X: np.ndarray, fitted_vae: RQVAE) -> None:

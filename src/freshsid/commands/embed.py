@@ -33,14 +33,17 @@ CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Folder of cached
 
 
 def train_collab(split: TemporalSplit, window: Window, *, preset: str, dim: int | None = None,
-                 epochs: int | None = None, seed: int | None = None) -> Embeddings:
-    """SASRec (the preset's config, with the options given) fitted on ``window``: its item table."""
+                 epochs: int | None = None, seed: int | None = None, warm_from: Path | None = None) -> Embeddings:
+    """SASRec (the preset's config, with the options given) fitted on ``window``: its item
+    table. ``warm_from``: an embeddings folder whose model weights training continues from."""
     from freshsid.embed.collab import collab_embeddings
+    from freshsid.embed.store import load_model_state
 
     exp = experiment_preset(preset)
     config = configure(exp.sasrec, dim=dim, max_epochs=epochs)
+    init = None if warm_from is None else load_model_state(warm_from)
     emb, _ = collab_embeddings(split.logs, split.events(window), window=str(window), config=config,
-                               seed=exp.seed if seed is None else seed, progress=show_progress())
+                               seed=exp.seed if seed is None else seed, progress=show_progress(), init_state=init)
     return emb
 
 
@@ -54,14 +57,17 @@ def collab(
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Most training epochs (early stopping may end sooner).")] = None,
     seed: SeedOpt = None,
     preset: PresetOpt = "cpu",
+    warm_from: Annotated[Path | None, typer.Option("--warm-from", help="An earlier collab embeddings folder of the same dataset: continue training its model (a warm refresh).")] = None,
 ) -> None:
-    """Train a SASRec-style model on the events of --parts and save its item embeddings.
+    """Train a SASRec-style model on the events of --parts and save its item embeddings (and the model's weights).
 
     Example: freshsid embed collab amazon-beauty --parts 0:8 --out runs/beauty/embed-0-8
+
+    Warm refresh: freshsid embed collab amazon-beauty --parts 0:9 --warm-from runs/beauty/embed-0-8 --out runs/beauty/embed-0-9
     """
     window = Window.parse(parts)
     split = load_split(data)
-    emb = train_collab(split, window, preset=preset, dim=dim, epochs=epochs, seed=seed)
+    emb = train_collab(split, window, preset=preset, dim=dim, epochs=epochs, seed=seed, warm_from=warm_from)
     emb.save(out, split.logs.fingerprint)
     _print_saved(emb, out)
 

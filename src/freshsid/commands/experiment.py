@@ -86,7 +86,7 @@ def experiment(
     preset: PresetOpt = "cpu",
     policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: all), e.g. Base,FT-old,Full.")] = None,
     max_eval_users: MaxEvalUsersOpt = None,
-    refresh: Annotated[str | None, typer.Option("--refresh", help="Refreshed SASRec: cold (new model) or warm (starts from the legacy item table).")] = None,
+    refresh: Annotated[str | None, typer.Option("--refresh", help="Refreshed SIDs: cold (new SASRec and tokenizer) or warm (both continue from the legacy ones).")] = None,
 ) -> None:
     """Run the policies (Base, FT-old, FT-new, FT-aligned, Full, ...) on one dataset; write results and report.
 

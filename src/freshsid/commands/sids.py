@@ -51,6 +51,8 @@ def build(
     suffix_size: Annotated[int | None, typer.Option("--suffix-size", min=1, help="Codes of the collision-suffix level (default: the preset's).")] = None,
     seed: SeedOpt = None,
     preset: PresetOpt = "cpu",
+    warm_from: Annotated[Path | None, typer.Option("--warm-from", help="An earlier SidTable built by a tokenizer: continue from that tokenizer (a warm refresh).")] = None,
+    warm_epochs: Annotated[int | None, typer.Option("--warm-epochs", min=0, help="With --warm-from: RQ-VAE epochs or RQ-KMeans iterations to continue for (default: the preset's; 0 codes with the old tokenizer as is).")] = None,
 ) -> None:
     """Fit a tokenizer on the embeddings of the items seen in --parts and save their SidTable.
 
@@ -59,11 +61,23 @@ def build(
     Prints the collision rate before the suffix level, utilisation per level, the largest group, build seconds.
 
     Example: freshsid sids build --dataset amazon-beauty --parts 0:8 --tokenizer rqkmeans --source collab --out runs/beauty/sids-0-8
+
+    Warm refresh: freshsid sids build --dataset amazon-beauty --parts 0:9 --embeddings runs/beauty/embed-0-9 --warm-from runs/beauty/sids-0-8 --out runs/beauty/sids-0-9
     """
     from freshsid.sid.build import build_table
 
-    config = configure(experiment_preset(preset).sid, tokenizer=tokenizer, n_levels=levels,
-                       codebook_size=codebook_size, suffix_size=suffix_size, seed=seed)
+    init = None
+    if warm_from is not None:
+        legacy = SidTable.load(warm_from)
+        if legacy.tokenizer_state is None:
+            raise FreshsidError(f"{warm_from} holds no tokenizer state (an aligned table, or one built by an older "
+                                "version); pass a table that `freshsid sids build` wrote.")
+        tokenizer = tokenizer or legacy.meta["tokenizer"].get("kind")
+        levels, codebook_size = levels or legacy.n_levels, codebook_size or legacy.codebook_sizes[0]
+        suffix_size = suffix_size or legacy.codebook_sizes[-1]
+        init = legacy.tokenizer_state
+    config = configure(experiment_preset(preset).sid, tokenizer=tokenizer, n_levels=levels, codebook_size=codebook_size,
+                       suffix_size=suffix_size, seed=seed, warm_epochs=warm_epochs)
     window = Window.parse(parts)
     split = load_split(data)
     logs = split.logs
@@ -71,7 +85,8 @@ def build(
     # Every item of the parts gets a SID, as in `freshsid experiment`; an item the embedding
     # model never trained on is coded from its initial row (counted in the output).
     items = split.allowed_items(window)
-    table, _ = build_table(emb.vectors[items], items, logs.item_ids[items], config, window=str(window), inputs=inputs)
+    table, _ = build_table(emb.vectors[items], items, logs.item_ids[items], config, window=str(window), inputs=inputs,
+                           init_state=init)
     if embeddings is None:
         table.meta["compute"].update({f"embedding_{k}": v for k, v in emb.compute.items()})
     table.save(out)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -144,19 +145,26 @@ class SASRec:
         *,
         random_state: int = 0,
         progress: bool = True,
-        init_item_embeddings: np.ndarray | None = None,
+        init_state: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.config = config if config is not None else SASRecConfig()
         self.random_state = random_state
         self.progress = progress
-        # Warm start: (n_items, dim) rows to start the item table from, e.g. the legacy
-        # model's, so that a refresh moves embeddings only where behaviour moved.
-        self.init_item_embeddings = init_item_embeddings
+        # Warm start: the weights (:meth:`state`) of a SASRec fitted on the same logs with
+        # the same config, e.g. the legacy model, so that a refresh continues from it and
+        # moves item embeddings where behaviour moved instead of learning a new space.
+        self.init_state = init_state
 
     def get_params(self) -> dict:
-        init = self.init_item_embeddings
-        warm = None if init is None else fingerprint_of([list(init.shape), float(np.asarray(init, np.float64).sum())])
-        return {"config": self.config.model_dump(), "random_state": self.random_state, "init_item_embeddings": warm}
+        init = self.init_state
+        warm = None if init is None else fingerprint_of({k: float(np.asarray(v, np.float64).sum()) for k, v in init.items()})
+        return {"config": self.config.model_dump(), "random_state": self.random_state, "init_state": warm}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The fitted model's weights as numpy arrays (what ``init_state`` takes)."""
+        if not hasattr(self, "model_"):
+            raise FreshsidError("This SASRec is not fitted yet; call fit() before state().")
+        return {name: t.detach().numpy().copy() for name, t in self.model_.state_dict().items()}
 
     def fit(self, logs: Interactions, events: slice, *, valid: Examples | None = None) -> SASRec:
         """Train on ``logs`` events ``events`` (a slice of the time-sorted arrays).
@@ -187,21 +195,23 @@ class SASRec:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             self.model_ = SASRecModel(logs.n_items, cfg)
-            if self.init_item_embeddings is not None:
-                self._warm_start(np.asarray(self.init_item_embeddings, dtype=np.float32))
+            if self.init_state is not None:
+                self._warm_start(self.init_state)
             self._train(seqs, torch.from_numpy(candidates), slot, valid, rng)
         self.item_embeddings_ = self.model_.item_table.detach().numpy().astype(np.float32, copy=True)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _warm_start(self, init: np.ndarray) -> None:
-        if init.shape != tuple(self.model_.item_table.shape):
+    def _warm_start(self, init: Mapping[str, np.ndarray]) -> None:
+        own = self.model_.state_dict()
+        shapes = {k: tuple(v.shape) for k, v in own.items()}
+        given = {k: tuple(np.shape(v)) for k, v in init.items()}
+        if given != shapes:
             raise FreshsidError(
-                f"Warm-start item embeddings have shape {init.shape}, the model needs {tuple(self.model_.item_table.shape)}; "
-                "pass embeddings of the same logs and dimension."
+                "The warm-start weights do not fit this SASRec (other logs, dimension or depth); "
+                "warm-start from a model fitted on the same logs with the same config."
             )
-        with torch.no_grad():
-            self.model_.item.weight[: self.model_.pad] = torch.from_numpy(init)
+        self.model_.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in init.items()})
 
     def _train(
         self, seqs: Sequences, candidates: torch.Tensor, slot: np.ndarray, valid: Examples | None, rng: np.random.Generator
@@ -372,12 +382,13 @@ def collab_embeddings(
     config: SASRecConfig,
     seed: int,
     progress: bool = True,
-    init_item_embeddings: np.ndarray | None = None,
+    init_state: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[Embeddings, SASRec]:
-    """Fit SASRec on ``events`` and return its item table as :class:`Embeddings`
-    (rows of items it trained on are the covered ones), with the fitted model."""
-    model = SASRec(config, random_state=seed, progress=progress, init_item_embeddings=init_item_embeddings)
+    """Fit SASRec on ``events`` (optionally continuing from ``init_state``) and return its
+    item table as :class:`Embeddings` (rows of items it trained on are the covered ones,
+    the model's weights ride along), with the fitted model."""
+    model = SASRec(config, random_state=seed, progress=progress, init_state=init_state)
     model.fit(logs, events)
     emb = Embeddings(model.item_embeddings_, np.flatnonzero(model.trained_items_), "collab", config.model_dump(),
-                     seed, {"seconds": model.fit_seconds_, "flops": model.flops_}, window)
+                     seed, {"seconds": model.fit_seconds_, "flops": model.flops_}, window, state=model.state())
     return emb, model

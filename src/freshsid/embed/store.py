@@ -1,9 +1,10 @@
-"""The embeddings artifact: ``embeddings.npy`` + ``items.npy`` + ``manifest.json``.
+"""The embeddings artifact: ``embeddings.npy`` + ``items.npy`` + ``manifest.json``
+(+ ``model.safetensors``, the weights of the model that made them, when it has any).
 
 ``embeddings.npy`` is (n_items, dim) float32 with row i for dense item i of the logs
 it was made from; ``items.npy`` lists, sorted, the items whose rows mean something
 (items seen in training for collaborative embeddings, every item for content ones).
-A tokenizer fits on ``vectors[items]``. The manifest's ``info`` carries the shape,
+A tokenizer fits on ``vectors[items]``; a refresh can continue training from the weights. The manifest's ``info`` carries the shape,
 the embedding kind and the training window, and loading checks the files against it.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, read_manifest
 from freshsid.errors import FreshsidError
@@ -21,6 +23,7 @@ from freshsid.errors import FreshsidError
 KIND = "embeddings"
 VECTORS = "embeddings.npy"
 ITEMS = "items.npy"
+STATE = "model.safetensors"
 
 
 def save_embeddings(
@@ -34,6 +37,7 @@ def save_embeddings(
     compute: dict[str, float],
     window: str,
     items: np.ndarray | None = None,
+    state: dict[str, np.ndarray] | None = None,
 ) -> Manifest:
     """Write an embeddings artifact atomically and return its manifest.
 
@@ -45,6 +49,7 @@ def save_embeddings(
         compute: e.g. ``{"seconds": ..., "flops": ...}``.
         window: the part range the vectors were trained on, e.g. "0:8" ("" for content).
         items: (n_covered,) item indices whose rows are meaningful; default all.
+        state: the producing model's weights (name -> array), for warm starts.
     """
     if kind not in ("collab", "content"):
         raise ValueError(f"unknown embedding kind {kind!r}")
@@ -57,6 +62,8 @@ def save_embeddings(
     with artifact_dir(Path(out_dir)) as tmp:
         np.save(tmp / VECTORS, vectors)
         np.save(tmp / ITEMS, items)
+        if state is not None:
+            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp / STATE))
         info = {"embedding": kind, "window": window, "n_items": n_items, "dim": dim, "n_covered": len(items)}
         return finish_manifest(tmp, kind=KIND, config=config, seed=seed, inputs=inputs, compute=compute, info=info)
 
@@ -72,6 +79,15 @@ def load_embeddings(folder: Path | str) -> tuple[np.ndarray, Manifest]:
             f"{folder / VECTORS} is {vectors.dtype} {vectors.shape}, its manifest says float32 {expected}; rebuild {folder}."
         )
     return vectors, manifest
+
+
+def load_model_state(folder: Path | str) -> dict[str, np.ndarray]:
+    """The weights of the model that made the embeddings (checked against the manifest)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, KIND)
+    if STATE not in manifest.files:
+        raise FreshsidError(f"{folder} holds no model weights to warm-start from; rebuild it with this version of freshsid.")
+    return load_file(str(folder / STATE))
 
 
 def load_embedding_items(folder: Path | str) -> np.ndarray:
@@ -100,6 +116,7 @@ class Embeddings:
         vectors: (n_items, dim) float32, row i = dense item i of the logs.
         items: (n_covered,) sorted items whose rows mean something.
         kind: "collab" or "content"; config, seed, compute, window: as in the manifest.
+        state: the producing model's weights, if it has any (saved beside the vectors).
     """
 
     vectors: np.ndarray
@@ -109,8 +126,9 @@ class Embeddings:
     seed: int | None
     compute: dict[str, float]
     window: str
+    state: dict[str, np.ndarray] | None = None
 
     def save(self, out: Path | str, logs_fingerprint: str) -> Manifest:
         return save_embeddings(out, self.vectors, kind=self.kind, config=self.config, seed=self.seed,  # type: ignore[arg-type]
                                inputs={"logs": logs_fingerprint}, compute=self.compute, window=self.window,
-                               items=self.items)
+                               items=self.items, state=self.state)

@@ -35,7 +35,7 @@ from freshsid.data.interactions import Interactions
 from freshsid.data.stats import dataset_stats
 from freshsid.data.temporal import ProtocolConfig, TemporalSplit, Window
 from freshsid.embed.collab import SASRecConfig, collab_embeddings
-from freshsid.embed.store import load_embeddings
+from freshsid.embed.store import load_embeddings, load_model_state
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.evaluate.report import write_report
@@ -67,8 +67,9 @@ class ExperimentConfig(BaseModel):
     max_eval_users: int | None = None
     seed: int = 0
     threads: int = 2
-    # How the refreshed collaborative embeddings start: "cold" (a new SASRec, as in the
-    # reference protocol) or "warm" (item table initialised from the legacy embeddings).
+    # How the refreshed SIDs are made: "cold" (a new SASRec and a new tokenizer on
+    # base+gap, as in the reference protocol) or "warm" (SASRec continues from the legacy
+    # model's weights, the tokenizer from the legacy tokenizer for sid.warm_epochs).
     refresh: Literal["cold", "warm"] = "cold"
 
     @field_validator("policies")
@@ -146,14 +147,16 @@ class Experiment:
     # ------------------------------------------------------------ stages
 
     def embeddings(self, window: Window) -> tuple[np.ndarray, dict[str, float]]:
-        """Collaborative item embeddings from a SASRec trained on ``window``."""
+        """Collaborative item embeddings from a SASRec trained on ``window`` (a warm
+        refresh continues from the legacy SASRec's weights)."""
         cfg = self.config
-        warm = cfg.refresh == "warm" and window != cfg.protocol.base
-        init = self.embeddings(cfg.protocol.base)[0] if warm else None
+        init = load_model_state(self.out / self._embed_stage(cfg.protocol.base)) if self._warm(window) else None
+        if init is not None:
+            self.embeddings(cfg.protocol.base)  # make sure the legacy weights are current
 
         def build(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
             emb, model = collab_embeddings(self.logs, self.split.events(window), window=str(window), config=cfg.sasrec,
-                                           seed=cfg.seed, progress=self.progress, init_item_embeddings=init)
+                                           seed=cfg.seed, progress=self.progress, init_state=init)
             # The SASRec model is also the dense baseline of the report: score it now.
             ex = pipeline.sample_users(self.split.examples(cfg.protocol.test, max_history=cfg.protocol.max_history),
                                        cfg.max_eval_users)
@@ -166,21 +169,24 @@ class Experiment:
 
         def load(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
             vectors, manifest = load_embeddings(folder)
+            load_model_state(folder)  # artifacts of older versions lack the weights: rebuild those
             return vectors, dict(manifest.compute)
 
         key = [cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window), cfg.protocol, cfg.ks, cfg.max_eval_users]
-        key += ["warm"] if warm else []
-        return self._cached(f"embed/{window.start}-{window.stop}", key, build, load)
+        key += ["warm", self._stages.get(self._embed_stage(cfg.protocol.base))] if init is not None else []
+        return self._cached(self._embed_stage(window), key, build, load)
 
     def sid_table(self, window: Window) -> SidTable:
-        """Tokenizer fit on the embeddings of ``window``'s items."""
+        """Tokenizer fit on the embeddings of ``window``'s items (a warm refresh continues
+        from the legacy tokenizer for ``sid.warm_epochs``)."""
         cfg = self.config
         vectors, embed_compute = self.embeddings(window)
+        init = self.sid_table(cfg.protocol.base).tokenizer_state if self._warm(window) else None
 
         def build(folder: Path) -> SidTable:
             items = self.split.allowed_items(window)
             table, _ = build_table(vectors[items], items, self.logs.item_ids[items], cfg.sid, window=str(window),
-                                   inputs={"logs": self.logs.fingerprint})
+                                   inputs={"logs": self.logs.fingerprint}, init_state=init)
             # Tokenizer compute includes the collaborative embeddings it needs.
             comp = table.meta["compute"]
             comp["tokenizer_seconds"] += embed_compute["seconds"]
@@ -188,9 +194,22 @@ class Experiment:
             table.save(folder)
             return table
 
-        warm = cfg.refresh == "warm" and window != cfg.protocol.base
-        key = [cfg.sid, cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window)] + (["warm"] if warm else [])
-        return self._cached(f"sids/{window.start}-{window.stop}", key, build, SidTable.load)
+        def load(folder: Path) -> SidTable:
+            table = SidTable.load(folder)
+            if table.tokenizer_state is None:
+                raise FreshsidError(f"{folder} lacks its tokenizer state")  # an older version's artifact: rebuild
+            return table
+
+        key = [cfg.sid, self._stages.get(self._embed_stage(window)), str(window)]
+        key += ["warm", self._stages.get(f"sids/{cfg.protocol.base.start}-{cfg.protocol.base.stop}")] if init is not None else []
+        return self._cached(f"sids/{window.start}-{window.stop}", key, build, load)
+
+    def _warm(self, window: Window) -> bool:
+        return self.config.refresh == "warm" and window != self.config.protocol.base
+
+    @staticmethod
+    def _embed_stage(window: Window) -> str:
+        return f"embed/{window.start}-{window.stop}"
 
     def aligned_table(self, method: str) -> tuple[SidTable, dict]:
         legacy, refreshed = self.sid_table(self.config.protocol.base), self.sid_table(self._base_gap)

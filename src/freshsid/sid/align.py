@@ -94,7 +94,7 @@ def align(legacy: SidTable, refreshed: SidTable, *, method: Method = "hungarian"
     }
     # The parent is the legacy table's content hash: stable whether or not it was ever saved.
     meta = {**refreshed.meta, "parent": legacy.content_hash, "stats": {**refreshed.meta.get("stats", {}), "alignment": report}}
-    return replace(refreshed, codes=codes.astype(np.int32), meta=meta), report
+    return replace(refreshed, codes=codes.astype(np.int32), meta=meta, tokenizer_state=None), report
 
 
 def resolve_suffix(codes: np.ndarray, in_new: np.ndarray, old: np.ndarray) -> np.ndarray:

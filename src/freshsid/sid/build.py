@@ -6,7 +6,7 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from freshsid.sid.collisions import add_suffix, collision_stats
 from freshsid.sid.rqkmeans import RQKMeans
@@ -24,26 +24,22 @@ class SidConfig(BaseModel):
     suffix_size: int = 256
     balanced: bool = False  # rqkmeans only: size-balanced assignment
     epochs: int = 50  # rqvae only
+    # When continuing from a previous tokenizer's state (a warm refresh): RQ-VAE epochs or
+    # RQ-KMeans Lloyd iterations; 0 codes the new embeddings with the old tokenizer as is.
+    warm_epochs: int = Field(0, ge=0)
     seed: int = 0
 
 
-def make_tokenizer(config: SidConfig, *, init_codebooks: np.ndarray | None = None) -> RQKMeans | RQVAE:
-    """The unfitted estimator a config describes (optionally warm-started)."""
+def make_tokenizer(config: SidConfig, *, init_state: dict[str, np.ndarray] | None = None) -> RQKMeans | RQVAE:
+    """The unfitted estimator a config describes; ``init_state`` (a fitted tokenizer's
+    ``state()``) warm-starts it for ``config.warm_epochs``."""
+    warm = init_state is not None
     if config.tokenizer == "rqkmeans":
-        return RQKMeans(
-            n_levels=config.n_levels,
-            codebook_size=config.codebook_size,
-            balanced=config.balanced,
-            random_state=config.seed,
-            init_codebooks=init_codebooks,
-        )
-    return RQVAE(
-        n_levels=config.n_levels,
-        codebook_size=config.codebook_size,
-        epochs=config.epochs,
-        random_state=config.seed,
-        init_codebooks=init_codebooks,
-    )
+        extra: dict[str, Any] = dict(n_iter=config.warm_epochs, init_codebooks=init_state["codebooks"]) if warm else {}
+        return RQKMeans(n_levels=config.n_levels, codebook_size=config.codebook_size, balanced=config.balanced,
+                        random_state=config.seed, **extra)
+    return RQVAE(n_levels=config.n_levels, codebook_size=config.codebook_size,
+                 epochs=config.warm_epochs if warm else config.epochs, random_state=config.seed, init_state=init_state)
 
 
 def build_table(
@@ -54,6 +50,7 @@ def build_table(
     *,
     window: str,
     inputs: dict[str, str] | None = None,
+    init_state: dict[str, np.ndarray] | None = None,
 ) -> tuple[SidTable, RQKMeans | RQVAE]:
     """Fit a tokenizer on ``vectors`` and code every item.
 
@@ -61,13 +58,14 @@ def build_table(
         vectors: (n, d) embeddings of the items to code.
         items: (n,) their dense item indices (any order); item_ids: (n,) original ids.
         window: the part range the embeddings were learned on, for the manifest.
+        init_state: a previous table's ``tokenizer_state`` to continue from (warm refresh).
 
-    Returns the table (rows sorted by item) and the fitted tokenizer.
+    Returns the table (rows sorted by item, carrying the tokenizer's state) and the fitted tokenizer.
     """
     order = np.argsort(items, kind="stable")
     vectors, items, item_ids = np.asarray(vectors)[order], np.asarray(items)[order], np.asarray(item_ids)[order]
     start = time.perf_counter()
-    tokenizer = make_tokenizer(config).fit(vectors)
+    tokenizer = make_tokenizer(config, init_state=init_state).fit(vectors)
     prefix = tokenizer.transform(vectors)
     codes = add_suffix(prefix, suffix_size=config.suffix_size)
     seconds = time.perf_counter() - start
@@ -81,7 +79,9 @@ def build_table(
         "window": window,
         "stats": stats,
     }
-    return SidTable(items=items, codes=codes, codebook_sizes=sizes, item_ids=item_ids, meta=meta), tokenizer
+    table = SidTable(items=items, codes=codes, codebook_sizes=sizes, item_ids=item_ids, meta=meta,
+                     tokenizer_state=tokenizer.state())
+    return table, tokenizer
 
 
 def tokenizer_flops(tokenizer: RQKMeans | RQVAE, shape: tuple[int, int]) -> float:

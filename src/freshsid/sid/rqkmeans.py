@@ -113,6 +113,11 @@ class RQKMeans:
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The codebooks, for a later warm start (``init_codebooks=state()["codebooks"]``)."""
+        require_fitted(self)
+        return {"codebooks": self.codebooks_.copy()}
+
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Codes of X (n, d) -> (n, L) int32."""
         require_fitted(self)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,7 +89,7 @@ class RQVAE:
         batch_size: int = 512,
         lr: float = 3e-3,
         random_state: int = 0,
-        init_codebooks: np.ndarray | None = None,
+        init_state: Mapping[str, np.ndarray] | None = None,
         device: str = "cpu",
     ) -> None:
         self.n_levels = n_levels
@@ -101,7 +101,10 @@ class RQVAE:
         self.batch_size = batch_size
         self.lr = lr
         self.random_state = random_state
-        self.init_codebooks = init_codebooks
+        # Warm start: the state() of a fitted RQVAE with the same settings and input
+        # width; training continues from its encoder, decoder and codebooks (epochs=0
+        # keeps them as they are, so the refreshed rows are coded by the old tokenizer).
+        self.init_state = init_state
         self.device = device
 
     def get_params(self) -> dict[str, Any]:
@@ -116,7 +119,7 @@ class RQVAE:
             "batch_size": self.batch_size,
             "lr": float(self.lr),
             "random_state": self.random_state,
-            "init_codebooks": codebooks_fingerprint(self.init_codebooks),
+            "init_state": None if self.init_state is None else codebooks_fingerprint(self.init_state.get("codebooks")),
             "device": str(self.device),
         }
 
@@ -148,8 +151,8 @@ class RQVAE:
         X = as_matrix(X, min_rows=p["k"])
         n, d = X.shape
         init = None
-        if self.init_codebooks is not None:
-            init = as_codebooks(self.init_codebooks, n_levels=p["n_levels"], codebook_size=p["k"], dim=p["latent"])
+        if self.init_state is not None:
+            init = as_codebooks(self.init_state.get("codebooks"), n_levels=p["n_levels"], codebook_size=p["k"], dim=p["latent"])
         start = time.perf_counter()
         device = p["device"]
         generator = torch.Generator().manual_seed(p["seed"])
@@ -157,6 +160,8 @@ class RQVAE:
         encoder = _mlp([d, *p["hidden"], p["latent"]], generator).to(device)
         decoder = _mlp([p["latent"], *reversed(p["hidden"]), d], generator).to(device)
         data = torch.from_numpy(X).to(device)
+        if self.init_state is not None:
+            _load_weights(encoder, decoder, self.init_state)
 
         if init is None:
             # k-means init on the untrained encoder's latents of all rows: random
@@ -185,6 +190,14 @@ class RQVAE:
         self.n_features_in_ = d
         self.fit_seconds_ = time.perf_counter() - start
         return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Encoder, decoder and codebooks as numpy arrays (what ``init_state`` takes)."""
+        require_fitted(self)
+        weights = {f"{name}.{k}": v.detach().cpu().numpy().copy()
+                   for name, module in (("encoder", self.encoder_), ("decoder", self.decoder_))
+                   for k, v in module.state_dict().items()}
+        return {"codebooks": self.codebooks_.copy(), **weights}
 
     def _train(
         self,
@@ -283,6 +296,19 @@ class RQVAE:
         device = next(self.decoder_.parameters()).device
         with torch.no_grad():
             return _encode(self.decoder_, torch.from_numpy(latent).to(device))
+
+
+def _load_weights(encoder: nn.Module, decoder: nn.Module, state: Mapping[str, np.ndarray]) -> None:
+    """Copy a previous fit's encoder and decoder weights in; refuse ones of another shape."""
+    for name, module in (("encoder", encoder), ("decoder", decoder)):
+        own = module.state_dict()
+        given = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+        if {k: tuple(v.shape) for k, v in own.items()} != {k: tuple(np.shape(v)) for k, v in given.items()}:
+            raise FreshsidError(
+                f"The warm-start state's {name} does not fit these settings; "
+                "warm-start from an RQ-VAE fitted with the same sizes on embeddings of the same width."
+            )
+        module.load_state_dict({k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in given.items()})
 
 
 def _encode(module: nn.Module, data: torch.Tensor) -> np.ndarray:

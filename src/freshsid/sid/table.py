@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from safetensors.numpy import load_file, save_file
 
 from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, fingerprint_of, read_manifest
 from freshsid.errors import FreshsidError
@@ -21,6 +22,7 @@ from freshsid.sid.trie import SidTrie
 
 KIND = "sid_table"
 TABLE_FILE = "sids.parquet"
+TOKENIZER_FILE = "tokenizer.safetensors"
 
 
 def sid_shape_fingerprint(codebook_sizes: tuple[int, ...]) -> str:
@@ -41,6 +43,9 @@ class SidTable:
         item_ids: (n,) original item ids (for outputs and reports).
         meta: what the manifest records about how the table was made
             (tokenizer, params, window, seed, stats, parent).
+        tokenizer_state: the fitted tokenizer's weights (``state()``), so that a refresh can
+            continue from it; None for tables that are not a tokenizer's direct output
+            (an aligned table's codes are relabelled).
     """
 
     items: np.ndarray
@@ -48,6 +53,7 @@ class SidTable:
     codebook_sizes: tuple[int, ...]
     item_ids: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    tokenizer_state: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         n, depth = self.codes.shape
@@ -123,6 +129,8 @@ class SidTable:
         columns |= {f"c{d}": self.codes[:, d].astype(np.int32) for d in range(self.depth)}
         with artifact_dir(out) as tmp:
             pl.DataFrame(columns).write_parquet(tmp / TABLE_FILE, statistics=False)
+            if self.tokenizer_state is not None:
+                save_file({k: np.ascontiguousarray(v) for k, v in self.tokenizer_state.items()}, str(tmp / TOKENIZER_FILE))
             manifest = finish_manifest(
                 tmp,
                 kind=KIND,
@@ -167,6 +175,7 @@ class SidTable:
                 "stats": manifest.info.get("stats", {}),
                 "fingerprint": manifest.fingerprint,
             },
+            tokenizer_state=load_file(str(folder / TOKENIZER_FILE)) if TOKENIZER_FILE in manifest.files else None,
         )
         bad = (codes < 0) | (codes >= np.array(sizes)[None, :])
         if bad.any():
