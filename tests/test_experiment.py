@@ -71,3 +71,32 @@ def test_rerun_resumes_from_the_cache(run):
     for name in results["policies"]:
         first, cached = results["policies"][name]["metrics"], second["policies"][name]["metrics"]
         assert cached.keys() == first.keys() and np.allclose([cached[k] for k in first], list(first.values()))
+
+
+def test_warm_refresh_with_seeds_reuses_the_legacy_stages_and_pairs_the_seeds(run, tmp_path):
+    """A warm refresh over two fine-tuning seeds, started from a copy of the cold run: the
+    legacy stages come from the cache; the refreshed ones continue from the legacy models."""
+    import shutil
+
+    experiment, cold = run
+    shutil.copytree(experiment.out, tmp_path / "run")
+    config = experiment.config.model_copy(update={"refresh": "warm", "finetune_seeds": (0, 1),
+                                                  "policies": ("Base", "FT-old", "FT-aligned (hungarian)")})
+    warm = Experiment(experiment.logs, config, tmp_path / "run", show_progress=False)
+    built = []
+    warm.log = built.append
+    results = warm.run()
+    stages = [line.split("] ")[1] for line in built]
+    assert not {"embed/0-8", "sids/0-8", "models/base", "models/ft-old", "eval/base"} & set(stages)
+    assert {"embed/0-9", "sids/0-9", "models/ft-old-seed1", "models/ft-aligned-hungarian-seed1"} <= set(stages)
+    old = results["policies"]["FT-old"]
+    assert old["seeds"] == [0, 1] and len(old["by_seed"]) == 2
+    assert old["by_seed"][0] == cold["policies"]["FT-old"]["metrics"]  # seed 0 is the cached cold-run model
+    for key, value in old["metrics"].items():
+        assert value == pytest.approx(np.mean([m[key] for m in old["by_seed"]]))
+    assert "seeds" not in results["policies"]["Base"]
+    # the warm tokenizer started from the legacy one: alignment keeps more level-1 codes than the cold refresh
+    kept = lambda r: r["alignment"]["hungarian"]["levels"][0]["kept_after"]  # noqa: E731
+    assert kept(results) > kept(cold)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Paired over fine-tuning seeds" in report and "FT-aligned (hungarian)" in report.split("## Paired")[1]

@@ -87,18 +87,32 @@ def experiment(
     policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: all), e.g. Base,FT-old,Full.")] = None,
     max_eval_users: MaxEvalUsersOpt = None,
     refresh: Annotated[str | None, typer.Option("--refresh", help="Refreshed SIDs: cold (new SASRec and tokenizer) or warm (both continue from the legacy ones).")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds; every fine-tuned policy runs once per seed and reports the mean (default: 0).")] = None,
 ) -> None:
     """Run the policies (Base, FT-old, FT-new, FT-aligned, Full, ...) on one dataset; write results and report.
 
     Stages are cached in --out, so a rerun resumes. Writes results.json, report.md and plots.
 
     Example: freshsid experiment --dataset amazon-beauty --preset cpu --policies "Base,FT-old,FT-aligned (hungarian),Full" --out runs/beauty
+
+    Warm refresh, three fine-tuning seeds: freshsid experiment --dataset amazon-beauty --refresh warm --seeds 0,1,2 --out runs/beauty-warm
     """
     chosen = None if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
     if chosen == ():
         raise FreshsidError("--policies names no policy; pass a comma-separated list such as Base,FT-old,Full.")
-    config = configure(experiment_preset(preset), policies=chosen, max_eval_users=max_eval_users, refresh=refresh)
+    config = configure(experiment_preset(preset), policies=chosen, max_eval_users=max_eval_users, refresh=refresh,
+                       finetune_seeds=None if seeds is None else _seed_list(seeds))
     run_experiment(data.load(), config, out)
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise FreshsidError(f"--seeds {text!r} is not a comma-separated list of integers; e.g. --seeds 0,1,2.") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise FreshsidError(f"--seeds {text!r} must list distinct integers >= 0; e.g. --seeds 0,1,2.")
+    return seeds
 
 
 def demo(

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from freshsid.artifacts import fingerprint_of, write_json_atomic
 from freshsid.data.interactions import Interactions
@@ -71,6 +71,9 @@ class ExperimentConfig(BaseModel):
     # base+gap, as in the reference protocol) or "warm" (SASRec continues from the legacy
     # model's weights, the tokenizer from the legacy tokenizer for sid.warm_epochs).
     refresh: Literal["cold", "warm"] = "cold"
+    # Every fine-tuned policy is trained and scored once per seed (the same seeds for all,
+    # so comparisons between them are paired); its metrics are the mean over seeds.
+    finetune_seeds: tuple[int, ...] = Field((0,), min_length=1)
 
     @field_validator("policies")
     @classmethod
@@ -225,9 +228,12 @@ class Experiment:
 
         return self._cached(f"sids/aligned-{method}", [legacy.content_hash, refreshed.content_hash, method], build, load)
 
-    def model(self, name: str, table: SidTable, *, parent: str | None) -> tuple[Any, dict[str, float]]:
-        """A trained retriever: from scratch when ``parent`` is None, else fine-tuned from it."""
+    def model(self, name: str, table: SidTable, *, parent: str | None, seed: int = 0) -> tuple[Any, dict[str, float]]:
+        """A trained retriever: from scratch when ``parent`` is None, else fine-tuned from it
+        (with ``seed``; stage ``name`` for seed 0, ``name-seedN`` otherwise)."""
         cfg, protocol = self.config, self.config.protocol
+        finetune = cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + seed})
+        name = _seeded(name, seed)
         torch.set_num_threads(cfg.threads)
 
         def build(folder: Path):
@@ -237,14 +243,14 @@ class Experiment:
                                       model_config=RetrieverConfig.preset(cfg.retriever, codebook_sizes=table.codebook_sizes), train_config=cfg.fit)
             else:
                 result = pipeline.finetune(self.out / parent, self.split, table, target=protocol.gap, out=folder,
-                                           train_config=cfg.finetune, show_progress=self.progress)
+                                           train_config=finetune, show_progress=self.progress)
             return result.model, result.compute
 
         def load(folder: Path):
             model, manifest = load_checkpoint(folder, expected_shape=table.codebook_sizes)
             return model, dict(manifest.compute)
 
-        key = [table.content_hash, cfg.retriever, cfg.fit if parent is None else cfg.finetune, parent and self._stages.get(parent)]
+        key = [table.content_hash, cfg.retriever, cfg.fit if parent is None else finetune, parent and self._stages.get(parent)]
         return self._cached(name, key, build, load)
 
     @property
@@ -253,8 +259,9 @@ class Experiment:
 
     # ------------------------------------------------------------ policies
 
-    def _policy(self, name: str) -> tuple[Any, SidTable, Window, dict[str, float], dict[str, float], str]:
-        """(model, table, allowed window, retriever compute, tokenizer compute, kind) of a policy."""
+    def _policy(self, name: str, seed: int = 0) -> tuple[Any, SidTable, Window, dict[str, float], dict[str, float], str]:
+        """(model, table, allowed window, retriever compute, tokenizer compute, kind) of a
+        policy; ``seed`` picks the fine-tuning run of a fine-tuned policy."""
         protocol = self.config.protocol
         legacy = self.sid_table(protocol.base)
         base_model, base_compute = self.model("models/base", legacy, parent=None)
@@ -262,24 +269,36 @@ class Experiment:
         if name == "Base":
             return base_model, legacy, protocol.base, base_compute, tok(legacy), "base"
         if name == "FT-old":
-            model, comp = self.model("models/ft-old", legacy, parent="models/base")
+            model, comp = self.model("models/ft-old", legacy, parent="models/base", seed=seed)
             return model, legacy, protocol.base, comp, {"tokenizer_seconds": 0.0, "tokenizer_flops": 0.0}, "finetune"
         refreshed = self.sid_table(self._base_gap)
         if name == "FT-new":
-            model, comp = self.model("models/ft-new", refreshed, parent="models/base")
+            model, comp = self.model("models/ft-new", refreshed, parent="models/base", seed=seed)
             return model, refreshed, protocol.base, comp, tok(refreshed), "finetune"
         if name == "Full":
             model, comp = self.model("models/full", refreshed, parent=None)
             return model, refreshed, self._base_gap, comp, tok(refreshed), "full"
         method = "greedy" if "greedy" in name else "hungarian"
         table, _ = self.aligned_table(method)
-        model, comp = self.model(f"models/ft-aligned-{method}", table, parent="models/base")
+        model, comp = self.model(f"models/ft-aligned-{method}", table, parent="models/base", seed=seed)
         allowed = self._base_gap if name == "FT-aligned+new" else protocol.base
         return model, table, allowed, comp, tok(refreshed), "finetune"
 
     def evaluate(self, name: str) -> dict[str, Any]:
+        """Test-window metrics and compute of a policy; a fine-tuned policy's metrics are
+        the mean over ``finetune_seeds``, each seed's kept under ``by_seed``."""
+        seeds = self.config.finetune_seeds if name not in ("Base", "Full") else (0,)
+        records = [self._evaluate_seed(name, seed) for seed in seeds]
+        if len(records) == 1:
+            return records[0]
+        keys = records[0]["metrics"].keys()
+        mean = {k: float(np.mean([r["metrics"][k] for r in records])) for k in keys}
+        return {**records[0], "metrics": mean, "seeds": list(seeds), "by_seed": [r["metrics"] for r in records],
+                "eval_seconds": sum(r["eval_seconds"] for r in records)}
+
+    def _evaluate_seed(self, name: str, seed: int) -> dict[str, Any]:
         cfg = self.config
-        model, table, allowed, comp, tok, kind = self._policy(name)
+        model, table, allowed, comp, tok, kind = self._policy(name, seed)
         slug = name.lower().replace(" ", "-").replace("(", "").replace(")", "").replace("+", "-plus-")
 
         def build(folder: Path) -> dict[str, Any]:
@@ -292,8 +311,10 @@ class Experiment:
             write_json_atomic(folder.with_suffix(".json"), record)
             return record
 
-        key = [table.content_hash, self._stages.get(_model_stage(name)), cfg.ks, cfg.beam, cfg.max_eval_users, str(allowed)]
-        return self._cached(f"eval/{slug}", key, build, lambda f: json.loads(f.with_suffix(".json").read_text()))
+        model_stage = _seeded(_model_stage(name), seed)
+        key = [table.content_hash, self._stages.get(model_stage), cfg.ks, cfg.beam, cfg.max_eval_users, str(allowed)]
+        return self._cached(_seeded(f"eval/{slug}", seed), key, build,
+                            lambda f: json.loads(f.with_suffix(".json").read_text()))
 
     def sasrec_baselines(self) -> dict[str, Any]:
         """The dense SASRec models behind the collaborative embeddings, scored on the test
@@ -352,6 +373,10 @@ DESCRIPTIONS = {
     "FT-aligned+new": "FT-aligned (hungarian), items first seen in gap also allowed",
     "Full": "SIDs and retriever rebuilt from scratch on base+gap",
 }
+
+
+def _seeded(stage: str, seed: int) -> str:
+    return stage if seed == 0 else f"{stage}-seed{seed}"
 
 
 def _model_stage(policy: str) -> str:

@@ -302,6 +302,9 @@ def render_markdown(results: dict) -> str:
     for metric in METRICS:
         out += [f"## {METRIC_TITLES[metric]}", _metric_table(results, metric)]
     out += ["Bold: best policy per column (baselines excluded).", "## Compute", _compute_table(results)]
+    paired = _paired_section(results)
+    if paired:
+        out += ["## Paired over fine-tuning seeds", paired]
     out += ["## Alignment diagnostics", _alignment_section(results)]
     staleness = _staleness_section(results)
     if staleness:
@@ -310,6 +313,33 @@ def render_markdown(results: dict) -> str:
         config = json.dumps(results["config"], indent=2, sort_keys=True, default=str)
         out += ["## Configuration", f"<details><summary>config</summary>\n\n```json\n{config}\n```\n\n</details>"]
     return "\n\n".join(out) + "\n"
+
+
+def _paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
+    """Each fine-tuned policy minus FT-old, seed by seed (same seeds, same test users):
+    the mean difference and how many seeds it is positive for, at the headline cutoffs."""
+    policies = _policies(results)
+    old = policies.get("FT-old") or {}
+    old_runs = old.get("by_seed") or []
+    if len(old_runs) < 2:
+        return ""
+    header = ["policy − FT-old", *[f"{t}@{k}" for t in ("ΔR", "ΔN") for k in ks]]
+    body = []
+    for name, p in policies.items():
+        runs = p.get("by_seed") or []
+        if name == "FT-old" or p.get("seeds") != old.get("seeds"):
+            continue
+        cells = []
+        for metric in METRICS:
+            for k in ks:
+                pairs = [(_metric(a, metric, k), _metric(b, metric, k)) for a, b in zip(runs, old_runs, strict=True)]
+                diffs = [a - b for a, b in pairs if a is not None and b is not None]
+                cells.append(f"{sum(diffs) / len(diffs):+.4f} ({sum(d > 0 for d in diffs)}/{len(diffs)})" if diffs else MISSING)
+        body.append([name, *cells])
+    seeds = ", ".join(str(s) for s in old.get("seeds", []))
+    note = (f"Mean difference over fine-tuning seeds {seeds} (each seed fine-tunes every policy from the same base "
+            "model and scores the same test users); in brackets, the seeds on which the policy is ahead.")
+    return note + "\n\n" + _table(header, body)
 
 
 def _figure(width: float = 7.0, height: float = 4.5):
