@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from freshsid.artifacts import fingerprint_of, write_json_atomic
+from freshsid.artifacts import fingerprint_of, read_manifest, write_json_atomic
 from freshsid.data.interactions import Interactions
 from freshsid.data.stats import dataset_stats
 from freshsid.data.temporal import ProtocolConfig, TemporalSplit, Window
@@ -153,9 +153,7 @@ class Experiment:
         """Collaborative item embeddings from a SASRec trained on ``window`` (a warm
         refresh continues from the legacy SASRec's weights)."""
         cfg = self.config
-        init = load_model_state(self.out / self._embed_stage(cfg.protocol.base)) if self._warm(window) else None
-        if init is not None:
-            self.embeddings(cfg.protocol.base)  # make sure the legacy weights are current
+        init = self._legacy_sasrec_state() if self._warm(window) else None
 
         def build(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
             emb, model = collab_embeddings(self.logs, self.split.events(window), window=str(window), config=cfg.sasrec,
@@ -172,11 +170,10 @@ class Experiment:
 
         def load(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
             vectors, manifest = load_embeddings(folder)
-            load_model_state(folder)  # artifacts of older versions lack the weights: rebuild those
             return vectors, dict(manifest.compute)
 
         key = [cfg.sasrec, cfg.seed, self.logs.fingerprint, str(window), cfg.protocol, cfg.ks, cfg.max_eval_users]
-        key += ["warm", self._stages.get(self._embed_stage(cfg.protocol.base))] if init is not None else []
+        key += ["warm", self._fingerprint(self._embed_stage(cfg.protocol.base))] if init is not None else []
         return self._cached(self._embed_stage(window), key, build, load)
 
     def sid_table(self, window: Window) -> SidTable:
@@ -203,9 +200,25 @@ class Experiment:
                 raise FreshsidError(f"{folder} lacks its tokenizer state")  # an older version's artifact: rebuild
             return table
 
-        key = [cfg.sid, self._stages.get(self._embed_stage(window)), str(window)]
-        key += ["warm", self._stages.get(f"sids/{cfg.protocol.base.start}-{cfg.protocol.base.stop}")] if init is not None else []
+        key = [cfg.sid, self._fingerprint(self._embed_stage(window)), str(window)]
+        key += ["warm", self._fingerprint(f"sids/{cfg.protocol.base.start}-{cfg.protocol.base.stop}")] if init is not None else []
         return self._cached(f"sids/{window.start}-{window.stop}", key, build, load)
+
+    def _fingerprint(self, stage: str) -> str:
+        """Content fingerprint of a built stage's artifact (its manifest's), for the keys of
+        the stages that read it: a rebuilt input invalidates them even under the same config."""
+        return read_manifest(self.out / stage, verify=False).fingerprint
+
+    def _legacy_sasrec_state(self) -> dict[str, np.ndarray]:
+        """The legacy SASRec's weights; a run made before they were saved retrains it."""
+        base = self.config.protocol.base
+        self.embeddings(base)
+        try:
+            return load_model_state(self.out / self._embed_stage(base))
+        except FreshsidError:
+            self._stages.pop(self._embed_stage(base))
+            self.embeddings(base)
+            return load_model_state(self.out / self._embed_stage(base))
 
     def _warm(self, window: Window) -> bool:
         return self.config.refresh == "warm" and window != self.config.protocol.base
