@@ -263,7 +263,7 @@ class Experiment:
             model, manifest = load_checkpoint(folder, expected_shape=table.codebook_sizes)
             return model, dict(manifest.compute)
 
-        key = [table.content_hash, cfg.retriever, cfg.fit if parent is None else finetune, parent and self._stages.get(parent)]
+        key = [table.content_hash, cfg.retriever, cfg.fit if parent is None else finetune, parent and self._fingerprint(parent)]
         return self._cached(name, key, build, load)
 
     @property
@@ -325,7 +325,7 @@ class Experiment:
             return record
 
         model_stage = _seeded(_model_stage(name), seed)
-        key = [table.content_hash, self._stages.get(model_stage), cfg.ks, cfg.beam, cfg.max_eval_users, str(allowed)]
+        key = [table.content_hash, self._fingerprint(model_stage), cfg.ks, cfg.beam, cfg.max_eval_users, str(allowed)]
         return self._cached(_seeded(f"eval/{slug}", seed), key, build,
                             lambda f: json.loads(f.with_suffix(".json").read_text()))
 
@@ -354,7 +354,7 @@ class Experiment:
             write_json_atomic(folder.with_suffix(".json"), record)
             return record
 
-        key = [legacy.content_hash, refreshed.content_hash, self._stages.get("models/base"), cfg.ks, cfg.beam, cfg.max_eval_users]
+        key = [legacy.content_hash, refreshed.content_hash, self._fingerprint("models/base"), cfg.ks, cfg.beam, cfg.max_eval_users]
         return self._cached("eval/staleness", key, build, lambda f: json.loads(f.with_suffix(".json").read_text()))
 
     def run(self) -> dict[str, Any]:
