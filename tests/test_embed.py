@@ -269,6 +269,8 @@ def test_warm_start_continues_from_the_given_weights(chain_logs, fitted, tmp_pat
     loaded = load_model_state(tmp_path / "emb")
     assert loaded.keys() == state.keys() and all(np.array_equal(loaded[k], state[k]) for k in state)
     smaller = SASRec(config.model_copy(update={"dim": 8}), progress=False).fit(logs, train)
+    # the recorded warm start names the weights: other weights, another fingerprint
+    assert SASRec(config, init_state=smaller.state()).get_params()["init_state"] != warm.get_params()["init_state"]
     with pytest.raises(FreshsidError, match="warm-start weights"):
         SASRec(config, progress=False, init_state=smaller.state()).fit(logs, train)
     content = tmp_path / "content"

@@ -18,10 +18,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from freshsid.errors import FreshsidError
@@ -59,6 +60,18 @@ def fingerprint_of(obj: Any) -> str:
     """SHA-256 (first 16 hex digits) of an object's canonical JSON."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def state_fingerprint(state: Mapping[str, Any] | None) -> str | None:
+    """``sha256:`` hash of model weights (name -> array: names, shapes, bytes), so an
+    estimator warm-started from them can record which weights in JSON; None for None."""
+    if state is None:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        arr = np.ascontiguousarray(np.asarray(state[name], dtype=np.float32))
+        digest.update(f"{name}{arr.shape}".encode() + arr.tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def file_sha256(path: Path) -> str:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from freshsid.artifacts import fingerprint_of
+from freshsid.artifacts import state_fingerprint
 from freshsid.data.interactions import Interactions
 from freshsid.data.sequences import Sequences, length_batches, windows
 from freshsid.data.temporal import Examples, last_items
@@ -156,9 +156,8 @@ class SASRec:
         self.init_state = init_state
 
     def get_params(self) -> dict:
-        init = self.init_state
-        warm = None if init is None else fingerprint_of({k: float(np.asarray(v, np.float64).sum()) for k, v in init.items()})
-        return {"config": self.config.model_dump(), "random_state": self.random_state, "init_state": warm}
+        return {"config": self.config.model_dump(), "random_state": self.random_state,
+                "init_state": state_fingerprint(self.init_state)}
 
     def state(self) -> dict[str, np.ndarray]:
         """The fitted model's weights as numpy arrays (what ``init_state`` takes)."""

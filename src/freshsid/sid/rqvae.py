@@ -31,13 +31,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from freshsid.artifacts import state_fingerprint
 from freshsid.errors import FreshsidError
 from freshsid.sid.quantize import (
     as_codebooks,
     as_matrix,
     check_codes,
     check_int,
-    codebooks_fingerprint,
     dead_code_replacements,
     reconstruct,
     require_fitted,
@@ -119,7 +119,7 @@ class RQVAE:
             "batch_size": self.batch_size,
             "lr": float(self.lr),
             "random_state": self.random_state,
-            "init_state": None if self.init_state is None else codebooks_fingerprint(self.init_state.get("codebooks")),
+            "init_state": state_fingerprint(self.init_state),
             "device": str(self.device),
         }
 
