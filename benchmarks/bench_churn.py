@@ -28,11 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from freshsid.config import load_config
 from freshsid.data.registry import load_dataset
 from freshsid.data.temporal import TemporalSplit
-from freshsid.evaluate.experiment import ExperimentConfig
+from freshsid.policies import BASE_MODEL
+from freshsid.evaluate.stages import RunLayout
 from freshsid.retriever import pipeline
 from freshsid.sid.align import resolve_suffix
+from freshsid.sid.refresh import CollabSids, Refresh
 from freshsid.sid.table import SidTable
 
 
@@ -57,10 +60,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    config = ExperimentConfig.model_validate(json.loads((args.run / "results.json").read_text())["config"])
+    config = load_config(args.run / "results.json")
     split = TemporalSplit(load_dataset(args.dataset), config.protocol.n_parts)
-    legacy = SidTable.load(args.run / f"sids/{config.protocol.base.start}-{config.protocol.base.stop}")
-    aligned = SidTable.load(args.run / f"sids/aligned-{args.method}")
+    layout = RunLayout(args.run)
+    legacy = CollabSids.load(layout.path(layout.legacy)).table
+    aligned = Refresh.load(layout.path(layout.refresh), config.refresh).aligned[args.method]
     common = np.intersect1d(aligned.items, legacy.items)
     gap_items = np.intersect1d(np.unique(split.logs.item[split.events(config.protocol.gap)]), common)
     rng = np.random.default_rng(0)
@@ -75,7 +79,7 @@ def main() -> None:
         for seed in map(int, args.seeds.split(",")):
             folder = work / f"{name}-{share:.3f}-seed{seed}"
             started = time.perf_counter()
-            result = pipeline.finetune(args.run / "models/base", split, table, target=config.protocol.gap, out=folder,
+            result = pipeline.finetune(layout.path(layout.model(BASE_MODEL)), split, table, target=config.protocol.gap, out=folder,
                                        train_config=config.finetune.model_copy(update={"seed": config.finetune.seed + seed}),
                                        show_progress=False)
             metrics = pipeline.evaluate(result.model, table, split, test=config.protocol.test, allowed=config.protocol.base,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import freshsid.evaluate.experiment as experiment_module
+import freshsid.config as config_module
 from freshsid.cli import app
 from freshsid.data.registry import load_dataset
 from freshsid.data.synthetic import SyntheticConfig, write_synthetic
@@ -96,13 +96,13 @@ def test_sids_build_codes_the_covered_items_and_prints_its_stats(run, data):
 
 def test_sids_build_without_embeddings_trains_them_on_the_fly(monkeypatch, tmp_path, data):
     opts, logs = data
-    real = experiment_module.preset
+    real = config_module.preset
 
     def quick(name, **overrides):  # the preset's SASRec, shrunk to one small epoch
         config = real(name, **overrides)
         return config.model_copy(update={"sasrec": config.sasrec.model_copy(update={"max_epochs": 1, "dim": 8})})
 
-    monkeypatch.setattr(experiment_module, "preset", quick)
+    monkeypatch.setattr(config_module, "preset", quick)
     result = invoke("sids", "build", *opts, "--parts", "0:8", *SIDS, "--preset", "tiny", "--out", tmp_path / "sids")
     table = SidTable.load(tmp_path / "sids")
     assert "rqkmeans on collab embeddings of parts 0:8" in result.stdout
@@ -160,8 +160,9 @@ def test_warm_refresh_continues_the_legacy_sasrec_and_tokenizer(run, data, tmp_p
 def test_train_then_finetune_write_linked_checkpoints(run):
     _, base = load_checkpoint(run["dir"] / "base", expected_shape=(8, 8, 64))
     _, ft = load_checkpoint(run["dir"] / "ft", expected_shape=(8, 8, 64))
-    assert base.info["mode"] == "fit" and base.info["window"] == "0:8" and len(base.info["history"]) == 1
-    assert ft.info["mode"] == "finetune" and ft.info["target"] == "8:9" and ft.parent == base.fingerprint
+    assert base.info["mode"] == "fit" and base.info["history_window"] == base.info["target_window"] == "0:8"
+    assert len(base.info["history"]) == 1 and base.info["sid_table"] == SidTable.load(run["dir"] / "legacy").content_hash
+    assert ft.info["mode"] == "finetune" and (ft.info["history_window"], ft.info["target_window"]) == ("0:8", "8:9") and ft.parent == base.fingerprint
     assert ft.inputs["sid_table"] == SidTable.load(run["dir"] / "aligned").content_hash
     assert "1 epochs on" in run["train"].stdout and str(run["dir"] / "ft") in run["finetune"].stdout
 
@@ -233,13 +234,16 @@ def test_demo_is_the_tiny_preset_on_the_synthetic_dataset(monkeypatch, tmp_path)
 
 def test_report_rerenders_from_results_json(tmp_path):
     results = {"dataset": {"name": "tiny"}, "policies": {
-        name: {"metrics": {"recall@100": r, "ndcg@100": r / 2}, "compute": {"retriever_flops": f, "retriever_seconds": 1.0}}
-        for name, r, f in [("FT-old", 0.2, 1e12), ("FT-aligned (hungarian)", 0.3, 1e12), ("Full", 0.31, 9e12)]}}
+        name: {"metrics": {"recall@100": r, "ndcg@100": r / 2}, "compute": {"retriever_flops": f, "retriever_seconds": 1.0},
+               "kind": kind}
+        for name, r, f, kind in [("FT-old", 0.2, 1e12, "finetune"), ("FT-aligned (hungarian)", 0.3, 1e12, "finetune"),
+                                 ("Full", 0.31, 9e12, "full")]}}
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     result = invoke("report", path, "--out", tmp_path / "report")
     assert str(tmp_path / "report" / "report.md") in result.stdout
-    assert "FT-aligned (hungarian)" in (tmp_path / "report" / "report.md").read_text()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "FT-aligned (hungarian) beats FT-old" in report and "Full costs 9.0× the FLOPs" in report
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -18,7 +18,7 @@ from freshsid.data.sequences import length_batches
 from freshsid.embed.collab import SASRec, SASRecConfig, SASRecModel, holdout_last
 from freshsid.embed.store import Embeddings, load_embedding_items, load_embeddings, load_model_state, save_embeddings
 from freshsid.errors import FreshsidError
-from freshsid.evaluate.metrics import recall_ndcg
+from freshsid.metrics import recall_ndcg
 
 N_CHAINS, CHAIN = 6, 5  # items 0..29 form 6 cycles of 5; 30..33 only appear after training
 TINY = SASRecConfig(dim=16, n_layers=1, n_heads=2, ffn_dim=32, max_length=8, dropout=0.0, batch_size=32,

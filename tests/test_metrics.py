@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freshsid.evaluate.metrics import DEFAULT_KS, recall_ndcg
+from freshsid.metrics import DEFAULT_KS, recall_ndcg
 
 
 def brute_force(ranked, labels, k):

@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 
 from freshsid.data.interactions import from_arrays
 from freshsid.data.sequences import windows
-from freshsid.data.temporal import ProtocolConfig, TemporalSplit, Window
+from freshsid.config import ProtocolConfig
+from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.errors import FreshsidError
 
 

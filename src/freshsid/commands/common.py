@@ -23,6 +23,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
+from freshsid.config import PROTOCOL
 from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
 
@@ -156,7 +157,7 @@ def data_options(*, dataset: Literal["argument", "option"] = "option") -> Callab
 # ----------------------------------------------------------------------------- other shared options
 PresetOpt = Annotated[
     str,
-    typer.Option("--preset", help="Size preset: tiny, cpu or paper (freshsid.evaluate.experiment.preset)."),
+    typer.Option("--preset", help="Size preset: tiny, cpu or paper (freshsid.config.PRESETS)."),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output artifact folder (replaced atomically).", show_default=False)]
 SidsOpt = Annotated[Path, typer.Option("--sids", help="A SidTable folder (sids build / sids align).", show_default=False)]
@@ -168,11 +169,13 @@ KsOpt = Annotated[str | None, typer.Option("--ks", help="Cutoffs K, comma-separa
 BeamOpt = Annotated[int, typer.Option("--beam", min=1, help="Beam width of the trie-constrained decoding.")]
 MaxUsersOpt = Annotated[int | None, typer.Option("--max-users", min=1, help="Evaluate a random sample of this many users.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+# Protocol windows as CLI defaults, from the one protocol definition.
+BASE, GAP, TEST = str(PROTOCOL.base), str(PROTOCOL.gap), str(PROTOCOL.test)
 
 
 def experiment_preset(name: str):
-    """The named :class:`~freshsid.evaluate.experiment.ExperimentConfig`: every stage's sizes come from it."""
-    from freshsid.evaluate.experiment import preset
+    """The named :class:`~freshsid.config.ExperimentConfig`: every stage's sizes come from it."""
+    from freshsid.config import preset
 
     return preset(name)
 
@@ -186,14 +189,14 @@ def configure(base: M, **changes: Any) -> M:
     try:
         return type(base).model_validate(values)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or type(base).__name__
-        raise FreshsidError(f"Invalid setting {where}: {error['msg']}; fix the option.") from None
+        from freshsid.config import describe
+
+        raise FreshsidError(f"Invalid setting {describe(exc)}; fix the option.") from None
 
 
 def parse_ks(text: str | None) -> tuple[int, ...]:
     """``"1,10,100"`` -> (1, 10, 100); None gives the protocol's cutoffs."""
-    from freshsid.evaluate.metrics import DEFAULT_KS
+    from freshsid.metrics import DEFAULT_KS
 
     if text is None:
         return DEFAULT_KS
@@ -219,9 +222,9 @@ def _json_default(value: Any) -> Any:
 def load_split(data: DataSource, *tables: Any):
     """The logs of ``data``, cut into the protocol's parts, checked against the SID tables
     that will index them (:meth:`SidTable.check_item_ids`)."""
-    from freshsid.data.temporal import ProtocolConfig, TemporalSplit
+    from freshsid.data.temporal import TemporalSplit
 
     logs = data.load()
     for table in tables:
         table.check_item_ids(logs.item_ids, logs_name=logs.name)
-    return TemporalSplit(logs, ProtocolConfig().n_parts)
+    return TemporalSplit(logs, PROTOCOL.n_parts)

@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from freshsid.commands.common import (
+    BASE,
     DataSource,
     OutOpt,
     PresetOpt,
@@ -52,7 +53,7 @@ def train_collab(split: TemporalSplit, window: Window, *, preset: str, dim: int 
 def collab(
     data: DataSource,
     out: OutOpt,
-    parts: PartsOpt = "0:8",
+    parts: PartsOpt = BASE,
     dim: Annotated[int | None, typer.Option("--dim", help="Embedding size (default: the preset's).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Most training epochs (early stopping may end sooner).")] = None,
     seed: SeedOpt = None,

@@ -17,7 +17,6 @@ from freshsid.commands.common import (
     KsOpt,
     MaxUsersOpt,
     OutOpt,
-    PresetOpt,
     configure,
     data_options,
     experiment_preset,
@@ -26,8 +25,8 @@ from freshsid.commands.common import (
     print_json,
     show_progress,
 )
+from freshsid.config import DEFAULT_BEAM, RECIPES
 from freshsid.data.interactions import Interactions
-from freshsid.data.temporal import Window
 from freshsid.errors import FreshsidError
 from freshsid.sid.table import SidTable
 
@@ -42,28 +41,30 @@ def staleness(
     legacy: Annotated[Path, typer.Option("--legacy", help="The legacy SidTable folder.", show_default=False)],
     refreshed: Annotated[Path, typer.Option("--refreshed", help="A SidTable refit on later parts.", show_default=False)],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="A retriever trained on the legacy table.")] = None,
-    trained_on: Annotated[str, typer.Option("--trained-on", help="The parts the checkpoint was trained on.")] = "0:8",
-    beam: BeamOpt = 500,
+    beam: BeamOpt = DEFAULT_BEAM,
     max_users: MaxUsersOpt = None,
     ks: KsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """SID churn per level between a legacy and a refreshed table; with --checkpoint, recall by part.
 
-    Churn is the share of common items whose code changes, raw and after alignment. Recall by part shows how a
-    retriever trained on --trained-on decays on each later part.
+    Churn is the share of common items whose code changes, raw and after alignment. Recall by part shows how the
+    checkpoint decays on each part after the window its manifest says it trained on.
 
     Example: freshsid staleness --dataset amazon-beauty --legacy runs/beauty/sids-0-8 --refreshed runs/beauty/sids-0-9 --checkpoint runs/beauty/base
     """
     from freshsid.evaluate.staleness import recall_by_part, sid_churn
     from freshsid.retriever.model import load_checkpoint
+    from freshsid.retriever.pipeline import trained_span
 
-    window, cutoffs = Window.parse(trained_on), parse_ks(ks)
+    cutoffs = parse_ks(ks)
     old = SidTable.load(legacy)
     record: dict[str, Any] = {"churn": sid_churn(old, SidTable.load(refreshed))}
     if checkpoint is not None:
-        model, _ = load_checkpoint(checkpoint, expected_shape=old.codebook_sizes)
+        model, manifest = load_checkpoint(checkpoint, expected_shape=old.codebook_sizes)
+        window = trained_span(manifest)
         split = load_split(data, old)
+        record["trained_on"] = str(window)
         record["by_part"] = recall_by_part(model, old, split, trained_on=window, ks=cutoffs, beam=beam, max_users=max_users)
     if as_json:
         print_json(record)
@@ -73,7 +74,7 @@ def staleness(
         churn.add_row(str(row["level"] + 1), f"{row['churn_raw']:.1%}", f"{row['churn_aligned']:.1%}")
     Console().print(churn)
     if "by_part" in record:
-        decay = Table("part", *[f"R@{k}" for k in cutoffs], title=f"recall by part, trained on {window}")
+        decay = Table("part", *[f"R@{k}" for k in cutoffs], title=f"recall by part, trained on {record['trained_on']}")
         for row in record["by_part"]:
             decay.add_row(str(row["part"]), *[f"{row[f'recall@{k}']:.4f}" for k in cutoffs])
         Console().print(decay)
@@ -83,24 +84,32 @@ def staleness(
 def experiment(
     data: DataSource,
     out: OutOpt,
-    preset: PresetOpt = "cpu",
+    preset: Annotated[str | None, typer.Option("--preset", help="Size preset: tiny, cpu or paper (default: cpu; freshsid.config.PRESETS).")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="A JSON or TOML experiment config, or a results.json to repeat its run.")] = None,
     policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: all), e.g. Base,FT-old,Full.")] = None,
     max_eval_users: MaxEvalUsersOpt = None,
-    refresh: Annotated[str | None, typer.Option("--refresh", help="Refreshed SIDs: cold (new SASRec and tokenizer) or warm (both continue from the legacy ones).")] = None,
+    refresh: Annotated[str | None, typer.Option("--refresh", help=f"Refresh recipe: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}.")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds; every fine-tuned policy runs once per seed and reports the mean (default: 0).")] = None,
 ) -> None:
     """Run the policies (Base, FT-old, FT-new, FT-aligned, Full, ...) on one dataset; write results and report.
 
-    Stages are cached in --out, so a rerun resumes. Writes results.json, report.md and plots.
+    Stages are cached in --out, so a rerun resumes. Writes results.json (with the whole config), report.md and plots.
 
     Example: freshsid experiment --dataset amazon-beauty --preset cpu --policies "Base,FT-old,FT-aligned (hungarian),Full" --out runs/beauty
 
     Warm refresh, three fine-tuning seeds: freshsid experiment --dataset amazon-beauty --refresh warm --seeds 0,1,2 --out runs/beauty-warm
+
+    Repeat a run from its results: freshsid experiment --dataset amazon-beauty --config runs/beauty/results.json --out runs/beauty-again
     """
+    from freshsid.config import load_config
+
+    if preset is not None and config_file is not None:
+        raise FreshsidError("--preset and --config both set every size; pass one of them.")
     chosen = None if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
     if chosen == ():
         raise FreshsidError("--policies names no policy; pass a comma-separated list such as Base,FT-old,Full.")
-    config = configure(experiment_preset(preset), policies=chosen, max_eval_users=max_eval_users, refresh=refresh,
+    base = load_config(config_file) if config_file is not None else experiment_preset(preset or "cpu")
+    config = configure(base, policies=chosen, max_eval_users=max_eval_users, refresh=refresh,
                        finetune_seeds=None if seeds is None else _seed_list(seeds))
     run_experiment(data.load(), config, out)
 

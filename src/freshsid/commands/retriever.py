@@ -12,6 +12,9 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from freshsid.commands.common import (
+    BASE,
+    GAP,
+    TEST,
     BeamOpt,
     CheckpointOpt,
     DataSource,
@@ -30,6 +33,7 @@ from freshsid.commands.common import (
     print_json,
     show_progress,
 )
+from freshsid.config import DEFAULT_BEAM
 from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import Window
 from freshsid.errors import FreshsidError
@@ -44,7 +48,6 @@ app = typer.Typer(
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="Most epochs (default: the preset's).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Windows per step (default: the preset's).")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default: the preset's).")]
-PresetHelp = "Sizes and schedule: tiny, cpu or paper (freshsid.evaluate.experiment.preset)."
 
 
 @app.command("train")
@@ -53,7 +56,7 @@ def train(
     data: DataSource,
     sids: SidsOpt,
     out: OutOpt,
-    parts: Annotated[str, typer.Option("--parts", help="Half-open range of time parts to train on, START:STOP.")] = "0:8",
+    parts: Annotated[str, typer.Option("--parts", help="Half-open range of time parts to train on, START:STOP.")] = BASE,
     preset: PresetOpt = "cpu",
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
@@ -72,7 +75,8 @@ def train(
     window = Window.parse(parts)
     table = SidTable.load(sids)
     split = load_split(data, table)
-    model_config = RetrieverConfig.preset(exp.retriever, codebook_sizes=table.codebook_sizes)
+    model_config = RetrieverConfig.preset(exp.retriever, codebook_sizes=table.codebook_sizes,
+                                          max_history=exp.protocol.max_history)
     result = fit(split, table, window=window, model_config=model_config, train_config=train_config, out=out,
                  show_progress=show_progress())
     _print_trained(result, out)
@@ -85,7 +89,7 @@ def finetune(
     checkpoint: CheckpointOpt,
     sids: SidsOpt,
     out: OutOpt,
-    parts: Annotated[str, typer.Option("--parts", help="Parts whose events carry the loss, START:STOP.")] = "8:9",
+    parts: Annotated[str, typer.Option("--parts", help="Parts whose events carry the loss, START:STOP.")] = GAP,
     preset: Annotated[str, typer.Option("--preset", help="Fine-tuning schedule: tiny, cpu or paper.")] = "cpu",
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
@@ -123,9 +127,9 @@ def evaluate(
     data: DataSource,
     checkpoint: CheckpointOpt,
     sids: SidsOpt,
-    test: Annotated[str, typer.Option("--test", help="Test window of parts, START:STOP.")] = "9:10",
-    allowed: Annotated[str, typer.Option("--allowed", help="Decoding may return the items seen in these parts.")] = "0:8",
-    beam: BeamOpt = 500,
+    test: Annotated[str, typer.Option("--test", help="Test window of parts, START:STOP.")] = TEST,
+    allowed: Annotated[str, typer.Option("--allowed", help="Decoding may return the items seen in these parts.")] = BASE,
+    beam: BeamOpt = DEFAULT_BEAM,
     max_users: MaxUsersOpt = None,
     ks: KsOpt = None,
     as_json: JsonOpt = False,

@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from freshsid.commands.common import (
+    BASE,
     DataSource,
     JsonOpt,
     OutOpt,
@@ -42,7 +43,7 @@ TableArg = Annotated[Path, typer.Argument(help="A SidTable folder.", show_defaul
 def build(
     data: DataSource,
     out: OutOpt,
-    parts: PartsOpt = "0:8",
+    parts: PartsOpt = BASE,
     tokenizer: Annotated[Literal["rqvae", "rqkmeans"] | None, typer.Option("--tokenizer", help="Tokenizer (default: the preset's).")] = None,
     source: Annotated[Literal["collab", "content"] | None, typer.Option("--source", help="Embeddings to compute when --embeddings is not given (default: collab).")] = None,
     embeddings: Annotated[Path | None, typer.Option("--embeddings", help="An embeddings folder (freshsid embed ...) instead of computing them.")] = None,
@@ -53,6 +54,8 @@ def build(
     preset: PresetOpt = "cpu",
     warm_from: Annotated[Path | None, typer.Option("--warm-from", help="An earlier SidTable built by a tokenizer: continue from that tokenizer (a warm refresh).")] = None,
     warm_epochs: Annotated[int | None, typer.Option("--warm-epochs", min=0, help="With --warm-from: RQ-VAE epochs or RQ-KMeans iterations to continue for (default: the preset's; 0 codes with the old tokenizer as is).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="RQ-VAE training epochs (rqvae only).")] = None,
+    balanced: Annotated[bool, typer.Option("--balanced", help="Size-balanced code assignment (rqkmeans only).")] = False,
 ) -> None:
     """Fit a tokenizer on the embeddings of the items seen in --parts and save their SidTable.
 
@@ -64,39 +67,35 @@ def build(
 
     Warm refresh: freshsid sids build --dataset amazon-beauty --parts 0:9 --embeddings runs/beauty/embed-0-9 --warm-from runs/beauty/sids-0-8 --out runs/beauty/sids-0-9
     """
-    from freshsid.sid.build import build_table
+    from freshsid.sid.refresh import code_items
 
-    init = None
+    legacy = None
     if warm_from is not None:
         legacy = SidTable.load(warm_from)
-        if legacy.tokenizer_state is None:
-            raise FreshsidError(f"{warm_from} holds no tokenizer state (an aligned table, or one built by an older "
-                                "version); pass a table that `freshsid sids build` wrote.")
         tokenizer = tokenizer or legacy.meta["tokenizer"].get("kind")
         levels, codebook_size = levels or legacy.n_levels, codebook_size or legacy.codebook_sizes[0]
         suffix_size = suffix_size or legacy.codebook_sizes[-1]
-        init = legacy.tokenizer_state
-    config = configure(experiment_preset(preset).sid, tokenizer=tokenizer, n_levels=levels, codebook_size=codebook_size,
-                       suffix_size=suffix_size, seed=seed, warm_epochs=warm_epochs)
+    elif warm_epochs is not None:
+        raise FreshsidError("--warm-epochs applies to a warm refresh only; pass --warm-from TABLE or drop it.")
+    base = experiment_preset(preset).sid
+    if tokenizer is not None and tokenizer != base.tokenizer:
+        base = base.model_copy(update={"tokenizer": tokenizer, "epochs": None, "balanced": False})
+    config = configure(base, n_levels=levels, codebook_size=codebook_size, suffix_size=suffix_size, seed=seed,
+                       warm_epochs=warm_epochs, epochs=epochs, balanced=balanced or None)
     window = Window.parse(parts)
     split = load_split(data)
-    logs = split.logs
     emb, inputs = _item_embeddings(split, window, source=source, folder=embeddings, preset=preset, seed=seed)
     # Every item of the parts gets a SID, as in `freshsid experiment`; an item the embedding
     # model never trained on is coded from its initial row (counted in the output).
-    items = split.allowed_items(window)
-    table, _ = build_table(emb.vectors[items], items, logs.item_ids[items], config, window=str(window), inputs=inputs,
-                           init_state=init)
-    if embeddings is None:
-        table.meta["compute"].update({f"embedding_{k}": v for k, v in emb.compute.items()})
+    table = code_items(emb, split, window, config, inputs=inputs, warm_from=legacy)
     table.save(out)
-    _print_build(table, emb.kind, untrained=len(np.setdiff1d(items, emb.items)), out=out)
+    _print_build(table, emb.kind, untrained=len(np.setdiff1d(table.items, emb.items)), out=out)
 
 
 def _item_embeddings(split: TemporalSplit, window: Window, *, source: str | None, folder: Path | None,
                      preset: str, seed: int | None) -> tuple[Embeddings, dict[str, str]]:
     """The embeddings artifact at ``folder``, else embeddings computed for ``window``."""
-    from freshsid.embed.store import load_embedding_items, load_embeddings
+    from freshsid.artifacts import read_manifest
 
     logs = split.logs
     if folder is None:
@@ -107,14 +106,11 @@ def _item_embeddings(split: TemporalSplit, window: Window, *, source: str | None
         else:
             emb = train_collab(split, window, preset=preset, seed=seed)
         return emb, {"logs": logs.fingerprint}
-    vectors, manifest = load_embeddings(folder)
-    kind = manifest.info.get("embedding")
-    if source is not None and source != kind:
-        raise FreshsidError(f"--source {source} conflicts with {folder}, which holds {kind} embeddings; drop --source.")
+    emb, manifest = Embeddings.load(folder), read_manifest(folder)
+    if source is not None and source != emb.kind:
+        raise FreshsidError(f"--source {source} conflicts with {folder}, which holds {emb.kind} embeddings; drop --source.")
     if manifest.inputs.get("logs") != logs.fingerprint:
         raise FreshsidError(f"{folder} was made from other logs than {logs.name}; pass the dataset it was made from.")
-    emb = Embeddings(vectors, load_embedding_items(folder), str(kind), manifest.config, manifest.seed,
-                     dict(manifest.compute), str(manifest.info.get("window", "")))
     return emb, {"logs": logs.fingerprint, "embeddings": manifest.fingerprint}
 
 
@@ -207,9 +203,10 @@ def align_tables(
 
     Example: freshsid sids align runs/beauty/sids-0-8 runs/beauty/sids-0-9 --method hungarian --out runs/beauty/sids-aligned
     """
-    from freshsid.sid.align import align
+    from freshsid.sid.refresh import align_to_legacy
 
-    table, report = align(SidTable.load(legacy), SidTable.load(refreshed), method=method)
+    table = align_to_legacy(SidTable.load(legacy), SidTable.load(refreshed), methods=(method,))[method]
+    report = table.meta["stats"]["alignment"]
     table.save(out)
     if as_json:
         print_json(report)

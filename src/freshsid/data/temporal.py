@@ -46,26 +46,6 @@ class Window(BaseModel):
         return f"{self.start}:{self.stop}"
 
 
-class ProtocolConfig(BaseModel):
-    """Number of parts and the named windows; defaults follow the paper."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    n_parts: int = 10
-    base: Window = Window(start=0, stop=8)
-    gap: Window = Window(start=8, stop=9)
-    test: Window = Window(start=9, stop=10)
-    max_history: int = 20
-
-    @model_validator(mode="after")
-    def _fits(self) -> ProtocolConfig:
-        for name in ("base", "gap", "test"):
-            if getattr(self, name).stop > self.n_parts:
-                raise ValueError(f"window {name} ends after part {self.n_parts - 1}")
-        if self.base.stop > self.test.start or self.gap.stop > self.test.start:
-            raise ValueError("the test window must come after base and gap")
-        return self
-
-
 @dataclass(frozen=True, eq=False)
 class Examples:
     """Test (or validation) examples.

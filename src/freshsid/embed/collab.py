@@ -24,50 +24,21 @@ import copy
 import math
 import time
 from collections.abc import Mapping
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from freshsid.artifacts import state_fingerprint
+from freshsid.config import SASRecConfig
 from freshsid.data.interactions import Interactions
 from freshsid.data.sequences import Sequences, length_batches, windows
 from freshsid.data.temporal import Examples, last_items
 from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
-from freshsid.evaluate.metrics import recall_ndcg
+from freshsid.metrics import recall_ndcg
 from freshsid.progress import progress_bar
-
-
-class SASRecConfig(BaseModel):
-    """Model size and training schedule; defaults follow the paper's embedding model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dim: int = Field(64, ge=4)
-    n_layers: int = Field(2, ge=1)
-    n_heads: int = Field(1, ge=1)
-    ffn_dim: int = Field(256, ge=1)
-    max_length: int = Field(50, ge=2)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    # Sampled softmax reached ~0.95x the validation recall of the full softmax at ~1/4 of the FLOPs on Beauty.
-    loss: Literal["softmax", "sampled_softmax"] = "sampled_softmax"
-    n_negatives: int = Field(1024, ge=1)  # sampled_softmax only
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(3e-3, gt=0.0)
-    max_epochs: int = Field(200, ge=1)
-    patience: int = Field(3, ge=1)  # epochs without a better validation score before stopping
-    valid_users: int = Field(2000, ge=0)  # held out from the training window; 0 = no early stopping
-    valid_metric: str = Field("recall@50", pattern=r"^(recall|ndcg)@[1-9][0-9]*$")
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self) -> SASRecConfig:
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        return self
 
 
 class _Block(nn.Module):

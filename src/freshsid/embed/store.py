@@ -132,3 +132,11 @@ class Embeddings:
         return save_embeddings(out, self.vectors, kind=self.kind, config=self.config, seed=self.seed,  # type: ignore[arg-type]
                                inputs={"logs": logs_fingerprint}, compute=self.compute, window=self.window,
                                items=self.items, state=self.state)
+
+    @classmethod
+    def load(cls, folder: Path | str) -> Embeddings:
+        """An embeddings artifact back in memory, its model's weights too when it has them."""
+        vectors, manifest = load_embeddings(folder)
+        state = load_model_state(folder) if STATE in manifest.files else None
+        return cls(vectors, load_embedding_items(folder), str(manifest.info.get("embedding")), manifest.config,
+                   manifest.seed, dict(manifest.compute), str(manifest.info.get("window", "")), state=state)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from freshsid.artifacts import write_bytes_atomic
+from freshsid.policies import STALE, aligned_variants
 
 METRICS = ("recall", "ndcg")
 METRIC_TITLES = {"recall": "Recall@K", "ndcg": "nDCG@K"}
@@ -121,7 +122,7 @@ def _compute_table(results: dict) -> str:
     policies = _policies(results)
     if not policies:
         return "No policies in this run."
-    full = policies.get("Full")
+    full = _full(policies)
     full_flops, full_secs = _compute(full, "retriever_flops"), _compute(full, "retriever_seconds")
     body = []
     for name, policy in policies.items():
@@ -195,7 +196,9 @@ def _staleness_section(results: dict) -> str | None:
     return "\n\n".join(parts) or None
 
 
-PLUS_NEW = "FT-aligned+new"
+def _full(policies: dict) -> dict | None:
+    """The run's rebuild from scratch (the policy whose compute kind is ``full``)."""
+    return next((p for p in policies.values() if p.get("kind") == "full"), None)
 
 
 def headline_paragraph(results: dict) -> str:
@@ -209,22 +212,22 @@ def headline_paragraph(results: dict) -> str:
     # The like-for-like claim compares policies that decode over the same items as FT-old:
     # the greedy and Hungarian variants. FT-aligned+new also recommends items first seen
     # in the gap, which FT-old cannot, so it is reported beside the claim, not as it.
-    variants = [name for name in policies if name.startswith("FT-aligned (")]
-    if "FT-old" not in policies or not variants:
-        needed = (("FT-old", "FT-old" in policies), ("FT-aligned policy", variants))
+    variants, with_new = aligned_variants(list(policies))
+    if STALE.label not in policies or not variants:
+        needed = ((STALE.label, STALE.label in policies), ("FT-aligned policy", variants))
         lacking = " and no ".join(name for name, present in needed if not present)
         sentences, best = [f"No quality comparison: this run has no {lacking}."], None
     else:
         sentences, best = _quality_sentences(policies, variants)
-        if PLUS_NEW in policies:
-            extra, _ = _quality_sentences(policies, [PLUS_NEW])
+        for name in with_new:
+            extra, _ = _quality_sentences(policies, [name])
             sentences.insert(1, f"(Beside the claim, since it may also recommend items first seen in the gap: {extra[0]})")
     sentences.append(_compute_sentence(policies, best or next(iter(variants), None)))
     return " ".join(sentences)
 
 
 def _quality_sentences(policies: dict, variants: list[str]) -> tuple[list[str], str]:
-    old = policies["FT-old"].get("metrics") or {}
+    old = policies[STALE.label].get("metrics") or {}
     high = [k for k in _ks([old], "recall") if k >= HEADLINE_MIN_K]
     k_top = high[-1] if high else None
     metrics = {name: policies[name].get("metrics") or {} for name in variants}
@@ -260,7 +263,7 @@ def _relative(new: float, old: float) -> str:
 
 
 def _compute_sentence(policies: dict, variant: str | None) -> str:
-    full = policies.get("Full")
+    full = _full(policies)
     if full is None or variant is None:
         return "No compute comparison: this run lacks " + ("Full." if full is None else "an FT-aligned policy.")
     flops = _ratio(_compute(full, "retriever_flops"), _compute(policies[variant], "retriever_flops"))
@@ -319,7 +322,7 @@ def _paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str
     """Each fine-tuned policy minus FT-old, seed by seed (same seeds, same test users):
     the mean difference and how many seeds it is positive for, at the headline cutoffs."""
     policies = _policies(results)
-    old = policies.get("FT-old") or {}
+    old = policies.get(STALE.label) or {}
     old_runs = old.get("by_seed") or []
     if len(old_runs) < 2:
         return ""
@@ -327,7 +330,7 @@ def _paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str
     body = []
     for name, p in policies.items():
         runs = p.get("by_seed") or []
-        if name == "FT-old" or p.get("seeds") != old.get("seeds"):
+        if name == STALE.label or p.get("seeds") != old.get("seeds"):
             continue
         cells = []
         for metric in METRICS:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, read_manifest
+from freshsid.config import PROTOCOL, RETRIEVER_SIZES
 from freshsid.errors import FreshsidError
 from freshsid.sid.table import sid_shape_fingerprint
 
@@ -66,17 +67,11 @@ class RetrieverConfig(BaseModel):
         return self
 
     @classmethod
-    def preset(cls, name: Literal["tiny", "cpu", "paper"], *, codebook_sizes: tuple[int, ...]) -> RetrieverConfig:
-        """``tiny``: tests and the demo. ``cpu``: width 128, 4 layers x 4 heads, ffn 512, 2000 buckets.
-        ``paper``: width 768, 4 layers x 6 heads, ffn 1024, 8000 buckets."""
-        sizes = {
-            "tiny": dict(width=32, n_layers=2, n_heads=2, ffn=64, user_buckets=100),
-            "cpu": dict(width=128, n_layers=4, n_heads=4, ffn=512, user_buckets=2000),
-            "paper": dict(width=768, n_layers=4, n_heads=6, ffn=1024, user_buckets=8000),
-        }
-        if name not in sizes:
-            raise FreshsidError(f"Unknown retriever preset {name!r}; use one of {', '.join(sizes)}.")
-        return cls(codebook_sizes=tuple(codebook_sizes), **sizes[name])
+    def preset(cls, name: str, *, codebook_sizes: tuple[int, ...], max_history: int = PROTOCOL.max_history) -> RetrieverConfig:
+        """The retriever of size preset ``name`` (:data:`freshsid.config.RETRIEVER_SIZES`) for SIDs of ``codebook_sizes``."""
+        if name not in RETRIEVER_SIZES:
+            raise FreshsidError(f"Unknown retriever preset {name!r}; use one of {', '.join(RETRIEVER_SIZES)}.")
+        return cls(codebook_sizes=tuple(codebook_sizes), max_history=max_history, **RETRIEVER_SIZES[name])
 
     @property
     def n_levels(self) -> int:

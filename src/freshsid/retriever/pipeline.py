@@ -13,8 +13,9 @@ import torch
 
 from freshsid.data.sequences import Sequences, windows
 from freshsid.data.temporal import Examples, TemporalSplit, Window
+from freshsid.artifacts import Manifest
 from freshsid.errors import FreshsidError
-from freshsid.evaluate.metrics import DEFAULT_KS, recall_ndcg
+from freshsid.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.retriever.decode import beam_search
 from freshsid.retriever.model import Retriever, RetrieverConfig, hash_user, load_checkpoint
 from freshsid.retriever.train import TrainConfig, TrainResult, train
@@ -47,7 +48,7 @@ def fit(
     seqs = training_windows(split, table, history=window, target=window, max_history=model_config.max_history)
     torch.manual_seed(train_config.seed)
     return _train(Retriever(model_config), split, table, seqs, train_config=train_config, out=out, parent=None,
-                  meta={"mode": "fit", "window": str(window)}, show_progress=show_progress)
+                  meta={"mode": "fit", "history_window": str(window), "target_window": str(window)}, show_progress=show_progress)
 
 
 def finetune(
@@ -68,7 +69,7 @@ def finetune(
     if len(seqs) == 0:
         raise FreshsidError(f"No user has an event in parts {target} with a SID in the table; check --parts.")
     return _train(model, split, table, seqs, train_config=train_config, out=out, parent=manifest.fingerprint,
-                  meta={"mode": "finetune", "target": str(target)}, show_progress=show_progress)
+                  meta={"mode": "finetune", "history_window": str(history), "target_window": str(target)}, show_progress=show_progress)
 
 
 def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_progress) -> TrainResult:
@@ -83,9 +84,20 @@ def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_p
         out=out,
         inputs={"sid_table": table.content_hash, "logs": split.logs.fingerprint},
         parent=parent,
-        extra_meta=meta,
+        extra_meta={**meta, "sid_table": table.content_hash},
         show_progress=show_progress,
     )
+
+
+def trained_span(manifest: Manifest) -> Window:
+    """The parts a checkpoint's training read, histories and targets together, from its manifest."""
+    try:
+        history = Window.parse(manifest.info["history_window"])
+        target = Window.parse(manifest.info["target_window"])
+    except (KeyError, TypeError, FreshsidError):
+        raise FreshsidError("This checkpoint does not record its training windows (an older version made it); "
+                            "retrain it with this version of freshsid.") from None
+    return Window(start=history.start, stop=target.stop)
 
 
 def recommend(

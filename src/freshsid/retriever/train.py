@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.tensorboard import SummaryWriter
 
 from freshsid.artifacts import Manifest, fingerprint_of
+from freshsid.config import TrainConfig
 from freshsid.data.sequences import Sequences, length_batches
 from freshsid.progress import progress_bar
 from freshsid.retriever.model import (
@@ -39,22 +39,6 @@ from freshsid.retriever.model import (
 )
 
 STATE_FILE = "state.pt"
-
-
-class TrainConfig(BaseModel):
-    """Optimisation settings; the same object drives fit and finetune."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    epochs: int = Field(20, gt=0)
-    batch_size: int = Field(256, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    grad_clip: float = Field(1.0, gt=0)
-    patience: int = Field(3, gt=0)  # epochs without validation improvement before stopping
-    valid_fraction: float = Field(0.05, ge=0, lt=1)  # users held out for early stopping
-    seed: int = 0
 
 
 @dataclass

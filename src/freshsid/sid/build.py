@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from freshsid.config import RQVAE_EPOCHS, SidConfig
 from freshsid.sid.collisions import add_suffix, collision_stats
 from freshsid.sid.rqkmeans import RQKMeans
 from freshsid.sid.rqvae import RQVAE
 from freshsid.sid.table import SidTable
-
-
-class SidConfig(BaseModel):
-    """Tokenizer choice and SID shape. The shape is then owned by the SidTable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    tokenizer: Literal["rqvae", "rqkmeans"] = "rqvae"
-    n_levels: int = 3
-    codebook_size: int = 256
-    suffix_size: int = 256
-    balanced: bool = False  # rqkmeans only: size-balanced assignment
-    epochs: int = 50  # rqvae only
-    # When continuing from a previous tokenizer's state (a warm refresh): RQ-VAE epochs or
-    # RQ-KMeans Lloyd iterations; 0 codes the new embeddings with the old tokenizer as is.
-    warm_epochs: int = Field(0, ge=0)
-    seed: int = 0
 
 
 def make_tokenizer(config: SidConfig, *, init_state: dict[str, np.ndarray] | None = None) -> RQKMeans | RQVAE:
@@ -39,7 +23,7 @@ def make_tokenizer(config: SidConfig, *, init_state: dict[str, np.ndarray] | Non
         return RQKMeans(n_levels=config.n_levels, codebook_size=config.codebook_size, balanced=config.balanced,
                         random_state=config.seed, **extra)
     return RQVAE(n_levels=config.n_levels, codebook_size=config.codebook_size,
-                 epochs=config.warm_epochs if warm else config.epochs, random_state=config.seed, init_state=init_state)
+                 epochs=config.warm_epochs if warm else (config.epochs or RQVAE_EPOCHS), random_state=config.seed, init_state=init_state)
 
 
 def build_table(

@@ -1,0 +1,285 @@
+"""Every setting of a run, defined once: the temporal protocol, one frozen config per
+stage (SASRec, tokenizer, retriever sizes, training schedule, refresh recipe), the
+presets, the experiment's configuration, and loading it from a file.
+
+Only pydantic and the data layer's ``Window`` are imported here, so the CLI's
+defaults read these objects (never a retyped ``"0:8"`` or ``20``) without loading
+torch. An experiment writes its whole :class:`ExperimentConfig` into ``results.json``,
+and :func:`load_config` reads it back from there, or from a JSON or TOML file.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from freshsid.data.temporal import Window
+from freshsid.errors import FreshsidError
+from freshsid.policies import POLICIES
+from freshsid.metrics import DEFAULT_KS
+
+PresetName = Literal["tiny", "cpu", "paper"]
+WindowName = Literal["base", "gap", "base+gap", "test"]
+
+
+class ProtocolConfig(BaseModel):
+    """Number of parts, the named windows and the history length; defaults follow the paper."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_parts: int = 10
+    base: Window = Window(start=0, stop=8)
+    gap: Window = Window(start=8, stop=9)
+    test: Window = Window(start=9, stop=10)
+    max_history: int = Field(20, gt=0)
+
+    @model_validator(mode="after")
+    def _fits(self) -> ProtocolConfig:
+        for name in ("base", "gap", "test"):
+            if getattr(self, name).stop > self.n_parts:
+                raise ValueError(f"window {name} ends after part {self.n_parts - 1}")
+        if self.base.stop != self.gap.start:
+            raise ValueError("the gap window must start where base ends")
+        if self.gap.stop > self.test.start:
+            raise ValueError("the test window must come after base and gap")
+        return self
+
+    def window(self, name: WindowName) -> Window:
+        """A named window; ``base+gap`` is the span from base's start to gap's stop."""
+        if name == "base+gap":
+            return Window(start=self.base.start, stop=self.gap.stop)
+        return getattr(self, name)
+
+    def validation(self) -> ProtocolConfig:
+        """The shifted split on which settings are chosen: every window one part earlier
+        (by default base [0, 7), gap [7, 8), evaluated on part 8), so part 9 is never read."""
+        shift = lambda w: Window(start=max(0, w.start - 1), stop=w.stop - 1)  # noqa: E731
+        return self.model_copy(update={"base": shift(self.base), "gap": shift(self.gap), "test": shift(self.test)})
+
+
+PROTOCOL = ProtocolConfig()
+DEFAULT_BEAM = 500  # the paper's headline cutoff is K = 500, and the beam must hold K items
+
+
+class SASRecConfig(BaseModel):
+    """Model size and training schedule; defaults follow the paper's embedding model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dim: int = Field(64, ge=4)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(1, ge=1)
+    ffn_dim: int = Field(256, ge=1)
+    max_length: int = Field(50, ge=2)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # Sampled softmax reached ~0.95x the validation recall of the full softmax at ~1/4 of the FLOPs on Beauty.
+    loss: Literal["softmax", "sampled_softmax"] = "sampled_softmax"
+    n_negatives: int = Field(1024, ge=1)  # sampled_softmax only
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(3e-3, gt=0.0)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(3, ge=1)  # epochs without a better validation score before stopping
+    valid_users: int = Field(2000, ge=0)  # held out from the training window; 0 = no early stopping
+    valid_metric: str = Field("recall@50", pattern=r"^(recall|ndcg)@[1-9][0-9]*$")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SASRecConfig:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        return self
+
+
+class SidConfig(BaseModel):
+    """Tokenizer choice and SID shape. The shape is then owned by the SidTable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tokenizer: Literal["rqvae", "rqkmeans"] = "rqvae"
+    n_levels: int = 3
+    codebook_size: int = 256
+    suffix_size: int = 256
+    balanced: bool = False  # rqkmeans only: size-balanced assignment
+    epochs: int | None = Field(None, gt=0)  # rqvae only; None = RQVAE_EPOCHS
+    # When continuing from a previous tokenizer's state (a warm refresh): RQ-VAE epochs or
+    # RQ-KMeans Lloyd iterations; 0 codes the new embeddings with the old tokenizer as is.
+    warm_epochs: int = Field(0, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _options_fit_the_tokenizer(self) -> SidConfig:
+        # An option of the other tokenizer would be silently ignored: refuse it instead.
+        if self.tokenizer == "rqvae" and self.balanced:
+            raise ValueError("balanced assignment applies to the rqkmeans tokenizer only")
+        if self.tokenizer == "rqkmeans" and self.epochs is not None:
+            raise ValueError("epochs apply to the rqvae tokenizer only (rqkmeans runs a fixed number of k-means iterations)")
+        return self
+
+
+RQVAE_EPOCHS = 50
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings; the same object drives fit and finetune."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(256, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    patience: int = Field(3, gt=0)  # epochs without validation improvement before stopping
+    valid_fraction: float = Field(0.05, ge=0, lt=1)  # users held out for early stopping
+    seed: int = 0
+
+
+class Recipe(BaseModel):
+    """How a refresh is made: what it continues from the legacy build."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    warm_embeddings: bool  # the refreshed SASRec starts from the legacy SASRec's weights
+    warm_tokenizer: bool  # the refreshed tokenizer starts from the legacy tokenizer's state
+    description: str
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(name="cold", warm_embeddings=False, warm_tokenizer=False,
+               description="a new SASRec and a new tokenizer on the refresh window (the reference protocol)"),
+        Recipe(name="warm", warm_embeddings=True, warm_tokenizer=True,
+               description="SASRec and tokenizer both continue from the legacy ones on the refresh window"),
+    )
+}
+
+
+# Retriever sizes by preset (freshsid.retriever.model.RetrieverConfig.preset); the SID
+# shape always comes from the SidTable.
+RETRIEVER_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(width=32, n_layers=2, n_heads=2, ffn=64, user_buckets=100),
+    "cpu": dict(width=128, n_layers=4, n_heads=4, ffn=512, user_buckets=2000),
+    "paper": dict(width=768, n_layers=4, n_heads=6, ffn=1024, user_buckets=8000),
+}
+
+
+class ExperimentConfig(BaseModel):
+    """Everything an experiment depends on; :func:`preset` fills it in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    preset: PresetName = "cpu"
+    policies: tuple[str, ...] = tuple(p.label for p in POLICIES)
+    protocol: ProtocolConfig = PROTOCOL
+    sasrec: SASRecConfig = SASRecConfig()
+    sid: SidConfig = SidConfig()
+    retriever: PresetName = "cpu"
+    fit: TrainConfig = TrainConfig()
+    finetune: TrainConfig = TrainConfig(epochs=2, lr=5e-4, warmup_steps=10, patience=2)
+    beam: int = Field(DEFAULT_BEAM, gt=0)
+    ks: tuple[int, ...] = DEFAULT_KS
+    max_eval_users: int | None = Field(None, gt=0)
+    seed: int = 0
+    threads: int = Field(2, gt=0)
+    # How the refreshed SIDs are made: a recipe of freshsid.sid.refresh.RECIPES.
+    refresh: str = "cold"
+    # Every fine-tuned policy is trained and scored once per seed (the same seeds for all,
+    # so comparisons between them are paired); its metrics are the mean over seeds.
+    finetune_seeds: tuple[int, ...] = Field((0,), min_length=1)
+
+    @field_validator("policies")
+    @classmethod
+    def _known_policies(cls, policies: tuple[str, ...]) -> tuple[str, ...]:
+        known = [p.label for p in POLICIES]
+        unknown = [p for p in policies if p not in known]
+        if unknown:
+            raise ValueError(f"unknown policies {unknown}; choose from {', '.join(known)}")
+        if not policies:
+            raise ValueError("no policy chosen")
+        return policies
+
+    @field_validator("refresh")
+    @classmethod
+    def _known_recipe(cls, name: str) -> str:
+        if name not in RECIPES:
+            raise ValueError(f"unknown refresh recipe {name!r}; choose from {', '.join(RECIPES)}")
+        return name
+
+    @field_validator("finetune_seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError("fine-tuning seeds must be distinct integers >= 0")
+        return seeds
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, ks: tuple[int, ...]) -> tuple[int, ...]:
+        if not ks or min(ks) < 1:
+            raise ValueError("cutoffs K must be positive integers")
+        return tuple(sorted(set(ks)))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        preset="tiny",
+        sasrec=SASRecConfig(dim=32, max_epochs=3, patience=2, valid_users=200, max_length=20),
+        sid=SidConfig(tokenizer="rqkmeans", codebook_size=16, suffix_size=64),
+        retriever="tiny",
+        fit=TrainConfig(epochs=2, batch_size=128, lr=3e-3, warmup_steps=5),
+        finetune=TrainConfig(epochs=1, batch_size=128, lr=1e-3, warmup_steps=2),
+        beam=50,
+        ks=(1, 5, 10, 20, 50),
+        max_eval_users=300,
+    ),
+    # Sized so that Beauty runs in well under an hour on 2 cores (benchmarks/RESULTS.md);
+    # decoding at beam 500 dominates evaluation, hence a fixed sample of test users.
+    "cpu": dict(
+        preset="cpu",
+        fit=TrainConfig(epochs=8, batch_size=256, lr=1e-3, patience=2),
+        finetune=TrainConfig(epochs=2, batch_size=256, lr=5e-4, warmup_steps=10, patience=2),
+        max_eval_users=2000,
+    ),
+    "paper": dict(
+        preset="paper",
+        sid=SidConfig(codebook_size=512, suffix_size=512),
+        retriever="paper",
+        threads=16,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ExperimentConfig:
+    """The named preset, with top-level fields overridden."""
+    if name not in PRESETS:
+        raise FreshsidError(f"Unknown preset {name!r}; use one of {', '.join(PRESETS)}.")
+    return ExperimentConfig(**{**PRESETS[name], **overrides})
+
+
+def load_config(path: Path) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a JSON or TOML file, or from the ``config`` of an
+    experiment's ``results.json`` (so any run can be repeated from its own results)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}"
+        raise FreshsidError(f"Cannot read the config {path} ({reason}); pass a JSON or TOML experiment config.") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "policies" in data:
+        data = data["config"]  # a results.json
+    if not isinstance(data, dict):
+        raise FreshsidError(f"{path} does not hold a table of settings; pass a JSON object or a TOML document.")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise FreshsidError(f"Invalid setting in {path}: {describe(exc)}; fix the file.") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """The first problem of a validation error, as ``where: what``."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else error["msg"]

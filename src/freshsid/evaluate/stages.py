@@ -1,0 +1,83 @@
+"""Where an experiment keeps its stages, and how it skips the ones already built.
+
+:class:`RunLayout` names every stage folder of a run once; the runner and the
+benchmarks that read a finished run both ask it instead of rebuilding paths.
+:class:`StageCache` records in ``stages.json`` the fingerprint of everything a
+stage was built from, so a rerun loads what is current and rebuilds the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from freshsid.artifacts import fingerprint_of, write_json_atomic
+from freshsid.errors import FreshsidError
+from freshsid.policies import ModelSpec, Policy
+
+T = TypeVar("T")
+
+
+class RunLayout:
+    """The stage folders of one experiment run under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    legacy = "legacy"  # freshsid.sid.refresh.CollabSids on base: SASRec embeddings + the legacy table
+    refresh = "refresh"  # freshsid.sid.refresh.Refresh on base+gap: refreshed build + aligned tables
+    staleness = "eval/staleness"
+
+    def model(self, spec: ModelSpec, seed: int = 0) -> str:
+        return _seeded(f"models/{spec.slug}", seed)
+
+    def evaluation(self, policy: Policy, seed: int = 0) -> str:
+        return _seeded(f"eval/{policy.slug}", seed)
+
+    def sasrec(self, which: str) -> str:
+        return f"eval/sasrec-{which}"
+
+    def path(self, stage: str) -> Path:
+        return self.root / stage
+
+
+def _seeded(stage: str, seed: int) -> str:
+    return stage if seed == 0 else f"{stage}-seed{seed}"
+
+
+class StageCache:
+    """Build-or-load for the stages of a run, keyed by what each was built from."""
+
+    def __init__(self, layout: RunLayout, log: Callable[[str], None] = print) -> None:
+        self.layout, self.log = layout, log
+        layout.root.mkdir(parents=True, exist_ok=True)
+        self._file = layout.root / "stages.json"
+        self._keys: dict[str, str] = json.loads(self._file.read_text()) if self._file.exists() else {}
+
+    def get(self, stage: str, key: Any, build: Callable[[Path], T], load: Callable[[Path], T]) -> T:
+        """``load(folder)`` if ``stage`` was built from ``key``, else ``build(folder)`` and record it."""
+        folder = self.layout.path(stage)
+        key = fingerprint_of(key)
+        if self._keys.get(stage) == key:
+            try:
+                return load(folder)
+            except (FreshsidError, FileNotFoundError):
+                pass  # missing or damaged artifact: rebuild it
+        self.log(f"[{time.strftime('%H:%M:%S')}] {stage}")
+        result = build(folder)
+        self._keys[stage] = key
+        write_json_atomic(self._file, self._keys)
+        return result
+
+    def record(self, stage: str, build: Callable[[Path], dict], key: Any) -> dict:
+        """A stage whose artifact is one JSON record (``<stage>.json``)."""
+
+        def build_and_write(folder: Path) -> dict:
+            record = build(folder)
+            write_json_atomic(folder.with_suffix(".json"), record)
+            return record
+
+        return self.get(stage, key, build_and_write, lambda folder: json.loads(folder.with_suffix(".json").read_text()))

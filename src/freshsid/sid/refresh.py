@@ -1,0 +1,129 @@
+"""The refresh: collaborative SIDs rebuilt on recent logs and aligned to the legacy vocabulary.
+
+This is the method's core step (Baikalov et al., SIGIR 2026): a SASRec-style model
+gives item embeddings on a window of the logs, a tokenizer quantizes them into a
+SidTable, and alignment relabels that table's codes, level by level, onto the
+legacy table's so that a checkpoint trained on the legacy SIDs stays meaningful.
+A *recipe* says what the refresh continues from the legacy build (its SASRec
+weights, its tokenizer) instead of starting afresh. The experiment, the CLI and
+the benchmarks all build and refresh SIDs through the functions here.
+
+Compute convention: every table built here records in ``meta["compute"]`` the
+tokenizer fit (``tokenizer_seconds``, ``tokenizer_flops``) and, separately, the
+embedding model it quantizes (``embedding_seconds``, ``embedding_flops``); an
+aligned table keeps its refreshed table's figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from freshsid.config import RECIPES, Recipe, SASRecConfig, SidConfig
+from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.embed.collab import SASRec, collab_embeddings
+from freshsid.embed.store import Embeddings
+from freshsid.errors import FreshsidError
+from freshsid.sid.align import METHODS, align
+from freshsid.sid.build import build_table
+from freshsid.sid.table import SidTable
+
+
+def recipe(name: str) -> Recipe:
+    """The named refresh recipe."""
+    if name not in RECIPES:
+        raise FreshsidError(f"Unknown refresh recipe {name!r}; use one of {', '.join(RECIPES)}.")
+    return RECIPES[name]
+
+
+@dataclass(frozen=True)
+class CollabSids:
+    """Collaborative embeddings on a window and the SidTable that codes that window's items.
+
+    ``sasrec`` is the fitted embedding model, in memory right after a build only (its
+    weights are saved with the embeddings)."""
+
+    embeddings: Embeddings
+    table: SidTable
+    sasrec: SASRec | None = field(default=None, compare=False)
+
+    EMBEDDINGS = "embeddings"
+    TABLE = "sids"
+
+    def save(self, folder: Path, logs_fingerprint: str) -> None:
+        self.embeddings.save(Path(folder) / self.EMBEDDINGS, logs_fingerprint)
+        self.table.save(Path(folder) / self.TABLE)
+
+    @classmethod
+    def load(cls, folder: Path) -> CollabSids:
+        return cls(Embeddings.load(Path(folder) / cls.EMBEDDINGS), SidTable.load(Path(folder) / cls.TABLE))
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """A refresh's outputs: the refreshed build and its alignments (method -> aligned table;
+    each table's ``meta["stats"]["alignment"]`` holds the diagnostics)."""
+
+    recipe: Recipe
+    refreshed: CollabSids
+    aligned: dict[str, SidTable]
+
+    def save(self, folder: Path, logs_fingerprint: str) -> None:
+        self.refreshed.save(folder, logs_fingerprint)
+        for method, table in self.aligned.items():
+            table.save(Path(folder) / f"aligned-{method}")
+
+    @classmethod
+    def load(cls, folder: Path, recipe_name: str) -> Refresh:
+        aligned = {m: SidTable.load(Path(folder) / f"aligned-{m}") for m in METHODS if (Path(folder) / f"aligned-{m}").exists()}
+        return cls(recipe(recipe_name), CollabSids.load(folder), aligned)
+
+
+def code_items(embeddings: Embeddings, split: TemporalSplit, window: Window, config: SidConfig, *,
+               inputs: dict[str, str], warm_from: SidTable | None = None) -> SidTable:
+    """Fit a tokenizer on the embeddings of every item seen in ``window`` and code them all
+    (an item the embedding model never trained on is coded from its initial row).
+    ``warm_from``: a table whose tokenizer the fit continues from."""
+    init = None
+    if warm_from is not None:
+        if warm_from.tokenizer_state is None:
+            raise FreshsidError("The table to continue from holds no tokenizer state (an aligned table, or one built "
+                                "by an older version); pass a table that `freshsid sids build` wrote.")
+        init = warm_from.tokenizer_state
+    logs = split.logs
+    items = split.allowed_items(window)
+    table, _ = build_table(embeddings.vectors[items], items, logs.item_ids[items], config, window=str(window),
+                           inputs=inputs, init_state=init)
+    table.meta["compute"].update(embedding_seconds=float(embeddings.compute.get("seconds", 0.0)),
+                                 embedding_flops=float(embeddings.compute.get("flops", 0.0)))
+    return table
+
+
+def build_collab_sids(split: TemporalSplit, window: Window, *, sasrec: SASRecConfig, sid: SidConfig, seed: int,
+                      warm_from: CollabSids | None = None, recipe: Recipe | None = None,
+                      progress: bool = True) -> CollabSids:
+    """SASRec embeddings trained on ``window`` and the SidTable of that window's items.
+    With ``warm_from`` (an earlier build), ``recipe`` says which of its models to continue."""
+    if (warm_from is None) != (recipe is None):
+        raise ValueError("warm_from and recipe go together")
+    init = warm_from.embeddings.state if recipe is not None and recipe.warm_embeddings else None
+    if recipe is not None and recipe.warm_embeddings and init is None:
+        raise FreshsidError("The legacy embeddings hold no model weights to continue from; rebuild them with this version.")
+    embeddings, model = collab_embeddings(split.logs, split.events(window), window=str(window), config=sasrec,
+                                          seed=seed, progress=progress, init_state=init)
+    table = code_items(embeddings, split, window, sid, inputs={"logs": split.logs.fingerprint},
+                       warm_from=warm_from.table if recipe is not None and recipe.warm_tokenizer else None)
+    return CollabSids(embeddings, table, model)
+
+
+def align_to_legacy(legacy: SidTable, refreshed: SidTable, methods: tuple[str, ...] = METHODS) -> dict[str, SidTable]:
+    """``refreshed`` relabelled onto ``legacy``'s vocabulary by each method."""
+    return {method: align(legacy, refreshed, method=method)[0] for method in methods}  # type: ignore[arg-type]
+
+
+def refresh(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe: Recipe, sasrec: SASRecConfig,
+            sid: SidConfig, seed: int, methods: tuple[str, ...] = METHODS, progress: bool = True) -> Refresh:
+    """Rebuild collaborative SIDs on ``window`` as ``recipe`` says and align them to ``legacy``."""
+    refreshed = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=seed, warm_from=legacy, recipe=recipe,
+                                  progress=progress)
+    return Refresh(recipe, refreshed, align_to_legacy(legacy.table, refreshed.table, methods))
