@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import freshsid.config as config_module
 from freshsid.cli import app
+from freshsid.config import preset
 from freshsid.data.registry import load_dataset
 from freshsid.data.synthetic import SyntheticConfig, write_synthetic
 from freshsid.data.temporal import TemporalSplit, Window
@@ -224,6 +225,21 @@ def test_experiment_passes_its_options_to_the_runner(monkeypatch, tmp_path, data
     assert str(tmp_path / "exp" / "results.json") in result.stdout
 
 
+def test_experiment_config_file_toml_json_or_a_results_json(monkeypatch, tmp_path, data):
+    """--config takes TOML or JSON; a results.json repeats its run; flags still override the file."""
+    opts, _ = data
+    seen = record_runs(monkeypatch)
+    (tmp_path / "c.toml").write_text('preset = "tiny"\nbeam = 7\nrefresh = "warm"\n[sasrec]\ndim = 16\n')
+    invoke("experiment", *opts, "--config", tmp_path / "c.toml", "--seeds", "0,1", "--out", tmp_path / "a")
+    config, tiny = seen["config"], preset("tiny")
+    assert (config.beam, config.refresh, config.finetune_seeds) == (7, "warm", (0, 1))
+    # the tiny preset, with the file's settings merged in key by key
+    assert config.sasrec == tiny.sasrec.model_copy(update={"dim": 16}) and config.fit == tiny.fit
+    (tmp_path / "results.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "policies": {}}))
+    invoke("experiment", *opts, "--config", tmp_path / "results.json", "--out", tmp_path / "b")
+    assert seen["config"] == config
+
+
 def test_demo_is_the_tiny_preset_on_the_synthetic_dataset(monkeypatch, tmp_path):
     monkeypatch.setenv("FRESHSID_CACHE", str(tmp_path / "cache"))
     seen = record_runs(monkeypatch)
@@ -306,9 +322,29 @@ BAD = [
     ("warm-from-other-width", lambda r, o, w: ["embed", "collab", *o, "--dim", "16", "--warm-from", r["dir"] / "emb-0-8",
                                                "--out", w / "e"], ["warm-start weights"]),
     ("bad-sasrec-dim", lambda r, o, w: ["embed", "collab", *o, "--dim", "2", "--out", w / "e"], ["dim"]),
+    # an option of the other tokenizer is refused, not ignored
+    ("balanced-rqvae", lambda r, o, w: ["sids", "build", *o, "--embeddings", r["dir"] / "emb-0-8", "--tokenizer", "rqvae",
+                                        "--balanced", "--out", w / "s"], ["rqkmeans tokenizer only"]),
+    ("epochs-rqkmeans", lambda r, o, w: ["sids", "build", *o, "--embeddings", r["dir"] / "emb-0-8", *SIDS, "--epochs", "5",
+                                         "--out", w / "s"], ["rqvae tokenizer only"]),
+    ("warm-epochs-without-warm-from", lambda r, o, w: ["sids", "build", *o, "--embeddings", r["dir"] / "emb-0-8", *SIDS,
+                                                       "--warm-epochs", "3", "--out", w / "s"], ["--warm-from"]),
+    ("preset-and-config", lambda r, o, w: ["experiment", *o, "--preset", "tiny", "--config", write(w / "c.json", "{}"),
+                                           "--out", w / "x"], ["--preset", "--config"]),
+    ("config-unknown-key", lambda r, o, w: ["experiment", *o, "--config", write(w / "c.json", '{"beems": 3}'),
+                                            "--out", w / "x"], ["c.json", "beems"]),
+    ("config-bad-toml", lambda r, o, w: ["experiment", *o, "--config", write(w / "c.toml", "beam = [1"), "--out", w / "x"],
+     ["c.toml", "TOML"]),
+    ("config-unknown-policy", lambda r, o, w: ["experiment", *o, "--config", write(w / "c.toml", 'policies = ["FT-odd"]'),
+                                               "--out", w / "x"], ["FT-odd"]),
     ("report-not-json", lambda r, o, w: ["report", r["dir"] / "legacy" / "sids.parquet", "--out", w / "rep"],
      ["sids.parquet", "results.json"]),
 ]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:

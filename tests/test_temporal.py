@@ -85,3 +85,11 @@ def test_windows_predict_every_item_once(users, length, seed):
             # a window is a contiguous run of the user's items, padded on the left
             starts = [s for s in range(len(mine)) if mine[s : s + len(real)].tolist() == real.tolist()]
             assert starts and not tgt[row < 0].any()
+
+
+def test_validation_split_is_every_window_one_part_earlier():
+    val = ProtocolConfig().validation()
+    assert (str(val.base), str(val.gap), str(val.test)) == ("0:7", "7:8", "8:9")
+    assert str(val.window("base+gap")) == "0:8" and val.max_history == ProtocolConfig().max_history
+    with pytest.raises(ValueError):
+        ProtocolConfig(base=Window(start=0, stop=7))  # the gap must follow base

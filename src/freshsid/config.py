@@ -260,7 +260,11 @@ def preset(name: str, **overrides: Any) -> ExperimentConfig:
 
 def load_config(path: Path) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a JSON or TOML file, or from the ``config`` of an
-    experiment's ``results.json`` (so any run can be repeated from its own results)."""
+    experiment's ``results.json`` (so any run can be repeated from its own results).
+
+    The file's ``preset`` (default ``cpu``) is the starting point and every setting the
+    file gives overrides it, tables key by key: ``preset = "tiny"`` with ``[sasrec] dim = 16``
+    is the tiny preset with a 16-wide SASRec."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -272,10 +276,21 @@ def load_config(path: Path) -> ExperimentConfig:
         data = data["config"]  # a results.json
     if not isinstance(data, dict):
         raise FreshsidError(f"{path} does not hold a table of settings; pass a JSON object or a TOML document.")
+    name = data.get("preset", "cpu")
+    if name not in PRESETS:
+        raise FreshsidError(f"Invalid setting in {path}: preset {name!r} is not one of {', '.join(PRESETS)}; fix the file.")
     try:
-        return ExperimentConfig.model_validate(data)
+        return ExperimentConfig.model_validate(_merge(preset(name).model_dump(mode="json"), data))
     except ValidationError as exc:
         raise FreshsidError(f"Invalid setting in {path}: {describe(exc)}; fix the file.") from None
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied, nested tables merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def describe(exc: ValidationError) -> str:

@@ -189,7 +189,8 @@ def _staleness_section(results: dict) -> str | None:
     staleness = results.get("staleness")
     if not staleness:
         return None
-    parts = []
+    trained = staleness.get("trained_on")
+    parts = [f"Base trained on parts {trained} (from its checkpoint's manifest), scored on each later part."] if trained else []
     for key, title in (("by_part", "Retrieval quality by test part"), ("churn", "SID churn per level")):
         if staleness.get(key):
             parts.append(f"{title}:\n\n{_records_table(staleness[key])}")
@@ -305,7 +306,7 @@ def render_markdown(results: dict) -> str:
     for metric in METRICS:
         out += [f"## {METRIC_TITLES[metric]}", _metric_table(results, metric)]
     out += ["Bold: best policy per column (baselines excluded).", "## Compute", _compute_table(results)]
-    paired = _paired_section(results)
+    paired = paired_section(results)
     if paired:
         out += ["## Paired over fine-tuning seeds", paired]
     out += ["## Alignment diagnostics", _alignment_section(results)]
@@ -318,7 +319,7 @@ def render_markdown(results: dict) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def _paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
+def paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
     """Each fine-tuned policy minus FT-old, seed by seed (same seeds, same test users):
     the mean difference and how many seeds it is positive for, at the headline cutoffs."""
     policies = _policies(results)

@@ -1,0 +1,85 @@
+"""Markdown tables for benchmarks/RESULTS.md from finished ``freshsid experiment`` runs.
+
+    python benchmarks/summarize_runs.py runs/fix-beauty runs/fix-toys runs/fix-sports
+
+Per run: every policy at K = 100, 200, 500 with retriever FLOPs and Full / this, the
+paired comparison with FT-old over the fine-tuning seeds, the dense SASRec baselines
+and Base's decay by part; then one summary row per run. Reads only results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from freshsid.evaluate.report import headline_table, paired_section
+from freshsid.policies import STALE, aligned_variants
+
+def cutoffs(results: dict) -> tuple[int, ...]:
+    """K >= 100 where the run has them (the paper's high cutoffs), else its three largest."""
+    ks = tuple(results["config"]["ks"])
+    return tuple(k for k in ks if k >= 100) or ks[-3:]
+
+
+def policy_table(results: dict, ks: tuple[int, ...]) -> str:
+    """headline_table plus retriever FLOPs and Full / this for each policy."""
+    policies = results["policies"]
+    full = next(p for p in policies.values() if p["kind"] == "full")["compute"]["retriever_flops"]
+    lines = headline_table(results, ks).splitlines()
+    lines[0] += " retriever FLOPs | Full / this |"
+    lines[1] += "---:|---:|"
+    for i, p in enumerate(policies.values(), start=2):
+        flops = p["compute"]["retriever_flops"]
+        lines[i] += f" {flops:.2e} | " + (f"{full / flops:.1f}× |" if p["kind"] == "finetune" else "— |")
+    for name, b in results.get("baselines", {}).items():
+        m = b["metrics"]
+        lines.append(f"| {name} (dense baseline) | " + " | ".join(f"{m[f'{x}@{k}']:.4f}" for x in ("recall", "ndcg")
+                                                                 for k in ks) + " | — | — |")
+    return "\n".join(lines)
+
+
+def summary_row(results: dict, k: int) -> list[str]:
+    policies = results["policies"]
+    r = f"recall@{k}"
+    variants, with_new = aligned_variants(list(policies))
+    best = max(variants, key=lambda n: policies[n]["metrics"][r])
+    old, new = policies[STALE.label], policies[best]
+    ahead = sum(a[r] > b[r] for a, b in zip(new.get("by_seed", [new["metrics"]]),
+                                                               old.get("by_seed", [old["metrics"]])))
+    full = next(p for p in policies.values() if p["kind"] == "full")
+    plus = policies[with_new[0]]["metrics"][r] if with_new else float("nan")
+    n_seeds = len(old.get("by_seed", [0]))
+    return [results["dataset"]["name"], f"{old['metrics'][r]:.4f}", f"{best} {new['metrics'][r]:.4f}",
+            f"{ahead}/{n_seeds}", f"{policies['FT-new']['metrics'][r]:.4f}", f"{plus:.4f}",
+            f"{full['metrics'][r]:.4f}", f"{full['compute']['retriever_flops'] / new['compute']['retriever_flops']:.1f}×",
+            f"{results['wall_seconds'] / 60:.1f} min"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    args = parser.parse_args()
+    rows, top = [], None
+    for run in args.runs:
+        results = json.loads((run / "results.json").read_text())
+        ks = cutoffs(results)
+        top = ks[-1]
+        rows.append(summary_row(results, top))
+        print(f"### {results['dataset']['name']} ({run})\n")
+        print(policy_table(results, ks) + "\n")
+        print(paired_section(results, ks) + "\n")
+        decay = results["staleness"]
+        print(f"Base trained on {decay['trained_on']}; R@{top} by later part: "
+              + ", ".join(f"part {r['part']} {r[f'recall@{top}']:.4f}" for r in decay["by_part"]) + ".\n")
+        kept = [lv["kept_after"] for lv in results["alignment"]["hungarian"]["levels"]]
+        print("Codes kept after Hungarian alignment, per level: " + ", ".join(f"{k:.1%}" for k in kept) + ".\n")
+    header = ["dataset", f"FT-old R@{top}", f"best FT-aligned R@{top}", "seeds ahead", f"FT-new R@{top}",
+              f"FT-aligned+new R@{top}", f"Full R@{top}", "Full / FT-aligned FLOPs", "wall"]
+    print("| " + " | ".join(header) + " |\n|---|" + "---:|" * (len(header) - 1))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
