@@ -17,6 +17,7 @@ from freshsid.artifacts import read_manifest
 from freshsid.config import SASRecConfig, TrainConfig, preset
 from freshsid.data.registry import synthetic_dataset
 from freshsid.data.synthetic import SyntheticConfig
+from freshsid.data.temporal import Window
 from freshsid.evaluate.experiment import Experiment
 from freshsid.policies import POLICIES, ModelSpec, Policy, Tokenizer
 from freshsid.sid.table import SidTable
@@ -196,3 +197,31 @@ def test_the_policy_table_matches_the_design():
     for p in POLICIES:
         table, parent, *_ = DEFINITIONS[p.label]
         assert (str(p.model.tokenizer), p.finetuned) == (table, parent is not None)
+
+
+def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
+    """Settings are chosen on the validation split; with the last part's events scrambled
+    (items permuted among them, so the catalogue and the users are unchanged) every
+    number it produces is the same."""
+    from dataclasses import replace
+
+    from freshsid.data.temporal import TemporalSplit
+
+    last = TemporalSplit(logs, 10).events(Window(start=9, stop=10))
+    item = logs.item.copy()
+    item[last] = np.random.default_rng(0).permutation(item[last])
+    scrambled = replace(logs, item=item)
+    config = tiny_config(policies=("Base", "FT-old", "FT-aligned (hungarian)", "Full"))
+    config = config.model_copy(update={"protocol": config.protocol.validation()})
+    runs = []
+    for i, events in enumerate((logs, scrambled)):
+        experiment = Experiment(events, config, tmp_path / f"run{i}", show_progress=False)
+        experiment.log = lambda _: None
+        runs.append(experiment.run())
+    assert runs[0]["staleness"]["trained_on"] == "0:7"
+    assert [row["part"] for row in runs[0]["staleness"]["by_part"]] == [7, 8]
+    timings = ("eval_seconds", "compute")  # wall seconds differ between any two runs
+    for key in ("policies", "baselines", "alignment", "staleness"):
+        strip = lambda r: {n: {k: v for k, v in p.items() if k not in timings} if isinstance(p, dict) else p  # noqa: E731
+                           for n, p in r[key].items()}
+        assert strip(runs[0]) == strip(runs[1]), key

@@ -115,3 +115,12 @@ def test_fit_finetune_evaluate_and_shape_check(tmp_path):
         pipeline.finetune(tmp_path / "base", split, wrong, target=Window(start=8, stop=9), train_config=cfg,
                           out=tmp_path / "bad", show_progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_lr_schedules_warm_up_then_decay_or_hold():
+    from freshsid.retriever.train import lr_factor
+
+    cosine, constant = (lr_factor(TrainConfig(warmup_steps=4, min_lr_ratio=0.1, schedule=s), 100) for s in ("cosine", "constant"))
+    assert [cosine(s) for s in range(4)] == [constant(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert cosine(4) == pytest.approx(1.0) and cosine(100) == pytest.approx(0.1) and cosine(52) == pytest.approx(0.55)
+    assert {constant(s) for s in range(4, 200)} == {1.0}

@@ -129,6 +129,9 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(100, ge=0)
+    # cosine: linear warm-up, then cosine decay to min_lr_ratio; constant: warm-up, then lr
+    # (the reference implementation fine-tunes at a constant 1e-4)
+    schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     patience: int = Field(3, gt=0)  # epochs without validation improvement before stopping

@@ -90,6 +90,7 @@ def experiment(
     max_eval_users: MaxEvalUsersOpt = None,
     refresh: Annotated[str | None, typer.Option("--refresh", help=f"Refresh recipe: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}.")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds; every fine-tuned policy runs once per seed and reports the mean (default: 0).")] = None,
+    validation: Annotated[bool, typer.Option("--validation", help="Run on the validation split (every window one part earlier: base [0, 7), gap [7, 8), scored on part 8), where settings are chosen; the last part is never read.")] = False,
 ) -> None:
     """Run the policies (Base, FT-old, FT-new, FT-aligned, Full, ...) on one dataset; write results and report.
 
@@ -100,6 +101,8 @@ def experiment(
     Warm refresh, three fine-tuning seeds: freshsid experiment --dataset amazon-beauty --refresh warm --seeds 0,1,2 --out runs/beauty-warm
 
     Repeat a run from its results: freshsid experiment --dataset amazon-beauty --config runs/beauty/results.json --out runs/beauty-again
+
+    Choose settings on the validation split: freshsid experiment --dataset amazon-beauty --validation --out runs/beauty-val
     """
     from freshsid.config import load_config
 
@@ -110,7 +113,8 @@ def experiment(
         raise FreshsidError("--policies names no policy; pass a comma-separated list such as Base,FT-old,Full.")
     base = load_config(config_file) if config_file is not None else experiment_preset(preset or "cpu")
     config = configure(base, policies=chosen, max_eval_users=max_eval_users, refresh=refresh,
-                       finetune_seeds=None if seeds is None else _seed_list(seeds))
+                       finetune_seeds=None if seeds is None else _seed_list(seeds),
+                       protocol=base.protocol.validation() if validation else None)
     run_experiment(data.load(), config, out)
 
 

@@ -189,7 +189,7 @@ class Experiment:
 
     def staleness(self) -> dict[str, Any]:
         """SID churn per level (legacy vs refreshed) and Base's decay on each part after
-        the window its manifest says it trained on."""
+        the window its manifest says it trained on, up to the end of the test window."""
         cfg = self.config
         legacy, refreshed = self.legacy().table, self.refreshed().refreshed.table
         model, manifest = self.model(BASE_MODEL)
@@ -197,10 +197,10 @@ class Experiment:
 
         def build(_: Path) -> dict[str, Any]:
             return {"churn": sid_churn(legacy, refreshed), "trained_on": str(trained),
-                    "by_part": recall_by_part(model, legacy, self.split, trained_on=trained, ks=cfg.ks, beam=cfg.beam,
-                                              max_users=cfg.max_eval_users)}
+                    "by_part": recall_by_part(model, legacy, self.split, trained_on=trained, until=self.protocol.test.stop,
+                                              ks=cfg.ks, beam=cfg.beam, max_users=cfg.max_eval_users)}
 
-        key = [legacy.content_hash, refreshed.content_hash, manifest.fingerprint, cfg.ks, cfg.beam, cfg.max_eval_users]
+        key = [legacy.content_hash, refreshed.content_hash, manifest.fingerprint, self._eval_key(), cfg.beam]
         return self.cache.record(self.layout.staleness, build, key)
 
     def run(self) -> dict[str, Any]:

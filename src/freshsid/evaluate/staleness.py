@@ -28,14 +28,16 @@ def recall_by_part(
     split: TemporalSplit,
     *,
     trained_on: Window,
+    until: int | None = None,
     ks: tuple[int, ...],
     beam: int | None = None,
     max_users: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The retriever's metrics on each single part after its training window, decoding
-    over the items it was trained on: the decay that stale SIDs cause."""
+    """The retriever's metrics on each single part after its training window (up to part
+    ``until``, exclusive; default: the last), decoding over the items it was trained on:
+    the decay that stale SIDs cause."""
     rows = []
-    for part in range(trained_on.stop, split.n_parts):
+    for part in range(trained_on.stop, split.n_parts if until is None else until):
         metrics = evaluate(model, table, split, test=Window(start=part, stop=part + 1), allowed=trained_on,
                            ks=ks, beam=beam, max_users=max_users)
         rows.append({"part": part, **metrics})

@@ -98,7 +98,7 @@ def train(
     steps_per_epoch = len(epoch_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=0))
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     # The resume state belongs to one (data, config) pair; a different one starts afresh.
@@ -175,10 +175,14 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int
     return length_batches(lengths, batch_size, np.random.default_rng([seed, epoch]))
 
 
-def _warmup_cosine(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+def lr_factor(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    """Step -> multiple of ``cfg.lr``: linear warm-up, then ``cfg.schedule`` over ``total`` steps."""
+
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
