@@ -39,12 +39,17 @@ NO_SID_COMPUTE = {"embedding_seconds": 0.0, "embedding_flops": 0.0, "tokenizer_s
 
 
 class Experiment:
-    """Runs the policies of ``config`` on ``logs`` into ``out`` (results.json, report.md, plots)."""
+    """Runs the policies of ``config`` on ``logs`` into ``out`` (results.json, report.md, plots).
 
-    def __init__(self, logs: Interactions, config: ExperimentConfig, out: Path, *, show_progress: bool = True) -> None:
+    ``variant`` labels a fine-tuning setting other than the preset's (see :class:`RunLayout`):
+    its fine-tunes and results go beside the run's (``out/variants/<variant>/``), sharing
+    the run's SIDs, Base and Full."""
+
+    def __init__(self, logs: Interactions, config: ExperimentConfig, out: Path, *, show_progress: bool = True,
+                 variant: str | None = None) -> None:
         self.logs, self.config, self.protocol = logs, config, config.protocol
         self.split = TemporalSplit(logs, config.protocol.n_parts)
-        self.layout = RunLayout(out)
+        self.layout = RunLayout(out, variant)
         self.out = self.layout.root
         self.progress = show_progress
         self.log: Callable[[str], None] = print
@@ -215,6 +220,7 @@ class Experiment:
             "staleness": self.staleness(),
             "wall_seconds": time.perf_counter() - started,
         }
-        write_json_atomic(self.out / "results.json", results)
-        write_report(results, self.out)
+        folder = self.out if self.layout.variant is None else self.out / "variants" / self.layout.variant
+        write_json_atomic(folder / "results.json", results)
+        write_report(results, folder)
         return results

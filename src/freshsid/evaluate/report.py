@@ -346,7 +346,7 @@ def paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
     return note + "\n\n" + _table(header, body)
 
 
-def _figure(width: float = 7.0, height: float = 4.5):
+def new_figure(width: float = 7.0, height: float = 4.5):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -362,7 +362,7 @@ def _colors(results: dict) -> dict[str, str]:
     return {name: f"C{i % 10}" for i, name in enumerate(_policies(results))}
 
 
-def _png_bytes(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -372,7 +372,7 @@ def _metric_plot(results: dict, metric: str) -> bytes | None:
     rows = [(label, m, pol) for label, m, pol in _metric_rows(results) if _ks([m], metric)]
     if not rows:
         return None
-    fig, ax = _figure()
+    fig, ax = new_figure()
     all_ks = _ks([m for _, m, _ in rows], metric)
     colors = _colors(results)
     for label, metrics, is_policy in rows:
@@ -388,7 +388,7 @@ def _metric_plot(results: dict, metric: str) -> bytes | None:
     ax.set_title(f"{METRIC_TITLES[metric]} by policy: {(results.get('dataset') or {}).get('name', '')}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def _compute_plot(results: dict) -> bytes | None:
@@ -401,7 +401,7 @@ def _compute_plot(results: dict) -> bytes | None:
             points.append((name, x, y, colors[name]))
     if not points:
         return None
-    fig, ax = _figure()
+    fig, ax = new_figure()
     xs, ys = [p[1] for p in points], [p[2] for p in points]
     for name, x, y, color in points:
         ax.scatter([x], [y], color=color, s=36, zorder=3)
@@ -414,7 +414,7 @@ def _compute_plot(results: dict) -> bytes | None:
     ax.set_title(f"Recall@{k} vs retriever compute: {(results.get('dataset') or {}).get('name', '')}")
     ax.grid(True, alpha=0.3, which="both")
     _label_points(fig, ax, points)
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def _label_points(fig, ax, points: list[tuple[str, float, float, str]]) -> None:

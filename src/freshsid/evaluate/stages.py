@@ -16,26 +16,34 @@ from typing import Any, TypeVar
 
 from freshsid.artifacts import fingerprint_of, write_json_atomic
 from freshsid.errors import FreshsidError
-from freshsid.policies import ModelSpec, Policy
+from freshsid.policies import ModelSpec, Policy, Start
 
 T = TypeVar("T")
 
 
 class RunLayout:
-    """The stage folders of one experiment run under ``root``."""
+    """The stage folders of one experiment run under ``root``.
 
-    def __init__(self, root: Path) -> None:
+    ``variant`` names a fine-tuning setting beside the preset's (a budget study): the
+    fine-tuned models and their evaluations get their own folders, the shared stages
+    (SIDs, Base, Full) stay where they are."""
+
+    def __init__(self, root: Path, variant: str | None = None) -> None:
         self.root = Path(root)
+        self.variant = variant
 
     legacy = "legacy"  # freshsid.sid.refresh.CollabSids on base: SASRec embeddings + the legacy table
     refresh = "refresh"  # freshsid.sid.refresh.Refresh on base+gap: refreshed build + aligned tables
     staleness = "eval/staleness"
 
     def model(self, spec: ModelSpec, seed: int = 0) -> str:
-        return _seeded(f"models/{spec.slug}", seed)
+        return _seeded(self._varied(f"models/{spec.slug}", spec.start is Start.BASE), seed)
 
     def evaluation(self, policy: Policy, seed: int = 0) -> str:
-        return _seeded(f"eval/{policy.slug}", seed)
+        return _seeded(self._varied(f"eval/{policy.slug}", policy.finetuned), seed)
+
+    def _varied(self, stage: str, finetuned: bool) -> str:
+        return f"{stage}@{self.variant}" if finetuned and self.variant else stage
 
     def sasrec(self, which: str) -> str:
         return f"eval/sasrec-{which}"
