@@ -18,7 +18,6 @@ prints a markdown table with, per budget, Full / FT FLOPs and FT-aligned - FT-ol
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from freshsid.artifacts import write_bytes_atomic, write_json_atomic
