@@ -1,6 +1,7 @@
 """Retriever training: exact resume after SIGKILL, loss restriction, fit/finetune/eval end to end."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,3 +125,46 @@ def test_lr_schedules_warm_up_then_decay_or_hold():
     assert [cosine(s) for s in range(4)] == [constant(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert cosine(4) == pytest.approx(1.0) and cosine(100) == pytest.approx(0.1) and cosine(52) == pytest.approx(0.55)
     assert {constant(s) for s in range(4, 200)} == {1.0}
+
+
+class _Payload:
+    """Unpickling this would create ``target``: what a crafted resume file would try."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_a_crafted_resume_state_runs_no_code_and_training_starts_afresh(tmp_path, capsys):
+    """The resume state is loaded with weights_only: a pickle that would run code when
+    loaded (even one whose run id and hash records check out) is refused, nothing runs,
+    and training restarts from scratch to the same weights as an untouched run."""
+    import json
+    import pickle
+
+    from freshsid.artifacts import file_sha256
+
+    straight = run_fit(tmp_path / "a")
+    work = tmp_path / "b" / "work"
+    work.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    (work / "state.pt").write_bytes(pickle.dumps({"run_id": "x", "model": _Payload(marker)}))
+    run_id = json.loads((tmp_path / "a" / "work" / "state.json").read_text())["run_id"]
+    (work / "state.json").write_text(json.dumps({"run_id": run_id, "sha256": file_sha256(work / "state.pt")}))
+    resumed = run_fit(tmp_path / "b")
+    assert not marker.exists()
+    assert "discarding the resume state" in capsys.readouterr().err
+    assert straight.history == resumed.history
+    pickle.loads(pickle.dumps(_Payload(marker)))
+    assert marker.exists()  # the payload is live: an unguarded load would have run it
+
+
+def test_a_corrupt_resume_state_is_discarded_with_a_message(tmp_path, capsys):
+    run_fit(tmp_path / "a")
+    state = tmp_path / "a" / "work" / "state.pt"
+    state.write_bytes(state.read_bytes()[: len(state.read_bytes()) // 2])  # truncated after its hash was recorded
+    shutil.rmtree(tmp_path / "a" / "out")
+    result = run_fit(tmp_path / "a")
+    assert "does not match the hash" in capsys.readouterr().err and len(result.history) == 4

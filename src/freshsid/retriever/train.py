@@ -12,8 +12,10 @@ function of (seed, epoch).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 
-from freshsid.artifacts import Manifest, fingerprint_of
+from freshsid.artifacts import Manifest, file_sha256, fingerprint_of, write_json_atomic
 from freshsid.config import TrainConfig
 from freshsid.data.sequences import Sequences, length_batches
 from freshsid.progress import progress_bar
@@ -38,7 +41,8 @@ from freshsid.retriever.model import (
     save_checkpoint,
 )
 
-STATE_FILE = "state.pt"
+STATE_FILE = "state.pt"  # resume state: tensors and plain values only (loaded with weights_only)
+STATE_RECORD = "state.json"  # the run id and SHA-256 of STATE_FILE
 
 
 @dataclass
@@ -154,7 +158,7 @@ def train(
             state.update(best=valid, best_epoch=epoch, bad=0, best_model=_cpu_state(model))
         else:
             state["bad"] += 1
-        torch.save(_cpu_state(model), work_dir / f"epoch-{epoch:03d}.pt")
+        save_file(_cpu_state(model), str(work_dir / f"epoch-{epoch:03d}.safetensors"))
         state.update(epoch=epoch + 1, step=0)
         _save_state(work_dir, run_id, state, model, optimizer, scheduler)
     bar.close()
@@ -221,17 +225,45 @@ def _data_id(seqs: Sequences, codes_table: np.ndarray) -> str:
 
 
 def _save_state(work_dir: Path, run_id: str, state: dict, model, optimizer, scheduler) -> None:
-    """Atomic write of everything a resume needs."""
+    """Atomic write of everything a resume needs, and a record of its run id and hash."""
     blob = {**state, "run_id": run_id, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
     tmp = work_dir / f".{STATE_FILE}.tmp"
     torch.save(blob, tmp)
+    digest = file_sha256(tmp)
     os.replace(tmp, work_dir / STATE_FILE)
+    write_json_atomic(work_dir / STATE_RECORD, {"run_id": run_id, "sha256": digest})
 
 
 def _load_state(work_dir: Path, run_id: str) -> dict | None:
+    """The resume state of run ``run_id`` in ``work_dir``, or None (start afresh).
+
+    Only tensors, numbers, strings and containers are unpickled (``weights_only``), so a
+    crafted file cannot run code; a state whose hash or content does not check out is
+    discarded with a message on stderr."""
     path = work_dir / STATE_FILE
     if not path.exists():
         return None
-    state = torch.load(path, weights_only=False)
-    return state if state.get("run_id") == run_id else None
+    try:
+        record = json.loads((work_dir / STATE_RECORD).read_text())
+        if not isinstance(record, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        return _discard(work_dir, f"{STATE_RECORD} is missing or unreadable")
+    if record.get("run_id") != run_id:
+        return None  # another run's state (other data or settings): this one starts afresh
+    if record.get("sha256") != file_sha256(path):
+        return _discard(work_dir, f"{STATE_FILE} does not match the hash {STATE_RECORD} records")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any failure to read it means the file is not a resume state
+        return _discard(work_dir, f"{STATE_FILE} cannot be read safely: {type(exc).__name__}")
+    missing = {"run_id", "epoch", "step", "model", "optimizer", "scheduler", "rng", "compute", "history"} - set(state)
+    if missing or state["run_id"] != run_id:
+        return _discard(work_dir, f"{STATE_FILE} lacks {', '.join(sorted(missing)) or 'its run id'}")
+    return state
+
+
+def _discard(work_dir: Path, reason: str) -> None:
+    print(f"warning: discarding the resume state in {work_dir} ({reason}); training starts afresh.", file=sys.stderr)
+    return None
