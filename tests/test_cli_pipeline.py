@@ -3,6 +3,7 @@ checked against the library it adapts, and bad input through these commands: exi
 one line, nothing written."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def run(tmp_path_factory, data):
     out["eval-text"] = invoke("retriever", "eval", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned", *EVAL)
     out["recommend"] = invoke("retriever", "recommend", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned",
                               "--user", "5", "--k", "5", "--allowed", "0:8", "--json")
+    out["recommend-more"] = invoke("retriever", "recommend", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned",
+                                   "--user", "5", "--k", "40", "--allowed", "0:8", "--json")
     out["staleness"] = invoke("staleness", *opts, "--legacy", d / "legacy", "--refreshed", d / "refreshed",
                               "--checkpoint", d / "base", *EVAL, "--json")
     return out
@@ -184,6 +187,8 @@ def test_eval_matches_the_library_and_writes_the_same_json(run, data):
 def test_recommend_returns_original_ids_and_titles_of_allowed_items(run, data):
     _, logs = data
     rows = json.loads(run["recommend"].stdout)["items"]
+    more = json.loads(run["recommend-more"].stdout)["items"]
+    assert rows == more[:5]  # one beam whatever --k: the top items agree across k
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
     scores = [r["score"] for r in rows]
     assert scores == sorted(scores, reverse=True)
@@ -339,7 +344,22 @@ BAD = [
                                                "--out", w / "x"], ["FT-odd"]),
     ("report-not-json", lambda r, o, w: ["report", r["dir"] / "legacy" / "sids.parquet", "--out", w / "rep"],
      ["sids.parquet", "results.json"]),
+    ("report-of-no-policy", lambda r, o, w: ["report", write(w / "results.json", '{"policies": {}}'), "--out", w / "rep"],
+     ["results.json"]),
+    ("report-from-a-device", lambda r, o, w: ["report", "/dev/zero", "--out", w / "rep"], ["/dev/zero", "regular file"]),
+    ("logs-from-a-fifo", lambda r, o, w: ["data", "stats", "--logs", fifo(w / "logs.csv")], ["logs.csv", "regular file"]),
+    ("items-from-a-fifo", lambda r, o, w: ["data", "stats", o[0], o[1], "--items", fifo(w / "items.csv")],
+     ["items.csv", "regular file"]),
+    ("config-from-a-fifo", lambda r, o, w: ["experiment", *o, "--config", fifo(w / "c.json"), "--out", w / "x"],
+     ["c.json", "regular file"]),
+    ("k-above-beam", lambda r, o, w: ["retriever", "recommend", *o, "--checkpoint", r["dir"] / "base", "--sids",
+                                      r["dir"] / "legacy", "--user", "5", "--k", "30", "--beam", "20"], ["--beam 30"]),
 ]
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
 
 
 def write(path: Path, text: str) -> Path:

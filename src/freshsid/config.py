@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from freshsid.data.tables import check_readable
 from freshsid.data.temporal import Window
 from freshsid.errors import FreshsidError
 from freshsid.policies import POLICIES
@@ -269,6 +270,7 @@ def load_config(path: Path) -> ExperimentConfig:
     file gives overrides it, tables key by key: ``preset = "tiny"`` with ``[sasrec] dim = 16``
     is the tiny preset with a 16-wide SASRec."""
     path = Path(path)
+    check_readable(path)
     try:
         text = path.read_text()
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)

@@ -160,14 +160,16 @@ def report(
 
     Example: freshsid report runs/beauty/results.json --out runs/beauty
     """
+    from freshsid.data.tables import check_readable
     from freshsid.evaluate.report import write_report
 
+    check_readable(Path(results_json))
     try:
         results = json.loads(Path(results_json).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not valid JSON"
         raise FreshsidError(f"Cannot read {results_json} ({reason}); pass a results.json written by freshsid experiment.") from None
-    if not isinstance(results, dict) or not isinstance(results.get("policies", {}), dict):
+    if not isinstance(results, dict) or not isinstance(results.get("policies"), dict) or not results["policies"]:
         raise FreshsidError(f"{results_json} is not an experiment's results.json; pass the one freshsid experiment wrote.")
     for path in write_report(results, out):
         typer.echo(str(path))

@@ -170,9 +170,12 @@ def recommend(
     user: Annotated[str, typer.Option("--user", help="An original user id of the logs.", show_default=False)],
     k: Annotated[int, typer.Option("--k", min=1, help="Items to return.")] = 10,
     allowed: Annotated[str | None, typer.Option("--allowed", help="Only items seen in these parts (default: every item of --sids).")] = None,
+    beam: BeamOpt = DEFAULT_BEAM,
     as_json: JsonOpt = False,
 ) -> None:
     """Top items for one user, from the user's latest events: original item ids and titles.
+
+    The beam is fixed (--beam), not tied to --k, so the top items agree whatever --k asks for.
 
     Example: freshsid retriever recommend --checkpoint runs/beauty/base --sids runs/beauty/sids-0-8 --dataset amazon-beauty --user A1YJEY40YUW4SE --k 10
     """
@@ -180,6 +183,8 @@ def recommend(
     from freshsid.retriever.model import load_checkpoint
     from freshsid.retriever.pipeline import recommend as top_items
 
+    if k > beam:
+        raise FreshsidError(f"--k {k} is more than the beam width {beam}; pass --beam {k} or more.")
     window = None if allowed is None else Window.parse(allowed)
     table = SidTable.load(sids)
     model, _ = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
@@ -187,7 +192,7 @@ def recommend(
     logs = split.logs
     users = np.array([user_index(logs, user)])
     history = last_items(logs.user, logs.item, users, model.config.max_history)
-    items, scores = top_items(model, table, history, users, top_k=k,
+    items, scores = top_items(model, table, history, users, top_k=k, beam=beam,
                               allowed_items=None if window is None else split.allowed_items(window))
     titles = logs.items["title"].to_list()
     rows = [{"rank": r + 1, "item_id": str(logs.item_ids[i]), "title": titles[i], "score": float(s)}

@@ -50,11 +50,15 @@ def table_name(path: Path) -> str:
 
 
 def check_readable(path: Path) -> None:
-    """Refuse a missing path, a folder, or a file without read permission."""
+    """Refuse a missing path, a folder, a pipe or device (reading one could block or never
+    end), or a file without read permission."""
+    path = Path(path)
     if not path.exists():
         raise FreshsidError(f"{path} does not exist; check the path.")
     if path.is_dir():
         raise FreshsidError(f"{path} is a folder, not a file; pass a log file (or the folder with --data-dir).")
+    if not path.is_file():
+        raise FreshsidError(f"{path} is not a regular file (a pipe, socket or device); pass a file on disk.")
     try:
         with open(path, "rb"):
             pass
