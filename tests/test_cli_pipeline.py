@@ -352,9 +352,23 @@ BAD = [
      ["items.csv", "regular file"]),
     ("config-from-a-fifo", lambda r, o, w: ["experiment", *o, "--config", fifo(w / "c.json"), "--out", w / "x"],
      ["c.json", "regular file"]),
+    ("out-is-a-users-folder", lambda r, o, w: ["sids", "align", r["dir"] / "legacy", r["dir"] / "refreshed", "--out",
+                                               user_folder(w / "mine")], ["mine", "did not write"]),
+    ("out-is-dot", lambda r, o, w: ["sids", "align", r["dir"] / "legacy", r["dir"] / "refreshed", "--out", "."],
+     ["names no folder"]),
+    ("out-ends-in-dotdot", lambda r, o, w: ["sids", "align", r["dir"] / "legacy", r["dir"] / "refreshed", "--out",
+                                            w / "x" / ".."], ["names no folder"]),
+    ("experiment-into-a-users-folder", lambda r, o, w: ["experiment", *o, "--preset", "tiny", "--out",
+                                                        user_folder(w / "mine")], ["mine", "did not write"]),
     ("k-above-beam", lambda r, o, w: ["retriever", "recommend", *o, "--checkpoint", r["dir"] / "base", "--sids",
                                       r["dir"] / "legacy", "--user", "5", "--k", "30", "--beam", "20"], ["--beam 30"]),
 ]
+
+
+def user_folder(path: Path) -> Path:
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+    return path
 
 
 def fifo(path: Path) -> Path:
@@ -386,3 +400,44 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run, data, tmp_path,
     for word in words:
         assert word in message, message
     assert snapshot(run["dir"], tmp_path) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere regardless of permission bits")
+def test_an_unwritable_out_is_refused_before_training(run, data, tmp_path):
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    result = runner.invoke(app, [str(a) for a in ["retriever", "train", *data[0], "--sids", run["dir"] / "legacy", *TRAIN,
+                                                  "--out", locked / "base"]])
+    assert result.exit_code == 2 and "permission denied" in result.stderr and "epochs on" not in result.stdout
+
+
+def test_a_second_writer_to_the_same_out_is_refused_while_the_first_holds_it(run, tmp_path):
+    from freshsid.artifacts import output_lock
+
+    out = tmp_path / "aligned"
+    with output_lock(out):
+        result = runner.invoke(app, ["sids", "align", str(run["dir"] / "legacy"), str(run["dir"] / "refreshed"),
+                                     "--out", str(out)])
+    assert result.exit_code == 2 and "Another freshsid command is writing" in result.stderr and not out.exists()
+    invoke("sids", "align", run["dir"] / "legacy", run["dir"] / "refreshed", "--out", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligned"]  # no lock, temporary or .old folder left
+
+
+def test_two_writer_processes_on_one_out_leave_one_valid_artifact(run, tmp_path):
+    """Two real processes write the same --out at once: each finishes or is refused with a
+    sentence; the folder ends up one valid artifact with nothing left beside it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "aligned"
+    (tmp_path / ".aligned.abc.tmp").mkdir()  # a killed writer's leftover: cleaned by the next write
+    args = [sys.executable, "-m", "freshsid.cli", "sids", "align", str(run["dir"] / "legacy"),
+            str(run["dir"] / "refreshed"), "--out", str(out)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert {code for code, _ in outcomes} <= {0, 2} and 0 in {code for code, _ in outcomes}
+    assert all("Traceback" not in err for _, err in outcomes)
+    assert all("Another freshsid command is writing" in err for code, err in outcomes if code == 2)
+    SidTable.load(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligned"]

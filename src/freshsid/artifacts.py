@@ -12,6 +12,8 @@ into place only when complete, so a crash never leaves a half-written artifact.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -103,35 +105,76 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def check_output(out: Path, *, marker: str = MANIFEST) -> Path:
+    """Refuse, before any work starts, an output folder this command must not write: a
+    path naming no folder of its own, an existing file, a folder holding files that
+    are not freshsid's (no ``marker`` file in it), or a place without write permission."""
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise FreshsidError(f"Output path {out} names no folder of its own; pass a new folder name, e.g. runs/out.")
+    if out.exists() and not out.is_dir():
+        raise FreshsidError(f"Output path {out} exists and is not a folder; choose another --out.")
+    if out.is_dir() and not (out / marker).is_file() and any(out.iterdir()):
+        raise FreshsidError(f"Output folder {out} holds files that freshsid did not write; choose another --out "
+                            "(nothing there was touched).")
+    place = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise FreshsidError(f"Cannot write in {place} (permission denied); choose another --out.")
+    return out
+
+
 @contextlib.contextmanager
-def artifact_dir(out: Path, *, overwrite: bool = True) -> Iterator[Path]:
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold the lock of ``out`` (a hidden file beside it): a second writer is refused."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FreshsidError(f"Another freshsid command is writing {out} now; wait for it to finish or choose "
+                                "another --out.") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # while still held: a writer that opens it afresh comes after us
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def artifact_dir(out: Path) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it replaces ``out`` atomically.
 
     The caller writes its files and then calls :func:`finish_manifest` on the
-    temporary folder. If the block raises, nothing at ``out`` changes.
+    temporary folder. If the block raises, nothing at ``out`` changes. ``out`` is only
+    replaced if it is a freshsid artifact; a second writer to it is refused; the
+    temporary folders a killed writer left beside it are removed.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FreshsidError(f"Output path {out} exists and is not a folder; choose another --out.")
-    if out.exists() and not overwrite and any(out.iterdir()):
-        raise FreshsidError(f"Output folder {out} is not empty; remove it or choose another --out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the artifact gets the usual mode
-    try:
-        yield tmp
-        if not (tmp / MANIFEST).exists():
-            raise RuntimeError("artifact_dir block finished without writing a manifest")
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = check_output(out)
+    with output_lock(out):
+        for leftover in out.parent.glob(f".{glob.escape(out.name)}.*"):
+            if leftover.is_dir() and leftover.suffix in (".tmp", ".old"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the artifact gets the usual mode
+        try:
+            yield tmp
+            if not (tmp / MANIFEST).exists():
+                raise RuntimeError("artifact_dir block finished without writing a manifest")
+            if out.exists():
+                trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+                os.replace(out, trash / "old")
+                os.replace(tmp, out)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def finish_manifest(folder: Path, **fields: Any) -> Manifest:

@@ -159,7 +159,24 @@ PresetOpt = Annotated[
     str,
     typer.Option("--preset", help="Size preset: tiny, cpu or paper (freshsid.config.PRESETS)."),
 ]
-OutOpt = Annotated[Path, typer.Option("--out", help="Output artifact folder (replaced atomically).", show_default=False)]
+def _artifact_out(out: Path | None) -> Path | None:
+    from freshsid.artifacts import check_output
+
+    return None if out is None else check_output(out)
+
+
+def _run_out(out: Path | None) -> Path | None:
+    from freshsid.artifacts import check_output
+    from freshsid.evaluate.stages import STAGES_FILE
+
+    return None if out is None else check_output(out, marker=STAGES_FILE)
+
+
+# Output folders are checked when the options are parsed, before any work starts.
+OutOpt = Annotated[Path, typer.Option("--out", help="Output artifact folder (replaced atomically).", show_default=False,
+                                      callback=_artifact_out)]
+RunOutOpt = Annotated[Path, typer.Option("--out", help="Run folder: stages are cached there, so a rerun resumes.",
+                                         show_default=False, callback=_run_out)]
 SidsOpt = Annotated[Path, typer.Option("--sids", help="A SidTable folder (sids build / sids align).", show_default=False)]
 CheckpointOpt = Annotated[
     Path, typer.Option("--checkpoint", help="A retriever checkpoint folder (retriever train / finetune).", show_default=False)

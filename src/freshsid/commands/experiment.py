@@ -16,7 +16,7 @@ from freshsid.commands.common import (
     JsonOpt,
     KsOpt,
     MaxUsersOpt,
-    OutOpt,
+    RunOutOpt,
     configure,
     data_options,
     experiment_preset,
@@ -83,7 +83,7 @@ def staleness(
 @data_options()
 def experiment(
     data: DataSource,
-    out: OutOpt,
+    out: RunOutOpt,
     preset: Annotated[str | None, typer.Option("--preset", help="Size preset: tiny, cpu or paper (default: cpu; freshsid.config.PRESETS).")] = None,
     config_file: Annotated[Path | None, typer.Option("--config", help="A JSON or TOML experiment config, or a results.json to repeat its run.")] = None,
     policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: all), e.g. Base,FT-old,Full.")] = None,
@@ -129,7 +129,7 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
+    out: RunOutOpt = Path("runs/demo"),
     max_eval_users: MaxEvalUsersOpt = None,
 ) -> None:
     """The whole experiment on the bundled synthetic drifting catalog, with the tiny preset.

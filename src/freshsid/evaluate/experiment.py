@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from freshsid.artifacts import Manifest, read_manifest, write_json_atomic
+from freshsid.artifacts import Manifest, output_lock, read_manifest, write_json_atomic
 from freshsid.config import ExperimentConfig
 from freshsid.data.interactions import Interactions
 from freshsid.data.stats import dataset_stats
@@ -209,6 +209,10 @@ class Experiment:
         return self.cache.record(self.layout.staleness, build, key)
 
     def run(self) -> dict[str, Any]:
+        with output_lock(self.out):  # one writer per run folder
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
         rows = [policy(label) for label in self.config.policies]
         results = {

@@ -19,6 +19,7 @@ from freshsid.errors import FreshsidError
 from freshsid.policies import ModelSpec, Policy, Start
 
 T = TypeVar("T")
+STAGES_FILE = "stages.json"  # what marks a folder as an experiment run
 
 
 class RunLayout:
@@ -62,7 +63,7 @@ class StageCache:
     def __init__(self, layout: RunLayout, log: Callable[[str], None] = print) -> None:
         self.layout, self.log = layout, log
         layout.root.mkdir(parents=True, exist_ok=True)
-        self._file = layout.root / "stages.json"
+        self._file = layout.root / STAGES_FILE
         self._keys: dict[str, str] = json.loads(self._file.read_text()) if self._file.exists() else {}
 
     def get(self, stage: str, key: Any, build: Callable[[Path], T], load: Callable[[Path], T]) -> T:
