@@ -233,6 +233,17 @@ def test_store_round_trip(tmp_path):
     assert load_embedding_items(tmp_path / "emb").tolist() == [0, 2, 5]
 
 
+def reseal(folder, change) -> None:
+    """Edit an artifact's manifest as a careful tamperer would: change it, then recompute its digest."""
+    from freshsid.artifacts import Manifest
+
+    data = json.loads((folder / "manifest.json").read_text())
+    change(data)
+    manifest = Manifest.model_validate(data)
+    data["digest"] = manifest.expected_digest
+    (folder / "manifest.json").write_text(json.dumps(data))
+
+
 def test_store_refuses_tampered_files(tmp_path):
     out = tmp_path / "emb"
     save_embeddings(out, np.ones((3, 2)), kind="content", config={}, seed=None, inputs={}, compute={}, window="")
@@ -243,7 +254,20 @@ def test_store_refuses_tampered_files(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["info"]["dim"] = 5
     (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FreshsidError, match="its own digest"):
+        load_embeddings(out)
+    # one that also recomputes the digest (it is a checksum, not a signature) meets the shape check
+    reseal(out, lambda m: m["info"].update(dim=5))
     with pytest.raises(FreshsidError, match="manifest says"):
+        load_embeddings(out)
+    # a manifest that drops the vectors' entry, or lists a file outside the folder, is refused
+    save_embeddings(out, np.ones((3, 2)), kind="content", config={}, seed=None, inputs={}, compute={}, window="")
+    reseal(out, lambda m: m["files"].pop("embeddings.npy"))
+    with pytest.raises(FreshsidError, match="does not list embeddings.npy"):
+        load_embeddings(out)
+    save_embeddings(out, np.ones((3, 2)), kind="content", config={}, seed=None, inputs={}, compute={}, window="")
+    reseal(out, lambda m: m["files"].update({"../../etc/hostname": "0" * 64}))
+    with pytest.raises(FreshsidError, match="not a file of the folder itself"):
         load_embeddings(out)
     with pytest.raises(FreshsidError, match="sorted"):
         save_embeddings(out, np.ones((3, 2)), kind="content", config={}, seed=None, inputs={}, compute={}, window="",

@@ -83,3 +83,26 @@ def test_suffix_too_small_is_a_clear_error():
     items = np.arange(len(X))
     with pytest.raises(FreshsidError, match="suffix"):
         build_table(X, items, items.astype(str), SidConfig(tokenizer="rqkmeans", n_levels=1, codebook_size=4, suffix_size=8), window="0:8")
+
+
+def test_load_refuses_float_codes_even_under_a_resealed_manifest(tmp_path):
+    """Codes written as floats would be truncated silently: the column types are checked."""
+    import json
+
+    import polars as pl
+
+    from freshsid.artifacts import Manifest, file_sha256
+
+    items = np.arange(100)
+    table, _ = build_table(blobs(n=100), items, items.astype(str),
+                           SidConfig(tokenizer="rqkmeans", n_levels=2, codebook_size=4, suffix_size=64), window="0:8")
+    table.save(tmp_path / "t")
+    path = tmp_path / "t" / "sids.parquet"
+    frame = pl.read_parquet(path)
+    frame.with_columns(pl.col("c0").cast(pl.Float64) + 0.4).write_parquet(path)
+    data = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    data["files"]["sids.parquet"] = file_sha256(path)
+    data["digest"] = Manifest.model_validate(data).expected_digest
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(FreshsidError, match="column types"):
+        SidTable.load(tmp_path / "t")

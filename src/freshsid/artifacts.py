@@ -32,7 +32,7 @@ from freshsid.errors import FreshsidError
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the manifest carries its own digest; file names are plain
 
 
 class Manifest(BaseModel):
@@ -50,6 +50,12 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict)  # file name -> sha256
     info: dict[str, Any] = Field(default_factory=dict)  # free-form summary numbers
     created: float = Field(default_factory=time.time)
+    digest: str = ""  # SHA-256 of every other field: an edited config or info is refused
+
+    @property
+    def expected_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json", exclude={"digest"}), sort_keys=True,
+                                         default=str).encode()).hexdigest()
 
     @property
     def fingerprint(self) -> str:
@@ -186,12 +192,15 @@ def finish_manifest(folder: Path, **fields: Any) -> Manifest:
         if p.is_file() and p.name != MANIFEST
     }
     manifest = Manifest(files=files, **fields)
+    manifest = manifest.model_copy(update={"digest": manifest.expected_digest})
     write_json_atomic(folder / MANIFEST, manifest.model_dump(mode="json"))
     return manifest
 
 
-def read_manifest(folder: Path, kind: str | None = None, *, verify: bool = True) -> Manifest:
-    """Read and check an artifact's manifest: kind, schema version and file hashes."""
+def read_manifest(folder: Path, kind: str | None = None, *, verify: bool = True, require: tuple[str, ...] = ()) -> Manifest:
+    """Read and check an artifact's manifest: kind, schema version, its own digest, file
+    names (plain names inside the folder), file hashes, and that it lists every file in
+    ``require`` (the files its loader will read)."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -207,6 +216,14 @@ def read_manifest(folder: Path, kind: str | None = None, *, verify: bool = True)
         raise FreshsidError(
             f"{folder} has schema version {manifest.schema_version}, this freshsid reads {SCHEMA_VERSION}; rebuild it."
         )
+    if manifest.digest != manifest.expected_digest:
+        raise FreshsidError(f"{path} does not match its own digest (edited by hand?); rebuild {folder}.")
+    for name in manifest.files:
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise FreshsidError(f"{path} lists {name!r}, which is not a file of the folder itself; rebuild {folder}.")
+    unlisted = [name for name in require if name not in manifest.files]
+    if unlisted:
+        raise FreshsidError(f"{path} does not list {', '.join(unlisted)}, which freshsid reads; rebuild {folder}.")
     if verify:
         for name, digest in manifest.files.items():
             file = folder / name

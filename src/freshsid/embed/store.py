@@ -71,7 +71,7 @@ def save_embeddings(
 def load_embeddings(folder: Path | str) -> tuple[np.ndarray, Manifest]:
     """(n_items, dim) float32 vectors and the manifest; the files are checked against it."""
     folder = Path(folder)
-    manifest = read_manifest(folder, KIND)
+    manifest = read_manifest(folder, KIND, require=(VECTORS, ITEMS))
     vectors = np.load(folder / VECTORS, allow_pickle=False)
     expected = (manifest.info.get("n_items"), manifest.info.get("dim"))
     if vectors.dtype != np.float32 or vectors.shape != expected:
@@ -93,7 +93,7 @@ def load_model_state(folder: Path | str) -> dict[str, np.ndarray]:
 def load_embedding_items(folder: Path | str) -> np.ndarray:
     """(n_covered,) sorted item indices whose rows of ``embeddings.npy`` are meaningful."""
     folder = Path(folder)
-    manifest = read_manifest(folder, KIND)
+    manifest = read_manifest(folder, KIND, require=(ITEMS,))
     items = np.load(folder / ITEMS, allow_pickle=False)
     if len(items) != manifest.info.get("n_covered"):
         said = manifest.info.get("n_covered")

@@ -433,7 +433,7 @@ def load_checkpoint(
     expected_shape: tuple[int, ...] | None = None,
 ) -> tuple[Retriever, Manifest]:
     """Load a retriever; ``expected_shape`` (codebook sizes of the SidTable to use) must match."""
-    manifest = read_manifest(Path(folder), CHECKPOINT_KIND)
+    manifest = read_manifest(Path(folder), CHECKPOINT_KIND, require=(WEIGHTS_FILE,))
     try:
         config = RetrieverConfig.model_validate(manifest.config)
     except ValueError as exc:

@@ -153,12 +153,22 @@ class SidTable:
     def load(cls, folder: Path) -> SidTable:
         """Read and validate a table; refuses corrupted or inconsistent ones."""
         folder = Path(folder)
-        manifest = read_manifest(folder, KIND)
-        sizes = tuple(int(s) for s in manifest.config["codebook_sizes"])
-        frame = pl.read_parquet(folder / TABLE_FILE)
+        manifest = read_manifest(folder, KIND, require=(TABLE_FILE,))
+        try:
+            sizes = tuple(int(s) for s in manifest.config["codebook_sizes"])
+        except (KeyError, TypeError, ValueError):
+            raise FreshsidError(f"{folder} has no valid codebook_sizes in its manifest; rebuild the table.") from None
+        try:
+            frame = pl.read_parquet(folder / TABLE_FILE)
+        except Exception as exc:  # noqa: BLE001 - polars raises several types for a damaged file
+            raise FreshsidError(f"{folder / TABLE_FILE} cannot be read ({type(exc).__name__}); rebuild the table.") from None
         expected = ["item", "item_id", *[f"c{d}" for d in range(len(sizes))]]
         if frame.columns != expected:
             raise FreshsidError(f"{folder / TABLE_FILE} has columns {frame.columns}, expected {expected}; rebuild the table.")
+        types = [frame.schema[c] for c in expected]
+        if not (types[0].is_integer() and types[1] == pl.String and all(t.is_integer() for t in types[2:])):
+            raise FreshsidError(f"{folder / TABLE_FILE} has column types {[str(t) for t in types]}, expected integer "
+                                "item and codes and a string item_id; rebuild the table.")
         codes = frame.select(expected[2:]).to_numpy().astype(np.int32)
         table = cls(
             items=frame["item"].to_numpy(),
