@@ -106,6 +106,10 @@ CASES = [
     ("missing-data-dir", args("amazon-beauty", "--data-dir", "{tmp}/nodata"), "nodata", ["--data-dir", "FRESHSID_DATA"]),
     ("dataset-and-logs", args("amazon-beauty", "--logs", "{tmp}/x.csv"), "amazon-beauty", ["pass one of them"]),
     ("bad-columns-option", args("--logs", "{tmp}/x.csv", "--columns", "a,b"), "--columns", ["three columns"]),
+    ("repeated-column-name", text("logs.csv", "user_id,item_id,timestamp,item_id\n" + GOOD.replace("\n", ",x\n")),
+     "logs.csv", ["repeats column names", "'item_id' in columns 2, 4"]),
+    ("nul-in-a-user-id", text("logs.csv", HEADER + GOOD + "u\x003,c,300\n"), "logs.csv", ["line 4", "control character"]),
+    ("escape-in-an-item-id", text("logs.csv", HEADER + "u1,a\x1b[31m,100\n" + GOOD), "logs.csv", ["line 2", "item id"]),
 ]
 
 

@@ -177,6 +177,10 @@ def _clean_ids(frame: pl.DataFrame, column: str, source: Source) -> pl.Series:
         empty = values.is_null() | (values == "")
         if empty.any():
             raise FreshsidError(_null_problem(source, _first_row(frame, empty), what))
+        control = values.str.contains(r"[\x00-\x1f\x7f]")
+        if control.any():
+            raise FreshsidError(f"{source.where(_first_row(frame, control))} has a control character (such as NUL) in "
+                                f"its {what}; ids must be printable text.")
         if values.str.contains(CANONICAL_INT).all():
             values = values.cast(pl.Int64)
         return values.alias(column)

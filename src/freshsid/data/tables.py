@@ -196,6 +196,11 @@ def read_header(source: Source) -> list[str]:
         assert source.data is not None
         first = _first_line(source.path, source.data)
         names = next(csv.reader([first], delimiter=source.separator), [])
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        where = "; ".join(f"{name!r} in columns {', '.join(str(i + 1) for i, n in enumerate(names) if n == name)}"
+                          for name in repeated)
+        raise FreshsidError(f"{source.path} header repeats column names ({where}); give every column its own name.")
     source.n_fields = len(names)
     return names
 
