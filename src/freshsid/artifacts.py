@@ -111,6 +111,18 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn any failure to decode ``path`` (a damaged parquet, npy or safetensors file
+    whose manifest was updated with it) into one sentence instead of a traceback."""
+    try:
+        yield
+    except FreshsidError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each reader raises its own types for damaged bytes
+        raise FreshsidError(f"{path} cannot be read ({type(exc).__name__}); rebuild the artifact that holds it.") from None
+
+
 def check_output(out: Path, *, marker: str = MANIFEST) -> Path:
     """Refuse, before any work starts, an output folder this command must not write: a
     path naming no folder of its own, an existing file, a folder holding files that

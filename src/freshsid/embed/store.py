@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, read_manifest
+from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, read_manifest, reading
 from freshsid.errors import FreshsidError
 
 KIND = "embeddings"
@@ -72,7 +72,8 @@ def load_embeddings(folder: Path | str) -> tuple[np.ndarray, Manifest]:
     """(n_items, dim) float32 vectors and the manifest; the files are checked against it."""
     folder = Path(folder)
     manifest = read_manifest(folder, KIND, require=(VECTORS, ITEMS))
-    vectors = np.load(folder / VECTORS, allow_pickle=False)
+    with reading(folder / VECTORS):
+        vectors = np.load(folder / VECTORS, allow_pickle=False)
     expected = (manifest.info.get("n_items"), manifest.info.get("dim"))
     if vectors.dtype != np.float32 or vectors.shape != expected:
         raise FreshsidError(
@@ -87,14 +88,16 @@ def load_model_state(folder: Path | str) -> dict[str, np.ndarray]:
     manifest = read_manifest(folder, KIND)
     if STATE not in manifest.files:
         raise FreshsidError(f"{folder} holds no model weights to warm-start from; rebuild it with this version of freshsid.")
-    return load_file(str(folder / STATE))
+    with reading(folder / STATE):
+        return load_file(str(folder / STATE))
 
 
 def load_embedding_items(folder: Path | str) -> np.ndarray:
     """(n_covered,) sorted item indices whose rows of ``embeddings.npy`` are meaningful."""
     folder = Path(folder)
     manifest = read_manifest(folder, KIND, require=(ITEMS,))
-    items = np.load(folder / ITEMS, allow_pickle=False)
+    with reading(folder / ITEMS):
+        items = np.load(folder / ITEMS, allow_pickle=False)
     if len(items) != manifest.info.get("n_covered"):
         said = manifest.info.get("n_covered")
         raise FreshsidError(f"{folder / ITEMS} lists {len(items)} items, its manifest says {said}; rebuild {folder}.")

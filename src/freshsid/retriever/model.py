@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, read_manifest
+from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, read_manifest, reading
 from freshsid.config import PROTOCOL, RETRIEVER_SIZES
 from freshsid.errors import FreshsidError
 from freshsid.sid.table import sid_shape_fingerprint
@@ -447,6 +447,7 @@ def load_checkpoint(
             "use the SidTable it was trained with (or an aligned one of the same shape)."
         )
     model = Retriever(config)
-    model.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)))
+    with reading(Path(folder) / WEIGHTS_FILE):
+        model.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)))
     model.eval()
     return model, manifest

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 from safetensors.numpy import load_file, save_file
 
-from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, fingerprint_of, read_manifest
+from freshsid.artifacts import Manifest, artifact_dir, finish_manifest, fingerprint_of, read_manifest, reading
 from freshsid.errors import FreshsidError
 from freshsid.sid.trie import SidTrie
 
@@ -158,10 +158,8 @@ class SidTable:
             sizes = tuple(int(s) for s in manifest.config["codebook_sizes"])
         except (KeyError, TypeError, ValueError):
             raise FreshsidError(f"{folder} has no valid codebook_sizes in its manifest; rebuild the table.") from None
-        try:
+        with reading(folder / TABLE_FILE):
             frame = pl.read_parquet(folder / TABLE_FILE)
-        except Exception as exc:  # noqa: BLE001 - polars raises several types for a damaged file
-            raise FreshsidError(f"{folder / TABLE_FILE} cannot be read ({type(exc).__name__}); rebuild the table.") from None
         expected = ["item", "item_id", *[f"c{d}" for d in range(len(sizes))]]
         if frame.columns != expected:
             raise FreshsidError(f"{folder / TABLE_FILE} has columns {frame.columns}, expected {expected}; rebuild the table.")
@@ -185,7 +183,7 @@ class SidTable:
                 "stats": manifest.info.get("stats", {}),
                 "fingerprint": manifest.fingerprint,
             },
-            tokenizer_state=load_file(str(folder / TOKENIZER_FILE)) if TOKENIZER_FILE in manifest.files else None,
+            tokenizer_state=_tokenizer_state(folder) if TOKENIZER_FILE in manifest.files else None,
         )
         bad = (codes < 0) | (codes >= np.array(sizes)[None, :])
         if bad.any():
@@ -195,3 +193,8 @@ class SidTable:
         if len(np.unique(codes, axis=0)) != len(codes):
             raise FreshsidError(f"{folder} has duplicate SIDs; rebuild it with a larger suffix size.")
         return table
+
+
+def _tokenizer_state(folder: Path) -> dict[str, np.ndarray]:
+    with reading(folder / TOKENIZER_FILE):
+        return load_file(str(folder / TOKENIZER_FILE))
