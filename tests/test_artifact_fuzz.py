@@ -65,3 +65,23 @@ def test_loaders_load_or_refuse_damaged_files(artifacts, tmp_path_factory, kind,
         LOADERS[kind](folder)
     except FreshsidError as exc:
         assert "\n" not in str(exc)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                           max_leaves=12)
+config_keys = st.sampled_from(["preset", "beam", "ks", "policies", "sasrec", "protocol", "refresh", "finetune_seeds", "x"])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=64), st.dictionaries(config_keys, json_values, max_size=4).map(
+    lambda d: json.dumps(d).encode())), suffix=st.sampled_from([".json", ".toml"]))
+def test_the_config_loader_loads_or_refuses_anything(tmp_path_factory, data, suffix):
+    from freshsid.config import ExperimentConfig, load_config
+
+    path = tmp_path_factory.mktemp("config") / f"c{suffix}"
+    path.write_bytes(data)
+    try:
+        assert isinstance(load_config(path), ExperimentConfig)
+    except FreshsidError as exc:
+        assert "\n" not in str(exc)

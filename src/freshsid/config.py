@@ -282,7 +282,7 @@ def load_config(path: Path) -> ExperimentConfig:
     if not isinstance(data, dict):
         raise FreshsidError(f"{path} does not hold a table of settings; pass a JSON object or a TOML document.")
     name = data.get("preset", "cpu")
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise FreshsidError(f"Invalid setting in {path}: preset {name!r} is not one of {', '.join(PRESETS)}; fix the file.")
     try:
         return ExperimentConfig.model_validate(_merge(preset(name).model_dump(mode="json"), data))

@@ -169,7 +169,10 @@ def report(
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not valid JSON"
         raise FreshsidError(f"Cannot read {results_json} ({reason}); pass a results.json written by freshsid experiment.") from None
-    if not isinstance(results, dict) or not isinstance(results.get("policies"), dict) or not results["policies"]:
+    policies = results.get("policies") if isinstance(results, dict) else None
+    if not isinstance(policies, dict) or not policies or not all(
+        isinstance(p, dict) and isinstance(p.get("metrics", {}), dict) for p in policies.values()
+    ):
         raise FreshsidError(f"{results_json} is not an experiment's results.json; pass the one freshsid experiment wrote.")
     for path in write_report(results, out):
         typer.echo(str(path))

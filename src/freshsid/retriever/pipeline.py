@@ -147,6 +147,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Recall@K / nDCG@K on the test window; decoding allows the items seen in ``allowed``."""
     examples = sample_users(split.examples(test, max_history=model.config.max_history), max_users)
+    if len(examples) == 0:
+        raise FreshsidError(f"No user has an event in parts {test} and an earlier one to recommend from; "
+                            "choose a later test window.")
     ranked, _ = recommend(
         model, table, examples.inputs, examples.users, allowed_items=split.allowed_items(allowed),
         top_k=max(ks), beam=beam,
