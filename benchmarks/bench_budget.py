@@ -94,8 +94,9 @@ def main() -> None:
     logs = load_dataset(args.dataset)
     reference = Experiment(logs, config.model_copy(update={"policies": ("Base", "Full")}), args.out)
     rows = rows_of(reference.run(), None, None)
-    for schedule in args.schedules.split(","):
-        for epochs in map(int, args.epochs.split(",")):
+    # Budgets in increasing order, both schedules at each: a study cut short still compares them.
+    for epochs in map(int, args.epochs.split(",")):
+        for schedule in args.schedules.split(","):
             study = config.model_copy(update={"policies": STUDIED, "finetune": schedule_config(config.finetune, schedule, epochs)})
             rows += rows_of(Experiment(logs, study, args.out, variant=f"{schedule}-{epochs}").run(), schedule, epochs)
             write_json_atomic(args.out / "budget.json", {"config": config.model_dump(mode="json"), "rows": rows})
