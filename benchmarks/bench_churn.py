@@ -64,7 +64,7 @@ def main() -> None:
     split = TemporalSplit(load_dataset(args.dataset), config.protocol.n_parts)
     layout = RunLayout(args.run)
     legacy = CollabSids.load(layout.path(layout.legacy)).table
-    aligned = Refresh.load(layout.path(layout.refresh), config.refresh).aligned[args.method]
+    aligned = Refresh.load(layout.path(layout.refresh), config.recipe).aligned[args.method]
     common = np.intersect1d(aligned.items, legacy.items)
     gap_items = np.intersect1d(np.unique(split.logs.item[split.events(config.protocol.gap)]), common)
     rng = np.random.default_rng(0)

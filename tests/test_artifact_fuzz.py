@@ -70,7 +70,7 @@ def test_loaders_load_or_refuse_damaged_files(artifacts, tmp_path_factory, kind,
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
                            max_leaves=12)
-config_keys = st.sampled_from(["preset", "beam", "ks", "policies", "sasrec", "protocol", "refresh", "finetune_seeds", "x"])
+config_keys = st.sampled_from(["preset", "beam", "ks", "policies", "sasrec", "protocol", "recipe", "finetune_seeds", "x"])
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

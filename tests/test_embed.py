@@ -301,3 +301,19 @@ def test_warm_start_continues_from_the_given_weights(chain_logs, fitted, tmp_pat
     save_embeddings(content, np.ones((3, 2)), kind="content", config={}, seed=None, inputs={}, compute={}, window="")
     with pytest.raises(FreshsidError, match="no model weights"):
         load_model_state(content)
+
+
+def test_last_events_keeps_each_users_last_n_in_time_order():
+    from freshsid.embed.collab import last_events
+
+    user = np.array([0, 1, 0, 0, 2, 1, 0])
+    np.testing.assert_array_equal(last_events(user, 2), [False, True, False, True, True, True, True])
+    assert last_events(user, 10).all() and not last_events(user, 0).any()
+
+
+def test_bce_on_last_sequences_trains_and_flags_its_items(chain_logs):
+    logs, train = chain_logs
+    config = TINY.model_copy(update={"loss": "bce", "sequences": "last", "max_epochs": 2, "valid_users": 0})
+    model = SASRec(config, random_state=0, progress=False).fit(logs, train)
+    assert np.isfinite([h["loss"] for h in model.history_]).all() and model.epochs_run_ == 2
+    assert model.trained_items_.any() and model.flops_ > 0

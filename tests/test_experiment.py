@@ -167,7 +167,7 @@ def test_warm_refresh_with_seeds_reuses_the_legacy_stages_and_pairs_the_seeds(ru
     legacy stages come from the cache; the refreshed ones continue from the legacy models."""
     experiment, cold = run
     shutil.copytree(experiment.out, tmp_path / "run")
-    config = experiment.config.model_copy(update={"refresh": "warm", "finetune_seeds": (0, 1),
+    config = experiment.config.model_copy(update={"recipe": "warm", "finetune_seeds": (0, 1),
                                                   "policies": ("Base", "FT-old", "FT-aligned (hungarian)")})
     warm = Experiment(experiment.logs, config, tmp_path / "run", show_progress=False)
     built = []
@@ -225,3 +225,22 @@ def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
         strip = lambda r: {n: {k: v for k, v in p.items() if k not in timings} if isinstance(p, dict) else p  # noqa: E731
                            for n, p in r[key].items()}
         assert strip(runs[0]) == strip(runs[1]), key
+
+
+@pytest.mark.parametrize("name", ["warm", "stable", "paper"])  # cold is the module's main run
+def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
+    from freshsid.config import RECIPES
+
+    config = tiny_config(policies=("Base", "FT-old", "FT-aligned (hungarian)"), recipe=name)
+    experiment = Experiment(logs, config, tmp_path / "run", show_progress=False)
+    experiment.log = lambda _: None
+    results = experiment.run()
+    assert violations(experiment, results) == []
+    recipe = RECIPES[name]
+    legacy = read_manifest(experiment.out / "legacy/embeddings")
+    refreshed = read_manifest(experiment.out / "refresh/embeddings")
+    sasrec, sid = recipe.refresh_configs(config.sasrec, config.sid)
+    assert refreshed.config == sasrec.model_dump() and legacy.config == recipe.legacy_configs(config.sasrec, config.sid)[0].model_dump()
+    assert SidTable.load(experiment.out / "refresh/sids").meta["tokenizer"]["kind"] == sid.tokenizer
+    if recipe.warm_tokenizer:  # a refresh that continues the legacy models keeps more codes than chance
+        assert results["alignment"]["hungarian"]["levels"][0]["kept_before"] > 1 / config.sid.codebook_size

@@ -77,8 +77,13 @@ class SASRecConfig(BaseModel):
     max_length: int = Field(50, ge=2)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     # Sampled softmax reached ~0.95x the validation recall of the full softmax at ~1/4 of the FLOPs on Beauty.
-    loss: Literal["softmax", "sampled_softmax"] = "sampled_softmax"
+    # bce: binary cross-entropy of the next item against one uniform negative (the reference
+    # implementation's loss)
+    loss: Literal["softmax", "sampled_softmax", "bce"] = "sampled_softmax"
     n_negatives: int = Field(1024, ge=1)  # sampled_softmax only
+    # all: every user's whole history, in windows of max_length + 1; last: only each user's
+    # last max_length + 1 items (one training sequence per user, as the reference does)
+    sequences: Literal["all", "last"] = "all"
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(3e-3, gt=0.0)
     max_epochs: int = Field(200, ge=1)
@@ -141,22 +146,55 @@ class TrainConfig(BaseModel):
 
 
 class Recipe(BaseModel):
-    """How a refresh is made: what it continues from the legacy build."""
+    """How collaborative SIDs are built and refreshed: settings over the run's SASRec and
+    tokenizer configs (for the legacy build and the refresh alike), what the refresh
+    continues from the legacy build, and settings for the refresh alone."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    warm_embeddings: bool  # the refreshed SASRec starts from the legacy SASRec's weights
-    warm_tokenizer: bool  # the refreshed tokenizer starts from the legacy tokenizer's state
     description: str
+    sasrec: dict[str, Any] = {}
+    sid: dict[str, Any] = {}
+    warm_embeddings: bool = False  # the refreshed SASRec starts from the legacy SASRec's weights
+    warm_tokenizer: bool = False  # the refreshed tokenizer starts from the legacy tokenizer's state
+    refresh_sasrec: dict[str, Any] = {}
+    refresh_sid: dict[str, Any] = {}
+
+    def legacy_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
+        """The SASRec and tokenizer configs of the legacy build under this recipe."""
+        return _override(sasrec, self.sasrec), _override(sid, self.sid)
+
+    def refresh_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
+        """The SASRec and tokenizer configs of the refresh under this recipe."""
+        legacy_sasrec, legacy_sid = self.legacy_configs(sasrec, sid)
+        return _override(legacy_sasrec, self.refresh_sasrec), _override(legacy_sid, self.refresh_sid)
+
+
+def _override(config: BaseModel, changes: dict[str, Any]) -> Any:
+    return type(config).model_validate({**config.model_dump(), **changes}) if changes else config
 
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe(name="cold", warm_embeddings=False, warm_tokenizer=False,
-               description="a new SASRec and a new tokenizer on the refresh window (the reference protocol)"),
+        Recipe(name="cold", description="a new SASRec and a new tokenizer on the refresh window (the reference protocol)"),
         Recipe(name="warm", warm_embeddings=True, warm_tokenizer=True,
-               description="SASRec and tokenizer both continue from the legacy ones on the refresh window"),
+               description="SASRec continues from the legacy one (early-stopped), the legacy tokenizer codes its "
+                           "vectors (sid.warm_epochs of further fitting)"),
+        # Beyond the paper: move codes only where behaviour moved. The SASRec continues for a
+        # fixed small budget (no early stopping into a weaker model), the tokenizer continues
+        # from the legacy codebooks, then alignment.
+        Recipe(name="stable", warm_embeddings=True, warm_tokenizer=True,
+               refresh_sasrec={"max_epochs": 3, "valid_users": 0}, refresh_sid={"warm_epochs": 10},
+               description="SASRec continues 3 epochs from the legacy one, the tokenizer 10 epochs from the legacy "
+                           "codebooks"),
+        # The reference implementation's embeddings and tokenizer (sizes stay the preset's).
+        Recipe(name="paper", sasrec={"loss": "bce", "sequences": "last", "learning_rate": 1e-4, "n_layers": 2,
+                                     "n_heads": 2, "dropout": 0.3, "max_length": 20, "valid_users": 0,
+                                     "max_epochs": 200},
+               sid={"tokenizer": "rqkmeans", "epochs": None},
+               description="SASRec with BCE and one negative on each user's last 21 items, 200 epochs at lr 1e-4; "
+                           "residual k-means on the raw vectors; a cold refresh"),
     )
 }
 
@@ -187,8 +225,8 @@ class ExperimentConfig(BaseModel):
     max_eval_users: int | None = Field(None, gt=0)
     seed: int = 0
     threads: int = Field(2, gt=0)
-    # How the refreshed SIDs are made: a recipe of freshsid.sid.refresh.RECIPES.
-    refresh: str = "cold"
+    # How collaborative SIDs are built and refreshed: a name in RECIPES.
+    recipe: str = "cold"
     # Every fine-tuned policy is trained and scored once per seed (the same seeds for all,
     # so comparisons between them are paired); its metrics are the mean over seeds.
     finetune_seeds: tuple[int, ...] = Field((0,), min_length=1)
@@ -204,7 +242,7 @@ class ExperimentConfig(BaseModel):
             raise ValueError("no policy chosen")
         return policies
 
-    @field_validator("refresh")
+    @field_validator("recipe")
     @classmethod
     def _known_recipe(cls, name: str) -> str:
         if name not in RECIPES:

@@ -88,7 +88,7 @@ def experiment(
     config_file: Annotated[Path | None, typer.Option("--config", help="A JSON or TOML experiment config, or a results.json to repeat its run.")] = None,
     policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: all), e.g. Base,FT-old,Full.")] = None,
     max_eval_users: MaxEvalUsersOpt = None,
-    refresh: Annotated[str | None, typer.Option("--refresh", help=f"Refresh recipe: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help=f"How SIDs are built and refreshed: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}.")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds; every fine-tuned policy runs once per seed and reports the mean (default: 0).")] = None,
     validation: Annotated[bool, typer.Option("--validation", help="Run on the validation split (every window one part earlier: base [0, 7), gap [7, 8), scored on part 8), where settings are chosen; the last part is never read.")] = False,
 ) -> None:
@@ -98,7 +98,7 @@ def experiment(
 
     Example: freshsid experiment --dataset amazon-beauty --preset cpu --policies "Base,FT-old,FT-aligned (hungarian),Full" --out runs/beauty
 
-    Warm refresh, three fine-tuning seeds: freshsid experiment --dataset amazon-beauty --refresh warm --seeds 0,1,2 --out runs/beauty-warm
+    Warm refresh, three fine-tuning seeds: freshsid experiment --dataset amazon-beauty --recipe warm --seeds 0,1,2 --out runs/beauty-warm
 
     Repeat a run from its results: freshsid experiment --dataset amazon-beauty --config runs/beauty/results.json --out runs/beauty-again
 
@@ -112,7 +112,7 @@ def experiment(
     if chosen == ():
         raise FreshsidError("--policies names no policy; pass a comma-separated list such as Base,FT-old,Full.")
     base = load_config(config_file) if config_file is not None else experiment_preset(preset or "cpu")
-    config = configure(base, policies=chosen, max_eval_users=max_eval_users, refresh=refresh,
+    config = configure(base, policies=chosen, max_eval_users=max_eval_users, recipe=recipe,
                        finetune_seeds=None if seeds is None else _seed_list(seeds),
                        protocol=base.protocol.validation() if validation else None)
     run_experiment(data.load(), config, out)

@@ -150,6 +150,9 @@ class SASRec:
         if valid is None and cfg.valid_users > 0:
             keep, valid = holdout_last(user, item, n_users=cfg.valid_users, length=cfg.max_length, rng=rng)
             user, item = user[keep], item[keep]
+        if cfg.sequences == "last":  # one training sequence per user: its last max_length + 1 items
+            keep = last_events(user, cfg.max_length + 1)
+            user, item = user[keep], item[keep]
         seqs = windows(user, item, length=cfg.max_length + 1)
         if len(seqs) == 0:
             raise FreshsidError(
@@ -257,6 +260,14 @@ class SASRec:
         table = self.model_.item_table
         if self.config.loss == "softmax":
             return F.cross_entropy(states @ table[candidates].T, target), len(candidates)
+        if self.config.loss == "bce":
+            # The positive against one uniform negative per position (SASRec's original loss).
+            negative = torch.from_numpy(rng.integers(0, len(candidates), size=len(target)))
+            positive_logit = (states * table[candidates[target]]).sum(-1)
+            negative_logit = (states * table[candidates[negative]]).sum(-1)
+            loss = F.binary_cross_entropy_with_logits(positive_logit, torch.ones_like(positive_logit)) + \
+                F.binary_cross_entropy_with_logits(negative_logit, torch.zeros_like(negative_logit))
+            return loss, 2
         # Sampled softmax with negatives shared by the batch; uniform sampling needs no logQ
         # correction. A negative that happens to be the target is masked out.
         negatives = torch.from_numpy(rng.integers(0, len(candidates), size=self.config.n_negatives))
@@ -308,6 +319,16 @@ class SASRec:
             scores = model(x)[:, -1] @ table.T  # (b, a)
             out[lo : lo + len(chunk), :top] = allowed[scores.topk(top, dim=1).indices.numpy()]
         return out
+
+
+def last_events(user: np.ndarray, n: int) -> np.ndarray:
+    """(len(user),) bool: True on each user's last ``n`` events (``user`` in time order)."""
+    order = np.argsort(user, kind="stable")
+    sorted_users = user[order]
+    ends = np.searchsorted(sorted_users, sorted_users, side="right")
+    keep = np.zeros(len(user), dtype=bool)
+    keep[order] = ends - np.arange(len(user)) <= n
+    return keep
 
 
 def holdout_last(

@@ -58,23 +58,23 @@ class Experiment:
     # ------------------------------------------------------------ SIDs
 
     def legacy(self) -> CollabSids:
-        """SASRec embeddings and the legacy SidTable, both on base."""
+        """SASRec embeddings and the legacy SidTable, both on base (with the recipe's settings)."""
         cfg, base = self.config, self.protocol.base
+        sasrec, sid = recipe(cfg.recipe).legacy_configs(cfg.sasrec, cfg.sid)
 
         def build(folder: Path) -> CollabSids:
-            built = build_collab_sids(self.split, base, sasrec=cfg.sasrec, sid=cfg.sid, seed=cfg.seed,
-                                      progress=self.progress)
+            built = build_collab_sids(self.split, base, sasrec=sasrec, sid=sid, seed=cfg.seed, progress=self.progress)
             self._score_sasrec(built, base)
             built.save(folder, self.logs.fingerprint)
             return built
 
-        key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(base), self._eval_key()]
+        key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(base), self._eval_key()]
         return self.cache.get(self.layout.legacy, key, build, CollabSids.load)
 
     def refreshed(self) -> Refresh:
         """SIDs rebuilt on base+gap with the configured recipe, and aligned to the legacy table."""
         cfg, window = self.config, self.protocol.window("base+gap")
-        legacy, how = self.legacy(), recipe(cfg.refresh)
+        legacy, how = self.legacy(), recipe(cfg.recipe)
 
         def build(folder: Path) -> Refresh:
             result = refresh(self.split, window, legacy, recipe=how, sasrec=cfg.sasrec, sid=cfg.sid, seed=cfg.seed,

@@ -123,7 +123,9 @@ def align_to_legacy(legacy: SidTable, refreshed: SidTable, methods: tuple[str, .
 
 def refresh(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe: Recipe, sasrec: SASRecConfig,
             sid: SidConfig, seed: int, methods: tuple[str, ...] = METHODS, progress: bool = True) -> Refresh:
-    """Rebuild collaborative SIDs on ``window`` as ``recipe`` says and align them to ``legacy``."""
+    """Rebuild collaborative SIDs on ``window`` as ``recipe`` says and align them to ``legacy``.
+    ``sasrec`` and ``sid`` are the run's configs; the recipe's settings for the refresh apply over them."""
+    sasrec, sid = recipe.refresh_configs(sasrec, sid)
     refreshed = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=seed, warm_from=legacy, recipe=recipe,
                                   progress=progress)
     return Refresh(recipe, refreshed, align_to_legacy(legacy.table, refreshed.table, methods))
