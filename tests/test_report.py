@@ -104,10 +104,13 @@ def test_compute_ratio_is_full_over_finetune(results):
     results["policies"]["FT-old"]["compute"]["retriever_flops"] = 3e11
     rows = _table_rows(render_markdown(results), "Compute")
     cells = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows[1:]}
-    assert cells["FT-old"][4] == f"{4.5e12 / 3e11:.1f}×"  # 15.0×
-    assert cells["FT-old"][5] == f"{450 / 50:.1f}×"
+    header = [c.strip() for c in rows[0].split("|")[2:-1]]
+    ratio = header.index("Full / this FLOPs")
+    assert cells["FT-old"][ratio] == f"{4.5e12 / 3e11:.1f}×"  # 15.0×
+    assert cells["FT-old"][ratio + 1] == f"{450 / 50:.1f}×"
     assert cells["FT-old"][0] == "3.000e+11"
-    assert cells["Full"][4] == "—" and cells["Base"][4] == "—"  # only fine-tunes get a ratio
+    assert cells["Full"][ratio] == "—" and cells["Base"][ratio] == "—"  # only fine-tunes get a ratio
+    assert header[2:6] == ["embedding FLOPs", "embedding s", "tokenizer FLOPs", "tokenizer s"]
 
 
 def test_headline_says_beats_and_compute_target(results):

@@ -130,11 +130,12 @@ def _compute_table(results: dict) -> str:
         finetune = policy.get("kind") == "finetune"
         ratio_f = _ratio(full_flops, flops) if finetune else None
         ratio_s = _ratio(full_secs, secs) if finetune else None
-        tok_flops, tok_secs = _compute(policy, "tokenizer_flops"), _compute(policy, "tokenizer_seconds")
-        tokenizer = [_fmt(tok_flops, ".3e"), _fmt(tok_secs, ".1f")]
+        sids = [_fmt(_compute(policy, f"{part}_{unit}"), ".3e" if unit == "flops" else ".1f")
+                for part in ("embedding", "tokenizer") for unit in ("flops", "seconds")]
         ratios = [MISSING if r is None else f"{r:.1f}×" for r in (ratio_f, ratio_s)]
-        body.append([name, _fmt(flops, ".3e"), _fmt(secs, ".1f"), *tokenizer, *ratios])
-    header = ["policy", "retriever FLOPs", "retriever s", "tokenizer FLOPs", "tokenizer s"]
+        body.append([name, _fmt(flops, ".3e"), _fmt(secs, ".1f"), *sids, *ratios])
+    header = ["policy", "retriever FLOPs", "retriever s", "embedding FLOPs", "embedding s", "tokenizer FLOPs",
+              "tokenizer s"]
     return _table([*header, "Full / this FLOPs", "Full / this s"], body)
 
 
