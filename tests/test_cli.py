@@ -25,6 +25,7 @@ EXPECTED = {
     ("data", "stats"), ("embed", "collab"), ("embed", "content"), ("sids", "build"), ("sids", "inspect"),
     ("sids", "align"), ("retriever", "train"), ("retriever", "finetune"), ("retriever", "eval"),
     ("retriever", "recommend"), ("staleness",), ("experiment",), ("demo",), ("report",),
+    ("release", "create"), ("release", "list"), ("release", "promote"), ("release", "rollback"),
 }
 DATA_OPTIONS = {"dataset", "data_dir", "logs", "items", "columns", "sep", "drop_duplicates"}
 
@@ -32,7 +33,7 @@ DATA_OPTIONS = {"dataset", "data_dir", "logs", "items", "columns", "sep", "drop_
 def test_the_walk_finds_every_command_and_sub_app():
     paths = set(command_paths())
     assert EXPECTED <= paths
-    assert {(), ("data",), ("embed",), ("sids",), ("retriever",)} <= paths
+    assert {(), ("data",), ("embed",), ("sids",), ("retriever",), ("release",)} <= paths
 
 
 def test_data_reading_commands_share_the_same_dataset_options():
@@ -46,7 +47,8 @@ def test_data_reading_commands_share_the_same_dataset_options():
         if names & DATA_OPTIONS:
             assert DATA_OPTIONS <= names, path
             readers.add(path)
-    assert readers == EXPECTED - {("sids", "align"), ("demo",), ("report",)}
+    assert readers == EXPECTED - {("sids", "align"), ("demo",), ("report",), ("release", "list"), ("release", "promote"),
+                                  ("release", "rollback")}
 
 
 @pytest.mark.parametrize("path", list(command_paths()), ids=lambda p: " ".join(p) or "freshsid")

@@ -18,6 +18,7 @@ from freshsid.data.registry import load_dataset
 from freshsid.data.synthetic import SyntheticConfig, write_synthetic
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.embed.store import load_embedding_items, load_embeddings
+from freshsid.errors import FreshsidError
 from freshsid.evaluate.experiment import Experiment
 from freshsid.retriever.model import load_checkpoint
 from freshsid.retriever.pipeline import evaluate
@@ -376,6 +377,13 @@ BAD = [
     ("finetune-on-a-table-of-another-shape", lambda r, o, w: ["retriever", "finetune", *o, "--checkpoint", r["dir"] / "base",
                                                               "--sids", r["dir"] / "other-shape", *TRAIN, "--out", w / "ft"],
      ["shape"]),
+    ("release-into-a-users-folder", lambda r, o, w: ["release", "create", *o, "--checkpoint", r["dir"] / "base", "--sids",
+                                                    r["dir"] / "legacy", "--out", user_folder(w / "mine")], ["mine"]),
+    ("release-of-another-shape", lambda r, o, w: ["release", "create", *o, "--checkpoint", r["dir"] / "base", "--sids",
+                                                  r["dir"] / "other-shape", "--out", w / "rel"], ["shape"]),
+    ("promote-a-bad-id", lambda r, o, w: ["release", "promote", w, "latest"], ["'latest'", "release id"]),
+    ("promote-an-absent-release", lambda r, o, w: ["release", "promote", w, "r0007"], ["no release r0007"]),
+    ("rollback-without-history", lambda r, o, w: ["release", "rollback", w], ["no earlier release"]),
     ("k-above-beam", lambda r, o, w: ["retriever", "recommend", *o, "--checkpoint", r["dir"] / "base", "--sids",
                                       r["dir"] / "legacy", "--user", "5", "--k", "30", "--beam", "20"], ["--beam 30"]),
 ]
@@ -457,3 +465,32 @@ def test_two_writer_processes_on_one_out_leave_one_valid_artifact(run, tmp_path)
     assert all("Another freshsid command is writing" in err for code, err in outcomes if code == 2)
     SidTable.load(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aligned"]
+
+
+def test_releases_create_list_promote_and_roll_back(run, data, tmp_path):
+    from freshsid.serve.release import Releases, load_release
+
+    opts, logs = data
+    d, root = run["dir"], tmp_path / "releases"
+    first = invoke("release", "create", *opts, "--checkpoint", d / "base", "--sids", d / "legacy", "--out", root, "--promote")
+    assert first.stdout.startswith("r0001 (current)")
+    invoke("release", "create", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned", "--out", root)
+    listed = json.loads(invoke("release", "list", root, "--json").stdout)
+    assert listed["current"] == "r0001" and [r["id"] for r in listed["releases"]] == ["r0001", "r0002"]
+    assert listed["releases"][1]["parent"] == "r0001"
+    assert (listed["releases"][1]["history"], listed["releases"][1]["target"]) == ("0:8", "8:9")
+    invoke("release", "promote", root, "r0002")
+    release = Releases(root).load_current()
+    assert release.id == "r0002" and release.table.content_hash == SidTable.load(d / "aligned").content_hash
+    titles = dict(zip(logs.items["item_id"].cast(str), logs.items["title"]))
+    assert release.catalog["title"].to_list() == [titles[i] for i in release.catalog["item_id"].to_list()]
+    assert invoke("release", "rollback", root).stdout.strip() == "current: r0001"
+    # a bundle whose files do not match its manifest cannot be promoted; the pointer stays
+    catalog = root / "releases" / "r0002" / "catalog.parquet"
+    catalog.write_bytes(catalog.read_bytes()[:-10])
+    refused = runner.invoke(app, ["release", "promote", str(root), "r0002"])
+    assert refused.exit_code == 2 and "catalog.parquet" in refused.stderr and Releases(root).current == "r0001"
+    with pytest.raises(FreshsidError):
+        load_release(root / "releases" / "r0002")
+    refused = runner.invoke(app, ["release", "rollback", str(root)])
+    assert refused.exit_code == 2 and "no earlier release" in refused.stderr

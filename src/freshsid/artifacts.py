@@ -132,7 +132,7 @@ def check_output(out: Path, *, marker: str = MANIFEST) -> Path:
         raise FreshsidError(f"Output path {out} names no folder of its own; pass a new folder name, e.g. runs/out.")
     if out.exists() and not out.is_dir():
         raise FreshsidError(f"Output path {out} exists and is not a folder; choose another --out.")
-    if out.is_dir() and not (out / marker).is_file() and any(out.iterdir()):
+    if out.is_dir() and not (out / marker).exists() and any(out.iterdir()):
         raise FreshsidError(f"Output folder {out} holds files that freshsid did not write; choose another --out "
                             "(nothing there was touched).")
     place = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
@@ -196,13 +196,12 @@ def artifact_dir(out: Path) -> Iterator[Path]:
 
 
 def finish_manifest(folder: Path, **fields: Any) -> Manifest:
-    """Hash every file in ``folder`` and write its manifest; returns the manifest."""
+    """Hash every file of ``folder`` and write its manifest; returns the manifest.
+
+    Only the folder's own files are listed: a sub-folder is an artifact with a manifest
+    of its own, which the parent records by fingerprint (in ``inputs``)."""
     folder = Path(folder)
-    files = {
-        p.relative_to(folder).as_posix(): file_sha256(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = Manifest(files=files, **fields)
     manifest = manifest.model_copy(update={"digest": manifest.expected_digest})
     write_json_atomic(folder / MANIFEST, manifest.model_dump(mode="json"))

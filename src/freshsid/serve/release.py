@@ -1,0 +1,170 @@
+"""Release bundles: "this checkpoint, with these SIDs, over this catalog, is what we serve".
+
+A release is an artifact folder holding two artifacts of its own, the retriever
+checkpoint (``retriever/``) and its SidTable (``sids/``), beside the catalog of the
+items the table codes (``catalog.parquet``: dense item, original id, title). Its
+manifest records the release id, the parent release, the data the model was
+trained on (logs fingerprint, parts), the training recipe, validation metrics,
+compute, and the fingerprints of both inner artifacts, so a bundle whose files do
+not match is refused on load.
+
+A releases root holds the bundles under ``releases/<id>/`` and a pointer file,
+``CURRENT.json`` (the current id and the ids promoted before it), replaced
+atomically: promoting or rolling back is one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from freshsid.artifacts import (
+    Manifest,
+    artifact_dir,
+    finish_manifest,
+    output_lock,
+    read_manifest,
+    reading,
+    write_json_atomic,
+)
+from freshsid.data.interactions import Interactions
+from freshsid.errors import FreshsidError
+from freshsid.retriever.model import Retriever, load_checkpoint, save_checkpoint
+from freshsid.sid.table import SidTable
+
+KIND = "release"
+RETRIEVER, SIDS, CATALOG = "retriever", "sids", "catalog.parquet"
+POINTER = "CURRENT.json"
+RELEASE_ID = re.compile(r"^r[0-9]{4,}$")
+
+
+@dataclass(frozen=True)
+class Release:
+    """A loaded release: the model, its table, the catalog (dense item -> id, title)."""
+
+    id: str
+    model: Retriever
+    table: SidTable
+    catalog: pl.DataFrame
+    manifest: Manifest
+
+
+def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: SidTable, logs: Interactions, *,
+                  release_id: str, parent: str | None, metrics: dict[str, float] | None = None) -> Manifest:
+    """Write one release bundle to ``folder``."""
+    items = table.items
+    catalog = pl.DataFrame({"item": items, "item_id": table.item_ids.astype(str),
+                            "title": logs.items["title"].gather(items.tolist()) if len(items) else []})
+    with artifact_dir(folder) as tmp:
+        inner = save_checkpoint(tmp / RETRIEVER, model, extra_meta=dict(checkpoint.info), inputs=dict(checkpoint.inputs),
+                                compute=dict(checkpoint.compute), parent=checkpoint.parent, seed=checkpoint.seed)
+        table.save(tmp / SIDS)
+        catalog.write_parquet(tmp / CATALOG, statistics=False)
+        info = {
+            "release_id": release_id,
+            "parent_release": parent,
+            "data": {"logs": logs.fingerprint, "name": logs.name, "events": logs.n_events,
+                     "history_window": checkpoint.info.get("history_window"),
+                     "target_window": checkpoint.info.get("target_window")},
+            "recipe": {"mode": checkpoint.info.get("mode"), "train": checkpoint.info.get("train"),
+                       "tokenizer": table.meta.get("tokenizer", {}), "sid_parent": table.meta.get("parent")},
+            "metrics": metrics or {},
+            "n_items": len(table),
+        }
+        compute = {**dict(checkpoint.compute), **{k: float(v) for k, v in table.meta.get("compute", {}).items()}}
+        return finish_manifest(tmp, kind=KIND, config={"codebook_sizes": list(table.codebook_sizes)}, info=info,
+                               inputs={RETRIEVER: inner.fingerprint, SIDS: table.content_hash}, compute=compute)
+
+
+def load_release(folder: Path) -> Release:
+    """A release bundle, every part checked against the release manifest."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, KIND, require=(CATALOG,))
+    model, inner = load_checkpoint(folder / RETRIEVER)
+    table = SidTable.load(folder / SIDS)
+    if inner.fingerprint != manifest.inputs.get(RETRIEVER) or table.content_hash != manifest.inputs.get(SIDS):
+        raise FreshsidError(f"{folder} holds a checkpoint or SID table other than its manifest records; rebuild the release.")
+    if tuple(model.config.codebook_sizes) != tuple(table.codebook_sizes):
+        raise FreshsidError(f"{folder} pairs a checkpoint and a SID table of different shapes; rebuild the release.")
+    with reading(folder / CATALOG):
+        catalog = pl.read_parquet(folder / CATALOG)
+    if catalog.columns != ["item", "item_id", "title"] or catalog["item"].to_list() != table.items.tolist():
+        raise FreshsidError(f"{folder / CATALOG} does not list the items of the release's SID table; rebuild the release.")
+    return Release(str(manifest.info.get("release_id")), model, table, catalog, manifest)
+
+
+class Releases:
+    """A releases root: bundles under ``releases/`` and the pointer to the current one."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, release_id: str) -> Path:
+        if not RELEASE_ID.match(release_id):
+            raise FreshsidError(f"{release_id!r} is not a release id (r0001, r0002, ...); see `freshsid release list`.")
+        return self.root / "releases" / release_id
+
+    def ids(self) -> list[str]:
+        folder = self.root / "releases"
+        return sorted(p.name for p in folder.iterdir() if RELEASE_ID.match(p.name)) if folder.is_dir() else []
+
+    def pointer(self) -> dict[str, Any]:
+        """``{"current": id or None, "previous": [ids promoted before it, oldest first]}``."""
+        path = self.root / POINTER
+        if not path.exists():
+            return {"current": None, "previous": []}
+        try:
+            data = json.loads(path.read_text())
+            current, previous = data["current"], list(data["previous"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise FreshsidError(f"{path} is not a release pointer; restore it or promote a release again.") from None
+        return {"current": current, "previous": previous}
+
+    @property
+    def current(self) -> str | None:
+        return self.pointer()["current"]
+
+    def create(self, model: Retriever, checkpoint: Manifest, table: SidTable, logs: Interactions, *,
+               metrics: dict[str, float] | None = None) -> str:
+        """Write a new release (its parent: the current one); it is not promoted."""
+        with output_lock(self.root / "releases"):
+            existing = self.ids()
+            release_id = f"r{int(existing[-1][1:]) + 1 if existing else 1:04d}"
+            write_release(self.path(release_id), model, checkpoint, table, logs, release_id=release_id,
+                          parent=self.current, metrics=metrics)
+        return release_id
+
+    def promote(self, release_id: str) -> None:
+        """Make ``release_id`` current (after checking its bundle loads)."""
+        if not self.path(release_id).is_dir():
+            raise FreshsidError(f"{self.root} has no release {release_id}; see `freshsid release list {self.root}`.")
+        load_release(self.path(release_id))  # a broken bundle is refused here, before the pointer moves
+        with output_lock(self.root / POINTER):
+            pointer = self.pointer()
+            previous = pointer["previous"] + ([pointer["current"]] if pointer["current"] else [])
+            write_json_atomic(self.root / POINTER, {"current": release_id, "previous": previous})
+
+    def rollback(self) -> str:
+        """Make the release promoted before the current one current again; returns its id."""
+        self._earlier()  # refuse before taking the lock, which would touch the root
+        with output_lock(self.root / POINTER):
+            *previous, back = self._earlier()
+            write_json_atomic(self.root / POINTER, {"current": back, "previous": previous})
+        return back
+
+    def _earlier(self) -> list[str]:
+        previous = self.pointer()["previous"]
+        if not previous:
+            raise FreshsidError(f"{self.root} has no earlier release to roll back to.")
+        return previous
+
+    def load_current(self) -> Release:
+        current = self.current
+        if current is None:
+            raise FreshsidError(f"{self.root} has no current release; promote one with `freshsid release promote`.")
+        return load_release(self.path(current))
