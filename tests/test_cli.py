@@ -25,7 +25,7 @@ EXPECTED = {
     ("data", "stats"), ("embed", "collab"), ("embed", "content"), ("sids", "build"), ("sids", "inspect"),
     ("sids", "align"), ("retriever", "train"), ("retriever", "finetune"), ("retriever", "eval"),
     ("retriever", "recommend"), ("staleness",), ("experiment",), ("demo",), ("report",),
-    ("release", "create"), ("release", "list"), ("release", "promote"), ("release", "rollback"),
+    ("release", "create"), ("release", "list"), ("release", "promote"), ("release", "rollback"), ("refresh",),
 }
 DATA_OPTIONS = {"dataset", "data_dir", "logs", "items", "columns", "sep", "drop_duplicates"}
 

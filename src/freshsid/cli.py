@@ -86,6 +86,7 @@ app.command("experiment")(experiment.experiment)
 app.command("demo")(experiment.demo)
 app.command("report")(experiment.report)
 app.add_typer(release.app, name="release")
+app.command("refresh")(release.refresh)
 
 
 def main() -> None:

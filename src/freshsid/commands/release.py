@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,19 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from freshsid.commands.common import CheckpointOpt, DataSource, JsonOpt, SidsOpt, data_options, load_split, print_json
+from freshsid.commands.common import (
+    CheckpointOpt,
+    DataSource,
+    JsonOpt,
+    SidsOpt,
+    configure,
+    data_options,
+    experiment_preset,
+    load_split,
+    print_json,
+    show_progress,
+)
+from freshsid.errors import FreshsidError
 
 app = typer.Typer(
     cls=TyperGroup,
@@ -41,19 +54,23 @@ def create(
 ) -> None:
     """Bundle --checkpoint, its SID table and the catalog of the items it codes into a new release under --out.
 
-    Its parent is the current release. Prints the new release id.
+    Its parent is the current release. The release has seen the logs' events up to the end of the checkpoint's
+    training window; `freshsid refresh` learns from the ones after. Prints the new release id.
 
     Example: freshsid release create --checkpoint runs/beauty/base --sids runs/beauty/sids-0-8 --dataset amazon-beauty --out releases --promote
     """
     from freshsid.retriever.model import load_checkpoint
+    from freshsid.retriever.pipeline import trained_span
     from freshsid.serve.release import Releases
     from freshsid.sid.table import SidTable
 
     table = SidTable.load(sids)
     model, manifest = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
-    logs = load_split(data, table).logs
+    split = load_split(data, table)
+    span = trained_span(manifest)
+    split.events(span)  # refuses a window past the logs' last part
     releases = Releases(out)
-    release_id = releases.create(model, manifest, table, logs)
+    release_id = releases.create(model, manifest, table, split.logs, until_event=int(split.bounds[span.stop]))
     if promote:
         releases.promote(release_id)
     typer.echo(f"{release_id}{' (current)' if promote else ''} -> {releases.path(release_id)}")
@@ -108,3 +125,42 @@ def rollback(root: RootArg) -> None:
     from freshsid.serve.release import Releases
 
     typer.echo(f"current: {Releases(root).rollback()}")
+
+
+@data_options()
+def refresh(
+    data: DataSource,
+    releases_root: Annotated[Path, typer.Option("--releases", help="The releases root whose current release is refreshed.",
+                                                show_default=False)],
+    preset: Annotated[str, typer.Option("--preset", help="Sizes and schedules: tiny, cpu or paper.")] = "cpu",
+    recipe: Annotated[str | None, typer.Option("--recipe", help="How the SIDs are rebuilt (default: the preset's).")] = None,
+    holdout: Annotated[float, typer.Option("--holdout", min=0.01, max=0.5, help="Share of the returning users of the new "
+                                           "events held out to validate on.")] = 0.1,
+    metric: Annotated[str, typer.Option("--metric", help="The gate's metric on the held-out users.")] = "recall@100",
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, max=1.0, help="How much worse (relative) the "
+                                             "candidate may score and still be promoted.")] = 0.01,
+    promote: Annotated[bool, typer.Option("--promote", help="Promote the candidate if it passes the gate.")] = False,
+) -> None:
+    """Refresh the current release on the logs up to now: new SIDs aligned to the release's, a warm-start fine-tune on
+    the events since it, a gate on held-out users; writes the candidate as a new release.
+
+    Example: freshsid refresh --releases releases --logs logs-until-today.parquet --items items.parquet --promote
+    """
+    from freshsid.serve.refresh import refresh_release
+    from freshsid.serve.release import Releases
+
+    if not re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", metric):
+        raise FreshsidError(f"--metric {metric!r} is not recall@K or ndcg@K, e.g. recall@100.")
+    config = configure(experiment_preset(preset), recipe=recipe)
+    outcome = refresh_release(Releases(releases_root), data.load(), config, holdout=holdout, metric=metric,
+                              tolerance=tolerance, promote=promote, progress=show_progress())
+    verdict = "promoted" if outcome.promoted else "passes the gate" if outcome.passes else "fails the gate"
+    typer.echo(f"{outcome.release_id}: {verdict}")
+    typer.echo(f"new events: {outcome.new_events:,}; validation users held out: {outcome.validation_users:,}; "
+               f"items added: {outcome.items_added:,}")
+    typer.echo("codes kept per level after alignment: " + "  ".join(f"L{i + 1} {k:.1%}" for i, k in
+                                                                    enumerate(outcome.codes_kept)))
+    typer.echo(f"{outcome.metric}: current {outcome.current_score:.4f} -> candidate {outcome.candidate_score:.4f}")
+    c = outcome.compute
+    typer.echo(f"compute: fine-tune {c.get('retriever_flops', 0) / 1e12:.3g} TFLOPs in {c.get('retriever_seconds', 0):.1f} s; "
+               f"SASRec {c.get('embedding_seconds', 0):.1f} s, tokenizer {c.get('tokenizer_seconds', 0):.1f} s")

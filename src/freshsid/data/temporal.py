@@ -89,6 +89,18 @@ class TemporalSplit:
         # bounds[p] is the first event of part p; integer division keeps sizes within one.
         self.bounds = (np.arange(n_parts + 1, dtype=np.int64) * logs.n_events) // n_parts
 
+    @classmethod
+    def at(cls, logs: Interactions, cuts: list[int]) -> TemporalSplit:
+        """Parts cut at the given event positions instead of equal counts: part 0 is
+        ``[0, cuts[0])``, the last ``[cuts[-1], n_events)`` (e.g. the events a release saw
+        and the ones since)."""
+        bounds = np.array([0, *cuts, logs.n_events], dtype=np.int64)
+        if (np.diff(bounds) <= 0).any():
+            raise FreshsidError(f"Cuts {list(cuts)} must split {logs.n_events} events into non-empty parts.")
+        split = cls.__new__(cls)
+        split.logs, split.n_parts, split.bounds = logs, len(bounds) - 1, bounds
+        return split
+
     def events(self, window: Window) -> slice:
         """The event positions of a window, as a slice of the time-sorted arrays."""
         self._check(window)

@@ -55,8 +55,10 @@ class Release:
 
 
 def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: SidTable, logs: Interactions, *,
-                  release_id: str, parent: str | None, metrics: dict[str, float] | None = None) -> Manifest:
-    """Write one release bundle to ``folder``."""
+                  release_id: str, parent: str | None, until_event: int,
+                  metrics: dict[str, float] | None = None) -> Manifest:
+    """Write one release bundle to ``folder``; ``until_event``: how many of the logs' events
+    (in time order) the model has seen — a refresh learns from the ones after."""
     items = table.items
     catalog = pl.DataFrame({"item": items, "item_id": table.item_ids.astype(str),
                             "title": logs.items["title"].gather(items.tolist()) if len(items) else []})
@@ -68,7 +70,8 @@ def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: S
         info = {
             "release_id": release_id,
             "parent_release": parent,
-            "data": {"logs": logs.fingerprint, "name": logs.name, "events": logs.n_events,
+            "data": {"logs": logs.fingerprint, "name": logs.name, "until_event": int(until_event),
+                     "until_time": int(logs.ts[until_event - 1]) if until_event else None,
                      "history_window": checkpoint.info.get("history_window"),
                      "target_window": checkpoint.info.get("target_window")},
             "recipe": {"mode": checkpoint.info.get("mode"), "train": checkpoint.info.get("train"),
@@ -130,13 +133,13 @@ class Releases:
         return self.pointer()["current"]
 
     def create(self, model: Retriever, checkpoint: Manifest, table: SidTable, logs: Interactions, *,
-               metrics: dict[str, float] | None = None) -> str:
+               until_event: int, metrics: dict[str, float] | None = None) -> str:
         """Write a new release (its parent: the current one); it is not promoted."""
         with output_lock(self.root / "releases"):
             existing = self.ids()
             release_id = f"r{int(existing[-1][1:]) + 1 if existing else 1:04d}"
             write_release(self.path(release_id), model, checkpoint, table, logs, release_id=release_id,
-                          parent=self.current, metrics=metrics)
+                          parent=self.current, until_event=until_event, metrics=metrics)
         return release_id
 
     def promote(self, release_id: str) -> None:

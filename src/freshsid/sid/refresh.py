@@ -43,7 +43,7 @@ class CollabSids:
     ``sasrec`` is the fitted embedding model, in memory right after a build only (its
     weights are saved with the embeddings)."""
 
-    embeddings: Embeddings
+    embeddings: Embeddings | None  # None for a served table, which ships no embeddings
     table: SidTable
     sasrec: SASRec | None = field(default=None, compare=False)
 
@@ -106,9 +106,12 @@ def build_collab_sids(split: TemporalSplit, window: Window, *, sasrec: SASRecCon
     With ``warm_from`` (an earlier build), ``recipe`` says which of its models to continue."""
     if (warm_from is None) != (recipe is None):
         raise ValueError("warm_from and recipe go together")
-    init = warm_from.embeddings.state if recipe is not None and recipe.warm_embeddings else None
-    if recipe is not None and recipe.warm_embeddings and init is None:
-        raise FreshsidError("The legacy embeddings hold no model weights to continue from; rebuild them with this version.")
+    init = None
+    if recipe is not None and recipe.warm_embeddings:
+        init = warm_from.embeddings.state if warm_from.embeddings is not None else None
+        if init is None:
+            raise FreshsidError(f"Recipe {recipe.name!r} continues the legacy SASRec, but its weights are not at hand "
+                                "(a release ships none, an old build saved none); use a recipe that starts afresh.")
     embeddings, model = collab_embeddings(split.logs, split.events(window), window=str(window), config=sasrec,
                                           seed=seed, progress=progress, init_state=init)
     table = code_items(embeddings, split, window, sid, inputs={"logs": split.logs.fingerprint},
@@ -124,8 +127,13 @@ def align_to_legacy(legacy: SidTable, refreshed: SidTable, methods: tuple[str, .
 def refresh(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe: Recipe, sasrec: SASRecConfig,
             sid: SidConfig, seed: int, methods: tuple[str, ...] = METHODS, progress: bool = True) -> Refresh:
     """Rebuild collaborative SIDs on ``window`` as ``recipe`` says and align them to ``legacy``.
-    ``sasrec`` and ``sid`` are the run's configs; the recipe's settings for the refresh apply over them."""
+    ``sasrec`` and ``sid`` are the run's configs; the recipe's settings for the refresh apply over
+    them, and the SID shape is the legacy table's (alignment needs the same shape)."""
     sasrec, sid = recipe.refresh_configs(sasrec, sid)
+    sizes = legacy.table.codebook_sizes
+    if len(set(sizes[:-1])) != 1:
+        raise FreshsidError(f"The legacy table's levels differ in size ({list(sizes)}); freshsid refits one size per level.")
+    sid = sid.model_copy(update={"n_levels": len(sizes) - 1, "codebook_size": sizes[0], "suffix_size": sizes[-1]})
     refreshed = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=seed, warm_from=legacy, recipe=recipe,
                                   progress=progress)
     return Refresh(recipe, refreshed, align_to_legacy(legacy.table, refreshed.table, methods))

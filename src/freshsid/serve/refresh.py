@@ -1,0 +1,122 @@
+"""The production refresh: from the release in service and the logs up to now, the next release.
+
+1. The events since the current release (after its ``until_event``) are the new window.
+   A share of the users active in it is held out: their new events are never trained on
+   and form the validation slice of the gate.
+2. New collaborative embeddings and tokenizer on every other event, aligned to the
+   current release's SidTable (:func:`freshsid.sid.refresh.refresh`, the same function
+   the experiment runs); items first seen since the release get codes.
+3. The current checkpoint is fine-tuned on the new window over the aligned SIDs.
+4. The gate: both releases scored on the held-out users (history before the new window,
+   labels their items in it). The candidate is written as a new release with both
+   scores; it is promoted when asked and not worse than the current one by more than
+   ``tolerance`` (relative).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from freshsid.config import ExperimentConfig
+from freshsid.data.interactions import Interactions
+from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.errors import FreshsidError
+from freshsid.metrics import recall_ndcg
+from freshsid.retriever import pipeline
+from freshsid.serve.release import RETRIEVER, Releases
+from freshsid.sid.refresh import CollabSids, recipe, refresh
+
+OLD, NEW = Window(start=0, stop=1), Window(start=1, stop=2)
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one refresh did: the candidate release, the gate's scores, what changed, what it cost."""
+
+    release_id: str
+    passes: bool  # the candidate is not worse than the current release by more than the tolerance
+    promoted: bool
+    metric: str
+    current_score: float
+    candidate_score: float
+    new_events: int
+    validation_users: int
+    codes_kept: list[float]  # per level, share of common items keeping their code after alignment
+    items_added: int
+    compute: dict[str, float]
+
+
+def refresh_release(releases: Releases, logs: Interactions, config: ExperimentConfig, *, holdout: float = 0.1,
+                    metric: str = "recall@100", tolerance: float = 0.01, promote: bool = False,
+                    progress: bool = True) -> RefreshOutcome:
+    """One production refresh of the current release of ``releases`` on ``logs`` (the logs
+    up to now, extending the ones the release was built from)."""
+    current = releases.load_current()
+    current.table.check_item_ids(logs.item_ids, logs_name=logs.name)
+    until = int(current.manifest.info["data"]["until_event"])
+    if until >= logs.n_events:
+        raise FreshsidError(f"{logs.name} has no events after the {until:,} that release {current.id} has seen; "
+                            "pass logs that extend them.")
+    held = _held_out_users(logs, until, holdout, config.seed)
+    keep = np.ones(logs.n_events, dtype=bool)
+    keep[until:] = ~np.isin(logs.user[until:], held)
+    train = TemporalSplit.at(replace(logs, user=logs.user[keep], item=logs.item[keep], ts=logs.ts[keep]), [until])
+    torch.set_num_threads(config.threads)
+
+    how = recipe(config.recipe)
+    result = refresh(train, Window(start=0, stop=2), CollabSids(None, current.table), recipe=how, sasrec=config.sasrec,
+                     sid=config.sid, seed=config.seed, methods=("hungarian",), progress=progress)
+    aligned = result.aligned["hungarian"]
+    work = releases.root / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=work, prefix="refresh-"))
+    try:
+        tuned = pipeline.finetune(releases.path(current.id) / RETRIEVER, train, aligned, target=NEW,
+                                  train_config=config.finetune, out=scratch / "model",
+                                  show_progress=progress)
+        validation = TemporalSplit.at(logs, [until])
+        scores = {name: _score(release_like, validation, held, metric, config) for name, release_like in
+                  (("current", (current.model, current.table)), ("candidate", (tuned.model, aligned)))}
+        release_id = releases.create(tuned.model, tuned.manifest, aligned, logs, until_event=logs.n_events,
+                                     metrics={f"current {metric}": scores["current"],
+                                              f"candidate {metric}": scores["candidate"]})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    passes = scores["candidate"] >= scores["current"] * (1 - tolerance)
+    if promote and passes:
+        releases.promote(release_id)
+    sid_compute = {k: float(v) for k, v in aligned.meta["compute"].items()}
+    return RefreshOutcome(release_id, passes, promote and passes, metric, scores["current"], scores["candidate"], logs.n_events - until,
+                          len(held), [lv["kept_after"] for lv in aligned.meta["stats"]["alignment"]["levels"]],
+                          len(np.setdiff1d(aligned.items, current.table.items)), {**tuned.compute, **sid_compute})
+
+
+def _held_out_users(logs: Interactions, until: int, share: float, seed: int) -> np.ndarray:
+    """A seeded share of the users active since ``until`` who also have earlier events."""
+    active = np.unique(logs.user[until:])
+    returning = active[np.isin(active, logs.user[:until])]
+    n = int(round(share * len(returning)))
+    if n == 0:
+        raise FreshsidError(f"Too few returning users since the release ({len(returning)}) to hold out a validation "
+                            "slice; wait for more logs or raise --holdout.")
+    return np.sort(np.random.default_rng(seed).choice(returning, n, replace=False))
+
+
+def _score(model_and_table: tuple[Any, Any], split: TemporalSplit, users: np.ndarray, metric: str,
+           config: ExperimentConfig) -> float:
+    """``metric`` of a model on the held-out users: history before the new window, labels in it;
+    decoding over every item its table codes."""
+    model, table = model_and_table
+    examples = split.examples(NEW, max_history=model.config.max_history)
+    examples = examples.subset(np.flatnonzero(np.isin(examples.users, users)))
+    k = int(metric.split("@")[1])
+    ranked, _ = pipeline.recommend(model, table, examples.inputs, examples.users, allowed_items=None, top_k=k,
+                                   beam=max(k, config.beam))
+    return recall_ndcg(ranked, examples.label_indptr, examples.label_items, (k,))[metric]

@@ -1,0 +1,86 @@
+"""`freshsid refresh`, the production step, twice in a row on a growing synthetic log:
+three releases in a chain, each aligned to its parent; rollback restores the previous one."""
+
+import json
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from freshsid.artifacts import read_manifest
+from freshsid.cli import app
+from freshsid.data.synthetic import SyntheticConfig, write_synthetic
+from freshsid.serve.release import Releases, load_release
+
+runner = CliRunner()
+SYNTHETIC = SyntheticConfig(n_users=400, n_items=150, n_events=9000, n_communities=5)
+SIDS = ["--tokenizer", "rqkmeans", "--levels", "2", "--codebook-size", "8", "--suffix-size", "64", "--preset", "tiny"]
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """r0001 built on the first 70% of the log, then two refreshes on 85% and 100%."""
+    d = tmp_path_factory.mktemp("refresh")
+    files = write_synthetic(SYNTHETIC, d / "logs")
+    events = pl.read_parquet(files.interactions).sort("timestamp", maintain_order=True)
+    logs = {}
+    for share in (70, 85, 100):
+        logs[share] = d / f"logs-{share}.parquet"
+        events.head(len(events) * share // 100).write_parquet(logs[share])
+    opts = lambda share: ["--logs", logs[share], "--items", files.items, "--drop-duplicates"]  # noqa: E731
+    invoke("embed", "collab", *opts(70), "--parts", "0:10", "--dim", "16", "--epochs", "2", "--preset", "tiny",
+           "--out", d / "emb")
+    invoke("sids", "build", *opts(70), "--embeddings", d / "emb", "--parts", "0:10", *SIDS, "--out", d / "sids")
+    invoke("retriever", "train", *opts(70), "--sids", d / "sids", "--parts", "0:10", "--preset", "tiny", "--epochs", "1",
+           "--out", d / "base")
+    root = d / "releases"
+    invoke("release", "create", *opts(70), "--checkpoint", d / "base", "--sids", d / "sids", "--out", root, "--promote")
+    outputs = [invoke("refresh", *opts(share), "--releases", root, "--preset", "tiny", "--metric", "recall@20",
+                      "--tolerance", "1.0", "--promote") for share in (85, 100)]
+    return root, outputs, events
+
+
+def test_two_refreshes_make_a_chain_of_aligned_releases(chain):
+    root, outputs, events = chain
+    releases = Releases(root)
+    assert releases.ids() == ["r0001", "r0002", "r0003"] and releases.current == "r0003"
+    bundles = [load_release(releases.path(i)) for i in releases.ids()]
+    for parent, child in zip(bundles, bundles[1:]):
+        assert child.manifest.info["parent_release"] == parent.id
+        assert child.table.meta["parent"] == parent.table.content_hash  # aligned to the release it replaces
+        assert child.table.codebook_sizes == parent.table.codebook_sizes
+        assert child.manifest.info["data"]["until_event"] > parent.manifest.info["data"]["until_event"]
+        assert set(parent.catalog["item_id"].to_list()) <= set(child.catalog["item_id"].to_list())
+    assert bundles[-1].manifest.info["data"]["until_event"] == len(events.unique(maintain_order=True))
+    # the fine-tune's manifest says what it trained on: targets in the events since the parent
+    retriever = read_manifest(releases.path("r0002") / "retriever")
+    assert (retriever.info["mode"], retriever.info["target_window"]) == ("finetune", "1:2")
+    for output in outputs:
+        assert "promoted" in output.stdout and "codes kept per level after alignment" in output.stdout
+        assert "recall@20: current" in output.stdout
+    metrics = bundles[1].manifest.info["metrics"]
+    assert set(metrics) == {"current recall@20", "candidate recall@20"} and all(0 <= v <= 1 for v in metrics.values())
+
+
+def test_rollback_restores_the_previous_release(chain):
+    root, _, _ = chain
+    assert invoke("release", "rollback", root).stdout.strip() == "current: r0002"
+    assert Releases(root).load_current().id == "r0002"
+    invoke("release", "promote", root, "r0003")
+
+
+def test_refresh_without_new_events_is_refused(chain, tmp_path):
+    root, _, events = chain
+    path = tmp_path / "same.parquet"
+    events.write_parquet(path)
+    result = runner.invoke(app, ["refresh", "--logs", str(path), "--drop-duplicates", "--releases", str(root),
+                                 "--preset", "tiny"])
+    assert result.exit_code == 2 and "no events after" in result.stderr
+    listed = json.loads(invoke("release", "list", root, "--json").stdout)
+    assert [r["id"] for r in listed["releases"]] == ["r0001", "r0002", "r0003"]
