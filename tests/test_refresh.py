@@ -84,3 +84,35 @@ def test_refresh_without_new_events_is_refused(chain, tmp_path):
     assert result.exit_code == 2 and "no events after" in result.stderr
     listed = json.loads(invoke("release", "list", root, "--json").stdout)
     assert [r["id"] for r in listed["releases"]] == ["r0001", "r0002", "r0003"]
+
+
+def test_recommend_batch_streams_every_user_and_resumes(chain, tmp_path, monkeypatch):
+    """Every user's top k from the current release; a run killed after its first chunk
+    resumes from it and gives the same file as an uninterrupted run."""
+    import freshsid.serve.batch as batch
+
+    root, _, _ = chain
+    whole = tmp_path / "whole.parquet"
+    invoke("recommend-batch", "--releases", root, "--k", "5", "--chunk", "64", "--out", whole)
+    recs = pl.read_parquet(whole)
+    release = Releases(root).load_current()
+    assert recs["user_id"].n_unique() == release.histories.height
+    assert recs.group_by("user_id").len()["len"].max() == 5 and recs["rank"].min() == 1
+    assert set(recs["item_id"].to_list()) <= set(release.catalog["item_id"].to_list())
+
+    real, calls = batch._write_chunk, []
+
+    def dies_after_one(*args):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        real(*args)
+
+    monkeypatch.setattr(batch, "_write_chunk", dies_after_one)
+    resumed = tmp_path / "resumed.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        batch.recommend_batch(Releases(root), resumed, users=None, k=5, beam=5, chunk=64, progress=False)
+    monkeypatch.setattr(batch, "_write_chunk", real)
+    result = batch.recommend_batch(Releases(root), resumed, users=None, k=5, beam=5, chunk=64, progress=False)
+    assert result.resumed_chunks == 1 and pl.read_parquet(resumed).equals(recs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resumed.parquet", "whole.parquet"]

@@ -87,6 +87,7 @@ app.command("demo")(experiment.demo)
 app.command("report")(experiment.report)
 app.add_typer(release.app, name="release")
 app.command("refresh")(release.refresh)
+app.command("recommend-batch")(release.recommend_batch)
 
 
 def main() -> None:

@@ -164,3 +164,41 @@ def refresh(
     c = outcome.compute
     typer.echo(f"compute: fine-tune {c.get('retriever_flops', 0) / 1e12:.3g} TFLOPs in {c.get('retriever_seconds', 0):.1f} s; "
                f"SASRec {c.get('embedding_seconds', 0):.1f} s, tokenizer {c.get('tokenizer_seconds', 0):.1f} s")
+
+
+def recommend_batch(
+    releases_root: Annotated[Path, typer.Option("--releases", help="The releases root; its current release answers.",
+                                                show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="The parquet file to write (user_id, rank, item_id, score).",
+                                      show_default=False)],
+    users: Annotated[Path | None, typer.Option("--users", help="A text file with one user_id a line (default: every "
+                                               "user of the release).")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Items per user.")] = 100,
+    beam: Annotated[int | None, typer.Option("--beam", min=1, help="Beam width (default: --k).")] = None,
+    chunk: Annotated[int, typer.Option("--chunk", min=1, help="Users decoded and written together.")] = 1024,
+) -> None:
+    """Every (or each listed) user's top K items from the current release, streamed in chunks to one parquet file.
+
+    A run that is stopped resumes from the chunks it finished.
+
+    Example: freshsid recommend-batch --releases releases --k 100 --out recs.parquet
+    """
+    from freshsid.data.tables import check_readable
+    from freshsid.serve.batch import recommend_batch as run
+    from freshsid.serve.release import Releases
+
+    if out.is_dir():
+        raise FreshsidError(f"--out {out} is a folder; pass the path of a parquet file to write.")
+    if beam is not None and beam < k:
+        raise FreshsidError(f"--beam {beam} is below --k {k}; pass --beam {k} or more.")
+    listed = None
+    if users is not None:
+        check_readable(users)
+        try:
+            listed = [line.strip() for line in users.read_text().splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise FreshsidError(f"{users} is not UTF-8 text; list one user_id a line.") from None
+    result = run(Releases(releases_root), out, users=listed, k=k, beam=beam or k, chunk=chunk, progress=show_progress())
+    resumed = f" ({result.resumed_chunks} chunks resumed)" if result.resumed_chunks else ""
+    typer.echo(f"{result.users:,} users, {result.rows:,} rows from release {result.release_id} in {result.seconds:.1f} s"
+               f"{resumed} -> {out}")

@@ -115,23 +115,40 @@ def recommend(
 
     History items the table cannot code are skipped; ``beam`` defaults to ``top_k``.
     """
-    _check_shape(model.config, table)
-    n_items = int(max(table.items.max(initial=0), histories.max(initial=0))) + 1
-    lookup = table.lookup_table(n_items)
-    histories = np.where((histories >= 0) & (lookup[np.maximum(histories, 0), 0] >= 0), histories, -1)
-    histories = histories[:, -model.config.max_history :]
-    trie = table.trie(allowed_items)
-    items, scores = beam_search(
-        model,
-        torch.from_numpy(histories),
-        hash_user(np.asarray(users, dtype=np.int64), model.config.user_buckets),
-        torch.from_numpy(lookup),
-        trie,
-        beam=beam or top_k,
-        top_k=top_k,
-        batch_size=batch_size,
-    )
-    return items.numpy(), scores.numpy()
+    return Recommender(model, table, allowed_items=allowed_items)(histories, users, top_k=top_k, beam=beam,
+                                                                   batch_size=batch_size)
+
+
+class Recommender:
+    """A model and its table ready to decode batch after batch: the SID lookup and the trie
+    of the allowed items are built once."""
+
+    def __init__(self, model: Retriever, table: SidTable, *, allowed_items: np.ndarray | None = None) -> None:
+        _check_shape(model.config, table)
+        self.model, self.table = model, table
+        self.lookup = table.lookup_table(int(table.items.max(initial=-1)) + 1)
+        self.trie = table.trie(allowed_items)
+        self._lookup = torch.from_numpy(self.lookup)
+
+    def __call__(self, histories: np.ndarray, users: np.ndarray, *, top_k: int, beam: int | None = None,
+                 batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Items (m, top_k) and scores for users (m,) with histories (m, T); history items the
+        table cannot code are skipped."""
+        histories = np.asarray(histories, dtype=np.int64)
+        known = (histories >= 0) & (histories < len(self.lookup))
+        known[known] = self.lookup[histories[known], 0] >= 0
+        histories = np.where(known, histories, -1)[:, -self.model.config.max_history :]
+        items, scores = beam_search(
+            self.model,
+            torch.from_numpy(np.ascontiguousarray(histories)),
+            hash_user(np.asarray(users, dtype=np.int64), self.model.config.user_buckets),
+            self._lookup,
+            self.trie,
+            beam=beam or top_k,
+            top_k=top_k,
+            batch_size=batch_size,
+        )
+        return items.numpy(), scores.numpy()
 
 
 def evaluate(

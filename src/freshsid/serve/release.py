@@ -2,7 +2,8 @@
 
 A release is an artifact folder holding two artifacts of its own, the retriever
 checkpoint (``retriever/``) and its SidTable (``sids/``), beside the catalog of the
-items the table codes (``catalog.parquet``: dense item, original id, title). Its
+items the table codes (``catalog.parquet``: dense item, original id, title) and every
+user's latest items (``histories.parquet``: dense user, original id, items). Its
 manifest records the release id, the parent release, the data the model was
 trained on (logs fingerprint, parts), the training recipe, validation metrics,
 compute, and the fingerprints of both inner artifacts, so a bundle whose files do
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from freshsid.artifacts import (
@@ -33,24 +35,27 @@ from freshsid.artifacts import (
     write_json_atomic,
 )
 from freshsid.data.interactions import Interactions
+from freshsid.data.temporal import last_items
 from freshsid.errors import FreshsidError
 from freshsid.retriever.model import Retriever, load_checkpoint, save_checkpoint
 from freshsid.sid.table import SidTable
 
 KIND = "release"
-RETRIEVER, SIDS, CATALOG = "retriever", "sids", "catalog.parquet"
+RETRIEVER, SIDS, CATALOG, HISTORIES = "retriever", "sids", "catalog.parquet", "histories.parquet"
 POINTER = "CURRENT.json"
 RELEASE_ID = re.compile(r"^r[0-9]{4,}$")
 
 
 @dataclass(frozen=True)
 class Release:
-    """A loaded release: the model, its table, the catalog (dense item -> id, title)."""
+    """A loaded release: the model, its table, the catalog (dense item -> id, title), the
+    users' latest items (dense user, id, items)."""
 
     id: str
     model: Retriever
     table: SidTable
     catalog: pl.DataFrame
+    histories: pl.DataFrame
     manifest: Manifest
 
 
@@ -62,7 +67,12 @@ def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: S
     items = table.items
     catalog = pl.DataFrame({"item": items, "item_id": table.item_ids.astype(str),
                             "title": logs.items["title"].gather(items.tolist()) if len(items) else []})
+    users = np.arange(logs.n_users)
+    latest = last_items(logs.user, logs.item, users, model.config.max_history)
+    histories = pl.DataFrame({"user": users, "user_id": logs.user_ids.astype(str),
+                              "items": [row[row >= 0] for row in latest]})
     with artifact_dir(folder) as tmp:
+        histories.write_parquet(tmp / HISTORIES, statistics=False)
         inner = save_checkpoint(tmp / RETRIEVER, model, extra_meta=dict(checkpoint.info), inputs=dict(checkpoint.inputs),
                                 compute=dict(checkpoint.compute), parent=checkpoint.parent, seed=checkpoint.seed)
         table.save(tmp / SIDS)
@@ -87,7 +97,7 @@ def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: S
 def load_release(folder: Path) -> Release:
     """A release bundle, every part checked against the release manifest."""
     folder = Path(folder)
-    manifest = read_manifest(folder, KIND, require=(CATALOG,))
+    manifest = read_manifest(folder, KIND, require=(CATALOG, HISTORIES))
     model, inner = load_checkpoint(folder / RETRIEVER)
     table = SidTable.load(folder / SIDS)
     if inner.fingerprint != manifest.inputs.get(RETRIEVER) or table.content_hash != manifest.inputs.get(SIDS):
@@ -98,7 +108,11 @@ def load_release(folder: Path) -> Release:
         catalog = pl.read_parquet(folder / CATALOG)
     if catalog.columns != ["item", "item_id", "title"] or catalog["item"].to_list() != table.items.tolist():
         raise FreshsidError(f"{folder / CATALOG} does not list the items of the release's SID table; rebuild the release.")
-    return Release(str(manifest.info.get("release_id")), model, table, catalog, manifest)
+    with reading(folder / HISTORIES):
+        histories = pl.read_parquet(folder / HISTORIES)
+    if histories.columns != ["user", "user_id", "items"]:
+        raise FreshsidError(f"{folder / HISTORIES} has columns {histories.columns}; rebuild the release.")
+    return Release(str(manifest.info.get("release_id")), model, table, catalog, histories, manifest)
 
 
 class Releases:
