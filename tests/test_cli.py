@@ -26,7 +26,7 @@ EXPECTED = {
     ("sids", "align"), ("retriever", "train"), ("retriever", "finetune"), ("retriever", "eval"),
     ("retriever", "recommend"), ("staleness",), ("experiment",), ("demo",), ("report",),
     ("release", "create"), ("release", "list"), ("release", "promote"), ("release", "rollback"), ("refresh",),
-    ("recommend-batch",),
+    ("recommend-batch",), ("serve",),
 }
 DATA_OPTIONS = {"dataset", "data_dir", "logs", "items", "columns", "sep", "drop_duplicates"}
 
@@ -49,7 +49,8 @@ def test_data_reading_commands_share_the_same_dataset_options():
             assert DATA_OPTIONS <= names, path
             readers.add(path)
     assert readers == EXPECTED - {("sids", "align"), ("demo",), ("report",), ("release", "list"), ("release", "promote"),
-                                  ("release", "rollback"), ("recommend-batch",)}
+                                  ("release", "rollback"), ("recommend-batch",),
+                                  ("serve",)}
 
 
 @pytest.mark.parametrize("path", list(command_paths()), ids=lambda p: " ".join(p) or "freshsid")

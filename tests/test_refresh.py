@@ -1,7 +1,10 @@
 """`freshsid refresh`, the production step, twice in a row on a growing synthetic log:
 three releases in a chain, each aligned to its parent; rollback restores the previous one."""
 
+import contextlib
 import json
+import shutil
+import time
 
 import polars as pl
 import pytest
@@ -116,3 +119,96 @@ def test_recommend_batch_streams_every_user_and_resumes(chain, tmp_path, monkeyp
     result = batch.recommend_batch(Releases(root), resumed, users=None, k=5, beam=5, chunk=64, progress=False)
     assert result.resumed_chunks == 1 and pl.read_parquet(resumed).equals(recs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["resumed.parquet", "whole.parquet"]
+
+
+@contextlib.contextmanager
+def serving(root, **options):
+    """A real uvicorn server on a free port of the loopback, in a thread."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from freshsid.serve.http import Service, create_app
+
+    service = Service(Releases(root), poll_seconds=0.2, **options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", service
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def test_the_service_swaps_releases_under_load_without_failing_a_request(chain):
+    """2,000 requests at concurrency 32 while the current release is swapped twice: none
+    fails, each names the release that answered, and every request sent after a swap is
+    answered by the new release. A corrupted release made current is refused; the old one
+    keeps serving."""
+    import asyncio
+
+    import httpx
+
+    root, _, _ = chain
+    releases = Releases(root)
+    releases.promote("r0001")
+    users = releases.load_current().histories["user_id"].to_list()
+    responses, swaps = [], []
+
+    async def load(base):
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            gate = asyncio.Semaphore(32)
+
+            async def one(i):
+                async with gate:
+                    sent = time.perf_counter()
+                    r = await client.post("/recommend", json={"user_id": users[i % len(users)], "k": 5})
+                    responses.append((sent, r.status_code, r.json().get("release"), len(r.json().get("items", []))))
+
+            async def swapper():
+                for after, target in ((500, "r0002"), (1200, "r0003")):
+                    while len(responses) < after:
+                        await asyncio.sleep(0.005)
+                    releases.promote(target)
+                    assert (await client.post("/admin/reload")).json()["release"] == target
+                    swaps.append((time.perf_counter(), target))
+
+            await asyncio.gather(swapper(), *(one(i) for i in range(2000)))
+
+    with serving(root) as (base, service):
+        asyncio.run(load(base))
+        assert len(responses) == 2000 and {status for _, status, _, _ in responses} == {200}
+        assert all(n == 5 for *_, n in responses)
+        assert {release for _, _, release, _ in responses} == {"r0001", "r0002", "r0003"}
+        for swapped_at, target in swaps:
+            assert all(release >= target for sent, _, release, _ in responses if sent > swapped_at)
+        assert service.metrics.batched_requests > service.metrics.batches  # requests were decoded together
+
+        # a broken release made current by hand (promote would refuse it) is refused by the service
+        broken = root / "releases" / "r0009"
+        shutil.copytree(root / "releases" / "r0003", broken)
+        (broken / "catalog.parquet").write_bytes(b"PAR1 broken")
+        (root / "CURRENT.json").write_text(json.dumps({"current": "r0009", "previous": ["r0003"]}))
+        with httpx.Client(base_url=base, timeout=60) as client:
+            refused = client.post("/admin/reload").json()
+            assert refused["refused"] == "r0009" and refused["release"] == "r0003"
+            after = client.post("/recommend", json={"history": ["1", "2"], "k": 3, "exclude_seen": True})
+            assert after.status_code == 200 and after.json()["release"] == "r0003"
+            assert client.post("/recommend", json={"user_id": "nobody"}).status_code == 404
+            assert client.post("/recommend", json={"user_id": users[0], "k": 1000}).status_code == 422
+            assert client.post("/recommend", json={"k": 3}).status_code == 422
+            assert client.get("/healthz").json() == {"status": "ok", "release": "r0003"}
+            metrics = client.get("/metrics").text
+        assert 'freshsid_requests_total{status="200"} 2001' in metrics
+        assert 'freshsid_reloads_total{outcome="refused"} 1' in metrics and 'release="r0003"' in metrics
+    shutil.rmtree(broken)
+    releases.promote("r0003")

@@ -88,6 +88,7 @@ app.command("report")(experiment.report)
 app.add_typer(release.app, name="release")
 app.command("refresh")(release.refresh)
 app.command("recommend-batch")(release.recommend_batch)
+app.command("serve")(release.serve)
 
 
 def main() -> None:

@@ -202,3 +202,32 @@ def recommend_batch(
     resumed = f" ({result.resumed_chunks} chunks resumed)" if result.resumed_chunks else ""
     typer.echo(f"{result.users:,} users, {result.rows:,} rows from release {result.release_id} in {result.seconds:.1f} s"
                f"{resumed} -> {out}")
+
+
+def serve(
+    releases_root: Annotated[Path, typer.Option("--releases", help="The releases root; its current release serves.",
+                                                show_default=False)],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    beam: Annotated[int, typer.Option("--beam", min=1, help="Beam width; requests may ask for up to this many items.")] = 100,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Requests decoded together at most.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0.0, help="How long a request waits for others to "
+                                               "batch with.")] = 5.0,
+    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Micro-batch concurrent requests.")] = True,
+    poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between checks of the current release.")] = 1.0,
+) -> None:
+    """Serve recommendations from the current release over HTTP; a newly promoted release is swapped in live.
+
+    POST /recommend {"user_id": ...} or {"history": [item ids]}, "k", "exclude_seen"; GET /healthz, /release, /metrics;
+    POST /admin/reload.
+
+    Example: freshsid serve --releases releases --port 8000
+    """
+    import uvicorn
+
+    from freshsid.serve.http import Service, create_app
+    from freshsid.serve.release import Releases
+
+    service = Service(Releases(releases_root), beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                      poll_seconds=poll, batching=batching)
+    uvicorn.run(create_app(service), host=host, port=port, log_level="info")

@@ -18,6 +18,10 @@ from freshsid.serve.release import Release
 ANONYMOUS = -1  # the user token of a request that gives a history instead of a known user
 
 
+class UnknownUser(FreshsidError):
+    """A user id the release has no history for."""
+
+
 @dataclass(frozen=True)
 class Recommendation:
     item_id: str
@@ -54,7 +58,7 @@ class Engine:
         """(histories (m, T), dense users (m,)) of known users."""
         missing = [u for u in user_ids if u not in self._row]
         if missing:
-            raise FreshsidError(f"User {missing[0]!r} is not in release {self.release_id}; pass a known user_id or a history.")
+            raise UnknownUser(f"User {missing[0]!r} is not in release {self.release_id}; pass a known user_id or a history.")
         rows = np.array([self._row[u] for u in user_ids], dtype=np.int64)
         return self._histories[rows], self._users[rows]
 
