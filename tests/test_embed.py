@@ -317,3 +317,18 @@ def test_bce_on_last_sequences_trains_and_flags_its_items(chain_logs):
     model = SASRec(config, random_state=0, progress=False).fit(logs, train)
     assert np.isfinite([h["loss"] for h in model.history_]).all() and model.epochs_run_ == 2
     assert model.trained_items_.any() and model.flops_ > 0
+
+
+def test_a_version_1_manifest_without_digest_still_loads(tmp_path):
+    """Artifacts written before manifests carried a digest stay readable (their files are still checked)."""
+    out = tmp_path / "emb"
+    save_embeddings(out, np.ones((3, 2)), kind="content", config={}, seed=None, inputs={}, compute={}, window="")
+    data = json.loads((out / "manifest.json").read_text())
+    data.pop("digest")
+    data["schema_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(data))
+    vectors, manifest = load_embeddings(out)
+    assert manifest.schema_version == 1 and vectors.shape == (3, 2)
+    np.save(out / "embeddings.npy", np.zeros((3, 2), np.float32))
+    with pytest.raises(FreshsidError, match="hash"):
+        load_embeddings(out)

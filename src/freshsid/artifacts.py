@@ -33,6 +33,7 @@ MANIFEST = "manifest.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 SCHEMA_VERSION = 2  # 2: the manifest carries its own digest; file names are plain
+READABLE_VERSIONS = (1, 2)
 
 
 class Manifest(BaseModel):
@@ -223,11 +224,12 @@ def read_manifest(folder: Path, kind: str | None = None, *, verify: bool = True,
         raise FreshsidError(f"{path} is not a valid manifest ({first}); rebuild the artifact.") from None
     if kind is not None and manifest.kind != kind:
         raise FreshsidError(f"{folder} holds a {manifest.kind!r} artifact, not the {kind!r} expected here.")
-    if manifest.schema_version != SCHEMA_VERSION:
+    if manifest.schema_version not in READABLE_VERSIONS:
         raise FreshsidError(
             f"{folder} has schema version {manifest.schema_version}, this freshsid reads {SCHEMA_VERSION}; rebuild it."
         )
-    if manifest.digest != manifest.expected_digest:
+    # Version 1 manifests carry no digest; every other check below still applies to them.
+    if manifest.schema_version >= 2 and manifest.digest != manifest.expected_digest:
         raise FreshsidError(f"{path} does not match its own digest (edited by hand?); rebuild {folder}.")
     for name in manifest.files:
         if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
