@@ -123,30 +123,11 @@ def test_recommend_batch_streams_every_user_and_resumes(chain, tmp_path, monkeyp
 
 @contextlib.contextmanager
 def serving(root, **options):
-    """A real uvicorn server on a free port of the loopback, in a thread."""
-    import socket
-    import threading
-
-    import uvicorn
-
-    from freshsid.serve.http import Service, create_app
+    from freshsid.serve.http import Service, serve_in_thread
 
     service = Service(Releases(root), poll_seconds=0.2, **options)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", service
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serve_in_thread(service) as base:
+        yield base, service
 
 
 def test_the_service_swaps_releases_under_load_without_failing_a_request(chain):
