@@ -244,6 +244,11 @@ def test_experiment_config_file_toml_json_or_a_results_json(monkeypatch, tmp_pat
     (tmp_path / "results.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "policies": {}}))
     invoke("experiment", *opts, "--config", tmp_path / "results.json", "--out", tmp_path / "b")
     assert seen["config"] == config
+    older = config.model_dump(mode="json")  # a results.json from before `refresh` was renamed `recipe`
+    older["refresh"] = older.pop("recipe")
+    (tmp_path / "results.json").write_text(json.dumps({"config": older, "policies": {}}))
+    invoke("experiment", *opts, "--config", tmp_path / "results.json", "--out", tmp_path / "c")
+    assert seen["config"] == config
 
 
 def test_demo_is_the_tiny_preset_on_the_synthetic_dataset(monkeypatch, tmp_path):

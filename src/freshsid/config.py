@@ -319,6 +319,9 @@ def load_config(path: Path) -> ExperimentConfig:
         data = data["config"]  # a results.json
     if not isinstance(data, dict):
         raise FreshsidError(f"{path} does not hold a table of settings; pass a JSON object or a TOML document.")
+    if "refresh" in data and "recipe" not in data:
+        data = dict(data)
+        data["recipe"] = data.pop("refresh")  # results written before the field was renamed
     name = data.get("preset", "cpu")
     if not isinstance(name, str) or name not in PRESETS:
         raise FreshsidError(f"Invalid setting in {path}: preset {name!r} is not one of {', '.join(PRESETS)}; fix the file.")
