@@ -4,9 +4,11 @@ This is the method's core step (Baikalov et al., SIGIR 2026): a SASRec-style mod
 gives item embeddings on a window of the logs, a tokenizer quantizes them into a
 SidTable, and alignment relabels that table's codes, level by level, onto the
 legacy table's so that a checkpoint trained on the legacy SIDs stays meaningful.
-A *recipe* says what the refresh continues from the legacy build (its SASRec
-weights, its tokenizer) instead of starting afresh. The experiment, the CLI and
-the benchmarks all build and refresh SIDs through the functions here.
+A *recipe* (:data:`freshsid.config.RECIPES`) sets the SASRec and tokenizer of both
+builds and says what the refresh continues from the legacy build (its SASRec
+weights, its tokenizer) instead of starting afresh. The experiment, the CLI, the
+production refresh and the benchmarks all build and refresh SIDs through the
+functions here.
 
 Compute convention: every table built here records in ``meta["compute"]`` the
 tokenizer fit (``tokenizer_seconds``, ``tokenizer_flops``) and, separately, the
@@ -30,7 +32,7 @@ from freshsid.sid.table import SidTable
 
 
 def recipe(name: str) -> Recipe:
-    """The named refresh recipe."""
+    """The named recipe."""
     if name not in RECIPES:
         raise FreshsidError(f"Unknown refresh recipe {name!r}; use one of {', '.join(RECIPES)}.")
     return RECIPES[name]
