@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from freshsid.artifacts import write_bytes_atomic
-from freshsid.policies import STALE, aligned_variants
+from freshsid.policies import POLICIES, STALE, aligned_variants
 
 METRICS = ("recall", "ndcg")
 METRIC_TITLES = {"recall": "Recall@K", "ndcg": "nDCG@K"}
@@ -55,7 +55,10 @@ def _ks(metrics_list: Iterable[dict], metric: str) -> list[int]:
 
 
 def _policies(results: dict) -> dict[str, dict]:
-    return {name: policy or {} for name, policy in (results.get("policies") or {}).items()}
+    """The run's policies in the policy table's order (results.json sorts its keys), others after."""
+    policies = results.get("policies") or {}
+    order = {p.label: i for i, p in enumerate(POLICIES)}
+    return {name: policies[name] or {} for name in sorted(policies, key=lambda n: order.get(n, len(order)))}
 
 
 def _metric_rows(results: dict) -> list[tuple[str, dict, bool]]:
@@ -257,7 +260,10 @@ def _quality_sentences(policies: dict, variants: list[str]) -> tuple[list[str], 
         wins = [k for k in ks if k not in fails["recall"] + fails["ndcg"]]
         verdict = (f"{intro} does not improve on FT-old on both metrics at every K ≥ {HEADLINE_MIN_K}: {failed}."
                    + (f" It is higher on both only at K = {_k_list(wins)}." if wins else "") + f" {detail}.")
-    return [verdict, "This is a single run; differences are not tested for significance."], best
+    runs = policies[STALE.label].get("by_seed") or []
+    caveat = (f"Means over {len(runs)} fine-tuning seeds (paired, seed by seed, below); no significance test."
+              if len(runs) > 1 else "This is a single run; differences are not tested for significance.")
+    return [verdict, caveat], best
 
 
 def _relative(new: float, old: float) -> str:
