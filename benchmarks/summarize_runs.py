@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from freshsid.evaluate.report import headline_table, paired_section
+from freshsid.evaluate.report import headline_table, paired_section, policies_of
 from freshsid.policies import STALE, aligned_variants
 
 def cutoffs(results: dict) -> tuple[int, ...]:
@@ -24,7 +24,7 @@ def cutoffs(results: dict) -> tuple[int, ...]:
 
 def policy_table(results: dict, ks: tuple[int, ...]) -> str:
     """headline_table plus retriever FLOPs and Full / this for each policy."""
-    policies = results["policies"]
+    policies = policies_of(results)  # the order headline_table writes them in
     full = next(p for p in policies.values() if p["kind"] == "full")["compute"]["retriever_flops"]
     lines = headline_table(results, ks).splitlines()
     lines[0] += " retriever FLOPs | Full / this |"

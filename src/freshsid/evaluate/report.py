@@ -54,7 +54,7 @@ def _ks(metrics_list: Iterable[dict], metric: str) -> list[int]:
     return sorted(found)
 
 
-def _policies(results: dict) -> dict[str, dict]:
+def policies_of(results: dict) -> dict[str, dict]:
     """The run's policies in the policy table's order (results.json sorts its keys), others after."""
     policies = results.get("policies") or {}
     order = {p.label: i for i, p in enumerate(POLICIES)}
@@ -63,7 +63,7 @@ def _policies(results: dict) -> dict[str, dict]:
 
 def _metric_rows(results: dict) -> list[tuple[str, dict, bool]]:
     """(label, metrics, is_policy) for every policy, then every dense baseline."""
-    rows = [(name, p.get("metrics") or {}, True) for name, p in _policies(results).items()]
+    rows = [(name, p.get("metrics") or {}, True) for name, p in policies_of(results).items()]
     for name, b in (results.get("baselines") or {}).items():
         rows.append((f"{name} (baseline)", (b or {}).get("metrics") or {}, False))
     return rows
@@ -122,7 +122,7 @@ def _metric_table(results: dict, metric: str) -> str:
 
 
 def _compute_table(results: dict) -> str:
-    policies = _policies(results)
+    policies = policies_of(results)
     if not policies:
         return "No policies in this run."
     full = _full(policies)
@@ -213,7 +213,7 @@ def headline_paragraph(results: dict) -> str:
     largest K >= 100) beats FT-old on both Recall@K and nDCG@K at every K >= 100; a tie is a failure.
     Claim 2: Full costs at least 8x the retriever FLOPs of that variant.
     """
-    policies = _policies(results)
+    policies = policies_of(results)
     # The like-for-like claim compares policies that decode over the same items as FT-old:
     # the greedy and Hungarian variants. FT-aligned+new also recommends items first seen
     # in the gap, which FT-old cannot, so it is reported beside the claim, not as it.
@@ -291,7 +291,7 @@ def headline_table(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
     header = ["policy", *[f"R@{k}" for k in ks], *[f"N@{k}" for k in ks]]
     body = [
         [name, *[_fmt(_metric(p.get("metrics") or {}, x, k)) for x in METRICS for k in ks]]
-        for name, p in _policies(results).items()
+        for name, p in policies_of(results).items()
     ]
     return _table(header, body)
 
@@ -308,8 +308,8 @@ def render_markdown(results: dict) -> str:
         "## Headline",
         headline_paragraph(results),
     ]
-    if _policies(results):
-        out += ["Policies:", "\n".join(f"- **{n}**: {p.get('description', '')}" for n, p in _policies(results).items())]
+    if policies_of(results):
+        out += ["Policies:", "\n".join(f"- **{n}**: {p.get('description', '')}" for n, p in policies_of(results).items())]
     for metric in METRICS:
         out += [f"## {METRIC_TITLES[metric]}", _metric_table(results, metric)]
     out += ["Bold: best policy per column (baselines excluded).", "## Compute", _compute_table(results)]
@@ -329,7 +329,7 @@ def render_markdown(results: dict) -> str:
 def paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
     """Each fine-tuned policy minus FT-old, seed by seed (same seeds, same test users):
     the mean difference and how many seeds it is positive for, at the headline cutoffs."""
-    policies = _policies(results)
+    policies = policies_of(results)
     old = policies.get(STALE.label) or {}
     old_runs = old.get("by_seed") or []
     if len(old_runs) < 2:
@@ -366,7 +366,7 @@ def new_figure(width: float = 7.0, height: float = 4.5):
 
 def _colors(results: dict) -> dict[str, str]:
     """One colour per policy, by display order, shared by every plot."""
-    return {name: f"C{i % 10}" for i, name in enumerate(_policies(results))}
+    return {name: f"C{i % 10}" for i, name in enumerate(policies_of(results))}
 
 
 def png_bytes(fig) -> bytes:
@@ -399,7 +399,7 @@ def _metric_plot(results: dict, metric: str) -> bytes | None:
 
 
 def _compute_plot(results: dict) -> bytes | None:
-    policies = _policies(results)
+    policies = policies_of(results)
     k = max(_ks([p.get("metrics") or {} for p in policies.values()], "recall"), default=None)
     colors, points = _colors(results), []
     for name, p in policies.items():
