@@ -65,20 +65,29 @@ class StageCache:
         layout.root.mkdir(parents=True, exist_ok=True)
         self._file = layout.root / STAGES_FILE
         self._keys: dict[str, str] = json.loads(self._file.read_text()) if self._file.exists() else {}
+        # What this process already built or loaded, by stage: every policy asks for the
+        # same SIDs and Base, which need not be read and hash-checked again each time.
+        self._held: dict[str, tuple[str, Any]] = {}
 
     def get(self, stage: str, key: Any, build: Callable[[Path], T], load: Callable[[Path], T]) -> T:
         """``load(folder)`` if ``stage`` was built from ``key``, else ``build(folder)`` and record it."""
         folder = self.layout.path(stage)
         key = fingerprint_of(key)
+        held = self._held.get(stage)
+        if held is not None and held[0] == key:
+            return held[1]
+        result = None
         if self._keys.get(stage) == key:
             try:
-                return load(folder)
+                result = load(folder)
             except (FreshsidError, FileNotFoundError):
                 pass  # missing or damaged artifact: rebuild it
-        self.log(f"[{time.strftime('%H:%M:%S')}] {stage}")
-        result = build(folder)
-        self._keys[stage] = key
-        write_json_atomic(self._file, self._keys)
+        if result is None:
+            self.log(f"[{time.strftime('%H:%M:%S')}] {stage}")
+            result = build(folder)
+            self._keys[stage] = key
+            write_json_atomic(self._file, self._keys)
+        self._held[stage] = (key, result)
         return result
 
     def record(self, stage: str, build: Callable[[Path], dict], key: Any) -> dict:

@@ -19,17 +19,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from freshsid.config import ExperimentConfig
 from freshsid.data.interactions import Interactions
-from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.data.temporal import Examples, TemporalSplit, Window
 from freshsid.errors import FreshsidError
 from freshsid.metrics import recall_ndcg
 from freshsid.retriever import pipeline
+from freshsid.retriever.pipeline import Recommender
 from freshsid.serve.release import RETRIEVER, Releases
 from freshsid.sid.refresh import CollabSids, recipe, refresh
 
@@ -81,9 +81,10 @@ def refresh_release(releases: Releases, logs: Interactions, config: ExperimentCo
         tuned = pipeline.finetune(releases.path(current.id) / RETRIEVER, train, aligned, target=NEW,
                                   train_config=config.finetune, out=scratch / "model",
                                   show_progress=progress)
-        validation = TemporalSplit.at(logs, [until])
-        scores = {name: _score(release_like, validation, held, metric, config) for name, release_like in
-                  (("current", (current.model, current.table)), ("candidate", (tuned.model, aligned)))}
+        examples = TemporalSplit.at(logs, [until]).examples(NEW, max_history=current.model.config.max_history)
+        examples = examples.subset(np.flatnonzero(np.isin(examples.users, held)))
+        scores = {name: _score(Recommender(model, table), examples, metric, config.beam) for name, model, table in
+                  (("current", current.model, current.table), ("candidate", tuned.model, aligned))}
         release_id = releases.create(tuned.model, tuned.manifest, aligned, logs, until_event=logs.n_events,
                                      metrics={f"current {metric}": scores["current"],
                                               f"candidate {metric}": scores["candidate"]})
@@ -109,14 +110,9 @@ def _held_out_users(logs: Interactions, until: int, share: float, seed: int) -> 
     return np.sort(np.random.default_rng(seed).choice(returning, n, replace=False))
 
 
-def _score(model_and_table: tuple[Any, Any], split: TemporalSplit, users: np.ndarray, metric: str,
-           config: ExperimentConfig) -> float:
-    """``metric`` of a model on the held-out users: history before the new window, labels in it;
-    decoding over every item its table codes."""
-    model, table = model_and_table
-    examples = split.examples(NEW, max_history=model.config.max_history)
-    examples = examples.subset(np.flatnonzero(np.isin(examples.users, users)))
+def _score(recommender: Recommender, examples: Examples, metric: str, beam: int) -> float:
+    """``metric`` of a release on the held-out users' examples (history before the new
+    window, labels in it), decoding over every item its table codes."""
     k = int(metric.split("@")[1])
-    ranked, _ = pipeline.recommend(model, table, examples.inputs, examples.users, allowed_items=None, top_k=k,
-                                   beam=max(k, config.beam))
+    ranked, _ = recommender(examples.inputs, examples.users, top_k=k, beam=max(k, beam))
     return recall_ndcg(ranked, examples.label_indptr, examples.label_items, (k,))[metric]
