@@ -8,7 +8,10 @@ held-out slice of gap users is kept, as in every fine-tune). Base and Full are t
 reference points. Everything runs on the validation split (base [0, 7), gap
 [7, 8), scored on part 8), so nothing here reads the test part.
 
-    python benchmarks/bench_budget.py --dataset amazon-beauty --out runs/budget-beauty
+    python benchmarks/bench_budget.py --dataset amazon-beauty --recipe stable --out runs/budget-beauty
+
+--out may be a copy of a validation run of the same settings (``freshsid experiment
+--validation``): its SIDs and Base are reused.
 
 Writes ``budget.json`` (one row per schedule x budget x policy, and Base and Full)
 and ``budget.png`` (Recall@K_max against retriever-training FLOPs) into --out, and
@@ -85,12 +88,14 @@ def main() -> None:
     parser.add_argument("--epochs", default="1,2,4,8,16", help="fine-tune budgets")
     parser.add_argument("--schedules", default="cosine,constant")
     parser.add_argument("--max-eval-users", type=int, default=None)
+    parser.add_argument("--recipe", default="cold", help="refresh recipe (freshsid.config.RECIPES)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     config = preset(args.preset)
     config = config.model_copy(update={"protocol": config.protocol.validation(),
-                                       "max_eval_users": args.max_eval_users or config.max_eval_users})
+                                       "max_eval_users": args.max_eval_users or config.max_eval_users,
+                                       "recipe": args.recipe})
     logs = load_dataset(args.dataset)
     reference = Experiment(logs, config.model_copy(update={"policies": ("Base", "Full")}), args.out)
     rows = rows_of(reference.run(), None, None)

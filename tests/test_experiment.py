@@ -19,7 +19,7 @@ from freshsid.data.registry import synthetic_dataset
 from freshsid.data.synthetic import SyntheticConfig
 from freshsid.data.temporal import Window
 from freshsid.evaluate.experiment import Experiment
-from freshsid.policies import POLICIES, ModelSpec, Policy, Tokenizer
+from freshsid.policies import ABLATIONS, POLICIES, ModelSpec, Policy, Tokenizer
 from freshsid.sid.table import SidTable
 
 # DESIGN.md, "Policies compared", on the default protocol (base [0,8), gap [8,9), test [9,10)):
@@ -32,6 +32,7 @@ DEFINITIONS = {
     "FT-aligned (hungarian)": ("aligned-hungarian", "Base", "0:8", "8:9", "0:8"),
     "FT-aligned+new": ("aligned-hungarian", "Base", "0:8", "8:9", "0:9"),
     "Full": ("refreshed", None, "0:9", "0:9", "0:9"),
+    "Full-old": ("legacy", None, "0:9", "0:9", "0:8"),
 }
 
 
@@ -57,7 +58,9 @@ def logs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, logs):
-    experiment = Experiment(logs, tiny_config(), tmp_path_factory.mktemp("experiment") / "run", show_progress=False)
+    every = tuple(p.label for p in POLICIES + ABLATIONS)
+    experiment = Experiment(logs, tiny_config(policies=every), tmp_path_factory.mktemp("experiment") / "run",
+                            show_progress=False)
     experiment.log = lambda _: None
     return experiment, experiment.run()
 
@@ -99,7 +102,7 @@ def violations(experiment: Experiment, results: dict) -> list[str]:
 
 def test_every_policy_is_what_its_definition_says_from_the_artifacts_alone(run):
     experiment, results = run
-    assert list(results["policies"]) == [p.label for p in POLICIES] == list(DEFINITIONS)
+    assert list(results["policies"]) == [p.label for p in POLICIES + ABLATIONS] == list(DEFINITIONS)
     assert violations(experiment, results) == []
 
 
@@ -192,9 +195,10 @@ def test_warm_refresh_with_seeds_reuses_the_legacy_stages_and_pairs_the_seeds(ru
 
 def test_the_policy_table_matches_the_design():
     """Each row once; the aligned tokenizers name their method; the definitions above are the table's."""
-    assert len({p.label for p in POLICIES}) == len(POLICIES) == len(DEFINITIONS)
+    rows = POLICIES + ABLATIONS
+    assert len({p.label for p in rows}) == len(rows) == len(DEFINITIONS)
     assert {t.alignment for t in Tokenizer} == {None, "greedy", "hungarian"}
-    for p in POLICIES:
+    for p in rows:
         table, parent, *_ = DEFINITIONS[p.label]
         assert (str(p.model.tokenizer), p.finetuned) == (table, parent is not None)
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from freshsid.data.tables import check_readable
 from freshsid.data.temporal import Window
 from freshsid.errors import FreshsidError
-from freshsid.policies import POLICIES
+from freshsid.policies import ABLATIONS, POLICIES
 from freshsid.metrics import DEFAULT_KS
 
 PresetName = Literal["tiny", "cpu", "paper"]
@@ -234,7 +234,7 @@ class ExperimentConfig(BaseModel):
     @field_validator("policies")
     @classmethod
     def _known_policies(cls, policies: tuple[str, ...]) -> tuple[str, ...]:
-        known = [p.label for p in POLICIES]
+        known = [p.label for p in POLICIES + ABLATIONS]
         unknown = [p for p in policies if p not in known]
         if unknown:
             raise ValueError(f"unknown policies {unknown}; choose from {', '.join(known)}")

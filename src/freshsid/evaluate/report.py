@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from freshsid.artifacts import write_bytes_atomic
-from freshsid.policies import POLICIES, STALE, aligned_variants
+from freshsid.policies import ABLATIONS, POLICIES, STALE, aligned_variants
 
 METRICS = ("recall", "ndcg")
 METRIC_TITLES = {"recall": "Recall@K", "ndcg": "nDCG@K"}
@@ -57,7 +57,7 @@ def _ks(metrics_list: Iterable[dict], metric: str) -> list[int]:
 def policies_of(results: dict) -> dict[str, dict]:
     """The run's policies in the policy table's order (results.json sorts its keys), others after."""
     policies = results.get("policies") or {}
-    order = {p.label: i for i, p in enumerate(POLICIES)}
+    order = {p.label: i for i, p in enumerate(POLICIES + ABLATIONS)}
     return {name: policies[name] or {} for name in sorted(policies, key=lambda n: order.get(n, len(order)))}
 
 

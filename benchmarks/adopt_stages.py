@@ -1,0 +1,95 @@
+"""Carry the legacy build and Base of a finished run into a new run of another recipe.
+
+The recipes ``cold``, ``warm`` and ``stable`` share the legacy build (SASRec embeddings
+and tokenizer on base) and so Base; only the refresh and what follows differ. This
+copies a finished run's ``legacy`` and Base folders into a new run folder
+and records them in its stage cache under the new config's keys, after checking that
+the legacy SASRec, tokenizer, retriever, fit, protocol and evaluation settings of the
+two configs agree (fields added since the old run count as equal at their defaults).
+Then ``freshsid experiment --out NEW`` builds only what the new recipe changes.
+
+    python benchmarks/adopt_stages.py --dataset amazon-beauty --from runs/fix-beauty \\
+        --out runs/final-beauty --recipe stable --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from freshsid.artifacts import fingerprint_of, write_json_atomic
+from freshsid.config import ExperimentConfig, load_config
+from freshsid.data.registry import load_dataset
+from freshsid.evaluate.experiment import Experiment
+from freshsid.evaluate.stages import STAGES_FILE, StageCache
+from freshsid.policies import BASE_MODEL, policy
+from freshsid.sid.refresh import recipe
+
+SHARED = ("sasrec", "sid", "retriever", "fit", "protocol", "ks", "max_eval_users", "seed", "beam")
+
+
+def check_same_legacy(old: ExperimentConfig, new: ExperimentConfig) -> None:
+    """Refuse unless both configs build the same legacy SIDs and Base."""
+    differ = [name for name in SHARED if getattr(old, name) != getattr(new, name)]
+    if recipe(old.recipe).legacy_configs(old.sasrec, old.sid) != recipe(new.recipe).legacy_configs(new.sasrec, new.sid):
+        differ.append("recipe legacy settings")
+    if differ:
+        raise SystemExit(f"the runs' configs differ in {', '.join(differ)}; their legacy builds are not the same")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--from", dest="source", type=Path, required=True, help="a finished experiment run")
+    parser.add_argument("--out", type=Path, required=True, help="the new run folder (must not exist)")
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--seeds", default="0")
+    args = parser.parse_args()
+    if args.out.exists():
+        raise SystemExit(f"{args.out} exists")
+    old = load_config(args.source / "results.json")
+    new = old.model_copy(update={"recipe": args.recipe,
+                                 "finetune_seeds": tuple(int(s) for s in args.seeds.split(","))})
+    new = ExperimentConfig.model_validate(new.model_dump())
+    check_same_legacy(old, new)
+
+    experiment = Experiment(load_dataset(args.dataset), new, args.out, show_progress=False)
+    base = policy("Base")
+    stages = [experiment.layout.legacy, experiment.layout.model(BASE_MODEL), experiment.layout.evaluation(base)]
+    for stage in stages[:2]:
+        shutil.copytree(args.source / stage, args.out / stage)
+    # Base's evaluation and the SASRec baseline the legacy build scored are single records.
+    window = new.protocol.base
+    sasrec = experiment.layout.sasrec(f"{window.start}-{window.stop}")
+    for record in (args.source / f"{stages[2]}.json", args.source / f"{sasrec}.json"):
+        target = args.out / record.relative_to(args.source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record, target)
+    # Record the adopted folders under the keys the new config gives them: asking the
+    # cache for each stage with a build that only accepts what is already there.
+    adopted: dict[str, str] = {}
+
+    def refuse(folder: Path):
+        raise SystemExit(f"{folder} did not load; nothing adopted")
+
+    class Adopting(StageCache):
+        def get(self, stage, key, build, load):  # type: ignore[override]
+            if stage in stages and stage not in adopted:
+                adopted[stage] = fingerprint_of(key)
+                self._keys[stage] = adopted[stage]
+                return super().get(stage, key, refuse, load)
+            return super().get(stage, key, build, load)
+
+    experiment.cache = Adopting(experiment.layout, log=print)
+    experiment.legacy()
+    experiment.model(BASE_MODEL)
+    experiment.evaluate(base)
+    write_json_atomic(args.out / STAGES_FILE, experiment.cache._keys)
+    (args.out / "ADOPTED.json").write_text(json.dumps({"from": str(args.source), "stages": stages}, indent=2) + "\n")
+    print(f"adopted {', '.join(stages)} from {args.source} into {args.out}")
+
+
+if __name__ == "__main__":
+    main()
