@@ -1,12 +1,13 @@
-"""Carry the legacy build and Base of a finished run into a new run of another recipe.
+"""Carry what a recipe does not change (legacy build, Base, FT-old) into a run of another recipe.
 
 The recipes ``cold``, ``warm`` and ``stable`` share the legacy build (SASRec embeddings
 and tokenizer on base) and so Base; only the refresh and what follows differ. This
-copies a finished run's ``legacy`` and Base folders into a new run folder
-and records them in its stage cache under the new config's keys, after checking that
-the legacy SASRec, tokenizer, retriever, fit, protocol and evaluation settings of the
-two configs agree (fields added since the old run count as equal at their defaults).
-Then ``freshsid experiment --out NEW`` builds only what the new recipe changes.
+copies a finished run's ``legacy`` folder, Base and FT-old (with their evaluations)
+into a new run folder and records them in its stage cache under the new config's keys, after checking that
+the legacy SASRec, tokenizer, retriever, fit, fine-tune, protocol and evaluation settings
+of the two configs agree (fields added since the old run count as equal at their defaults).
+Then ``freshsid experiment --config NEW/config.json --out NEW`` builds only what the new
+recipe changes.
 
     python benchmarks/adopt_stages.py --dataset amazon-beauty --from runs/fix-beauty \\
         --out runs/final-beauty --recipe stable --seeds 0,1,2
@@ -15,7 +16,6 @@ Then ``freshsid experiment --out NEW`` builds only what the new recipe changes.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from freshsid.evaluate.stages import STAGES_FILE, StageCache
 from freshsid.policies import BASE_MODEL, policy
 from freshsid.sid.refresh import recipe
 
-SHARED = ("sasrec", "sid", "retriever", "fit", "protocol", "ks", "max_eval_users", "seed", "beam")
+SHARED = ("sasrec", "sid", "retriever", "fit", "finetune", "protocol", "ks", "max_eval_users", "seed", "beam")
 
 
 def check_same_legacy(old: ExperimentConfig, new: ExperimentConfig) -> None:
@@ -46,29 +46,36 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the new run folder (must not exist)")
     parser.add_argument("--recipe", required=True)
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--policies", default=None, help="comma-separated (default: the old run's)")
     args = parser.parse_args()
     if args.out.exists():
         raise SystemExit(f"{args.out} exists")
     old = load_config(args.source / "results.json")
-    new = old.model_copy(update={"recipe": args.recipe,
-                                 "finetune_seeds": tuple(int(s) for s in args.seeds.split(","))})
+    update = {"recipe": args.recipe, "finetune_seeds": tuple(int(s) for s in args.seeds.split(","))}
+    if args.policies:
+        update["policies"] = tuple(args.policies.split(","))
+    new = old.model_copy(update=update)
     new = ExperimentConfig.model_validate(new.model_dump())
     check_same_legacy(old, new)
 
     experiment = Experiment(load_dataset(args.dataset), new, args.out, show_progress=False)
-    base = policy("Base")
-    stages = [experiment.layout.legacy, experiment.layout.model(BASE_MODEL), experiment.layout.evaluation(base)]
-    for stage in stages[:2]:
-        shutil.copytree(args.source / stage, args.out / stage)
-    # Base's evaluation and the SASRec baseline the legacy build scored are single records.
+    layout, seeds = experiment.layout, new.finetune_seeds
+    base, stale = policy("Base"), policy("FT-old")
+    # What the recipe does not touch: the legacy build, Base, and FT-old (legacy SIDs, Base
+    # fine-tuned with the same settings), each with its evaluation.
+    folders = [layout.legacy, layout.model(BASE_MODEL), *(layout.model(stale.model, s) for s in seeds)]
     window = new.protocol.base
-    sasrec = experiment.layout.sasrec(f"{window.start}-{window.stop}")
-    for record in (args.source / f"{stages[2]}.json", args.source / f"{sasrec}.json"):
-        target = args.out / record.relative_to(args.source)
+    records = [layout.evaluation(base), *(layout.evaluation(stale, s) for s in seeds),
+               layout.sasrec(f"{window.start}-{window.stop}")]
+    for stage in folders:
+        shutil.copytree(args.source / stage, args.out / stage)
+    for stage in records:
+        target = args.out / f"{stage}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(record, target)
-    # Record the adopted folders under the keys the new config gives them: asking the
-    # cache for each stage with a build that only accepts what is already there.
+        shutil.copy2(args.source / f"{stage}.json", target)
+    # Record the copies under the keys the new config gives them: ask the cache for each
+    # stage with a build that refuses to run, so only what was copied can answer.
+    stages = set(folders + records[:-1])
     adopted: dict[str, str] = {}
 
     def refuse(folder: Path):
@@ -82,13 +89,15 @@ def main() -> None:
                 return super().get(stage, key, refuse, load)
             return super().get(stage, key, build, load)
 
-    experiment.cache = Adopting(experiment.layout, log=print)
-    experiment.legacy()
-    experiment.model(BASE_MODEL)
+    experiment.cache = Adopting(layout, log=print)
     experiment.evaluate(base)
+    experiment.evaluate(stale)
+    if set(adopted) != stages:
+        raise SystemExit(f"not adopted: {sorted(stages - set(adopted))}")
     write_json_atomic(args.out / STAGES_FILE, experiment.cache._keys)
-    (args.out / "ADOPTED.json").write_text(json.dumps({"from": str(args.source), "stages": stages}, indent=2) + "\n")
-    print(f"adopted {', '.join(stages)} from {args.source} into {args.out}")
+    write_json_atomic(args.out / "ADOPTED.json", {"from": str(args.source), "stages": sorted(stages)})
+    write_json_atomic(args.out / "config.json", new.model_dump(mode="json"))
+    print(f"adopted {', '.join(sorted(stages))} from {args.source} into {args.out}")
 
 
 if __name__ == "__main__":

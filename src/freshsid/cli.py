@@ -20,7 +20,7 @@ import typer
 from typer.core import TyperGroup
 
 from freshsid import __version__
-from freshsid.commands import data, embed, experiment, release, retriever, sids
+from freshsid.commands import data, embed, experiment, release, retriever, rolling, sids
 from freshsid.commands.common import STATE
 from freshsid.errors import FreshsidError
 
@@ -85,6 +85,7 @@ app.command("staleness")(experiment.staleness)
 app.command("experiment")(experiment.experiment)
 app.command("demo")(experiment.demo)
 app.command("report")(experiment.report)
+app.command("rolling")(rolling.rolling)
 app.add_typer(release.app, name="release")
 app.command("refresh")(release.refresh)
 app.command("recommend-batch")(release.recommend_batch)

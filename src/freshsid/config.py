@@ -293,6 +293,41 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The rolling protocol's strategies (freshsid.evaluate.rolling), all from one initial build.
+ROLLING_STRATEGIES = ("Frozen", "FT-old", "Aligned", "Full", "Triggered")
+SIGNALS = ("churn", "unseen", "decay")
+
+
+class RollingConfig(BaseModel):
+    """Many refreshes in a row: the logs cut into ``n_parts`` equal-count parts, an initial
+    build on parts [0, initial), then one round per part r = initial ... n_parts - 2, where a
+    strategy may use part r and is scored on part r + 1. ``run`` gives every size and
+    training setting (an experiment config; its protocol's windows are not used)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_parts: int = Field(10, ge=4)
+    initial: int = Field(5, ge=1)
+    strategies: tuple[str, ...] = ROLLING_STRATEGIES
+    # Triggered refreshes when this staleness signal reaches the threshold chosen on the
+    # first ``calibration_rounds`` rounds (during which it refreshes every round).
+    signal: Literal["churn", "unseen", "decay"] = "decay"
+    calibration_rounds: int = Field(2, ge=1)
+    run: ExperimentConfig = Field(default_factory=lambda: preset("cpu"))
+
+    @model_validator(mode="after")
+    def _rounds(self) -> RollingConfig:
+        if self.initial > self.n_parts - 2:
+            raise ValueError(f"initial ({self.initial}) must leave at least one round: at most n_parts - 2 = {self.n_parts - 2}")
+        unknown = [s for s in self.strategies if s not in ROLLING_STRATEGIES]
+        if unknown or not self.strategies:
+            raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(ROLLING_STRATEGIES)}")
+        return self
+
+    @property
+    def rounds(self) -> range:
+        return range(self.initial, self.n_parts - 1)
+
+
 def preset(name: str, **overrides: Any) -> ExperimentConfig:
     """The named preset, with top-level fields overridden."""
     if name not in PRESETS:

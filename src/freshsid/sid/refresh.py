@@ -127,15 +127,18 @@ def align_to_legacy(legacy: SidTable, refreshed: SidTable, methods: tuple[str, .
 
 
 def refresh(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe: Recipe, sasrec: SASRecConfig,
-            sid: SidConfig, seed: int, methods: tuple[str, ...] = METHODS, progress: bool = True) -> Refresh:
+            sid: SidConfig, seed: int, methods: tuple[str, ...] = METHODS, progress: bool = True,
+            warm_from: CollabSids | None = None) -> Refresh:
     """Rebuild collaborative SIDs on ``window`` as ``recipe`` says and align them to ``legacy``.
     ``sasrec`` and ``sid`` are the run's configs; the recipe's settings for the refresh apply over
-    them, and the SID shape is the legacy table's (alignment needs the same shape)."""
+    them, and the SID shape is the legacy table's (alignment needs the same shape).
+    ``warm_from``: the build a warm recipe continues (default ``legacy``; in a chain of
+    refreshes, the previous unaligned build, whose table holds the tokenizer state)."""
     sasrec, sid = recipe.refresh_configs(sasrec, sid)
     sizes = legacy.table.codebook_sizes
     if len(set(sizes[:-1])) != 1:
         raise FreshsidError(f"The legacy table's levels differ in size ({list(sizes)}); freshsid refits one size per level.")
     sid = sid.model_copy(update={"n_levels": len(sizes) - 1, "codebook_size": sizes[0], "suffix_size": sizes[-1]})
-    refreshed = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=seed, warm_from=legacy, recipe=recipe,
-                                  progress=progress)
+    refreshed = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=seed, warm_from=warm_from or legacy,
+                                  recipe=recipe, progress=progress)
     return Refresh(recipe, refreshed, align_to_legacy(legacy.table, refreshed.table, methods))

@@ -1,0 +1,425 @@
+"""The rolling protocol: refresh after refresh, and a trigger that decides when to refresh.
+
+The logs are cut into N equal-count parts. One initial build on [0, s) (SASRec
+embeddings, the SidTable, a retriever) is the common start; then at each round
+r = s ... N-2 every strategy may use the events of part r and is scored on part r+1:
+
+- **Frozen** never changes;
+- **FT-old** fine-tunes its retriever on part r with the initial SIDs;
+- **Aligned** refreshes the SIDs on [0, r+1), aligns them to the table it serves
+  (each round's table is the next one's legacy, so items new since the last round
+  get codes and become recommendable) and fine-tunes on part r;
+- **Full** rebuilds embeddings, SIDs and retriever from scratch on [0, r+1);
+- **Triggered** refreshes like Aligned when a staleness signal reaches a threshold,
+  otherwise fine-tunes like FT-old. The threshold is the mean signal over the first
+  rounds where the signal is defined (during which it refreshes every round); it is
+  stated in the results.
+
+Staleness signals, from what is known at round r (never from part r+1): ``churn``,
+the mean per-level share of codes a refreshed tokenizer would change after alignment;
+``unseen``, the share of part r's events on items the served table does not code;
+``decay``, the relative drop of the served retriever's Recall@K_max on part r from its
+Recall@K_max on part r-1.
+
+A strategy's state is named by the actions that led to it from the initial build
+(``F`` fine-tune, ``R`` refresh and fine-tune), so strategies that took the same
+actions share their stages: Triggered reuses Aligned's while both refresh. Stages
+are cached (:class:`StageCache`), so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from freshsid.artifacts import output_lock, read_manifest, write_bytes_atomic, write_json_atomic
+from freshsid.config import RollingConfig
+from freshsid.data.interactions import Interactions
+from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.evaluate.report import new_figure, png_bytes
+from freshsid.evaluate.stages import RunLayout, StageCache
+from freshsid.retriever import pipeline
+from freshsid.retriever.model import RetrieverConfig, load_checkpoint
+from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, recipe, refresh
+from freshsid.sid.table import SidTable
+
+ALIGNMENT = "hungarian"
+SID_COMPUTE = ("embedding_flops", "embedding_seconds", "tokenizer_flops", "tokenizer_seconds")
+COMPUTE = ("retriever_flops", "retriever_seconds", *SID_COMPUTE)
+
+
+def sid_compute(table: SidTable) -> dict[str, float]:
+    return {k: float(table.meta["compute"].get(k, 0.0)) for k in SID_COMPUTE}
+
+
+@dataclass(frozen=True)
+class State:
+    """What a strategy serves after a round.
+
+    ``path``: the actions since the initial build ("" for the initial build itself);
+    ``sids``: the served table with the embeddings it was coded from; ``build``: the
+    unaligned build a warm recipe continues (its table holds the tokenizer state);
+    ``model``: the checkpoint's stage; ``coverage``: the window whose items are coded."""
+
+    path: str
+    sids: CollabSids
+    build: CollabSids
+    model: str
+    coverage: Window
+    refreshed_at: int  # the round of the last refresh (the initial build counts as one)
+
+
+class Rolling:
+    """Runs the strategies of ``config`` over the rounds of the rolling protocol into ``out``."""
+
+    def __init__(self, logs: Interactions, config: RollingConfig, out: Path, *, show_progress: bool = True) -> None:
+        self.logs, self.config, self.run_config = logs, config, config.run
+        self.split = TemporalSplit(logs, config.n_parts)
+        self.layout = RunLayout(out)
+        self.out = self.layout.root
+        self.progress = show_progress
+        self.log: Callable[[str], None] = print
+        self.cache = StageCache(self.layout, log=lambda line: self.log(line))
+
+    # ------------------------------------------------------------ builds
+
+    def _collab(self, stage: str, window: Window, warm: tuple[CollabSids, CollabSids] | None = None) -> Any:
+        """SIDs on ``window``: a fresh build, or (``warm`` = (served, continued build)) a
+        refresh aligned to the served table."""
+        cfg = self.run_config
+        if warm is None:
+            def build(folder: Path) -> CollabSids:
+                built = build_collab_sids(self.split, window, sasrec=cfg.sasrec, sid=cfg.sid, seed=cfg.seed,
+                                          progress=self.progress)
+                built.save(folder, self.logs.fingerprint)
+                return built
+
+            key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), self.config.n_parts]
+            return self.cache.get(stage, key, build, CollabSids.load)
+        served, continued = warm
+        how = recipe(cfg.recipe)
+
+        def build_refresh(folder: Path) -> Refresh:
+            result = refresh(self.split, window, served, recipe=how, sasrec=cfg.sasrec, sid=cfg.sid, seed=cfg.seed,
+                             methods=(ALIGNMENT,), progress=self.progress, warm_from=continued)
+            result.save(folder, self.logs.fingerprint)
+            return result
+
+        key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), how, served.table.content_hash,
+               continued.table.content_hash, self.config.n_parts]
+        return self.cache.get(stage, key, build_refresh, lambda folder: Refresh.load(folder, how.name))
+
+    def _fit(self, stage: str, table: SidTable, window: Window) -> None:
+        cfg = self.run_config
+
+        def build(folder: Path) -> str:
+            pipeline.fit(self.split, table, window=window, out=folder, show_progress=self.progress,
+                         model_config=RetrieverConfig.preset(cfg.retriever, codebook_sizes=table.codebook_sizes,
+                                                             max_history=cfg.protocol.max_history),
+                         train_config=cfg.fit)
+            return stage
+
+        key = [table.content_hash, cfg.retriever, cfg.protocol.max_history, cfg.fit, str(window)]
+        self.cache.get(stage, key, build, _checked)
+
+    def _finetune(self, stage: str, parent: str, table: SidTable, target: Window) -> None:
+        cfg = self.run_config
+
+        def build(folder: Path) -> str:
+            pipeline.finetune(self.layout.path(parent), self.split, table, target=target, out=folder,
+                              train_config=cfg.finetune, show_progress=self.progress)
+            return stage
+
+        key = [table.content_hash, cfg.finetune, str(target), read_manifest(self.layout.path(parent), verify=False).fingerprint]
+        self.cache.get(stage, key, build, _checked)
+
+    def initial(self) -> State:
+        """Embeddings, SIDs and retriever on [0, initial): where every strategy starts."""
+        window = Window(start=0, stop=self.config.initial)
+        sids = self._collab("initial/sids", window)
+        self._fit("initial/model", sids.table, window)
+        return State("", sids, sids, "initial/model", window, self.config.initial - 1)
+
+    def step(self, state: State, action: str, r: int) -> State:
+        """``state`` after one action at round r: ``F`` fine-tunes on part r with the served
+        table, ``R`` refreshes the SIDs on [0, r+1), aligns them and fine-tunes on part r."""
+        path, part = state.path + action, Window(start=r, stop=r + 1)
+        if action == "F":
+            self._finetune(f"steps/{path}/model", state.model, state.sids.table, part)
+            return State(path, state.sids, state.build, f"steps/{path}/model", state.coverage, state.refreshed_at)
+        window = Window(start=0, stop=r + 1)
+        result = self._collab(f"steps/{path}/sids", window, warm=(state.sids, state.build))
+        served = CollabSids(result.refreshed.embeddings, result.aligned[ALIGNMENT])
+        self._finetune(f"steps/{path}/model", state.model, served.table, part)
+        return State(path, served, result.refreshed, f"steps/{path}/model", window, r)
+
+    def full(self, r: int) -> State:
+        window = Window(start=0, stop=r + 1)
+        sids = self._collab(f"full/r{r}/sids", window)
+        self._fit(f"full/r{r}/model", sids.table, window)
+        return State(f"X{r}", sids, sids, f"full/r{r}/model", window, r)
+
+    # ------------------------------------------------------------ scoring
+
+    def evaluate(self, state: State, part: int) -> dict[str, float]:
+        cfg = self.run_config
+        stage = f"eval/{state.path or 'initial'}/part{part}" if not state.path.startswith("X") else f"eval/full/part{part}"
+
+        def build(_: Path) -> dict[str, Any]:
+            model, _ = load_checkpoint(self.layout.path(state.model), expected_shape=state.sids.table.codebook_sizes)
+            return pipeline.evaluate(model, state.sids.table, self.split, test=Window(start=part, stop=part + 1),
+                                     allowed=state.coverage, ks=cfg.ks, beam=cfg.beam, max_users=cfg.max_eval_users)
+
+        key = [state.sids.table.content_hash, read_manifest(self.layout.path(state.model), verify=False).fingerprint,
+               str(state.coverage), part, cfg.ks, cfg.beam, cfg.max_eval_users]
+        return self.cache.record(stage, build, key)
+
+    def compute(self, before: State, after: State) -> dict[str, float]:
+        """What the round's action cost: the retriever's training, and the SIDs (embedding
+        model and tokenizer) when the served table changed."""
+        out = dict.fromkeys(COMPUTE, 0.0)
+        if after.model != before.model:
+            trained = read_manifest(self.layout.path(after.model), verify=False).compute
+            out.update({k: float(trained.get(k, 0.0)) for k in ("retriever_flops", "retriever_seconds")})
+        if after.sids.table.content_hash != before.sids.table.content_hash:
+            out.update(sid_compute(after.sids.table))
+        return out
+
+    # ------------------------------------------------------------ signals
+
+    def signals(self, state: State, r: int, k: int) -> dict[str, Any]:
+        """The staleness signals of ``state`` at round r, from parts up to r only."""
+        part = self.split.events(Window(start=r, stop=r + 1))
+        unseen = float(np.mean(~np.isin(self.logs.item[part], state.sids.table.items)))
+        # the served retriever on the newest part against the part before (both known now)
+        newest, before = (self.evaluate(state, p)[f"recall@{k}"] for p in (r, r - 1))
+        decay = 1.0 - newest / before if before > 0 else None
+        churn, cost = None, dict.fromkeys(SID_COMPUTE, 0.0)
+        if self.config.signal == "churn":  # a refreshed tokenizer is built to measure it: its cost is the signal's
+            candidate = self._collab(f"steps/{state.path}R/sids", Window(start=0, stop=r + 1), warm=(state.sids, state.build))
+            levels = candidate.aligned[ALIGNMENT].meta["stats"]["alignment"]["levels"]
+            churn = float(np.mean([1.0 - lv["kept_after"] for lv in levels]))
+            cost = sid_compute(candidate.aligned[ALIGNMENT])
+        return {"churn": churn, "unseen": unseen, "decay": decay, "cost": cost}
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> dict[str, Any]:
+        with output_lock(self.out):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        torch.set_num_threads(self.run_config.threads)
+        cfg, k = self.config, max(self.run_config.ks)
+        first = self.initial()
+        states = {name: first for name in cfg.strategies}
+        scores: dict[str, list[dict[str, Any]]] = {name: [] for name in cfg.strategies}
+        calibration: list[float] = []
+        threshold = None
+        rounds = []
+        for r in cfg.rounds:
+            record: dict[str, Any] = {"round": r, "uses_part": r, "scored_on": r + 1, "strategies": {}}
+            for name in cfg.strategies:
+                before = states[name]
+                if name == "Frozen":
+                    after = before
+                elif name == "FT-old":
+                    after = self.step(before, "F", r)
+                elif name == "Aligned":
+                    after = self.step(before, "R", r)
+                elif name == "Full":
+                    after = self.full(r)
+                else:  # Triggered
+                    signal = self.signals(before, r, k)
+                    value = signal[cfg.signal]
+                    calibrating = threshold is None
+                    if calibrating and value is not None:  # a round without the signal does not calibrate
+                        calibration.append(value)
+                        if len(calibration) == cfg.calibration_rounds:
+                            threshold = float(np.mean(calibration))
+                    refresh_now = calibrating or value is None or value >= threshold
+                    after = self.step(before, "R" if refresh_now else "F", r)
+                    cost = signal.pop("cost")
+                    record["signals"] = {**signal, "used": cfg.signal, "threshold": None if calibrating else threshold,
+                                         "refreshed": refresh_now, "calibrating": calibrating}
+                states[name] = after
+                compute = self.compute(before, after)
+                if name == "Triggered" and not refresh_now:
+                    compute.update(cost)  # the refreshed tokenizer built only to measure churn
+                entry = {"metrics": self.evaluate(after, r + 1), "compute": compute,
+                         "path": after.path, **self.codes(first, before, after)}
+                scores[name].append(entry)
+                record["strategies"][name] = entry
+            rounds.append(record)
+        results = {"dataset": {"name": self.logs.name, "n_parts": cfg.n_parts},
+                   "config": cfg.model_dump(mode="json"), "rounds": rounds,
+                   "trigger": {"signal": cfg.signal, "calibration_rounds": cfg.calibration_rounds,
+                               "calibration_values": calibration, "threshold": threshold},
+                   "summary": summarize(scores, k), "wall_seconds": time.perf_counter() - started}
+        write_json_atomic(self.out / "results.json", results)
+        write_report(results, self.out)
+        return results
+
+    def codes(self, first: State, before: State, after: State) -> dict[str, Any]:
+        """How the served table moved: codes kept per level (against the round before and
+        against the initial table, on the items both code), utilisation per level, items
+        added, and duplicate SIDs (always 0 for a valid table)."""
+        table = after.sids.table
+        return {"kept": kept(before.sids.table, table), "kept_since_start": kept(first.sids.table, table),
+                "utilisation": [len(np.unique(table.codes[:, level])) / size
+                                for level, size in enumerate(table.codebook_sizes[:-1])],
+                "items": len(table), "items_added": len(table) - len(before.sids.table),
+                "duplicate_sids": len(table) - len(np.unique(table.codes, axis=0))}
+
+
+def _checked(folder: Path) -> str:
+    """A cached checkpoint's stage, once its manifest verifies (a damaged one is rebuilt)."""
+    read_manifest(folder)
+    return folder.name
+
+
+def kept(old: SidTable, new: SidTable) -> list[float]:
+    """Per prefix level, the share of the items both tables code whose code is the same."""
+    _, a, b = np.intersect1d(old.items, new.items, return_indices=True)
+    same = old.codes[a, :-1] == new.codes[b, :-1]
+    return [float(x) for x in same.mean(axis=0)] if len(a) else [0.0] * old.n_levels
+
+
+def summarize(scores: dict[str, list[dict[str, Any]]], k: int) -> dict[str, Any]:
+    """Per strategy: mean Recall@k over the rounds and the cumulative compute; which
+    strategy is best on quality and which on quality gained over Frozen per FLOP."""
+    rows = {}
+    for name, entries in scores.items():
+        flops = sum(e["compute"][f"{part}_flops"] for e in entries for part in ("retriever", "embedding", "tokenizer"))
+        rows[name] = {f"mean_recall@{k}": float(np.mean([e["metrics"][f"recall@{k}"] for e in entries])),
+                      "flops": float(flops),
+                      "seconds": float(sum(e["compute"][f"{part}_seconds"] for e in entries
+                                           for part in ("retriever", "embedding", "tokenizer")))}
+    metric = f"mean_recall@{k}"
+    best = max(rows, key=lambda n: rows[n][metric])
+    per_flop = None
+    if "Frozen" in rows:
+        frozen = rows["Frozen"][metric]
+        for row in rows.values():
+            row["gain_per_pflop"] = (row[metric] - frozen) / (row["flops"] / 1e15) if row["flops"] > 0 else None
+        spent = [n for n in rows if rows[n]["gain_per_pflop"] is not None]
+        per_flop = max(spent, key=lambda n: rows[n]["gain_per_pflop"]) if spent else None
+    return {"k": k, "strategies": rows, "best_quality": best, "best_per_flop": per_flop}
+
+
+# ---------------------------------------------------------------- report
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    ks = results["config"]["run"]["ks"]
+    shown = [k for k in ks if k >= 100] or list(ks[-2:])
+    write_bytes_atomic(out / "recall_by_round.png", _recall_plot(results, (shown[0], shown[-1])))
+    write_bytes_atomic(out / "compute_vs_quality.png", _compute_plot(results))
+    write_bytes_atomic(out / "codes_over_rounds.png", _codes_plot(results))
+    (out / "report.md").write_text(report_markdown(results, shown))
+
+
+def report_markdown(results: dict[str, Any], ks: list[int]) -> str:
+    summary, trigger = results["summary"], results["trigger"]
+    k = summary["k"]
+    names = list(results["rounds"][0]["strategies"])
+    lines = [f"# freshsid rolling refresh: {results['dataset']['name']}", "",
+             f"{results['dataset']['n_parts']} parts; initial build on [0, {results['config']['initial']}); "
+             f"rounds {results['rounds'][0]['round']}–{results['rounds'][-1]['round']} (round r uses part r, is scored "
+             f"on part r+1). Wall time {results['wall_seconds'] / 60:.1f} min.", "", "## Verdict", ""]
+    rows = summary["strategies"]
+    lines.append(f"Best mean Recall@{k}: **{summary['best_quality']}** ({rows[summary['best_quality']][f'mean_recall@{k}']:.4f}). "
+                 + (f"Best quality gained over Frozen per FLOP: **{summary['best_per_flop']}**. "
+                    if summary.get("best_per_flop") else "")
+                 + (f"Triggered: mean Recall@{k} {rows['Triggered'][f'mean_recall@{k}']:.4f} for {rows['Triggered']['flops']:.2e} "
+                    f"FLOPs (signal {trigger['signal']}, threshold {trigger['threshold']} = mean over the first "
+                    f"{trigger['calibration_rounds']} rounds)." if "Triggered" in rows else ""))
+    lines += ["", f"| strategy | mean Recall@{k} | FLOPs (all rounds) | seconds | gain over Frozen per PFLOP |",
+              "|---|---:|---:|---:|---:|"]
+    for name in names:
+        row = rows[name]
+        gain = row.get("gain_per_pflop")
+        lines.append(f"| {name} | {row[f'mean_recall@{k}']:.4f} | {row['flops']:.2e} | {row['seconds']:.0f} | "
+                     + ("—" if gain is None else f"{gain:+.4f}") + " |")
+    for metric in ("recall", "ndcg"):
+        lines += ["", f"## {metric} by round", "", "| round | scored on | " + " | ".join(
+            f"{n} @{kk}" for n in names for kk in ks) + " |", "|---:|---:|" + "---:|" * (len(names) * len(ks))]
+        for rec in results["rounds"]:
+            cells = [f"{rec['strategies'][n]['metrics'][f'{metric}@{kk}']:.4f}" for n in names for kk in ks]
+            lines.append(f"| {rec['round']} | {rec['scored_on']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Codes", "", "| round | strategy | kept vs previous | kept since start | utilisation | items | added |"
+              " duplicates |", "|---:|---|---|---|---|---:|---:|---:|"]
+    fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    for rec in results["rounds"]:
+        for n in names:
+            e = rec["strategies"][n]
+            lines.append(f"| {rec['round']} | {n} | {fmt(e['kept'])} | {fmt(e['kept_since_start'])} | "
+                         f"{fmt(e['utilisation'])} | {e['items']:,} | {e['items_added']:,} | {e['duplicate_sids']} |")
+    if any("signals" in rec for rec in results["rounds"]):
+        lines += ["", "## Trigger", "", "| round | churn | unseen | decay | threshold | refreshed |", "|---:|---:|---:|---:|---:|---|"]
+        for rec in results["rounds"]:
+            s = rec.get("signals")
+            if s:
+                show = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+                lines.append(f"| {rec['round']} | {show(s['churn'])} | {show(s['unseen'])} | {show(s['decay'])} | "
+                             f"{'calibrating' if s['calibrating'] else show(s['threshold'])} | {'yes' if s['refreshed'] else 'no'} |")
+    lines += ["", "Plots: recall_by_round.png, compute_vs_quality.png, codes_over_rounds.png.", ""]
+    return "\n".join(lines)
+
+
+def _recall_plot(results: dict[str, Any], ks: tuple[int, int]) -> bytes:
+    fig, _ = new_figure(10, 4)
+    fig.clear()
+    axes = fig.subplots(1, 2)
+    rounds = [rec["scored_on"] for rec in results["rounds"]]
+    for ax, kk in zip(axes, ks):
+        for name in results["rounds"][0]["strategies"]:
+            ax.plot(rounds, [rec["strategies"][name]["metrics"][f"recall@{kk}"] for rec in results["rounds"]],
+                    marker="o", label=name)
+        ax.set_xlabel("scored on part")
+        ax.set_ylabel(f"Recall@{kk}")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Rolling refresh: quality per round")
+    return png_bytes(fig)
+
+
+def _compute_plot(results: dict[str, Any]) -> bytes:
+    fig, ax = new_figure()
+    summary = results["summary"]
+    for name, row in summary["strategies"].items():
+        ax.scatter([max(row["flops"], 1.0)], [row[f"mean_recall@{summary['k']}"]])
+        ax.annotate(name, (max(row["flops"], 1.0), row[f"mean_recall@{summary['k']}"]), xytext=(4, 3),
+                    textcoords="offset points", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative FLOPs over the rounds (Frozen drawn at 1)")
+    ax.set_ylabel(f"mean Recall@{summary['k']}")
+    ax.grid(True, alpha=0.3, which="both")
+    return png_bytes(fig)
+
+
+def _codes_plot(results: dict[str, Any]) -> bytes:
+    fig, _ = new_figure(10, 4)
+    fig.clear()
+    axes = fig.subplots(1, 2)
+    rounds = [rec["round"] for rec in results["rounds"]]
+    for name in results["rounds"][0]["strategies"]:
+        entries = [rec["strategies"][name] for rec in results["rounds"]]
+        for level in range(len(entries[0]["utilisation"])):
+            style = dict(marker="o", markersize=3, label=f"{name} L{level}")
+            axes[0].plot(rounds, [e["kept_since_start"][level] for e in entries], **style)
+            axes[1].plot(rounds, [e["utilisation"][level] for e in entries], **style)
+    axes[0].set_ylabel("share of initial codes still in place")
+    axes[1].set_ylabel("codebook utilisation")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.grid(True, alpha=0.3)
+    axes[1].legend(fontsize=6, ncol=2)
+    return png_bytes(fig)
