@@ -57,7 +57,7 @@ class SyntheticConfig(BaseModel):
     n_communities: int = Field(20, ge=2)
     span_days: int = Field(365, ge=1)
     start_timestamp: int = Field(1_672_531_200, ge=0, description="Unix seconds of day 0 (2023-01-01 UTC).")
-    migrating_share: float = Field(0.15, ge=0, le=1, description="Items that move to another community once.")
+    migrating_share: float = Field(0.4, ge=0, le=1, description="Items that move to another community once.")
     new_item_share: float = Field(0.2, ge=0, le=0.9, description="Items born after day 0, uniformly over the span.")
     seasonal_amplitude: float = Field(0.5, ge=0, le=1, description="Relative swing of an item's popularity.")
     seasonal_period_days: float = Field(91.0, gt=0)
