@@ -26,7 +26,7 @@ EXPECTED = {
     ("sids", "align"), ("retriever", "train"), ("retriever", "finetune"), ("retriever", "eval"),
     ("retriever", "recommend"), ("staleness",), ("experiment",), ("demo",), ("report",),
     ("release", "create"), ("release", "list"), ("release", "promote"), ("release", "rollback"), ("refresh",),
-    ("recommend-batch",), ("serve",),
+    ("recommend-batch",), ("serve",), ("rolling",),
 }
 DATA_OPTIONS = {"dataset", "data_dir", "logs", "items", "columns", "sep", "drop_duplicates"}
 
@@ -105,3 +105,14 @@ def test_progress_spinner_goes_to_stderr_only(tmp_path):
     result = runner.invoke(app, ["--progress", "data", "stats", "--logs", str(path), "--n-parts", "2", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["events"] == 3
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--n-parts", "6", "--initial", "5"], "must leave at least one round"),
+    (["--strategies", "Frozen,Sometimes"], "unknown strategies"),
+    (["--signal", "vibes"], "is not one of churn, unseen, decay"),
+])
+def test_rolling_refuses_a_protocol_without_rounds_or_an_unknown_name(tmp_path, args, says):
+    result = runner.invoke(app, ["rolling", "--dataset", "synthetic", "--preset", "tiny", "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert not (tmp_path / "run" / "results.json").exists()
