@@ -19,7 +19,8 @@ Staleness signals, from what is known at round r (never from part r+1): ``churn`
 the mean per-level share of codes a refreshed tokenizer would change after alignment;
 ``unseen``, the share of part r's events on items the served table does not code;
 ``decay``, the relative drop of the served retriever's Recall@K_max on part r from its
-Recall@K_max on part r-1.
+Recall@K_max on part r-1 (the last part it trained on, so the ratio carries an in-sample
+advantage the threshold, set on the first rounds, takes in).
 
 A strategy's state is named by the actions that led to it from the initial build
 (``F`` fine-tune, ``R`` refresh and fine-tune), so strategies that took the same
