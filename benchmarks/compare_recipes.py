@@ -41,6 +41,14 @@ def neighbour_overlap(legacy: Embeddings, refreshed: Embeddings, k: int = NEIGHB
     return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b)]))
 
 
+def median_cosine(legacy: Embeddings, refreshed: Embeddings) -> float:
+    """Median cosine between an item's legacy and refreshed vector (meaningful only when
+    the refreshed SASRec continued from the legacy one, so the coordinates correspond)."""
+    common = np.intersect1d(legacy.items, refreshed.items)
+    a, b = legacy.vectors[common], refreshed.vectors[common]
+    return float(np.median((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)))
+
+
 def row(run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
     layout = RunLayout(run)
@@ -49,6 +57,7 @@ def row(run: Path) -> dict:
     levels = results["alignment"]["hungarian"]["levels"]
     return {"run": run.name, "recipe": results["config"]["recipe"],
             "kept": [lv["kept_after"] for lv in levels], "knn": neighbour_overlap(legacy, refreshed),
+            "cosine": median_cosine(legacy, refreshed),
             "sasrec": results["baselines"]["SASRec (base+gap)"]["metrics"],
             "policies": {name: p["metrics"] for name, p in results["policies"].items()},
             "ks": results["config"]["ks"]}
@@ -61,11 +70,12 @@ def main() -> None:
     rows = [row(run) for run in args.runs]
     ks = rows[0]["ks"][-3:]
     k_max = ks[-1]
-    print(f"| recipe | codes kept per level (Hungarian) | {NEIGHBOURS}-NN overlap | refreshed SASRec R@{k_max} |")
-    print("|---|---|---:|---:|")
+    print(f"| recipe | codes kept per level (Hungarian) | {NEIGHBOURS}-NN overlap | median cosine, same item | "
+          f"refreshed SASRec R@{k_max} |")
+    print("|---|---|---:|---:|---:|")
     for r in rows:
         kept = " / ".join(f"{x:.1%}" for x in r["kept"])
-        print(f"| {r['recipe']} | {kept} | {r['knn']:.3f} | {r['sasrec'][f'recall@{k_max}']:.4f} |")
+        print(f"| {r['recipe']} | {kept} | {r['knn']:.3f} | {r['cosine']:.3f} | {r['sasrec'][f'recall@{k_max}']:.4f} |")
     print()
     names = [n for n in rows[0]["policies"]]
     header = " | ".join(f"R@{k}" for k in ks) + " | " + " | ".join(f"nDCG@{k}" for k in ks)
