@@ -499,3 +499,52 @@ def test_releases_create_list_promote_and_roll_back(run, data, tmp_path):
         load_release(root / "releases" / "r0002")
     refused = runner.invoke(app, ["release", "rollback", str(root)])
     assert refused.exit_code == 2 and "no earlier release" in refused.stderr
+
+
+def torchrun(*args):
+    """``torchrun --nproc-per-node 2 -m freshsid -- ARGS`` on the CPU (gloo), one thread per rank (the ``--`` keeps
+    torchrun from reading ``--logs`` as an abbreviation of its own ``--logs-specs``)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "freshsid", "--",
+           *[str(a) for a in args]]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_torchrun_trains_collab_embeddings_and_the_retriever_and_evaluates_like_one_process(run, data, tmp_path):
+    opts, _ = data
+    d = run["dir"]
+    torchrun("embed", "collab", *opts, "--parts", "0:8", "--dim", "8", "--epochs", "1", "--preset", "tiny",
+             "--device", "cpu", "--out", tmp_path / "emb")
+    assert load_embeddings(tmp_path / "emb")[0].shape == load_embeddings(d / "emb-0-8")[0].shape
+    trained = torchrun("retriever", "train", *opts, "--sids", d / "legacy", "--parts", "0:8", *TRAIN, "--out",
+                       tmp_path / "base")
+    assert trained.stdout.count("1 epochs on") == 1  # rank 0 reports for both
+    _, manifest = load_checkpoint(tmp_path / "base", expected_shape=(8, 8, 64))
+    assert manifest.info["processes"] == 2 and manifest.info["history_window"] == "0:8"
+    sharded = torchrun("retriever", "eval", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned", *EVAL, "--json")
+    assert json.loads(sharded.stdout)["metrics"] == json.loads(run["eval"].stdout)["metrics"]
+
+
+def test_commands_that_run_as_one_process_refuse_torchrun(monkeypatch, tmp_path, data):
+    opts, _ = data
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["experiment", *opts, "--preset", "tiny", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "launch it without torchrun" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unavailable_device_is_refused_in_one_sentence(run, data):
+    opts, _ = data
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    d = run["dir"]
+    result = runner.invoke(app, ["retriever", "eval", *opts, "--checkpoint", str(d / "ft"), "--sids", str(d / "aligned"),
+                                 *EVAL, "--device", "cuda"])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    result = runner.invoke(app, ["retriever", "eval", *opts, "--checkpoint", str(d / "ft"), "--sids", str(d / "aligned"),
+                                 *EVAL, "--device", "tpu"])
+    assert result.exit_code == 2 and "Unknown device 'tpu'" in result.output

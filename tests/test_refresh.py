@@ -105,11 +105,11 @@ def test_recommend_batch_streams_every_user_and_resumes(chain, tmp_path, monkeyp
 
     real, calls = batch._write_chunk, []
 
-    def dies_after_one(*args):
+    def dies_after_one(*args, **kwargs):
         if calls:
             raise KeyboardInterrupt
         calls.append(1)
-        real(*args)
+        real(*args, **kwargs)
 
     monkeypatch.setattr(batch, "_write_chunk", dies_after_one)
     resumed = tmp_path / "resumed.parquet"

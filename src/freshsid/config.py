@@ -62,6 +62,9 @@ class ProtocolConfig(BaseModel):
 
 
 PROTOCOL = ProtocolConfig()
+# Where training and decoding run (freshsid.runtime): auto is CUDA when available.
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+DEVICE_HELP = "Where to train and decode: auto (CUDA when available), cpu, cuda or cuda:N."
 DEFAULT_BEAM = 500  # the paper's headline cutoff is K = 500, and the beam must hold K items
 
 
@@ -225,6 +228,7 @@ class ExperimentConfig(BaseModel):
     max_eval_users: int | None = Field(None, gt=0)
     seed: int = 0
     threads: int = Field(2, gt=0)
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
     # How collaborative SIDs are built and refreshed: a name in RECIPES.
     recipe: str = "cold"
     # Every fine-tuned policy is trained and scored once per seed (the same seeds for all,

@@ -23,7 +23,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
-from freshsid.config import PROTOCOL
+from freshsid.config import DEVICE_HELP, PROTOCOL
 from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
 
@@ -186,6 +186,7 @@ KsOpt = Annotated[str | None, typer.Option("--ks", help="Cutoffs K, comma-separa
 BeamOpt = Annotated[int, typer.Option("--beam", min=1, help="Beam width of the trie-constrained decoding.")]
 MaxUsersOpt = Annotated[int | None, typer.Option("--max-users", min=1, help="Evaluate a random sample of this many users.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 # Protocol windows as CLI defaults, from the one protocol definition.
 BASE, GAP, TEST = str(PROTOCOL.base), str(PROTOCOL.gap), str(PROTOCOL.test)
 
@@ -245,3 +246,21 @@ def load_split(data: DataSource, *tables: Any):
     for table in tables:
         table.check_item_ids(logs.item_ids, logs_name=logs.name)
     return TemporalSplit(logs, PROTOCOL.n_parts)
+
+
+def use_device(device: str, *, ranks: bool = False):
+    """Set up where a command trains or decodes (:func:`freshsid.runtime.setup`).
+
+    ``ranks``: the command can run as several processes under torchrun; the others refuse
+    to. Ranks other than 0 print nothing (rank 0 reports for all)."""
+    import os
+
+    from freshsid.runtime import setup
+
+    if not ranks and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FreshsidError("This command runs as one process; launch it without torchrun (retriever train, finetune "
+                            "and eval, embed collab and recommend-batch can run as several).")
+    runtime = setup(device)
+    if not runtime.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    return runtime

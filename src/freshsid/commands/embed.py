@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 from freshsid.commands.common import (
     BASE,
     DataSource,
+    DeviceOpt,
     OutOpt,
     PresetOpt,
     SeedOpt,
@@ -19,6 +20,7 @@ from freshsid.commands.common import (
     experiment_preset,
     load_split,
     show_progress,
+    use_device,
 )
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.embed.store import Embeddings
@@ -59,17 +61,23 @@ def collab(
     seed: SeedOpt = None,
     preset: PresetOpt = "cpu",
     warm_from: Annotated[Path | None, typer.Option("--warm-from", help="An earlier collab embeddings folder of the same dataset: continue training its model (a warm refresh).")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train a SASRec-style model on the events of --parts and save its item embeddings (and the model's weights).
 
     Example: freshsid embed collab amazon-beauty --parts 0:8 --out runs/beauty/embed-0-8
 
     Warm refresh: freshsid embed collab amazon-beauty --parts 0:9 --warm-from runs/beauty/embed-0-8 --out runs/beauty/embed-0-9
+
+    Two processes (DDP): torchrun --nproc-per-node 2 -m freshsid embed collab amazon-beauty --parts 0:8 --out runs/beauty/embed-0-8
     """
+    runtime = use_device(device, ranks=True)
     window = Window.parse(parts)
     split = load_split(data)
     emb = train_collab(split, window, preset=preset, dim=dim, epochs=epochs, seed=seed, warm_from=warm_from)
-    emb.save(out, split.logs.fingerprint)
+    if runtime.is_main:
+        emb.save(out, split.logs.fingerprint)
+    runtime.barrier()
     _print_saved(emb, out)
 
 

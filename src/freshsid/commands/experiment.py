@@ -13,6 +13,7 @@ from rich.table import Table
 from freshsid.commands.common import (
     BeamOpt,
     DataSource,
+    DeviceOpt,
     JsonOpt,
     KsOpt,
     MaxUsersOpt,
@@ -24,8 +25,9 @@ from freshsid.commands.common import (
     parse_ks,
     print_json,
     show_progress,
+    use_device,
 )
-from freshsid.config import DEFAULT_BEAM, RECIPES
+from freshsid.config import DEFAULT_BEAM, DEVICE_HELP, RECIPES
 from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
 from freshsid.sid.table import SidTable
@@ -45,6 +47,7 @@ def staleness(
     max_users: MaxUsersOpt = None,
     ks: KsOpt = None,
     as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """SID churn per level between a legacy and a refreshed table; with --checkpoint, recall by part.
 
@@ -58,6 +61,7 @@ def staleness(
     from freshsid.retriever.pipeline import trained_span
 
     cutoffs = parse_ks(ks)
+    use_device(device)
     old = SidTable.load(legacy)
     record: dict[str, Any] = {"churn": sid_churn(old, SidTable.load(refreshed))}
     if checkpoint is not None:
@@ -91,6 +95,7 @@ def experiment(
     recipe: Annotated[str | None, typer.Option("--recipe", help=f"How SIDs are built and refreshed: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}.")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds; every fine-tuned policy runs once per seed and reports the mean (default: 0).")] = None,
     validation: Annotated[bool, typer.Option("--validation", help="Run on the validation split (every window one part earlier: base [0, 7), gap [7, 8), scored on part 8), where settings are chosen; the last part is never read.")] = False,
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP + " Default: the config's (auto).")] = None,
 ) -> None:
     """Run the policies (Base, FT-old, FT-new, FT-aligned, Full, ...) on one dataset; write results and report.
 
@@ -114,7 +119,7 @@ def experiment(
     base = load_config(config_file) if config_file is not None else experiment_preset(preset or "cpu")
     config = configure(base, policies=chosen, max_eval_users=max_eval_users, recipe=recipe,
                        finetune_seeds=None if seeds is None else _seed_list(seeds),
-                       protocol=base.protocol.validation() if validation else None)
+                       protocol=base.protocol.validation() if validation else None, device=device)
     run_experiment(data.load(), config, out)
 
 
@@ -145,6 +150,7 @@ def run_experiment(logs: Interactions, config: Any, out: Path) -> None:
     from freshsid.evaluate.experiment import Experiment
     from freshsid.evaluate.report import headline_table
 
+    use_device(config.device)
     runner = Experiment(logs, config, out, show_progress=show_progress())
     runner.log = lambda line: typer.echo(line, err=True)
     results = runner.run()

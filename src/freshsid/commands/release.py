@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 from freshsid.commands.common import (
     CheckpointOpt,
     DataSource,
+    DeviceOpt,
     JsonOpt,
     SidsOpt,
     configure,
@@ -22,6 +23,7 @@ from freshsid.commands.common import (
     load_split,
     print_json,
     show_progress,
+    use_device,
 )
 from freshsid.errors import FreshsidError
 
@@ -140,6 +142,7 @@ def refresh(
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, max=1.0, help="How much worse (relative) the "
                                              "candidate may score and still be promoted.")] = 0.01,
     promote: Annotated[bool, typer.Option("--promote", help="Promote the candidate if it passes the gate.")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Refresh the current release on the logs up to now: new SIDs aligned to the release's, a warm-start fine-tune on
     the events since it, a gate on held-out users; writes the candidate as a new release.
@@ -151,7 +154,8 @@ def refresh(
 
     if not re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", metric):
         raise FreshsidError(f"--metric {metric!r} is not recall@K or ndcg@K, e.g. recall@100.")
-    config = configure(experiment_preset(preset), recipe=recipe)
+    config = configure(experiment_preset(preset), recipe=recipe, device=device)
+    use_device(device)
     outcome = refresh_release(Releases(releases_root), data.load(), config, holdout=holdout, metric=metric,
                               tolerance=tolerance, promote=promote, progress=show_progress())
     verdict = "promoted" if outcome.promoted else "passes the gate" if outcome.passes else "fails the gate"
@@ -176,17 +180,21 @@ def recommend_batch(
     k: Annotated[int, typer.Option("--k", min=1, help="Items per user.")] = 100,
     beam: Annotated[int | None, typer.Option("--beam", min=1, help="Beam width (default: --k).")] = None,
     chunk: Annotated[int, typer.Option("--chunk", min=1, help="Users decoded and written together.")] = 1024,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Every (or each listed) user's top K items from the current release, streamed in chunks to one parquet file.
 
     A run that is stopped resumes from the chunks it finished.
 
     Example: freshsid recommend-batch --releases releases --k 100 --out recs.parquet
+
+    Users split across processes: torchrun --nproc-per-node 2 -m freshsid recommend-batch --releases releases --out recs.parquet
     """
     from freshsid.data.tables import check_readable
     from freshsid.serve.batch import recommend_batch as run
     from freshsid.serve.release import Releases
 
+    use_device(device, ranks=True)
     if out.is_dir():
         raise FreshsidError(f"--out {out} is a folder; pass the path of a parquet file to write.")
     if beam is not None and beam < k:
@@ -215,6 +223,7 @@ def serve(
                                                "batch with.")] = 5.0,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Micro-batch concurrent requests.")] = True,
     poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between checks of the current release.")] = 1.0,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Serve recommendations from the current release over HTTP; a newly promoted release is swapped in live.
 
@@ -228,6 +237,7 @@ def serve(
     from freshsid.serve.http import Service, create_app
     from freshsid.serve.release import Releases
 
+    use_device(device)
     service = Service(Releases(releases_root), beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       poll_seconds=poll, batching=batching)
     uvicorn.run(create_app(service), host=host, port=port, log_level="info")

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from freshsid.commands.common import DataSource, RunOutOpt, configure, data_options, experiment_preset, show_progress
+from freshsid.commands.common import (
+    DataSource,
+    DeviceOpt,
+    RunOutOpt,
+    configure,
+    data_options,
+    experiment_preset,
+    show_progress,
+    use_device,
+)
 from freshsid.config import RECIPES, ROLLING_STRATEGIES, SIGNALS, RollingConfig
 from freshsid.errors import FreshsidError
 
@@ -24,6 +33,7 @@ def rolling(
     calibration_rounds: Annotated[int, typer.Option("--calibration-rounds", min=1, help="Rounds that set the trigger's threshold.")] = 2,
     recipe: Annotated[str | None, typer.Option("--recipe", help=f"How SIDs are refreshed: {', '.join(RECIPES)}.")] = None,
     max_eval_users: Annotated[int | None, typer.Option("--max-eval-users", min=1, help="Score a random sample of this many users per part.")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Refresh after refresh: Frozen, FT-old, an aligned chain, Full rebuilds and a triggered refresh, round by round.
 
@@ -36,7 +46,8 @@ def rolling(
     """
     from freshsid.evaluate.rolling import Rolling
 
-    run = configure(experiment_preset(preset), recipe=recipe, max_eval_users=max_eval_users)
+    use_device(device)
+    run = configure(experiment_preset(preset), recipe=recipe, max_eval_users=max_eval_users, device=device)
     chosen = ROLLING_STRATEGIES if strategies is None else tuple(s.strip() for s in strategies.split(",") if s.strip())
     if signal not in SIGNALS:
         raise FreshsidError(f"--signal {signal!r} is not one of {', '.join(SIGNALS)}; pick one.")

@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from freshsid.commands.common import (
     BASE,
     DataSource,
+    DeviceOpt,
     JsonOpt,
     OutOpt,
     PresetOpt,
@@ -22,6 +23,7 @@ from freshsid.commands.common import (
     load_split,
     print_json,
     show_progress,
+    use_device,
 )
 from freshsid.commands.embed import PartsOpt, train_collab
 from freshsid.data.temporal import TemporalSplit, Window
@@ -56,6 +58,7 @@ def build(
     warm_epochs: Annotated[int | None, typer.Option("--warm-epochs", min=0, help="With --warm-from: RQ-VAE epochs or RQ-KMeans iterations to continue for (default: the preset's; 0 codes with the old tokenizer as is).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="RQ-VAE training epochs (rqvae only).")] = None,
     balanced: Annotated[bool, typer.Option("--balanced", help="Size-balanced code assignment (rqkmeans only).")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Fit a tokenizer on the embeddings of the items seen in --parts and save their SidTable.
 
@@ -69,6 +72,7 @@ def build(
     """
     from freshsid.sid.refresh import code_items
 
+    use_device(device)
     legacy = None
     if warm_from is not None:
         legacy = SidTable.load(warm_from)

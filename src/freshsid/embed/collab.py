@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from freshsid.artifacts import state_fingerprint
 from freshsid.config import SASRecConfig
@@ -39,6 +40,9 @@ from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
 from freshsid.metrics import recall_ndcg
 from freshsid.progress import progress_bar
+from freshsid.runtime import current
+
+LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
 
 
 class _Block(nn.Module):
@@ -97,6 +101,39 @@ class SASRecModel(nn.Module):
         for block in self.blocks:
             x = block(x, allowed.unsqueeze(1))
         return self.norm(x)
+
+
+class _SummedLoss(nn.Module):
+    """The summed training loss of a batch as a module's forward (what DistributedDataParallel wraps).
+
+    Cross-entropy of each target among the candidates; training divides the sum by the
+    global batch's target count. Full softmax: every training item. Sampled softmax:
+    the target against negatives shared by the batch (uniform, so no logQ correction; a
+    negative that is the target is masked out). BCE: the target against one uniform
+    negative (SASRec's original loss).
+    """
+
+    def __init__(self, model: SASRecModel, config: SASRecConfig) -> None:
+        super().__init__()
+        self.model, self.kind = model, config.loss
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor,
+                negatives: torch.Tensor | None) -> torch.Tensor:
+        """inputs (b, W-1) items; mask (b, W-1) target positions; target (n,) column among
+        ``candidates``; negatives: (n,) for bce, (m,) for sampled softmax."""
+        states = self.model(inputs)[mask].float()  # (n, d)
+        table = self.model.item_table.float()
+        if self.kind == "softmax":
+            return F.cross_entropy(states @ table[candidates].T, target, reduction="sum")
+        if self.kind == "bce":
+            positive_logit = (states * table[candidates[target]]).sum(-1)
+            negative_logit = (states * table[candidates[negatives]]).sum(-1)
+            return F.binary_cross_entropy_with_logits(positive_logit, torch.ones_like(positive_logit), reduction="sum") + \
+                F.binary_cross_entropy_with_logits(negative_logit, torch.zeros_like(negative_logit), reduction="sum")
+        positive = (states * table[candidates[target]]).sum(-1, keepdim=True)
+        logits = torch.cat([positive, states @ table[candidates[negatives]].T], dim=1)
+        logits[:, 1:] = logits[:, 1:].masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), -torch.inf)
+        return F.cross_entropy(logits, torch.zeros_like(target), reduction="sum")
 
 
 class SASRec:
@@ -165,12 +202,16 @@ class SASRec:
         slot = np.full(logs.n_items + 1, -1, dtype=np.int64)  # item -> column among candidates
         slot[candidates] = np.arange(len(candidates))
 
+        rt = current()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             self.model_ = SASRecModel(logs.n_items, cfg)
             if self.init_state is not None:
                 self._warm_start(self.init_state)
+            if rt.distributed:
+                torch.manual_seed(self.random_state + rt.rank)  # each rank its own dropout
             self._train(seqs, torch.from_numpy(candidates), slot, valid, rng)
+        self.model_.cpu()
         self.item_embeddings_ = self.model_.item_table.detach().numpy().astype(np.float32, copy=True)
         self.fit_seconds_ = time.perf_counter() - start
         return self
@@ -189,32 +230,46 @@ class SASRec:
     def _train(
         self, seqs: Sequences, candidates: torch.Tensor, slot: np.ndarray, valid: Examples | None, rng: np.random.Generator
     ) -> None:
-        cfg, model = self.config, self.model_
+        """Epochs of length-bucketed batches until early stopping. Under torchrun each rank
+        takes its share of every batch's rows and DistributedDataParallel sums the
+        gradients; random draws (batches, negatives) are made for the whole batch on
+        every rank alike, so the ranks together take the one-process step."""
+        cfg, model, rt = self.config, self.model_, current()
+        model.to(rt.device)
         # Plain Adam, no weight decay: a row with no gradient then never moves, so untrained items keep their init.
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        net: nn.Module = _SummedLoss(model, cfg)
+        if rt.distributed:
+            net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.on_gpu else None)
         items = torch.from_numpy(np.where(seqs.items >= 0, seqs.items, model.pad))
         target = torch.from_numpy(seqs.target)
         lengths = (seqs.items >= 0).sum(axis=1)
         n_batches = -(-len(seqs) // cfg.batch_size)
+        candidates = candidates.to(rt.device)
         self.history_, self.flops_, self.best_epoch_ = [], 0.0, 0
         best, best_state, stale = -math.inf, None, 0
-        with progress_bar("SASRec", total=cfg.max_epochs * n_batches, enabled=self.progress) as bar:
+        with progress_bar("SASRec", total=cfg.max_epochs * n_batches, enabled=self.progress and rt.is_main) as bar:
             valid_text = ""
             for epoch in range(1, cfg.max_epochs + 1):
                 model.train()
-                losses = []
+                total, steps = torch.zeros((), device=rt.device), 0
                 for rows in length_batches(lengths, cfg.batch_size, rng):
                     width = int(lengths[rows].max())  # trailing columns that hold any item
                     block, mask = items[rows, -width:], target[rows, -width + 1 :]
-                    losses.append(self._step(block, mask, candidates, slot, optimizer, rng))
-                    bar.update(epoch=epoch, loss=float(np.mean(losses[-50:])), valid=valid_text)
-                record = {"epoch": epoch, "loss": float(np.mean(losses)), "valid": None}
+                    total += self._step(net, block, mask, candidates, slot, optimizer, rng)
+                    steps += 1
+                    if steps % LOG_EVERY == 0:  # reading the loss waits for the device
+                        bar.update(epoch=epoch, loss=float(rt.sum(total)) / steps, valid=valid_text)
+                    bar.advance(0)
+                record = {"epoch": epoch, "loss": float(rt.sum(total)) / max(steps, 1), "valid": None}
+                bar.update(advance=0, epoch=epoch, loss=record["loss"], valid=valid_text)
                 self.history_.append(record)
                 self.epochs_run_ = epoch
                 if valid is None or len(valid) == 0:
                     self.best_epoch_ = epoch
                     continue
-                record["valid"] = score = self._validate(valid, candidates.numpy())
+                # Every rank holds the same weights, so every rank reaches the same score.
+                record["valid"] = score = self._validate(valid, candidates.cpu().numpy())
                 valid_text = f"{cfg.valid_metric} {score:.4f}"
                 if score > best:
                     best, best_state, stale, self.best_epoch_ = score, copy.deepcopy(model.state_dict()), 0, epoch
@@ -228,53 +283,47 @@ class SASRec:
 
     def _step(
         self,
+        net: nn.Module,
         block: torch.Tensor,
         mask: torch.Tensor,
         candidates: torch.Tensor,
         slot: np.ndarray,
         optimizer: torch.optim.Optimizer,
         rng: np.random.Generator,
-    ) -> float:
-        """One update on a batch; returns the loss.
+    ) -> torch.Tensor:
+        """One update on a global batch; returns this rank's part of the loss (on the device).
 
         block: (B, W) item ids (padding on the left); column j + 1 is the next item after
         column j; mask: (B, W - 1) True where predicting column j + 1 carries loss.
         """
-        states = self.model_(block[:, :-1])[mask]  # (n_targets, d)
-        target = torch.from_numpy(slot[block[:, 1:][mask].numpy()])
-        loss, n_scored = self._loss(states, target, candidates, rng)
+        cfg, rt = self.config, current()
+        target = slot[block[:, 1:][mask].numpy()]  # (n,) every target of the batch, row by row
+        n_targets = len(target)
+        negatives = self._negatives(rng, n_targets, len(candidates))
+        mine = rt.share(np.arange(len(block)))
+        scale = rt.world_size / max(n_targets, 1) if len(mine) else 0.0  # a rank without rows adds 0
+        mine = mine if len(mine) else np.arange(1)
+        of_mine = np.isin(mask.nonzero()[:, 0].numpy(), mine)  # which of the batch's targets are this rank's
+        if cfg.loss == "bce":
+            negatives = negatives[of_mine]
+        with rt.autocast():
+            loss = net(rt.to_device(block[mine][:, :-1]), rt.to_device(mask[mine]), rt.to_device(torch.from_numpy(target[of_mine])),
+                       candidates, None if negatives is None else rt.to_device(torch.from_numpy(negatives))) * scale
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        width = block.shape[1] - 1
-        self.flops_ += _train_flops(self.config, batch=len(block), width=width, n_targets=len(states), n_scored=n_scored)
-        return loss.item()
+        n_scored = {"softmax": len(candidates), "bce": 2}.get(cfg.loss, cfg.n_negatives + 1)
+        self.flops_ += _train_flops(cfg, batch=len(block), width=block.shape[1] - 1, n_targets=n_targets, n_scored=n_scored)
+        return loss.detach() / rt.world_size
 
-    def _loss(
-        self, states: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, int]:
-        """Cross-entropy of the target among candidates; returns (loss, items scored per position).
-
-        states: (n, d); target: (n,) column of the true item among ``candidates``.
-        """
-        table = self.model_.item_table
-        if self.config.loss == "softmax":
-            return F.cross_entropy(states @ table[candidates].T, target), len(candidates)
+    def _negatives(self, rng: np.random.Generator, n_targets: int, n_candidates: int) -> np.ndarray | None:
+        """Columns of the negative candidates: one per target (bce), a set shared by the
+        batch (sampled softmax) or none (full softmax)."""
         if self.config.loss == "bce":
-            # The positive against one uniform negative per position (SASRec's original loss).
-            negative = torch.from_numpy(rng.integers(0, len(candidates), size=len(target)))
-            positive_logit = (states * table[candidates[target]]).sum(-1)
-            negative_logit = (states * table[candidates[negative]]).sum(-1)
-            loss = F.binary_cross_entropy_with_logits(positive_logit, torch.ones_like(positive_logit)) + \
-                F.binary_cross_entropy_with_logits(negative_logit, torch.zeros_like(negative_logit))
-            return loss, 2
-        # Sampled softmax with negatives shared by the batch; uniform sampling needs no logQ
-        # correction. A negative that happens to be the target is masked out.
-        negatives = torch.from_numpy(rng.integers(0, len(candidates), size=self.config.n_negatives))
-        positive = (states * table[candidates[target]]).sum(-1, keepdim=True)
-        logits = torch.cat([positive, states @ table[candidates[negatives]].T], dim=1)
-        logits[:, 1:] = logits[:, 1:].masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), -torch.inf)
-        return F.cross_entropy(logits, torch.zeros_like(target)), self.config.n_negatives + 1
+            return rng.integers(0, n_candidates, size=n_targets)
+        if self.config.loss == "sampled_softmax":
+            return rng.integers(0, n_candidates, size=self.config.n_negatives)
+        return None
 
     def _validate(self, valid: Examples, candidates: np.ndarray) -> float:
         k = int(self.config.valid_metric.split("@")[1])
@@ -308,16 +357,17 @@ class SASRec:
         if allowed.size and (allowed[0] < 0 or allowed[-1] >= self.n_items_):
             raise FreshsidError(f"Allowed items must be item indices in [0, {self.n_items_}).")
         model = self.model_.eval()
+        device = model.item_table.device
         inputs = inputs[:, -self.config.max_length :]
-        table = model.item_table[torch.from_numpy(allowed)]  # (a, d)
+        table = model.item_table[torch.from_numpy(allowed).to(device)]  # (a, d)
         out = np.full((len(inputs), k), -1, dtype=np.int64)
         top = min(k, len(allowed))
         for lo in range(0, len(inputs), batch_size):
             chunk = inputs[lo : lo + batch_size]
             width = max(1, int((chunk >= 0).sum(axis=1).max(initial=0)))
-            x = torch.from_numpy(np.where(chunk >= 0, chunk, model.pad)[:, -width:])
-            scores = model(x)[:, -1] @ table.T  # (b, a)
-            out[lo : lo + len(chunk), :top] = allowed[scores.topk(top, dim=1).indices.numpy()]
+            x = torch.from_numpy(np.where(chunk >= 0, chunk, model.pad)[:, -width:]).to(device)
+            scores = model(x)[:, -1].float() @ table.T.float()  # (b, a)
+            out[lo : lo + len(chunk), :top] = allowed[scores.topk(top, dim=1).indices.cpu().numpy()]
         return out
 
 

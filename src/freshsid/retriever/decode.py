@@ -16,6 +16,7 @@ import torch
 
 from freshsid.errors import FreshsidError
 from freshsid.retriever.model import Retriever, build_tokens
+from freshsid.runtime import current
 from freshsid.sid.trie import SidTrie
 
 
@@ -161,7 +162,8 @@ def beam_search(
         for start in range(0, len(histories), batch_size):
             rows = slice(start, start + batch_size)
             batch = build_tokens(histories[rows], codes, users[rows], config=model.config)
-            items, scores = _search(model, batch.tokens, batch.lengths, trie, beam, top_k)
+            with current().autocast():
+                items, scores = _search(model, batch.tokens, batch.lengths, trie, beam, top_k)
             out_items[rows, : items.shape[1]] = items
             out_scores[rows, : scores.shape[1]] = scores
     finally:

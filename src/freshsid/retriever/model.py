@@ -339,26 +339,34 @@ class Retriever(nn.Module):
         return [self.level_logits(hidden[:, :, d], d) for d in range(d_levels)]
 
     def loss(self, batch: TokenBatch) -> torch.Tensor:
-        """Weighted mean cross-entropy over the SID tokens of items with weight > 0.
+        """Weighted mean cross-entropy over the SID tokens of items with weight > 0."""
+        weight = batch.item_weight
+        return self.loss_sum(batch.tokens, weight) / (weight.sum() * self.config.n_levels).clamp(min=1e-12)
 
-        Logits are computed only for weighted items: fine-tuning on a few target
-        items then pays the head for those items alone.
+    def loss_sum(self, tokens: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted *sum* of the cross-entropy over every level of every item with weight > 0.
+
+        tokens (B, 1 + T*D) and weight (B, T) as in :class:`TokenBatch`. Training divides
+        by the global batch's weight, so that ranks holding parts of a batch add up to the
+        one-process loss. Logits are computed only for weighted items: fine-tuning on a
+        few target items then pays the head for those items alone; ``keep`` (N,) lists
+        their flat indices in ``weight`` (found here when not given, which on CUDA costs a
+        host synchronisation: training computes it on the host).
         """
         cfg = self.config
-        tokens, weight = batch.tokens, batch.item_weight
         hidden, _ = self.encode(tokens[:, :-1])
         hidden = hidden.reshape(-1, cfg.n_levels, hidden.shape[-1])  # (B*T, D, C)
         targets = tokens[:, 1:].reshape(-1, cfg.n_levels)
         w = weight.reshape(-1)
-        if not bool((w > 0).all()):
+        if keep is None:
             keep = (w > 0).nonzero().squeeze(1)
-            hidden, targets, w = hidden[keep], targets[keep], w[keep]
-        total = hidden.new_zeros(())
+        hidden, targets, w = hidden[keep], targets[keep], w[keep]
+        total = hidden.new_zeros((), dtype=torch.float32)
         for d in range(cfg.n_levels):
-            logits = self.level_logits(hidden[:, d], d)
+            logits = self.level_logits(hidden[:, d], d).float()
             ce = F.cross_entropy(logits, targets[:, d] - cfg.level_offsets[d], reduction="none")
             total = total + (w * ce).sum()
-        return total / (w.sum() * cfg.n_levels).clamp(min=1e-12)
+        return total
 
     def step(
         self,

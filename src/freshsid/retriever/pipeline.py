@@ -19,6 +19,7 @@ from freshsid.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.retriever.decode import beam_search
 from freshsid.retriever.model import Retriever, RetrieverConfig, hash_user, load_checkpoint
 from freshsid.retriever.train import TrainConfig, TrainResult, train
+from freshsid.runtime import current
 from freshsid.sid.table import SidTable
 
 
@@ -121,34 +122,49 @@ def recommend(
 
 class Recommender:
     """A model and its table ready to decode batch after batch: the SID lookup and the trie
-    of the allowed items are built once."""
+    of the allowed items are built once, on the runtime's device.
+
+    Under torchrun the decode batches are dealt out to the ranks in turn and every rank
+    returns the whole result, merged in input order: each user is decoded in the same
+    batch as in one process, so the results are the same."""
 
     def __init__(self, model: Retriever, table: SidTable, *, allowed_items: np.ndarray | None = None) -> None:
         _check_shape(model.config, table)
-        self.model, self.table = model, table
+        device = current().device
+        self.model, self.table = model.to(device), table
         self.lookup = table.lookup_table(int(table.items.max(initial=-1)) + 1)
-        self.trie = table.trie(allowed_items)
-        self._lookup = torch.from_numpy(self.lookup)
+        self.trie = table.trie(allowed_items).to(device)
+        self._lookup = torch.from_numpy(self.lookup).to(device)
 
     def __call__(self, histories: np.ndarray, users: np.ndarray, *, top_k: int, beam: int | None = None,
                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Items (m, top_k) and scores for users (m,) with histories (m, T); history items the
         table cannot code are skipped."""
+        rt = current()
         histories = np.asarray(histories, dtype=np.int64)
         known = (histories >= 0) & (histories < len(self.lookup))
         known[known] = self.lookup[histories[known], 0] >= 0
         histories = np.where(known, histories, -1)[:, -self.model.config.max_history :]
+        n = len(histories)
+        mine = [np.arange(start, min(start + batch_size, n)) for start in rt.share(np.arange(0, n, batch_size))]
+        rows = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
         items, scores = beam_search(
             self.model,
-            torch.from_numpy(np.ascontiguousarray(histories)),
-            hash_user(np.asarray(users, dtype=np.int64), self.model.config.user_buckets),
+            torch.from_numpy(np.ascontiguousarray(histories[rows])),
+            hash_user(np.asarray(users, dtype=np.int64)[rows], self.model.config.user_buckets),
             self._lookup,
             self.trie,
             beam=beam or top_k,
             top_k=top_k,
             batch_size=batch_size,
         )
-        return items.numpy(), scores.numpy()
+        if not rt.distributed:
+            return items.cpu().numpy(), scores.cpu().numpy()
+        out_items = np.full((n, top_k), -1, dtype=np.int64)
+        out_scores = np.full((n, top_k), -np.inf, dtype=np.float32)
+        for part_rows, part_items, part_scores in rt.gather((rows, items.cpu().numpy(), scores.cpu().numpy())):
+            out_items[part_rows], out_scores[part_rows] = part_items, part_scores
+        return out_items, out_scores
 
 
 def evaluate(

@@ -5,9 +5,10 @@ each user window (``freshsid.data.sequences.windows``); fine-tuning restricts th
 loss to chosen target events. AdamW with linear warm-up and cosine decay, early
 stopping on a validation slice of users carved from the training data, a
 checkpoint per epoch and a resume state that makes a killed run finish with
-the same weights as an uninterrupted one: model, optimiser, scheduler, torch RNG
-and the data position (epoch, step) are saved, and each epoch's shuffle is a pure
-function of (seed, epoch).
+the same weights as an uninterrupted one: model, optimiser, scheduler, every
+rank's torch RNG and the data position (epoch, step) are saved, and each epoch's
+shuffle is a pure function of (seed, epoch). Under torchrun the same loop runs on
+every rank with DistributedDataParallel (see :func:`train`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from freshsid.artifacts import Manifest, file_sha256, fingerprint_of, write_json_atomic
+from freshsid.artifacts import Manifest, file_sha256, fingerprint_of, read_manifest, write_json_atomic
 from freshsid.config import TrainConfig
 from freshsid.data.sequences import Sequences, length_batches
 from freshsid.progress import progress_bar
+from freshsid.runtime import Runtime, current
 from freshsid.retriever.model import (
+    CHECKPOINT_KIND,
     TRAIN_FLOPS_MULTIPLIER,
     Retriever,
     RetrieverConfig,
@@ -43,6 +47,7 @@ from freshsid.retriever.model import (
 
 STATE_FILE = "state.pt"  # resume state: tensors and plain values only (loaded with weights_only)
 STATE_RECORD = "state.json"  # the run id and SHA-256 of STATE_FILE
+LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
 
 
 @dataclass
@@ -85,6 +90,12 @@ def train(
 ) -> TrainResult:
     """Train ``model`` on ``seqs`` and write the best-validation checkpoint to ``out``.
 
+    Runs on :func:`freshsid.runtime.current`'s device. Under torchrun every rank calls it
+    with the same arguments: each global batch (``config.batch_size`` windows) is split
+    across the ranks, DistributedDataParallel all-reduces the gradients and each rank's
+    loss is divided by the *global* batch's weight, so the update is the one-process
+    update; rank 0 writes the checkpoints and the resume state.
+
     Args:
         model: a freshly initialised (fit) or loaded (finetune) retriever.
         seqs: training windows; ``target`` marks the items that carry loss.
@@ -95,21 +106,24 @@ def train(
         on_step: called with the global step after each optimiser step (tests use it
             to interrupt a run).
     """
-    cfg = config
+    cfg, rt = config, current()
     train_seqs, valid_seqs = split_validation(seqs, cfg.valid_fraction, cfg.seed)
     codes = torch.as_tensor(codes_table, dtype=torch.long)
     lengths = (train_seqs.items >= 0).sum(1)
+    weights = np.where(train_seqs.items >= 0, train_seqs.target, 0).sum(1).astype(np.float64)  # loss weight per window
     steps_per_epoch = len(epoch_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=0))
     total_steps = steps_per_epoch * cfg.epochs
+    model.to(rt.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    # The resume state belongs to one (data, config) pair; a different one starts afresh.
-    run_id = fingerprint_of([cfg.model_dump(), model.config.model_dump(mode="json"), _data_id(seqs, codes_table), parent])
+    # The resume state belongs to one (data, config, number of ranks); another starts afresh.
+    run_id = fingerprint_of([cfg.model_dump(), model.config.model_dump(mode="json"), _data_id(seqs, codes_table), parent]
+                            + ([rt.world_size] if rt.distributed else []))
     state = _load_state(work_dir, run_id)
     if state is None:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + rt.rank)  # dropout differs between ranks, as between rows
         state = {"epoch": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad": 0, "history": [],
                  "compute": {"retriever_flops": 0.0, "retriever_tokens": 0.0, "retriever_steps": 0.0,
                              "retriever_seconds": 0.0}}
@@ -117,60 +131,108 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        _set_rng(state["rng"], rt)
+    net: torch.nn.Module = _SummedLoss(model)
+    if rt.distributed:
+        net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.on_gpu else None)
     flops_token = TRAIN_FLOPS_MULTIPLIER * flops_per_token(model.config, model.config.n_positions)
-    bar = progress_bar("train", total=total_steps, enabled=show_progress)
-    board = SummaryWriter(str(work_dir / "tensorboard"))
+    bar = progress_bar("train", total=total_steps, enabled=show_progress and rt.is_main)
+    board = SummaryWriter(str(work_dir / "tensorboard")) if rt.is_main else None
     bar.advance(state["epoch"] * steps_per_epoch + state["step"])
     while state["epoch"] < cfg.epochs and state["bad"] < cfg.patience:
         epoch = state["epoch"]
         batches = epoch_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch)
         model.train()
+        # Losses stay on the device and are read at the logging cadence only (no per-step sync).
+        epoch_loss, recent = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device)
+        epoch_steps, started = 0, time.perf_counter()
         while state["step"] < steps_per_epoch:
-            started = time.perf_counter()
-            batch = _batch(train_seqs, batches[state["step"]], codes, model.config)
-            loss = model.loss(batch)
+            rows = batches[state["step"]]
+            mine = rt.share(rows)
+            # A rank with no row of a short last batch still joins the all-reduce, with weight 0.
+            scale = rt.world_size / max(weights[rows].sum() * model.config.n_levels, 1e-12) if len(mine) else 0.0
+            tokens, weight, keep = _device_batch(train_seqs, mine if len(mine) else rows[:1], codes, model.config, rt)
+            with rt.autocast():
+                loss = net(tokens, weight, keep) * scale
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             state["step"] += 1
+            epoch_steps += 1
+            epoch_loss += loss.detach()
+            recent += loss.detach()
             comp = state["compute"]
-            # The last token of a sequence is only a target; the model never reads it.
-            n_tokens = batch.tokens[:, :-1].numel()
+            # Every rank's tokens (FLOPs count all ranks); a window's last token is only a target.
+            n_tokens = sum(len(part) * int(lengths[part].max()) for part in _parts(rows, rt.world_size)) * model.config.n_levels
             comp["retriever_tokens"] += float(n_tokens)
             comp["retriever_flops"] += flops_token * n_tokens
             comp["retriever_steps"] += 1
-            comp["retriever_seconds"] += time.perf_counter() - started
-            tok_s = n_tokens / (time.perf_counter() - started)
-            bar.update(loss=float(loss.detach()), epoch=epoch, tok_s=tok_s)
             global_step = epoch * steps_per_epoch + state["step"]
-            board.add_scalar("train/loss", float(loss.detach()), global_step)
-            board.add_scalar("train/tokens_per_second", tok_s, global_step)
-            board.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
+            if state["step"] % LOG_EVERY == 0 or state["step"] == steps_per_epoch:
+                shown = float(rt.sum(recent)) / rt.world_size / (state["step"] % LOG_EVERY or LOG_EVERY)
+                recent.zero_()
+                now = time.perf_counter()
+                comp["retriever_seconds"] += now - started
+                tok_s = comp["retriever_tokens"] / max(comp["retriever_seconds"], 1e-9)
+                started = now
+                bar.update(advance=0, loss=shown, epoch=epoch, tok_s=tok_s)
+                if board is not None:
+                    board.add_scalar("train/loss", shown, global_step)
+                    board.add_scalar("train/tokens_per_second", tok_s, global_step)
+                    board.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
+            bar.advance()
             if on_step is not None:
                 on_step(global_step)
-        valid = _valid_loss(model, valid_seqs, codes, cfg.batch_size) if valid_seqs is not None else float(loss.detach())
-        state["history"].append({"epoch": epoch, "train_loss": float(loss.detach()), "valid_loss": valid})
-        board.add_scalar("valid/loss", valid, epoch)
+        # Each rank's loss is scaled by world_size (DDP averages gradients): undo it to report.
+        train_loss = float(rt.sum(epoch_loss)) / rt.world_size / max(epoch_steps, 1)
+        valid = _valid_loss(model, valid_seqs, codes, cfg.batch_size, rt) if valid_seqs is not None else train_loss
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid})
+        if board is not None:
+            board.add_scalar("valid/loss", valid, epoch)
         if valid < state["best"] - 1e-4:
             state.update(best=valid, best_epoch=epoch, bad=0, best_model=_cpu_state(model))
         else:
             state["bad"] += 1
-        save_file(_cpu_state(model), str(work_dir / f"epoch-{epoch:03d}.safetensors"))
         state.update(epoch=epoch + 1, step=0)
-        _save_state(work_dir, run_id, state, model, optimizer, scheduler)
+        rng = rt.gather(_rng_state(rt))  # every rank's, so that each resumes its own dropout stream
+        if rt.is_main:
+            save_file(_cpu_state(model), str(work_dir / f"epoch-{epoch:03d}.safetensors"))
+            _save_state(work_dir, run_id, state, model, optimizer, scheduler, rng)
+        rt.barrier()
     bar.close()
-    board.close()
+    if board is not None:
+        board.close()
     if "best_model" in state:
         model.load_state_dict(state["best_model"])
     model.eval()
     compute = dict(state["compute"])
     meta = {**(extra_meta or {}), "history": state["history"], "best_epoch": state["best_epoch"],
-            "train": cfg.model_dump(), "train_windows": len(train_seqs)}
-    manifest = save_checkpoint(out, model, extra_meta=meta, inputs=inputs, compute=compute, parent=parent, seed=cfg.seed)
+            "train": cfg.model_dump(), "train_windows": len(train_seqs), "processes": rt.world_size,
+            "device": rt.device.type}
+    if rt.is_main:
+        manifest = save_checkpoint(out, model, extra_meta=meta, inputs=inputs, compute=compute, parent=parent, seed=cfg.seed)
+    rt.barrier()
+    if not rt.is_main:
+        manifest = read_manifest(Path(out), CHECKPOINT_KIND)
     return TrainResult(model=model, manifest=manifest, compute=compute, history=state["history"])
+
+
+class _SummedLoss(torch.nn.Module):
+    """The retriever's summed loss as a module's forward, which is what DistributedDataParallel wraps."""
+
+    def __init__(self, model: Retriever) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.model.loss_sum(tokens, weight, keep)
+
+
+def _parts(rows: np.ndarray, world_size: int) -> list[np.ndarray]:
+    """The non-empty shares of a global batch, one per rank."""
+    return [part for part in (rows[r::world_size] for r in range(world_size)) if len(part)]
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int) -> list[np.ndarray]:
@@ -193,6 +255,14 @@ def lr_factor(cfg: TrainConfig, total: int) -> Callable[[int], float]:
     return factor
 
 
+def _device_batch(seqs: Sequences, rows: np.ndarray, codes: torch.Tensor, config: RetrieverConfig, rt: Runtime):
+    """Tokens, loss weights and the flat indices of the weighted items, built on the host
+    and moved to the runtime's device."""
+    batch = _batch(seqs, rows, codes, config)
+    keep = (batch.item_weight.reshape(-1) > 0).nonzero().squeeze(1)
+    return rt.to_device(batch.tokens), rt.to_device(batch.item_weight), rt.to_device(keep)
+
+
 def _batch(seqs: Sequences, rows: np.ndarray, codes: torch.Tensor, config: RetrieverConfig):
     # Windows are left-padded: drop the columns that are padding for every row.
     width = int((seqs.items[rows] >= 0).sum(1).max())
@@ -203,15 +273,17 @@ def _batch(seqs: Sequences, rows: np.ndarray, codes: torch.Tensor, config: Retri
 
 
 @torch.no_grad()
-def _valid_loss(model: Retriever, seqs: Sequences, codes: torch.Tensor, batch_size: int) -> float:
+def _valid_loss(model: Retriever, seqs: Sequences, codes: torch.Tensor, batch_size: int, rt: Runtime) -> float:
+    """Mean loss over the validation windows; ranks take turns over its batches."""
     model.eval()
-    total, weight = 0.0, 0.0
-    for start in range(0, len(seqs), batch_size):
+    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # weighted loss, weight
+    for start in range(rt.rank * batch_size, len(seqs), batch_size * rt.world_size):
         rows = np.arange(start, min(start + batch_size, len(seqs)))
-        batch = _batch(seqs, rows, codes, model.config)
-        w = float(batch.item_weight.sum())
-        total += float(model.loss(batch)) * w
-        weight += w
+        tokens, weight, keep = _device_batch(seqs, rows, codes, model.config, rt)
+        with rt.autocast():
+            sums[0] += model.loss_sum(tokens, weight, keep).double()
+        sums[1] += weight.sum().double() * model.config.n_levels
+    total, weight = rt.sum(sums).tolist()
     model.train()
     return total / max(weight, 1e-12)
 
@@ -224,10 +296,24 @@ def _data_id(seqs: Sequences, codes_table: np.ndarray) -> str:
     return fingerprint_of([len(seqs), int(seqs.items.sum()), int(seqs.target.sum()), int(np.asarray(codes_table).sum())])
 
 
-def _save_state(work_dir: Path, run_id: str, state: dict, model, optimizer, scheduler) -> None:
-    """Atomic write of everything a resume needs, and a record of its run id and hash."""
+def _rng_state(rt: Runtime) -> list[torch.Tensor]:
+    """This rank's random state: the CPU generator's, and its GPU's when on one."""
+    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(rt.device)] if rt.on_gpu else [])
+
+
+def _set_rng(saved: torch.Tensor | list, rt: Runtime) -> None:
+    """Restore this rank's random state (a single CPU state in states of one process)."""
+    mine = saved[rt.rank] if isinstance(saved, list) else [saved]
+    torch.set_rng_state(mine[0])
+    if rt.on_gpu and len(mine) > 1:
+        torch.cuda.set_rng_state(mine[1], rt.device)
+
+
+def _save_state(work_dir: Path, run_id: str, state: dict, model, optimizer, scheduler, rng: list) -> None:
+    """Atomic write of everything a resume needs, and a record of its run id and hash.
+    ``rng``: every rank's random state, in rank order."""
     blob = {**state, "run_id": run_id, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+            "scheduler": scheduler.state_dict(), "rng": rng}
     tmp = work_dir / f".{STATE_FILE}.tmp"
     torch.save(blob, tmp)
     digest = file_sha256(tmp)

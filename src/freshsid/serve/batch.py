@@ -4,10 +4,15 @@ Users are decoded in chunks; each chunk is written to its own file beside the ou
 (``.<out>.parts/``) as soon as it is done, so memory stays bounded by one chunk and a
 killed job resumes from the chunks it finished. The parts become one parquet file
 (user_id, rank, item_id, score) at the end.
+
+Under torchrun every rank walks the same chunks and decodes its share of each (the
+release's :class:`~freshsid.retriever.pipeline.Recommender` deals out the decode
+batches); rank 0 alone holds the lock and writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +26,7 @@ import pyarrow.parquet as pq
 from freshsid.artifacts import fingerprint_of, output_lock, write_json_atomic
 from freshsid.errors import FreshsidError
 from freshsid.progress import progress_bar
+from freshsid.runtime import current
 from freshsid.serve.engine import Engine
 from freshsid.serve.release import Releases
 
@@ -46,25 +52,30 @@ def recommend_batch(releases: Releases, out: Path, *, users: list[str] | None, k
     engine.for_users(user_ids)  # an unknown user is refused before any work
     parts = out.parent / f".{out.name}.parts"
     job = {"release": engine.release_id, "users": fingerprint_of(user_ids), "k": k, "beam": beam, "chunk": chunk}
-    with output_lock(out):
-        if parts.exists() and _job(parts) != job:
-            shutil.rmtree(parts)  # another job's chunks
-        parts.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(parts / "job.json", job)
+    rt = current()
+    with output_lock(out) if rt.is_main else contextlib.nullcontext():
+        if rt.is_main:
+            if parts.exists() and _job(parts) != job:
+                shutil.rmtree(parts)  # another job's chunks
+            parts.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(parts / "job.json", job)
+        rt.barrier()
         starts = range(0, len(user_ids), chunk)
-        resumed = 0
-        with progress_bar("recommend", total=len(user_ids), enabled=progress) as bar:
+        # Decided before anything is written, so that every rank walks the same chunks.
+        done = [(parts / f"part-{index:06d}.parquet").exists() for index in range(len(starts))]
+        rt.barrier()
+        with progress_bar("recommend", total=len(user_ids), enabled=progress and rt.is_main) as bar:
             for index, start in enumerate(starts):
-                part = parts / f"part-{index:06d}.parquet"
                 batch = user_ids[start : start + chunk]
-                if part.exists():
-                    resumed += 1
-                else:
-                    _write_chunk(engine, batch, k, part)
+                if not done[index]:
+                    _write_chunk(engine, batch, k, parts / f"part-{index:06d}.parquet", write=rt.is_main)
                 bar.advance(len(batch))
-        rows = _concatenate([parts / f"part-{i:06d}.parquet" for i in range(len(starts))], out)
-        shutil.rmtree(parts)
-    return BatchResult(engine.release_id, len(user_ids), rows, time.perf_counter() - started, resumed)
+        rows = 0
+        if rt.is_main:
+            rows = _concatenate([parts / f"part-{i:06d}.parquet" for i in range(len(starts))], out)
+            shutil.rmtree(parts)
+        rt.barrier()
+    return BatchResult(engine.release_id, len(user_ids), rows, time.perf_counter() - started, sum(done))
 
 
 def _job(parts: Path) -> dict | None:
@@ -74,9 +85,11 @@ def _job(parts: Path) -> dict | None:
         return None
 
 
-def _write_chunk(engine: Engine, user_ids: list[str], k: int, part: Path) -> None:
+def _write_chunk(engine: Engine, user_ids: list[str], k: int, part: Path, *, write: bool = True) -> None:
     histories, users = engine.for_users(user_ids)
     recs = engine.recommend(histories, users, [k] * len(user_ids), [False] * len(user_ids))
+    if not write:
+        return
     frame = pl.DataFrame(
         {"user_id": [u for u, items in zip(user_ids, recs, strict=True) for _ in items],
          "rank": [rank + 1 for items in recs for rank in range(len(items))],

@@ -1,0 +1,147 @@
+"""Where the work runs: the device, and under ``torchrun`` the process group.
+
+One :class:`Runtime` per process, set up once by a command's ``--device`` (or an
+experiment config's ``device``) and read by training and decoding through
+:func:`current`. Launched by ``torchrun`` (``WORLD_SIZE`` > 1), :func:`setup` joins
+PyTorch's process group: ``nccl`` on CUDA, ``gloo`` on CPU. Every rank runs the same
+program over the same global batches; :meth:`Runtime.share` gives a rank its rows of
+each, :meth:`Runtime.gather` collects what the ranks decoded, and only rank 0 writes
+files (:attr:`Runtime.is_main`).
+
+On CUDA, matmuls may use TF32 and :meth:`Runtime.autocast` runs the model in bf16; on
+the CPU everything stays fp32 (bf16 is slower on the CPUs we measured:
+``benchmarks/bench_scale.py``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from freshsid.config import DEVICE_PATTERN
+from freshsid.errors import FreshsidError
+
+
+
+def resolve_device(spec: str, *, local_rank: int = 0) -> torch.device:
+    """The torch device ``spec`` names; under torchrun a bare ``cuda`` is this rank's GPU."""
+    if not re.fullmatch(DEVICE_PATTERN, spec):
+        raise FreshsidError(f"Unknown device {spec!r}; pass auto, cpu, cuda or cuda:N.")
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise FreshsidError(f"Device {spec} was asked for but CUDA is not available here; pass --device cpu or auto.")
+    index = int(spec.split(":")[1]) if ":" in spec else local_rank
+    if index >= torch.cuda.device_count():
+        raise FreshsidError(f"Device {spec} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
+    return torch.device("cuda", index)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """This process's device, rank and number of ranks."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that writes checkpoints, manifests and output files."""
+        return self.rank == 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    def share(self, rows: np.ndarray) -> np.ndarray:
+        """This rank's part of a global batch's rows (every world_size-th, from its rank)."""
+        return rows[self.rank :: self.world_size]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA; nothing on the CPU (fp32 there)."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.on_gpu else contextlib.nullcontext()
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on this device: through pinned memory and without waiting on CUDA."""
+        return tensor.pin_memory().to(self.device, non_blocking=True) if self.on_gpu else tensor
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the ranks (the tensor itself in one process)."""
+        if self.distributed:
+            values = values.clone()
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        """Wait for every rank (rank 0 has written what the others will read)."""
+        if self.distributed:
+            dist.barrier()
+
+
+_current = Runtime()
+
+
+def setup(device: str = "auto") -> Runtime:
+    """Resolve ``device`` and, when launched by torchrun, join the process group; the
+    result is what :func:`current` returns from now on."""
+    global _current
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    where = resolve_device(device, local_rank=local_rank)
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if where.type == "cuda" else "gloo")
+        # Leave the group before the interpreter exits: a rank that exits with the group's
+        # threads alive aborts ("terminate called without an active exception").
+        atexit.register(_leave)
+    rank = dist.get_rank() if world > 1 else 0
+    _current = Runtime(device=where, rank=rank, world_size=world)
+    return _current
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def current() -> Runtime:
+    """The runtime :func:`setup` chose (one CPU process until it is called)."""
+    return _current
+
+
+@contextlib.contextmanager
+def using(runtime: Runtime) -> Iterator[Runtime]:
+    """Run a block under ``runtime`` (tests and benchmarks), restoring the previous one."""
+    global _current
+    previous, _current = _current, runtime
+    try:
+        yield runtime
+    finally:
+        _current = previous
