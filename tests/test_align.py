@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freshsid.errors import FreshsidError
-from freshsid.sid.align import align, cooccurrence, match
+from freshsid.sid.align import align, cooccurrence, match, stick
 from freshsid.sid.table import SidTable
 
 
@@ -104,3 +104,32 @@ def test_new_items_are_mapped_and_shapes_checked():
 def test_cooccurrence_counts():
     c = cooccurrence(np.array([0, 0, 1]), np.array([1, 1, 0]), 2)
     assert c.tolist() == [[0, 2], [1, 0]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(unique_tables(), unique_tables(), st.floats(0, 1), st.integers(0, 2**31))
+def test_sticking_keeps_the_chosen_items_legacy_sids_and_never_duplicates(a, b, share, seed):
+    (ca, sa, _), (cb, sb, _) = a, b
+    if len(sa) != len(sb):
+        return
+    sizes = [max(x, y) for x, y in zip(sa, sb)]
+    sizes[-1] = len(ca) + len(cb)  # room in the suffix level for every item
+    legacy, refreshed = table(ca, sizes), table(cb, sizes)
+    aligned, _ = align(legacy, refreshed)
+    common = np.intersect1d(legacy.items, aligned.items)
+    keep = np.random.default_rng(seed).permutation(common)[: int(share * len(common))]
+    stuck = stick(legacy, aligned, keep)
+    assert len(np.unique(stuck.codes, axis=0)) == len(stuck.codes)
+    assert np.array_equal(stuck.codes_for(keep), legacy.codes_for(keep))
+    moved = np.setdiff1d(aligned.items, keep)
+    assert np.array_equal(stuck.codes_for(moved)[:, :-1], aligned.codes_for(moved)[:, :-1])
+    assert stuck.meta["stats"]["alignment"]["kept_items"] == len(keep)
+
+
+def test_sticking_every_common_item_gives_back_the_legacy_codes():
+    legacy = table([[0, 0], [0, 1], [1, 0]], [2, 4])
+    refreshed = table([[1, 0], [0, 0], [0, 1], [1, 1]], [2, 4], items=[0, 1, 2, 3])
+    aligned, _ = align(legacy, refreshed)
+    stuck = stick(legacy, aligned, legacy.items)
+    assert np.array_equal(stuck.codes_for(legacy.items), legacy.codes)
+    assert stuck.meta["stats"]["alignment"]["prefix_agreement_after"] == 1.0

@@ -231,7 +231,7 @@ def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
         assert strip(runs[0]) == strip(runs[1]), key
 
 
-@pytest.mark.parametrize("name", ["warm", "stable", "paper"])  # cold is the module's main run
+@pytest.mark.parametrize("name", ["warm", "stable", "sticky-25", "paper"])  # cold is the module's main run
 def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
     from freshsid.config import RECIPES
 
@@ -248,3 +248,9 @@ def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
     assert SidTable.load(experiment.out / "refresh/sids").meta["tokenizer"]["kind"] == sid.tokenizer
     if recipe.warm_tokenizer:  # a refresh that continues the legacy models keeps more codes than chance
         assert results["alignment"]["hungarian"]["levels"][0]["kept_before"] > 1 / config.sid.codebook_size
+    if recipe.move_share < 1:  # the rest of the common items are back on their legacy SIDs
+        report = results["alignment"]["hungarian"]
+        assert report["kept_items"] == report["common_items"] - round(recipe.move_share * report["common_items"])
+        legacy_table, aligned = SidTable.load(experiment.out / "legacy/sids"), SidTable.load(experiment.out / "refresh/aligned-hungarian")
+        assert report["sid_agreement_after"] >= report["kept_items"] / report["common_items"]
+        assert len(np.unique(aligned.codes, axis=0)) == len(aligned.codes) and aligned.meta["parent"] == legacy_table.content_hash

@@ -97,6 +97,32 @@ def align(legacy: SidTable, refreshed: SidTable, *, method: Method = "hungarian"
     return replace(refreshed, codes=codes.astype(np.int32), meta=meta, tokenizer_state=None), report
 
 
+def stick(legacy: SidTable, aligned: SidTable, keep: np.ndarray) -> SidTable:
+    """``aligned`` with the items ``keep`` (item indices in both tables) back on their legacy SIDs.
+
+    Beyond the paper: a refresh that moves only some items' codes (those whose
+    behaviour moved, chosen by the caller). The suffix level is re-resolved as in
+    :func:`align`, so every SID stays unique; the alignment diagnostics are recomputed
+    on the result and record ``kept_items``.
+    """
+    common, in_new, in_old = np.intersect1d(aligned.items, legacy.items, return_indices=True)
+    old = legacy.codes[in_old].astype(np.int64)
+    codes = aligned.codes.astype(np.int64).copy()
+    back = np.isin(common, keep)
+    codes[in_new[back], :-1] = old[back, :-1]
+    codes[:, -1] = resolve_suffix(codes, in_new, old)
+    if codes[:, -1].max(initial=0) >= aligned.codebook_sizes[-1]:
+        raise FreshsidError(f"Keeping legacy codes crowds a prefix beyond the {aligned.codebook_sizes[-1]} suffix codes; "
+                            "move more items or raise the suffix size.")
+    report = dict(aligned.meta["stats"]["alignment"])
+    report["levels"] = [{**level, "kept_after": float((codes[in_new, d] == old[:, d]).mean())}
+                        for d, level in enumerate(report["levels"])]
+    report.update(kept_items=int(back.sum()), sid_agreement_after=_whole_sid_agreement(codes[in_new], old),
+                  prefix_agreement_after=_whole_sid_agreement(codes[in_new, :-1], old[:, :-1]))
+    meta = {**aligned.meta, "stats": {**aligned.meta["stats"], "alignment": report}}
+    return replace(aligned, codes=codes.astype(np.int32), meta=meta)
+
+
 def resolve_suffix(codes: np.ndarray, in_new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """(n,) suffix codes after alignment.
 

@@ -21,14 +21,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
+import numpy as np
+
 from freshsid.config import RECIPES, Recipe, SASRecConfig, SidConfig
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.embed.collab import SASRec, collab_embeddings
 from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
-from freshsid.sid.align import METHODS, align
+from freshsid.sid.align import METHODS, align, stick
 from freshsid.sid.build import build_table
 from freshsid.sid.table import SidTable
+
+
+NEIGHBOURS = 10  # neighbours compared per item when deciding whether its behaviour moved
 
 
 def recipe(name: str) -> Recipe:
@@ -126,6 +132,47 @@ def align_to_legacy(legacy: SidTable, refreshed: SidTable, methods: tuple[str, .
     return {method: align(legacy, refreshed, method=method)[0] for method in methods}  # type: ignore[arg-type]
 
 
+def neighbourhood_overlap(legacy: Embeddings, refreshed: Embeddings, items: np.ndarray, *, k: int = NEIGHBOURS) -> np.ndarray:
+    """(len(items),) the share of each item's ``k`` nearest neighbours (cosine, among
+    ``items``) that the legacy and the refreshed embedding spaces agree on: 1 where its
+    neighbourhood did not move, 0 where it moved entirely."""
+    items = np.asarray(items, dtype=np.int64)
+    k = min(k, len(items) - 1)
+    if k < 1:
+        return np.ones(len(items))
+
+    def neighbours(vectors: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(vectors[items], dtype=np.float32)
+        faiss.normalize_L2(x)
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        _, found = index.search(x, k + 1)
+        # Move the item itself (or the last hit, where a duplicate vector outranked it) to the end.
+        last = found == np.arange(len(items))[:, None]
+        last[~last.any(axis=1), k] = True
+        order = np.argsort(last, axis=1, kind="stable")
+        return np.take_along_axis(found, order, axis=1)[:, :k]
+
+    a, b = neighbours(legacy.vectors), neighbours(refreshed.vectors)
+    a.sort(axis=1)
+    b.sort(axis=1)
+    shared = np.array([np.intersect1d(x, y, assume_unique=True).size for x, y in zip(a, b)])
+    return shared / k
+
+
+def keep_unmoved(legacy: CollabSids, refreshed: CollabSids, aligned: SidTable, move_share: float) -> SidTable:
+    """``aligned`` with only the ``move_share`` of common items whose neighbourhood moved
+    most on their refreshed codes; the others back on their legacy SIDs."""
+    if legacy.embeddings is None:
+        raise FreshsidError("Keeping unmoved items' codes needs the legacy embeddings, which this build lacks "
+                            "(a release ships none); use a recipe with move_share 1.")
+    common = np.intersect1d(aligned.items, legacy.table.items)
+    overlap = neighbourhood_overlap(legacy.embeddings, refreshed.embeddings, common)
+    n_move = int(round(move_share * len(common)))
+    order = np.argsort(overlap, kind="stable")  # least overlap (most moved) first
+    return stick(legacy.table, aligned, common[order[n_move:]])
+
+
 def refresh(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe: Recipe, sasrec: SASRecConfig,
             sid: SidConfig, seed: int, methods: tuple[str, ...] = METHODS, progress: bool = True,
             warm_from: CollabSids | None = None) -> Refresh:
@@ -141,4 +188,7 @@ def refresh(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe:
     sid = sid.model_copy(update={"n_levels": len(sizes) - 1, "codebook_size": sizes[0], "suffix_size": sizes[-1]})
     refreshed = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=seed, warm_from=warm_from or legacy,
                                   recipe=recipe, progress=progress)
-    return Refresh(recipe, refreshed, align_to_legacy(legacy.table, refreshed.table, methods))
+    aligned = align_to_legacy(legacy.table, refreshed.table, methods)
+    if recipe.move_share < 1:
+        aligned = {m: keep_unmoved(legacy, refreshed, table, recipe.move_share) for m, table in aligned.items()}
+    return Refresh(recipe, refreshed, aligned)
