@@ -30,22 +30,15 @@ from transformers.utils import logging as hf_logging
 
 from freshsid.retriever.decode import beam_search
 from freshsid.retriever.model import Retriever, RetrieverConfig, build_tokens
+from freshsid.sid.collisions import add_suffix
 from freshsid.sid.trie import SidTrie
 
 
 def synthetic_codes(n_items: int, levels: int, size: int, seed: int) -> tuple[np.ndarray, tuple[int, ...]]:
     """Random codes plus a collision-suffix level (rank among items sharing the prefix)."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, size, (n_items, levels))
-    order = np.lexsort(base.T[::-1])
-    rows = base[order]
-    new = np.ones(n_items, dtype=bool)
-    new[1:] = (rows[1:] != rows[:-1]).any(axis=1)
-    first = np.flatnonzero(new)
-    suffix = np.empty(n_items, dtype=np.int64)
-    suffix[order] = np.arange(n_items) - first[np.cumsum(new) - 1]
-    codes = np.concatenate([base, suffix[:, None]], axis=1)
-    return codes, (size,) * levels + (max(int(suffix.max()) + 1, 4),)
+    base = np.random.default_rng(seed).integers(0, size, (n_items, levels))
+    codes = add_suffix(base, suffix_size=n_items).astype(np.int64)
+    return codes, (size,) * levels + (max(int(codes[:, -1].max()) + 1, 4),)
 
 
 def gpt2_like(cfg: RetrieverConfig, *, activation: str = "gelu_new") -> GPT2LMHeadModel:

@@ -53,15 +53,8 @@ def save(name: str, record: dict) -> None:
 
 def random_codes(n_items: int, size: int = 256, seed: int = 0) -> tuple[np.ndarray, tuple[int, ...]]:
     """Random 3 x ``size`` codes plus a collision suffix (rank within the shared prefix)."""
-    base = np.random.default_rng(seed).integers(0, size, (n_items, 3))
-    order = np.lexsort(base.T[::-1])
-    rows = base[order]
-    new = np.ones(n_items, dtype=bool)
-    new[1:] = (rows[1:] != rows[:-1]).any(axis=1)
-    first = np.flatnonzero(new)
-    suffix = np.empty(n_items, dtype=np.int64)
-    suffix[order] = np.arange(n_items) - first[np.cumsum(new) - 1]
-    return np.column_stack([base, suffix]), (size,) * 3 + (max(4, int(suffix.max()) + 1),)
+    codes = add_suffix(np.random.default_rng(seed).integers(0, size, (n_items, 3)), suffix_size=n_items).astype(np.int64)
+    return codes, (size,) * 3 + (max(4, int(codes[:, -1].max()) + 1),)
 
 
 def model_config(preset: str, sizes: tuple[int, ...]) -> RetrieverConfig:

@@ -3,6 +3,7 @@ three releases in a chain, each aligned to its parent; rollback restores the pre
 
 import contextlib
 import json
+import os
 import shutil
 import time
 
@@ -197,3 +198,14 @@ def test_the_service_swaps_releases_under_load_without_failing_a_request(chain):
         assert 'freshsid_reloads_total{outcome="refused"} 1' in metrics and 'release="r0003"' in metrics
     shutil.rmtree(broken)
     releases.promote("r0003")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere regardless of permission bits")
+def test_recommend_batch_refuses_an_unwritable_out_before_decoding(chain, tmp_path):
+    root, _, _ = chain
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    result = runner.invoke(app, ["recommend-batch", "--releases", str(root), "--out", str(locked / "recs.parquet")])
+    assert result.exit_code == 2 and "permission denied" in result.stderr
+    assert list(locked.iterdir()) == []

@@ -136,10 +136,15 @@ def check_output(out: Path, *, marker: str = MANIFEST) -> Path:
     if out.is_dir() and not (out / marker).exists() and any(out.iterdir()):
         raise FreshsidError(f"Output folder {out} holds files that freshsid did not write; choose another --out "
                             "(nothing there was touched).")
-    place = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    check_writable(out if out.exists() else out.absolute().parent)
+    return out
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse, before any work starts, to write in ``folder`` (or its nearest existing parent) without permission."""
+    place = next(p for p in (Path(folder).absolute(), *Path(folder).absolute().parents) if p.exists())
     if not os.access(place, os.W_OK | os.X_OK):
         raise FreshsidError(f"Cannot write in {place} (permission denied); choose another --out.")
-    return out
 
 
 @contextlib.contextmanager

@@ -190,6 +190,7 @@ def recommend_batch(
 
     Users split across processes: torchrun --nproc-per-node 2 -m freshsid recommend-batch --releases releases --out recs.parquet
     """
+    from freshsid.artifacts import check_writable
     from freshsid.data.tables import check_readable
     from freshsid.serve.batch import recommend_batch as run
     from freshsid.serve.release import Releases
@@ -197,6 +198,7 @@ def recommend_batch(
     use_device(device, ranks=True)
     if out.is_dir():
         raise FreshsidError(f"--out {out} is a folder; pass the path of a parquet file to write.")
+    check_writable(out.absolute().parent)
     if beam is not None and beam < k:
         raise FreshsidError(f"--beam {beam} is below --k {k}; pass --beam {k} or more.")
     listed = None
