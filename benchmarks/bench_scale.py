@@ -3,7 +3,7 @@
     PYTHONPATH=src .venv/bin/python benchmarks/bench_scale.py peak      # fp32 / bf16 matmul peak of this machine
     PYTHONPATH=src .venv/bin/python benchmarks/bench_scale.py step      # training step: fp32 vs bf16 autocast, MFU
     PYTHONPATH=src .venv/bin/python benchmarks/bench_scale.py ranks     # train(): 1 process x 2 threads vs 2 x 1 (torchrun)
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_scale.py catalog   # SID build, trie, decoding at 10k / 100k / 1M items
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_scale.py catalog [--levels 4]   # SID build, trie, decoding at 10k / 100k / 1M items
     PYTHONPATH=src .venv/bin/python benchmarks/bench_scale.py paper     # the paper preset's throughput on this machine
 
 Everything runs on synthetic data of the shapes the presets train on: full 20-item
@@ -84,10 +84,12 @@ def peak(_: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- one training step
 
 
-def step_rate(cfg: RetrieverConfig, codes: np.ndarray, *, batch: int, bf16: bool, steps: int) -> float:
-    """Training tokens/s of forward + backward + AdamW on full-length histories (median of ``steps``)."""
+def step_rate(cfg: RetrieverConfig, codes: np.ndarray, *, batch: int, bf16: bool, steps: int,
+              dropout: float | None = None) -> float:
+    """Training tokens/s of forward + backward + AdamW on full-length histories (median of ``steps``);
+    ``dropout`` overrides the preset's."""
     torch.manual_seed(0)
-    model = Retriever(cfg)
+    model = Retriever(cfg if dropout is None else cfg.model_copy(update={"dropout": dropout}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     items = rng.integers(0, len(codes), (batch, HISTORY + 1))
@@ -111,8 +113,10 @@ def step(args: argparse.Namespace) -> None:
     flops = TRAIN_FLOPS_MULTIPLIER * flops_per_token(cfg, cfg.n_positions)
     fp32_peak = matmul_peak()
     record = {"preset": args.preset, "batch": args.batch, "fp32_peak_gflops": fp32_peak / 1e9}
-    for name, bf16 in (("fp32", False), ("bf16_autocast", True)):
-        rate = step_rate(cfg, codes, batch=args.batch, bf16=bf16, steps=args.steps)
+    # The preset's dropout (0.1) runs attention through the unfused math path and draws
+    # Bernoulli masks; without it the fused kernels run: the third row says what that costs.
+    for name, bf16, dropout in (("fp32", False, None), ("bf16_autocast", True, None), ("fp32_no_dropout", False, 0.0)):
+        rate = step_rate(cfg, codes, batch=args.batch, bf16=bf16, steps=args.steps, dropout=dropout)
         record[name] = {"tokens_per_s": rate, "gflops": rate * flops / 1e9, "mfu_vs_fp32_peak": rate * flops / fp32_peak}
     save(f"step-{args.preset}", record)
 
@@ -171,9 +175,9 @@ def catalog(args: argparse.Namespace) -> None:
     for n in args.items:
         with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
             subprocess.run([sys.executable, __file__, "catalog-one", "--n", str(n), "--users", str(args.users),
-                            "--out", tmp.name], check=True)
+                            "--levels", str(args.levels), "--out", tmp.name], check=True)
             rows.append(json.loads(Path(tmp.name).read_text()))
-    save("catalog", {"rows": rows})
+    save(f"catalog-{args.levels}levels", {"rows": rows})
 
 
 def clustered_vectors(n: int, dim: int = 64, n_clusters: int = 2000, seed: int = 0) -> np.ndarray:
@@ -190,14 +194,14 @@ def catalog_one(args: argparse.Namespace) -> None:
     n = args.n
     vectors = clustered_vectors(n)
     items = np.arange(n)
-    # The cpu preset's tokenizer (residual k-means, 3 x 256); the suffix level as wide as
-    # the largest collision group needs (rounded up to a power of two).
+    # Residual k-means with 256 codes a level (the cpu preset's 3 levels, or more); the
+    # suffix level as wide as the largest collision group needs (rounded up to a power of two).
     start = time.perf_counter()
-    prefix = RQKMeans(n_levels=3, codebook_size=256).fit_transform(vectors)
+    prefix = RQKMeans(n_levels=args.levels, codebook_size=256).fit_transform(vectors)
     largest = int(collision_stats(prefix, 256)["max_group_size"])
     suffix = 1 << max(2, (largest - 1).bit_length())
-    table = SidTable(items=items, codes=add_suffix(prefix, suffix_size=suffix), codebook_sizes=(256, 256, 256, suffix),
-                     item_ids=items.astype(str))
+    table = SidTable(items=items, codes=add_suffix(prefix, suffix_size=suffix),
+                     codebook_sizes=(256,) * args.levels + (suffix,), item_ids=items.astype(str))
     sid_seconds = time.perf_counter() - start
     rss_before_trie = _rss_mib()
     start = time.perf_counter()
@@ -273,9 +277,11 @@ def main() -> None:
     p = sub.add_parser("catalog")
     p.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--users", type=int, default=256)
+    p.add_argument("--levels", type=int, default=3)
     p = sub.add_parser("catalog-one")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--users", type=int, required=True)
+    p.add_argument("--levels", type=int, required=True)
     p.add_argument("--out", required=True)
     p = sub.add_parser("paper")
     p.add_argument("--batch", type=int, default=64)
