@@ -42,32 +42,74 @@ def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return logp.masked_fill(~mask, float("-inf"))  # all-masked rows give NaN above
 
 
-def _last_level_logits(model, codes, mask, lengths, prefix, prefix_valid, generated) -> torch.Tensor:
-    """(B, W, K) logits of the last level, run only for beams with a choice to make.
+def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid, generated, top_k):
+    """Items and scores (B, <= top_k) of the last level, scoring each beam's children only.
 
-    A beam whose node allows a single code scores log 1 = 0 for it whatever the
-    logits, and no later step needs its cache. With a collision-suffix last level
-    that is most beams, so only the few (padded per user) with several allowed
-    codes go through the model: about a third less decoding work.
+    The last level is the collision suffix: its codebook is as wide as the largest
+    collision group (thousands of codes in a million-item catalog), while a beam has
+    few children. So logits are computed for those children alone (no dense beams x K
+    mask or logits), and only for beams with a choice to make: a beam with a single
+    child scores log 1 = 0 for it whatever the logits, and with a collision suffix that
+    is most beams (about a third less decoding work).
+
+    nodes, scores: (B, W) the beams at depth D-1; codes: (B, W) their level D-2 codes.
     """
     cfg = model.config
     level = cfg.n_levels - 1
-    need = mask.sum(-1) > 1  # (B, W)
-    logits = torch.zeros(mask.shape, device=mask.device)
-    width = int(need.sum(1).max())
-    if width == 0:
-        return logits
-    beams = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :width]  # needing beams first
-    index = beams[:, None, :, None, None]
-    sub_cache = [
-        (k.gather(2, index.expand(-1, k.shape[1], -1, k.shape[3], k.shape[4])),
-         v.gather(2, index.expand(-1, v.shape[1], -1, v.shape[3], v.shape[4])))
-        for k, v in generated
-    ] if generated is not None else None
-    step_tokens = codes.gather(1, beams) + cfg.level_offsets[level - 1]
-    h, _ = model.step(step_tokens, lengths + level - 1, prefix, prefix_valid, sub_cache)
-    sub = model.level_logits(h, level).float()
-    return logits.scatter(1, beams[..., None].expand(-1, -1, logits.shape[-1]), sub)
+    n_users, n_beams = nodes.shape
+    device = nodes.device
+    # Every child edge of every beam, beam-major, codes ascending within a beam.
+    indptr = trie.indptr[level]
+    if len(indptr) == 1:  # a trie without items: nothing to return
+        return (torch.full((n_users, 1), -1, dtype=torch.long, device=device),
+                torch.full((n_users, 1), float("-inf"), device=device))
+    flat = nodes.reshape(-1).to(trie.device)
+    valid = flat >= 0
+    first = indptr[torch.where(valid, flat, 0)]
+    count = torch.where(valid, indptr[torch.where(valid, flat, 0) + 1] - first, 0)
+    n_edges = int(count.sum())
+    beam_of = torch.repeat_interleave(torch.arange(len(flat), device=trie.device), count, output_size=n_edges)
+    leaf = first[beam_of] + torch.arange(n_edges, device=trie.device) - (torch.cumsum(count, 0) - count)[beam_of]
+    beam_of, leaf, count = beam_of.to(device), leaf.to(device), count.to(device)
+    logp = torch.zeros(n_edges, device=device)
+    need = (count > 1).view(n_users, n_beams)
+    width = int(need.sum(1).max()) if need.numel() else 0
+    if width > 0:
+        beams = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :width]  # needing beams first
+        index = beams[:, None, :, None, None]
+        sub_cache = [
+            (k.gather(2, index.expand(-1, k.shape[1], -1, k.shape[3], k.shape[4])),
+             v.gather(2, index.expand(-1, v.shape[1], -1, v.shape[3], v.shape[4])))
+            for k, v in generated
+        ] if generated is not None else None
+        step_tokens = codes.gather(1, beams) + cfg.level_offsets[level - 1]
+        hidden, _ = model.step(step_tokens, lengths + level - 1, prefix, prefix_valid, sub_cache)  # (B, width, C)
+        row = torch.full((n_users, n_beams), -1, dtype=torch.long, device=device)
+        row.scatter_(1, beams, torch.arange(width, device=device).expand(n_users, width))
+        chosen = need.reshape(-1)[beam_of]
+        b = beam_of[chosen]
+        code = trie.edge_codes[level][leaf[chosen].to(trie.device)].to(device)
+        head = model.tok_emb.weight[cfg.level_offsets[level] + code]  # (E', C): the tied head's rows
+        logit = (hidden[b // n_beams, row.reshape(-1)[b]] * head).sum(-1).float()
+        # Log-softmax over each beam's children.
+        top = torch.full((len(flat),), float("-inf"), device=device).scatter_reduce(0, b, logit, "amax")
+        mass = torch.zeros(len(flat), device=device).index_add_(0, b, (logit - top[b]).exp())
+        logp[chosen] = logit - (top + mass.log())[b]
+    candidate = scores.reshape(-1)[beam_of] + logp
+    # Each user's candidates side by side, padded with -inf, then its top_k.
+    user = beam_of // n_beams
+    per_user = torch.bincount(user, minlength=n_users)
+    columns = max(1, int(per_user.max()) if n_edges else 1)
+    position = torch.arange(n_edges, device=device) - (torch.cumsum(per_user, 0) - per_user)[user]
+    table = torch.full((n_users, columns), float("-inf"), device=device)
+    table[user, position] = candidate
+    leaves = torch.full((n_users, columns), -1, dtype=torch.long, device=device)
+    leaves[user, position] = leaf
+    best, pick = table.topk(min(top_k, columns), dim=1)
+    picked = leaves.gather(1, pick)
+    items = trie.item_of(picked.reshape(-1).to(trie.device)).to(device).view(n_users, -1)
+    items = torch.where(torch.isfinite(best), items, -1)
+    return items, best
 
 
 @torch.inference_mode()
@@ -90,12 +132,12 @@ def _search(
     scores = torch.zeros(n_users, 1, device=device)
     codes = generated = None
     for level in range(n_levels):
+        if level > 0 and level == n_levels - 1:
+            return _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid, generated, top_k)
         n_beams, n_codes = nodes.shape[1], cfg.codebook_sizes[level]
         mask = trie.allowed_mask(level, nodes.reshape(-1)).to(device).view(n_users, n_beams, n_codes)
         if level == 0:
             logits = model.level_logits(last, 0)[:, None, :]  # (B, 1, K_0)
-        elif level == n_levels - 1:
-            logits = _last_level_logits(model, codes, mask, lengths, prefix, prefix_valid, generated)
         else:
             step_tokens = codes + cfg.level_offsets[level - 1]
             h, generated = model.step(step_tokens, lengths + level - 1, prefix, prefix_valid, generated)
@@ -110,7 +152,7 @@ def _search(
         nodes = nodes.to(device).view(n_users, width)
         nodes = torch.where(torch.isfinite(scores), nodes, -1)
         scores = torch.where(nodes >= 0, scores, float("-inf"))
-        if generated is not None and level < n_levels - 1:
+        if generated is not None:
             index = parent[:, None, :, None, None]
             generated = [
                 tuple(t.gather(2, index.expand(-1, t.shape[1], -1, t.shape[3], t.shape[4])) for t in kv)
