@@ -259,8 +259,8 @@ class SASRec:
                     total += self._step(net, block, mask, candidates, slot, optimizer, rng)
                     steps += 1
                     if steps % LOG_EVERY == 0:  # reading the loss waits for the device
-                        bar.update(epoch=epoch, loss=float(rt.sum(total)) / steps, valid=valid_text)
-                    bar.advance(0)
+                        bar.update(advance=0, epoch=epoch, loss=float(rt.sum(total)) / steps, valid=valid_text)
+                    bar.advance()
                 record = {"epoch": epoch, "loss": float(rt.sum(total)) / max(steps, 1), "valid": None}
                 bar.update(advance=0, epoch=epoch, loss=record["loss"], valid=valid_text)
                 self.history_.append(record)
