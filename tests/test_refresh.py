@@ -209,3 +209,18 @@ def test_recommend_batch_refuses_an_unwritable_out_before_decoding(chain, tmp_pa
     result = runner.invoke(app, ["recommend-batch", "--releases", str(root), "--out", str(locked / "recs.parquet")])
     assert result.exit_code == 2 and "permission denied" in result.stderr
     assert list(locked.iterdir()) == []
+
+
+def test_recommend_batch_on_two_torchrun_ranks_writes_the_one_process_file(chain, tmp_path):
+    import subprocess
+    import sys
+
+    root, _, _ = chain
+    invoke("recommend-batch", "--releases", root, "--k", "5", "--chunk", "64", "--out", tmp_path / "one.parquet")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "freshsid", "--",
+           "recommend-batch", "--releases", str(root), "--k", "5", "--chunk", "64", "--out", str(tmp_path / "two.parquet")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(" rows from release ") == 1  # rank 0 reports for both
+    assert pl.read_parquet(tmp_path / "two.parquet").equals(pl.read_parquet(tmp_path / "one.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.parquet", "two.parquet"]
