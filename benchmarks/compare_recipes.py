@@ -19,26 +19,11 @@ import numpy as np
 
 from freshsid.embed.store import Embeddings
 from freshsid.evaluate.stages import RunLayout
-from freshsid.sid.refresh import CollabSids
+from freshsid.sid.refresh import NEIGHBOURS, CollabSids, neighbourhood_overlap
 
-NEIGHBOURS = 10
-SAMPLE = 3000  # items whose neighbourhoods are compared (neighbours searched among all common items)
-
-
-def neighbour_overlap(legacy: Embeddings, refreshed: Embeddings, k: int = NEIGHBOURS, seed: int = 0) -> float:
-    """Mean |kNN_legacy(i) ∩ kNN_refreshed(i)| / k over a sample of the items both spaces cover."""
-    common = np.intersect1d(legacy.items, refreshed.items)
-    queries = np.random.default_rng(seed).choice(len(common), size=min(SAMPLE, len(common)), replace=False)
-
-    def neighbours(vectors: np.ndarray) -> np.ndarray:
-        x = vectors[common]
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        scores = x[queries] @ x.T
-        scores[np.arange(len(queries)), queries] = -np.inf  # not its own neighbour
-        return np.argpartition(-scores, k, axis=1)[:, :k]
-
-    a, b = neighbours(legacy.vectors), neighbours(refreshed.vectors)
-    return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b)]))
+def neighbour_overlap(legacy: Embeddings, refreshed: Embeddings) -> float:
+    """Mean share of an item's 10 nearest neighbours the two spaces agree on, over every common item."""
+    return float(neighbourhood_overlap(legacy, refreshed, np.intersect1d(legacy.items, refreshed.items)).mean())
 
 
 def median_cosine(legacy: Embeddings, refreshed: Embeddings) -> float:

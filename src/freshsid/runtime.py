@@ -32,7 +32,6 @@ from freshsid.config import DEVICE_PATTERN
 from freshsid.errors import FreshsidError
 
 
-
 def resolve_device(spec: str, *, local_rank: int = 0) -> torch.device:
     """The torch device ``spec`` names; under torchrun a bare ``cuda`` is this rank's GPU."""
     if not re.fullmatch(DEVICE_PATTERN, spec):
@@ -72,7 +71,11 @@ class Runtime:
 
     def share(self, rows: np.ndarray) -> np.ndarray:
         """This rank's part of a global batch's rows (every world_size-th, from its rank)."""
-        return rows[self.rank :: self.world_size]
+        return self.shares(rows)[self.rank]
+
+    def shares(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Every rank's part of ``rows``, in rank order."""
+        return [rows[rank :: self.world_size] for rank in range(self.world_size)]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA; nothing on the CPU (fp32 there)."""

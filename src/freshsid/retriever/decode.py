@@ -65,8 +65,9 @@ def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid
                 torch.full((n_users, 1), float("-inf"), device=device))
     flat = nodes.reshape(-1).to(trie.device)
     valid = flat >= 0
-    first = indptr[torch.where(valid, flat, 0)]
-    count = torch.where(valid, indptr[torch.where(valid, flat, 0) + 1] - first, 0)
+    safe = torch.where(valid, flat, 0)
+    first = indptr[safe]
+    count = torch.where(valid, indptr[safe + 1] - first, 0)
     n_edges = int(count.sum())
     beam_of = torch.repeat_interleave(torch.arange(len(flat), device=trie.device), count, output_size=n_edges)
     leaf = first[beam_of] + torch.arange(n_edges, device=trie.device) - (torch.cumsum(count, 0) - count)[beam_of]

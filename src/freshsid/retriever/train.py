@@ -165,7 +165,7 @@ def train(
             recent += loss.detach()
             comp = state["compute"]
             # Every rank's tokens (FLOPs count all ranks); a window's last token is only a target.
-            n_tokens = sum(len(part) * int(lengths[part].max()) for part in _parts(rows, rt.world_size)) * model.config.n_levels
+            n_tokens = sum(len(part) * int(lengths[part].max()) for part in rt.shares(rows) if len(part)) * model.config.n_levels
             comp["retriever_tokens"] += float(n_tokens)
             comp["retriever_flops"] += flops_token * n_tokens
             comp["retriever_steps"] += 1
@@ -228,11 +228,6 @@ class _SummedLoss(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return self.model.loss_sum(tokens, weight, keep)
-
-
-def _parts(rows: np.ndarray, world_size: int) -> list[np.ndarray]:
-    """The non-empty shares of a global batch, one per rank."""
-    return [part for part in (rows[r::world_size] for r in range(world_size)) if len(part)]
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int) -> list[np.ndarray]:

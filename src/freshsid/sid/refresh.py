@@ -154,23 +154,19 @@ def neighbourhood_overlap(legacy: Embeddings, refreshed: Embeddings, items: np.n
         return np.take_along_axis(found, order, axis=1)[:, :k]
 
     a, b = neighbours(legacy.vectors), neighbours(refreshed.vectors)
-    a.sort(axis=1)
-    b.sort(axis=1)
-    shared = np.array([np.intersect1d(x, y, assume_unique=True).size for x, y in zip(a, b)])
-    return shared / k
+    return (a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1) / k
 
 
-def keep_unmoved(legacy: CollabSids, refreshed: CollabSids, aligned: SidTable, move_share: float) -> SidTable:
-    """``aligned`` with only the ``move_share`` of common items whose neighbourhood moved
-    most on their refreshed codes; the others back on their legacy SIDs."""
+def unmoved_items(legacy: CollabSids, refreshed: CollabSids, move_share: float) -> np.ndarray:
+    """The items both tables code, but for the ``move_share`` of them whose neighbourhood
+    moved most: those keep their legacy SIDs (:func:`freshsid.sid.align.stick`)."""
     if legacy.embeddings is None:
         raise FreshsidError("Keeping unmoved items' codes needs the legacy embeddings, which this build lacks "
                             "(a release ships none); use a recipe with move_share 1.")
-    common = np.intersect1d(aligned.items, legacy.table.items)
+    common = np.intersect1d(refreshed.table.items, legacy.table.items)
     overlap = neighbourhood_overlap(legacy.embeddings, refreshed.embeddings, common)
-    n_move = int(round(move_share * len(common)))
     order = np.argsort(overlap, kind="stable")  # least overlap (most moved) first
-    return stick(legacy.table, aligned, common[order[n_move:]])
+    return common[order[int(round(move_share * len(common))):]]
 
 
 def refresh(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe: Recipe, sasrec: SASRecConfig,
@@ -190,5 +186,6 @@ def refresh(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe:
                                   recipe=recipe, progress=progress)
     aligned = align_to_legacy(legacy.table, refreshed.table, methods)
     if recipe.move_share < 1:
-        aligned = {m: keep_unmoved(legacy, refreshed, table, recipe.move_share) for m, table in aligned.items()}
+        keep = unmoved_items(legacy, refreshed, recipe.move_share)
+        aligned = {m: stick(legacy.table, table, keep) for m, table in aligned.items()}
     return Refresh(recipe, refreshed, aligned)
