@@ -19,11 +19,11 @@ import argparse
 import shutil
 from pathlib import Path
 
-from freshsid.artifacts import fingerprint_of, write_json_atomic
+from freshsid.artifacts import write_json_atomic
 from freshsid.config import ExperimentConfig, load_config
 from freshsid.data.registry import load_dataset
 from freshsid.evaluate.experiment import Experiment
-from freshsid.evaluate.stages import STAGES_FILE, StageCache
+from freshsid.evaluate.stages import StageCache
 from freshsid.policies import BASE_MODEL, policy
 from freshsid.sid.refresh import recipe
 
@@ -84,8 +84,8 @@ def main() -> None:
     class Adopting(StageCache):
         def get(self, stage, key, build, load):  # type: ignore[override]
             if stage in stages and stage not in adopted:
-                adopted[stage] = fingerprint_of(key)
-                self._keys[stage] = adopted[stage]
+                adopted[stage] = key
+                self.adopt(stage, key)
                 return super().get(stage, key, refuse, load)
             return super().get(stage, key, build, load)
 
@@ -94,7 +94,6 @@ def main() -> None:
     experiment.evaluate(stale)
     if set(adopted) != stages:
         raise SystemExit(f"not adopted: {sorted(stages - set(adopted))}")
-    write_json_atomic(args.out / STAGES_FILE, experiment.cache._keys)
     write_json_atomic(args.out / "ADOPTED.json", {"from": str(args.source), "stages": sorted(stages)})
     write_json_atomic(args.out / "config.json", new.model_dump(mode="json"))
     print(f"adopted {', '.join(sorted(stages))} from {args.source} into {args.out}")

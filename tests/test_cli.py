@@ -110,7 +110,7 @@ def test_progress_spinner_goes_to_stderr_only(tmp_path):
 @pytest.mark.parametrize("args, says", [
     (["--n-parts", "6", "--initial", "5"], "must leave at least one round"),
     (["--strategies", "Frozen,Sometimes"], "unknown strategies"),
-    (["--signal", "vibes"], "is not one of churn, unseen, decay"),
+    (["--signal", "vibes"], "should be 'churn', 'unseen' or 'decay'"),
 ])
 def test_rolling_refuses_a_protocol_without_rounds_or_an_unknown_name(tmp_path, args, says):
     result = runner.invoke(app, ["rolling", "--dataset", "synthetic", "--preset", "tiny", "--out", str(tmp_path / "run"), *args])

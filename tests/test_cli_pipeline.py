@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import freshsid.config as config_module
 from freshsid.cli import app
@@ -24,17 +23,12 @@ from freshsid.retriever.model import load_checkpoint
 from freshsid.retriever.pipeline import evaluate
 from freshsid.sid.table import SidTable
 
-runner = CliRunner()
+from clirun import invoke, runner
+
 TINY = SyntheticConfig(n_users=200, n_items=120, n_events=4000)
 SIDS = ["--tokenizer", "rqkmeans", "--levels", "2", "--codebook-size", "8", "--suffix-size", "64"]
 TRAIN = ["--preset", "tiny", "--epochs", "1"]
 EVAL = ["--beam", "20", "--ks", "1,10,20"]
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

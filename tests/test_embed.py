@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from freshsid.data.interactions import from_arrays
 from freshsid.embed import content
 from freshsid.data.sequences import length_batches
-from freshsid.embed.collab import SASRec, SASRecConfig, SASRecModel, holdout_last
+from freshsid.embed.collab import SASRec, SASRecConfig, holdout_last
+from freshsid.embed.sasrec import SASRecModel
 from freshsid.embed.store import Embeddings, load_embedding_items, load_embeddings, load_model_state, save_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.metrics import recall_ndcg

@@ -254,3 +254,31 @@ def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
         legacy_table, aligned = SidTable.load(experiment.out / "legacy/sids"), SidTable.load(experiment.out / "refresh/aligned-hungarian")
         assert report["sid_agreement_after"] >= report["kept_items"] / report["common_items"]
         assert len(np.unique(aligned.codes, axis=0)) == len(aligned.codes) and aligned.meta["parent"] == legacy_table.content_hash
+
+
+def test_stage_cache_builds_once_rebuilds_on_a_new_key_and_adopts_a_copied_stage(tmp_path):
+    from freshsid.evaluate.stages import RunLayout, StageCache
+
+    built = []
+
+    def build(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "value.txt").write_text(str(len(built)))
+        built.append(folder)
+        return int((folder / "value.txt").read_text())
+
+    def load(folder):
+        return int((folder / "value.txt").read_text())
+
+    first = tmp_path / "first"
+    assert StageCache(RunLayout(first), log=lambda _: None).get("legacy", {"a": 1}, build, load) == 0
+    assert StageCache(RunLayout(first), log=lambda _: None).get("legacy", {"a": 1}, build, load) == 0
+    assert len(built) == 1  # a fresh cache over the same folder loads
+    assert StageCache(RunLayout(first), log=lambda _: None).get("legacy", {"a": 2}, build, load) == 1
+
+    second = tmp_path / "second"
+    shutil.copytree(first / "legacy", second / "legacy")
+    cache = StageCache(RunLayout(second), log=lambda _: None)
+    cache.adopt("legacy", {"b": 3})
+    assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 3}, build, load) == 1
+    assert len(built) == 2  # the adopted copy was loaded, not rebuilt

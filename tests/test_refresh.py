@@ -9,22 +9,16 @@ import time
 
 import polars as pl
 import pytest
-from typer.testing import CliRunner
 
 from freshsid.artifacts import read_manifest
 from freshsid.cli import app
 from freshsid.data.synthetic import SyntheticConfig, write_synthetic
 from freshsid.serve.release import Releases, load_release
 
-runner = CliRunner()
+from clirun import invoke, runner
+
 SYNTHETIC = SyntheticConfig(n_users=400, n_items=150, n_events=9000, n_communities=5)
 SIDS = ["--tokenizer", "rqkmeans", "--levels", "2", "--codebook-size", "8", "--suffix-size", "64", "--preset", "tiny"]
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

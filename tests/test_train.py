@@ -44,11 +44,11 @@ def run_fit(work: Path, kill_at: int | None = None):
     """Train a tiny model; with ``kill_at`` the process SIGKILLs itself at that step."""
     torch.set_num_threads(1)
     split, table = tiny_world()
-    on_step = None
-    if kill_at is not None:
-        def on_step(step):
-            if step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+    def kill(step):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    on_step = None if kill_at is None else kill
     from freshsid.retriever import train as train_mod
 
     model = pipeline.Retriever(tiny_model(table))

@@ -18,7 +18,6 @@ from freshsid.commands.common import (
     use_device,
 )
 from freshsid.config import RECIPES, ROLLING_STRATEGIES, SIGNALS, RollingConfig
-from freshsid.errors import FreshsidError
 
 
 @data_options()
@@ -49,8 +48,6 @@ def rolling(
     use_device(device)
     run = configure(experiment_preset(preset), recipe=recipe, max_eval_users=max_eval_users, device=device)
     chosen = ROLLING_STRATEGIES if strategies is None else tuple(s.strip() for s in strategies.split(",") if s.strip())
-    if signal not in SIGNALS:
-        raise FreshsidError(f"--signal {signal!r} is not one of {', '.join(SIGNALS)}; pick one.")
     config = configure(RollingConfig(run=run), n_parts=n_parts, initial=initial, strategies=chosen, signal=signal,
                        calibration_rounds=calibration_rounds)
     runner = Rolling(data.load(), config, out, show_progress=show_progress())

@@ -90,6 +90,12 @@ class StageCache:
         self._held[stage] = (key, result)
         return result
 
+    def adopt(self, stage: str, key: Any) -> None:
+        """Record that the artifact already in ``stage``'s folder was built from ``key``
+        (one copied from another run); the next :meth:`get` loads it."""
+        self._keys[stage] = fingerprint_of(key)
+        write_json_atomic(self._file, self._keys)
+
     def record(self, stage: str, build: Callable[[Path], dict], key: Any) -> dict:
         """A stage whose artifact is one JSON record (``<stage>.json``)."""
 
