@@ -231,7 +231,7 @@ def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
         assert strip(runs[0]) == strip(runs[1]), key
 
 
-@pytest.mark.parametrize("name", ["warm", "stable", "sticky-25", "paper"])  # cold is the module's main run
+@pytest.mark.parametrize("name", ["warm", "stable", "sticky-25", "remap-1", "paper"])  # cold is the module's main run
 def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
     from freshsid.config import RECIPES
 
@@ -254,6 +254,11 @@ def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
         legacy_table, aligned = SidTable.load(experiment.out / "legacy/sids"), SidTable.load(experiment.out / "refresh/aligned-hungarian")
         assert report["sid_agreement_after"] >= report["kept_items"] / report["common_items"]
         assert len(np.unique(aligned.codes, axis=0)) == len(aligned.codes) and aligned.meta["parent"] == legacy_table.content_hash
+    # only a fine-tune on the refreshed codes carries embeddings over, and says so in its manifest
+    infos = {label: read_manifest(experiment.out / results["policies"][label]["model"]).info
+             for label in ("FT-old", "FT-aligned (hungarian)")}
+    assert infos["FT-aligned (hungarian)"].get("remapped_levels", 0) == recipe.remap_levels
+    assert "remapped_levels" not in infos["FT-old"]
 
 
 def test_stage_cache_builds_once_rebuilds_on_a_new_key_and_adopts_a_copied_stage(tmp_path):

@@ -44,6 +44,7 @@ def run_fit(work: Path, kill_at: int | None = None):
     """Train a tiny model; with ``kill_at`` the process SIGKILLs itself at that step."""
     torch.set_num_threads(1)
     split, table = tiny_world()
+
     def kill(step):
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)

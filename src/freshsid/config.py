@@ -166,6 +166,9 @@ class Recipe(BaseModel):
     # neighbourhood in the embedding space moved most; the others keep their legacy SID.
     # 1 moves every item (the paper's alignment).
     move_share: float = Field(1.0, gt=0.0, le=1.0)
+    # Levels whose code embeddings a fine-tune on the refreshed table first carries over from
+    # the legacy codes of each code's items (freshsid.retriever.remap); 0 keeps the checkpoint's rows.
+    remap_levels: int = Field(0, ge=0)
 
     def legacy_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
         """The SASRec and tokenizer configs of the legacy build under this recipe."""
@@ -203,6 +206,12 @@ RECIPES: dict[str, Recipe] = {
                                      "description": f"stable, then only the {share:.0%} of items whose neighbourhood "
                                                     "moved most take their new code"})
           for share in (0.25, 0.5)),
+        # Further: the warm start's code embeddings follow the items onto their refreshed codes.
+        *(_STABLE.model_copy(update={"name": f"remap-{levels}", "remap_levels": levels,
+                                     "description": f"stable, then the fine-tune starts with the code embeddings of "
+                                                    f"the first {levels} level(s) carried from the legacy codes of "
+                                                    "their items"})
+          for levels in (1, 3)),
         # The reference implementation's embeddings and tokenizer (sizes stay the preset's).
         Recipe(name="paper", sasrec={"loss": "bce", "sequences": "last", "learning_rate": 1e-4, "n_layers": 2,
                                      "n_heads": 2, "dropout": 0.3, "max_length": 20, "valid_users": 0,

@@ -69,7 +69,7 @@ def collab(
 
     Warm refresh: freshsid embed collab amazon-beauty --parts 0:9 --warm-from runs/beauty/embed-0-8 --out runs/beauty/embed-0-9
 
-    Two processes (DDP): torchrun --nproc-per-node 2 -m freshsid embed collab amazon-beauty --parts 0:8 --out runs/beauty/embed-0-8
+    Two processes (DDP): torchrun --nproc-per-node 2 -m freshsid -- embed collab amazon-beauty --parts 0:8 --out runs/beauty/embed-0-8
     """
     runtime = use_device(device, ranks=True)
     window = Window.parse(parts)

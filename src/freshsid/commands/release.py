@@ -188,7 +188,7 @@ def recommend_batch(
 
     Example: freshsid recommend-batch --releases releases --k 100 --out recs.parquet
 
-    Users split across processes: torchrun --nproc-per-node 2 -m freshsid recommend-batch --releases releases --out recs.parquet
+    Users split across processes: torchrun --nproc-per-node 2 -m freshsid -- recommend-batch --releases releases --out recs.parquet
     """
     from freshsid.artifacts import check_writable
     from freshsid.data.tables import check_readable

@@ -70,7 +70,7 @@ def train(
 
     Example: freshsid retriever train --dataset amazon-beauty --sids runs/beauty/sids-0-8 --parts 0:8 --preset cpu --out runs/beauty/base
 
-    Two processes (DDP; gloo on CPU, nccl on GPU): torchrun --nproc-per-node 2 -m freshsid retriever train ... (same options)
+    Two processes (DDP; gloo on CPU, nccl on GPU): torchrun --nproc-per-node 2 -m freshsid -- retriever train ... (same options)
     """
     from freshsid.retriever.model import RetrieverConfig
     from freshsid.retriever.pipeline import fit
@@ -148,7 +148,7 @@ def evaluate(
 
     Example: freshsid retriever eval --checkpoint runs/beauty/base --sids runs/beauty/sids-0-8 --dataset amazon-beauty --test 9:10 --allowed 0:8 --json
 
-    Users split across processes: torchrun --nproc-per-node 2 -m freshsid retriever eval ... (same metrics as one process)
+    Users split across processes: torchrun --nproc-per-node 2 -m freshsid -- retriever eval ... (same metrics as one process)
     """
     from freshsid.artifacts import write_json_atomic
     from freshsid.retriever.model import load_checkpoint

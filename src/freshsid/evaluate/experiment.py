@@ -112,6 +112,7 @@ class Experiment:
         cfg = self.config
         table, window = self.table(spec.tokenizer), self.protocol.window(spec.train)
         torch.set_num_threads(cfg.threads)
+        remap = None
         if spec.start is Start.SCRATCH:
             train_config = cfg.fit
 
@@ -127,13 +128,19 @@ class Experiment:
             self.model(BASE_MODEL)
             parent = self.layout.model(BASE_MODEL)
 
+            levels = recipe(cfg.recipe).remap_levels if spec.tokenizer is not Tokenizer.LEGACY else 0
+            if levels:
+                remap = (self.table(Tokenizer.LEGACY), levels)
+
             def build(folder: Path) -> tuple[Retriever, Manifest]:
                 result = pipeline.finetune(self.layout.path(parent), self.split, table, target=window, out=folder,
-                                           train_config=train_config, show_progress=self.progress)
+                                           train_config=train_config, show_progress=self.progress, remap=remap)
                 return result.model, result.manifest
 
         key = [table.content_hash, cfg.retriever, self.protocol.max_history, train_config, str(window),
                parent and self._fingerprint(parent)]
+        if remap:  # (appended only when set: the keys of runs without it stay as they were)
+            key.append(["remap", remap[0].content_hash, remap[1]])
         return self.cache.get(self.layout.model(spec, seed), key, build,
                               lambda folder: load_checkpoint(folder, expected_shape=table.codebook_sizes))
 

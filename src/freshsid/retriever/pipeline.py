@@ -18,6 +18,7 @@ from freshsid.errors import FreshsidError
 from freshsid.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.retriever.decode import beam_search
 from freshsid.retriever.model import Retriever, RetrieverConfig, hash_user, load_checkpoint
+from freshsid.retriever.remap import remap_code_embeddings
 from freshsid.retriever.train import TrainConfig, TrainResult, train
 from freshsid.runtime import current
 from freshsid.sid.table import SidTable
@@ -61,16 +62,24 @@ def finetune(
     train_config: TrainConfig,
     out: Path,
     show_progress: bool = True,
+    remap: tuple[SidTable, int] | None = None,
 ) -> TrainResult:
     """Warm-start from ``checkpoint`` (optionally with another table of the same shape)
-    and train with loss on the events of ``target`` only, histories from part 0."""
+    and train with loss on the events of ``target`` only, histories from part 0.
+    ``remap`` = (the checkpoint's table, levels): first carry the code embeddings of that
+    many levels onto ``table``'s codes (:mod:`freshsid.retriever.remap`)."""
     model, manifest = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
+    remapped = {}
+    if remap is not None and remap[1] > 0:
+        remap_code_embeddings(model, remap[0], table, remap[1])
+        remapped = {"remapped_from": remap[0].content_hash, "remapped_levels": remap[1]}
     history = Window(start=0, stop=target.start) if target.start > 0 else target
     seqs = training_windows(split, table, history=history, target=target, max_history=model.config.max_history)
     if len(seqs) == 0:
         raise FreshsidError(f"No user has an event in parts {target} with a SID in the table; check --parts.")
     return _train(model, split, table, seqs, train_config=train_config, out=out, parent=manifest.fingerprint,
-                  meta={"mode": "finetune", "history_window": str(history), "target_window": str(target)}, show_progress=show_progress)
+                  meta={"mode": "finetune", "history_window": str(history), "target_window": str(target), **remapped},
+                  show_progress=show_progress)
 
 
 def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_progress) -> TrainResult:

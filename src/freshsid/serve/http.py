@@ -246,7 +246,9 @@ def serve_in_thread(service: Service, *, host: str = "127.0.0.1") -> Iterator[st
 
     sock = socket.socket()
     sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    # Keep-alive well past uvicorn's 5 s: on a starved machine a pooled connection can idle
+    # that long, and the server closing it just as the client reuses it fails that request.
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", timeout_keep_alive=120))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -1,0 +1,49 @@
+"""Carry a checkpoint's code embeddings onto a refreshed table before it is fine-tuned.
+
+A code's token embedding is both what a history reads and what the head scores (the
+two are tied). Alignment relabels refreshed codes to agree with the legacy ones as far
+as a one-to-one map allows; an item it cannot keep in place takes a code whose row was
+learnt for other items. Remapping rewrites, at each of the first ``levels`` levels,
+the row of every refreshed code as the mean of the legacy rows of its items' legacy
+codes (weighted by item count), so the warm start already scores each new code as the
+checkpoint scored the items it now stands for. A code that no item of both tables
+carries keeps its row; so does the collision suffix (its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from freshsid.retriever.model import Retriever
+from freshsid.sid.table import SidTable
+
+
+def code_mixing(legacy: SidTable, refreshed: SidTable, level: int) -> np.ndarray:
+    """(K, K) row-stochastic: row c is how the items that carry refreshed code c at
+    ``level`` spread over legacy codes (items both tables code); all-zero rows for codes
+    no such item carries."""
+    _, old_rows, new_rows = np.intersect1d(legacy.items, refreshed.items, assume_unique=True, return_indices=True)
+    size = refreshed.codebook_sizes[level]
+    counts = np.zeros((size, legacy.codebook_sizes[level]))
+    np.add.at(counts, (refreshed.codes[new_rows, level], legacy.codes[old_rows, level]), 1.0)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def remap_code_embeddings(model: Retriever, legacy: SidTable, refreshed: SidTable, levels: int) -> None:
+    """Rewrite ``model``'s rows of the first ``levels`` semantic levels in place (see the
+    module docstring); ``model`` speaks ``legacy``'s codes and will be fine-tuned on
+    ``refreshed``'s, of the same shape."""
+    if legacy.codebook_sizes != refreshed.codebook_sizes or tuple(model.config.codebook_sizes) != refreshed.codebook_sizes:
+        raise ValueError("the model and both tables must share one SID shape")
+    if not 0 <= levels <= refreshed.n_levels:
+        raise ValueError(f"levels must be within 0..{refreshed.n_levels}")
+    weight = model.tok_emb.weight
+    with torch.no_grad():
+        for level in range(levels):
+            mixing = code_mixing(legacy, refreshed, level)
+            carried = np.flatnonzero(mixing.sum(axis=1) > 0)
+            start = model.config.level_offsets[level]
+            rows = weight[start : start + refreshed.codebook_sizes[level]]
+            rows[torch.as_tensor(carried)] = torch.as_tensor(mixing[carried], dtype=rows.dtype) @ rows

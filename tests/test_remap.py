@@ -1,0 +1,75 @@
+"""Carrying a checkpoint's code embeddings onto a refreshed table (freshsid.retriever.remap)."""
+
+import numpy as np
+import pytest
+import torch
+
+from freshsid.retriever.model import Retriever, RetrieverConfig
+from freshsid.retriever.remap import code_mixing, remap_code_embeddings
+from freshsid.sid.table import SidTable
+
+SIZES = (4, 4, 8)  # two semantic levels and the collision suffix
+
+
+def table(items, codes):
+    items = np.asarray(items)
+    return SidTable(items=items, codes=np.asarray(codes, dtype=np.int32), codebook_sizes=SIZES,
+                    item_ids=np.array([f"i{i}" for i in items]))
+
+
+def model():
+    torch.manual_seed(0)
+    return Retriever(RetrieverConfig(codebook_sizes=SIZES, width=8, n_layers=1, n_heads=2, ffn=16, user_buckets=4,
+                                     max_history=3))
+
+
+def rows(net, level):
+    start = net.config.level_offsets[level]
+    return net.tok_emb.weight[start : start + SIZES[level]].detach().clone()
+
+
+def test_a_relabelled_level_carries_each_row_to_its_new_code_and_leaves_the_rest():
+    rng = np.random.default_rng(0)
+    codes = np.column_stack([np.arange(16) % 4, np.arange(16) // 4, np.zeros(16, int)])
+    perm = rng.permutation(4)
+    moved = codes.copy()
+    moved[:, 0] = perm[codes[:, 0]]
+    net = model()
+    before = [rows(net, level) for level in range(3)]
+    weight = net.tok_emb.weight.detach().clone()
+    remap_code_embeddings(net, table(np.arange(16), codes), table(np.arange(16), moved), levels=1)
+    after = [rows(net, level) for level in range(3)]
+    assert torch.equal(after[0][perm], before[0])  # new code perm[c] reads and scores as legacy code c did
+    assert torch.equal(after[1], before[1]) and torch.equal(after[2], before[2])
+    start, stop = net.config.level_offsets[0], net.config.level_offsets[0] + SIZES[0]
+    untouched = torch.ones(len(weight), dtype=torch.bool)
+    untouched[start:stop] = False
+    assert torch.equal(net.tok_emb.weight.detach()[untouched], weight[untouched])  # user buckets etc.
+
+
+def test_a_code_gathering_several_legacy_codes_takes_their_item_weighted_mean():
+    legacy = table([0, 1, 2, 3, 9], [[0, 0, 0], [0, 1, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]])
+    # items 0, 1 (legacy code 0) and 2 (legacy code 1) now share code 3; item 3 keeps code 2;
+    # item 9 left the catalog; item 7 is new and has no legacy code to carry
+    refreshed = table([0, 1, 2, 3, 7], [[3, 0, 0], [3, 1, 0], [3, 2, 0], [2, 0, 0], [1, 0, 0]])
+    mixing = code_mixing(legacy, refreshed, 0)
+    np.testing.assert_allclose(mixing[3], [2 / 3, 1 / 3, 0, 0])
+    np.testing.assert_allclose(mixing[2], [0, 0, 1, 0])
+    assert not mixing[0].any() and not mixing[1].any()
+    net = model()
+    before = rows(net, 0)
+    remap_code_embeddings(net, legacy, refreshed, levels=1)
+    after = rows(net, 0)
+    torch.testing.assert_close(after[3], (2 * before[0] + before[1]) / 3)
+    assert torch.equal(after[2], before[2])
+    assert torch.equal(after[:2], before[:2])  # carried by no common item: kept
+
+
+def test_remapping_refuses_another_shape_or_too_many_levels():
+    legacy = table([0, 1], [[0, 0, 0], [1, 0, 0]])
+    with pytest.raises(ValueError, match="within 0..2"):
+        remap_code_embeddings(model(), legacy, legacy, levels=3)
+    other = SidTable(items=np.array([0, 1]), codes=np.array([[0, 0], [1, 0]], dtype=np.int32), codebook_sizes=(4, 8),
+                     item_ids=np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="one SID shape"):
+        remap_code_embeddings(model(), legacy, other, levels=1)
