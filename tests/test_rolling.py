@@ -106,3 +106,17 @@ def test_an_interrupted_run_resumes_to_the_same_results(run, logs, tmp_path, mon
     assert [str(w) for w in calls] == ["0:5", "0:6"]  # the initial build and round 3's Full were kept
     strip = lambda res: [{n: e["metrics"] for n, e in r["strategies"].items()} for r in res["rounds"]]  # noqa: E731
     assert strip(again) == strip(json.loads(json.dumps(results)))
+
+
+def test_a_remapping_recipe_carries_embeddings_into_each_refresh_only(logs, tmp_path):
+    from freshsid.artifacts import read_manifest
+
+    cfg = config(strategies=("FT-old", "Aligned"))
+    cfg = cfg.model_copy(update={"n_parts": 5, "run": cfg.run.model_copy(update={"recipe": "remap-1"})})
+    runner = Rolling(logs, cfg, tmp_path / "run", show_progress=False)
+    runner.log = lambda _: None
+    runner.run()
+    served = SidTable.load(tmp_path / "run/initial/sids/sids")
+    refreshed = read_manifest(tmp_path / "run/steps/R/model").info
+    assert refreshed["remapped_levels"] == 1 and refreshed["remapped_from"] == served.content_hash
+    assert "remapped_levels" not in read_manifest(tmp_path / "run/steps/F/model").info

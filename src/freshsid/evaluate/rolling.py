@@ -95,13 +95,15 @@ class Rolling:
         refresh aligned to the served table."""
         cfg = self.run_config
         if warm is None:
+            sasrec, sid = recipe(cfg.recipe).legacy_configs(cfg.sasrec, cfg.sid)
+
             def build(folder: Path) -> CollabSids:
-                built = build_collab_sids(self.split, window, sasrec=cfg.sasrec, sid=cfg.sid, seed=cfg.seed,
+                built = build_collab_sids(self.split, window, sasrec=sasrec, sid=sid, seed=cfg.seed,
                                           progress=self.progress)
                 built.save(folder, self.logs.fingerprint)
                 return built
 
-            key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), self.config.n_parts]
+            key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(window), self.config.n_parts]
             return self.cache.get(stage, key, build, CollabSids.load)
         served, continued = warm
         how = recipe(cfg.recipe)
@@ -129,15 +131,21 @@ class Rolling:
         key = [table.content_hash, cfg.retriever, cfg.protocol.max_history, cfg.fit, str(window)]
         self.cache.get(stage, key, build, _checked)
 
-    def _finetune(self, stage: str, parent: str, table: SidTable, target: Window) -> None:
+    def _finetune(self, stage: str, parent: str, table: SidTable, target: Window, spoken: SidTable) -> None:
+        """Fine-tune ``parent`` (which speaks ``spoken``) on ``table``; the recipe's remap
+        applies when the table changed."""
         cfg = self.run_config
+        levels = recipe(cfg.recipe).remap_levels if table.content_hash != spoken.content_hash else 0
+        remap = (spoken, levels) if levels else None
 
         def build(folder: Path) -> str:
             pipeline.finetune(self.layout.path(parent), self.split, table, target=target, out=folder,
-                              train_config=cfg.finetune, show_progress=self.progress)
+                              train_config=cfg.finetune, show_progress=self.progress, remap=remap)
             return stage
 
         key = [table.content_hash, cfg.finetune, str(target), read_manifest(self.layout.path(parent), verify=False).fingerprint]
+        if remap:  # (appended only when set: the keys of runs without it stay as they were)
+            key.append(["remap", spoken.content_hash, levels])
         self.cache.get(stage, key, build, _checked)
 
     def initial(self) -> State:
@@ -152,12 +160,12 @@ class Rolling:
         table, ``R`` refreshes the SIDs on [0, r+1), aligns them and fine-tunes on part r."""
         path, part = state.path + action, Window(start=r, stop=r + 1)
         if action == "F":
-            self._finetune(f"steps/{path}/model", state.model, state.sids.table, part)
+            self._finetune(f"steps/{path}/model", state.model, state.sids.table, part, state.sids.table)
             return State(path, state.sids, state.build, f"steps/{path}/model", state.coverage, state.refreshed_at)
         window = Window(start=0, stop=r + 1)
         result = self._collab(f"steps/{path}/sids", window, warm=(state.sids, state.build))
         served = CollabSids(result.refreshed.embeddings, result.aligned[ALIGNMENT])
-        self._finetune(f"steps/{path}/model", state.model, served.table, part)
+        self._finetune(f"steps/{path}/model", state.model, served.table, part, state.sids.table)
         return State(path, served, result.refreshed, f"steps/{path}/model", window, r)
 
     def full(self, r: int) -> State:

@@ -79,8 +79,8 @@ def refresh_release(releases: Releases, logs: Interactions, config: ExperimentCo
     scratch = Path(tempfile.mkdtemp(dir=work, prefix="refresh-"))
     try:
         tuned = pipeline.finetune(releases.path(current.id) / RETRIEVER, train, aligned, target=NEW,
-                                  train_config=config.finetune, out=scratch / "model",
-                                  show_progress=progress)
+                                  train_config=config.finetune, out=scratch / "model", show_progress=progress,
+                                  remap=(current.table, how.remap_levels) if how.remap_levels else None)
         examples = TemporalSplit.at(logs, [until]).examples(NEW, max_history=current.model.config.max_history)
         examples = examples.subset(np.flatnonzero(np.isin(examples.users, held)))
         scores = {name: _score(Recommender(model, table), examples, metric, config.beam) for name, model, table in
