@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from freshsid.artifacts import output_lock, read_manifest, write_bytes_atomic, write_json_atomic
-from freshsid.config import RollingConfig
+from freshsid.config import ROLLING_STRATEGIES, RollingConfig
 from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.evaluate.report import new_figure, png_bytes
@@ -383,6 +383,11 @@ def report_markdown(results: dict[str, Any], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
+def _colour(strategy: str) -> str:
+    """One colour per strategy in every plot (results.json stores them sorted by name)."""
+    return f"C{ROLLING_STRATEGIES.index(strategy)}"
+
+
 def _recall_plot(results: dict[str, Any], ks: tuple[int, int]) -> bytes:
     fig, _ = new_figure(10, 4)
     fig.clear()
@@ -391,7 +396,8 @@ def _recall_plot(results: dict[str, Any], ks: tuple[int, int]) -> bytes:
     for ax, kk in zip(axes, ks):
         for name in results["rounds"][0]["strategies"]:
             ax.plot(rounds, [rec["strategies"][name]["metrics"][f"recall@{kk}"] for rec in results["rounds"]],
-                    marker="o", label=name)
+                    marker="o", label=name, color=_colour(name))
+        ax.set_xticks(rounds)
         ax.set_xlabel("scored on part")
         ax.set_ylabel(f"Recall@{kk}")
         ax.grid(True, alpha=0.3)
@@ -403,12 +409,18 @@ def _recall_plot(results: dict[str, Any], ks: tuple[int, int]) -> bytes:
 def _compute_plot(results: dict[str, Any]) -> bytes:
     fig, ax = new_figure()
     summary = results["summary"]
+    metric = f"mean_recall@{summary['k']}"
     for name, row in summary["strategies"].items():
-        ax.scatter([max(row["flops"], 1.0)], [row[f"mean_recall@{summary['k']}"]])
-        ax.annotate(name, (max(row["flops"], 1.0), row[f"mean_recall@{summary['k']}"]), xytext=(4, 3),
-                    textcoords="offset points", fontsize=8)
+        if row["flops"] > 0:
+            ax.scatter([row["flops"]], [row[metric]], color=_colour(name))
+            ax.annotate(name, (row["flops"], row[metric]), xytext=(4, 3), textcoords="offset points", fontsize=8)
+        else:  # no compute has no place on a log axis: a reference line
+            ax.axhline(row[metric], color="grey", linestyle="--", linewidth=1)
+            ax.annotate(f"{name} (no compute)", (0.01, row[metric]), xycoords=("axes fraction", "data"),
+                        xytext=(0, 3), textcoords="offset points", fontsize=8, color="grey")
     ax.set_xscale("log")
-    ax.set_xlabel("cumulative FLOPs over the rounds (Frozen drawn at 1)")
+    ax.margins(x=0.15)
+    ax.set_xlabel("cumulative FLOPs over the rounds")
     ax.set_ylabel(f"mean Recall@{summary['k']}")
     ax.grid(True, alpha=0.3, which="both")
     return png_bytes(fig)
