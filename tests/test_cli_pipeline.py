@@ -58,6 +58,8 @@ def run(tmp_path_factory, data):
     out["align"] = invoke("sids", "align", d / "legacy", d / "refreshed", "--method", "hungarian", "--out", d / "aligned", "--json")
     out["finetune"] = invoke("retriever", "finetune", *opts, "--checkpoint", d / "base", "--sids", d / "aligned",
                              "--parts", "8:9", *TRAIN, "--out", d / "ft")
+    out["finetune-remap"] = invoke("retriever", "finetune", *opts, "--checkpoint", d / "base", "--sids", d / "aligned",
+                                   "--remap-from", d / "legacy", "--parts", "8:9", *TRAIN, "--out", d / "ft-remap")
     out["eval"] = invoke("retriever", "eval", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned", *EVAL, "--json",
                          "--out", d / "eval.json")
     out["eval-text"] = invoke("retriever", "eval", *opts, "--checkpoint", d / "ft", "--sids", d / "aligned", *EVAL)
@@ -164,6 +166,14 @@ def test_train_then_finetune_write_linked_checkpoints(run):
     assert ft.info["mode"] == "finetune" and (ft.info["history_window"], ft.info["target_window"]) == ("0:8", "8:9") and ft.parent == base.fingerprint
     assert ft.inputs["sid_table"] == SidTable.load(run["dir"] / "aligned").content_hash
     assert "1 epochs on" in run["train"].stdout and str(run["dir"] / "ft") in run["finetune"].stdout
+    assert "remapped_levels" not in ft.info
+
+
+def test_finetune_with_remap_carries_every_semantic_level_from_the_checkpoints_table(run):
+    ft = load_checkpoint(run["dir"] / "ft-remap")[1]
+    legacy = SidTable.load(run["dir"] / "legacy")
+    assert (ft.info["remapped_from"], ft.info["remapped_levels"]) == (legacy.content_hash, legacy.n_levels)
+    assert ft.info["sid_table"] == SidTable.load(run["dir"] / "aligned").content_hash
 
 
 def test_eval_matches_the_library_and_writes_the_same_json(run, data):
@@ -376,6 +386,15 @@ BAD = [
     ("finetune-on-a-table-of-another-shape", lambda r, o, w: ["retriever", "finetune", *o, "--checkpoint", r["dir"] / "base",
                                                               "--sids", r["dir"] / "other-shape", *TRAIN, "--out", w / "ft"],
      ["shape"]),
+    ("remap-from-another-table", lambda r, o, w: ["retriever", "finetune", *o, "--checkpoint", r["dir"] / "base", "--sids",
+                                                  r["dir"] / "aligned", "--remap-from", r["dir"] / "refreshed", *TRAIN,
+                                                  "--out", w / "ft"], ["not the one", "trained on"]),
+    ("remap-levels-alone", lambda r, o, w: ["retriever", "finetune", *o, "--checkpoint", r["dir"] / "base", "--sids",
+                                            r["dir"] / "aligned", "--remap-levels", "1", *TRAIN, "--out", w / "ft"],
+     ["--remap-from"]),
+    ("remap-too-many-levels", lambda r, o, w: ["retriever", "finetune", *o, "--checkpoint", r["dir"] / "base", "--sids",
+                                               r["dir"] / "aligned", "--remap-from", r["dir"] / "legacy", "--remap-levels",
+                                               "3", *TRAIN, "--out", w / "ft"], ["1..2", "not 3"]),
     ("release-into-a-users-folder", lambda r, o, w: ["release", "create", *o, "--checkpoint", r["dir"] / "base", "--sids",
                                                     r["dir"] / "legacy", "--out", user_folder(w / "mine")], ["mine"]),
     ("release-of-another-shape", lambda r, o, w: ["release", "create", *o, "--checkpoint", r["dir"] / "base", "--sids",

@@ -102,22 +102,35 @@ def finetune(
     lr: LrOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
+    remap_from: Annotated[Path | None, typer.Option(
+        "--remap-from", help="The checkpoint's own SID table: first carry its code embeddings onto the codes of --sids "
+                             "(each new code starts as the mean of its items' old codes).")] = None,
+    remap_levels: Annotated[int | None, typer.Option(
+        "--remap-levels", min=1, help="Levels carried with --remap-from (default: every semantic level).")] = None,
 ) -> None:
     """Warm-start from --checkpoint and train on the events of --parts, over the SIDs of --sids.
 
     --sids must have the checkpoint's shape: the legacy table, or a refreshed one aligned to it.
 
     Example: freshsid retriever finetune --checkpoint runs/beauty/base --sids runs/beauty/sids-aligned --dataset amazon-beauty --parts 8:9 --out runs/beauty/ft-aligned
+
+    Carry the code embeddings over first (the remap recipes): ... --sids runs/beauty/sids-aligned --remap-from runs/beauty/sids-0-8 --out runs/beauty/ft-remapped
     """
     from freshsid.retriever.pipeline import finetune as warm_start
 
+    if remap_levels is not None and remap_from is None:
+        raise FreshsidError("--remap-levels needs --remap-from, the checkpoint's own SID table.")
     use_device(device, ranks=True)
     train_config = configure(experiment_preset(preset).finetune, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     window = Window.parse(parts)
     table = SidTable.load(sids)
+    remap = None
+    if remap_from is not None:
+        spoken = SidTable.load(remap_from)
+        remap = (spoken, remap_levels or spoken.n_levels)
     split = load_split(data, table)
     result = warm_start(checkpoint, split, table, target=window, train_config=train_config, out=out,
-                        show_progress=show_progress())
+                        show_progress=show_progress(), remap=remap)
     _print_trained(result, out)
 
 

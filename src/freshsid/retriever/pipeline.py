@@ -71,6 +71,12 @@ def finetune(
     model, manifest = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
     remapped = {}
     if remap is not None and remap[1] > 0:
+        if remap[0].content_hash != manifest.info.get("sid_table"):
+            raise FreshsidError(f"The table to remap from ({remap[0].content_hash[:12]}) is not the one {checkpoint} "
+                                "was trained on; pass that checkpoint's own SID table.")
+        if not 0 < remap[1] <= table.n_levels:
+            raise FreshsidError(f"Remap levels must be within 1..{table.n_levels} (the table's semantic levels), "
+                                f"not {remap[1]}.")
         remap_code_embeddings(model, remap[0], table, remap[1])
         remapped = {"remapped_from": remap[0].content_hash, "remapped_levels": remap[1]}
     history = Window(start=0, stop=target.start) if target.start > 0 else target
