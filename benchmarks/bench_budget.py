@@ -89,13 +89,14 @@ def main() -> None:
     parser.add_argument("--schedules", default="cosine,constant")
     parser.add_argument("--max-eval-users", type=int, default=None)
     parser.add_argument("--recipe", default="cold", help="refresh recipe (freshsid.config.RECIPES)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     config = preset(args.preset)
     config = config.model_copy(update={"protocol": config.protocol.validation(),
                                        "max_eval_users": args.max_eval_users or config.max_eval_users,
-                                       "recipe": args.recipe})
+                                       "recipe": args.recipe, "threads": args.threads or config.threads})
     logs = load_dataset(args.dataset)
     reference = Experiment(logs, config.model_copy(update={"policies": ("Base", "Full")}), args.out)
     rows = rows_of(reference.run(), None, None)
