@@ -231,7 +231,7 @@ def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
         assert strip(runs[0]) == strip(runs[1]), key
 
 
-@pytest.mark.parametrize("name", ["warm", "stable", "sticky-25", "remap-1", "paper"])  # cold is the module's main run
+@pytest.mark.parametrize("name", ["warm", "stable", "sticky-25", "remap-1", "remap-3", "paper"])  # cold is the module's main run
 def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
     from freshsid.config import RECIPES
 

@@ -92,7 +92,7 @@ def experiment(
     config_file: Annotated[Path | None, typer.Option("--config", help="A JSON or TOML experiment config, or a results.json to repeat its run.")] = None,
     policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: all), e.g. Base,FT-old,Full.")] = None,
     max_eval_users: MaxEvalUsersOpt = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", help=f"How SIDs are built and refreshed: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help=f"How SIDs are built and refreshed: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}. Default: the preset's (remap-3; tiny: cold).")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds; every fine-tuned policy runs once per seed and reports the mean (default: 0).")] = None,
     validation: Annotated[bool, typer.Option("--validation", help="Run on the validation split (every window one part earlier: base [0, 7), gap [7, 8), scored on part 8), where settings are chosen; the last part is never read.")] = False,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP + " Default: the config's (auto).")] = None,
