@@ -193,6 +193,25 @@ def test_warm_refresh_with_seeds_reuses_the_legacy_stages_and_pairs_the_seeds(ru
     assert "## Paired over fine-tuning seeds" in report and "FT-aligned (hungarian)" in report.split("## Paired")[1]
 
 
+def test_recipes_that_differ_only_in_the_remap_share_one_refresh(run, tmp_path):
+    """stable and remap-3 build the same SIDs: switching between them refits only the
+    fine-tunes on the refreshed table (FT-old and the refresh come from the cache)."""
+    experiment, _ = run
+    shutil.copytree(experiment.out, tmp_path / "run")
+    policies = ("Base", "FT-old", "FT-aligned (hungarian)")
+    built = {}
+    for name in ("stable", "remap-3"):
+        config = experiment.config.model_copy(update={"recipe": name, "policies": policies})
+        again = Experiment(experiment.logs, config, tmp_path / "run", show_progress=False)
+        built[name] = lines = []
+        again.log = lines.append
+        again.run()
+    stages = {line.split("] ")[1] for line in built["remap-3"]}
+    assert "refresh" in {line.split("] ")[1] for line in built["stable"]}
+    assert not {"legacy", "refresh", "models/base-legacy-gap"} & stages
+    assert "models/base-aligned-hungarian-gap" in stages
+
+
 def test_the_policy_table_matches_the_design():
     """Each row once; the aligned tokenizers name their method; the definitions above are the table's."""
     rows = POLICIES + ABLATIONS

@@ -170,6 +170,11 @@ class Recipe(BaseModel):
     # the legacy codes of each code's items (freshsid.retriever.remap); 0 keeps the checkpoint's rows.
     remap_levels: int = Field(0, ge=0)
 
+    def refresh_settings(self) -> dict[str, Any]:
+        """What a refresh's SIDs depend on (a cache key): recipes that differ only in their
+        name or in how the fine-tune starts (remap) share one refresh."""
+        return self.model_dump(exclude={"name", "description", "remap_levels"})
+
     def legacy_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
         """The SASRec and tokenizer configs of the legacy build under this recipe."""
         return _override(sasrec, self.sasrec), _override(sid, self.sid)

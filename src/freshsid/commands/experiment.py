@@ -27,10 +27,13 @@ from freshsid.commands.common import (
     show_progress,
     use_device,
 )
-from freshsid.config import DEFAULT_BEAM, DEVICE_HELP, RECIPES
+from freshsid.config import DEFAULT_BEAM, DEVICE_HELP, PRESETS, RECIPES, preset as preset_config
 from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
 from freshsid.sid.table import SidTable
+
+# Each preset's default recipe, for --recipe's help.
+_PRESET_RECIPES = ", ".join(f"{name}: {preset_config(name).recipe}" for name in PRESETS)
 
 MaxEvalUsersOpt = Annotated[
     int | None, typer.Option("--max-eval-users", min=1, help="Evaluate a random sample of this many test users.")
@@ -92,7 +95,7 @@ def experiment(
     config_file: Annotated[Path | None, typer.Option("--config", help="A JSON or TOML experiment config, or a results.json to repeat its run.")] = None,
     policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: all), e.g. Base,FT-old,Full.")] = None,
     max_eval_users: MaxEvalUsersOpt = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", help=f"How SIDs are built and refreshed: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}. Default: the preset's (remap-3; tiny: cold).")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help=f"How SIDs are built and refreshed: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}. Default: the preset's ({_PRESET_RECIPES}).")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds; every fine-tuned policy runs once per seed and reports the mean (default: 0).")] = None,
     validation: Annotated[bool, typer.Option("--validation", help="Run on the validation split (every window one part earlier: base [0, 7), gap [7, 8), scored on part 8), where settings are chosen; the last part is never read.")] = False,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP + " Default: the config's (auto).")] = None,

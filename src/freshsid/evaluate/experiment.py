@@ -32,6 +32,7 @@ from freshsid.evaluate.staleness import recall_by_part, sid_churn
 from freshsid.metrics import recall_ndcg
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import Retriever, RetrieverConfig, load_checkpoint
+from freshsid.retriever.remap import remap_plan
 from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, recipe, refresh
 from freshsid.sid.table import SidTable
 
@@ -83,7 +84,7 @@ class Experiment:
             result.save(folder, self.logs.fingerprint)
             return result
 
-        key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), how, self._eval_key(),
+        key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), how.refresh_settings(), self._eval_key(),
                self._fingerprint(f"{self.layout.legacy}/{CollabSids.EMBEDDINGS}"), legacy.table.content_hash]
         return self.cache.get(self.layout.refresh, key, build, lambda folder: Refresh.load(folder, how.name))
 
@@ -128,9 +129,7 @@ class Experiment:
             self.model(BASE_MODEL)
             parent = self.layout.model(BASE_MODEL)
 
-            levels = recipe(cfg.recipe).remap_levels if spec.tokenizer is not Tokenizer.LEGACY else 0
-            if levels:
-                remap = (self.table(Tokenizer.LEGACY), levels)
+            remap = remap_plan(self.table(Tokenizer.LEGACY), table, recipe(cfg.recipe).remap_levels)
 
             def build(folder: Path) -> tuple[Retriever, Manifest]:
                 result = pipeline.finetune(self.layout.path(parent), self.split, table, target=window, out=folder,

@@ -47,6 +47,7 @@ from freshsid.evaluate.report import new_figure, png_bytes
 from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import RetrieverConfig, load_checkpoint
+from freshsid.retriever.remap import remap_plan
 from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, recipe, refresh
 from freshsid.sid.table import SidTable
 
@@ -114,7 +115,7 @@ class Rolling:
             result.save(folder, self.logs.fingerprint)
             return result
 
-        key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), how, served.table.content_hash,
+        key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), how.refresh_settings(), served.table.content_hash,
                continued.table.content_hash, self.config.n_parts]
         return self.cache.get(stage, key, build_refresh, lambda folder: Refresh.load(folder, how.name))
 
@@ -135,8 +136,7 @@ class Rolling:
         """Fine-tune ``parent`` (which speaks ``spoken``) on ``table``; the recipe's remap
         applies when the table changed."""
         cfg = self.run_config
-        levels = recipe(cfg.recipe).remap_levels if table.content_hash != spoken.content_hash else 0
-        remap = (spoken, levels) if levels else None
+        remap = remap_plan(spoken, table, recipe(cfg.recipe).remap_levels)
 
         def build(folder: Path) -> str:
             pipeline.finetune(self.layout.path(parent), self.split, table, target=target, out=folder,
@@ -145,7 +145,7 @@ class Rolling:
 
         key = [table.content_hash, cfg.finetune, str(target), read_manifest(self.layout.path(parent), verify=False).fingerprint]
         if remap:  # (appended only when set: the keys of runs without it stay as they were)
-            key.append(["remap", spoken.content_hash, levels])
+            key.append(["remap", spoken.content_hash, remap[1]])
         self.cache.get(stage, key, build, _checked)
 
     def initial(self) -> State:

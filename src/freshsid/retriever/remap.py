@@ -19,6 +19,13 @@ from freshsid.retriever.model import Retriever
 from freshsid.sid.table import SidTable
 
 
+def remap_plan(spoken: SidTable, table: SidTable, levels: int) -> tuple[SidTable, int] | None:
+    """What a fine-tune on ``table`` of a checkpoint that speaks ``spoken`` carries over
+    (``pipeline.finetune``'s ``remap``): nothing when ``levels`` is 0 or the table is the
+    checkpoint's own."""
+    return (spoken, levels) if levels and table.content_hash != spoken.content_hash else None
+
+
 def code_mixing(legacy: SidTable, refreshed: SidTable, level: int) -> np.ndarray:
     """(K, K) row-stochastic: row c is how the items that carry refreshed code c at
     ``level`` spread over legacy codes (items both tables code); all-zero rows for codes

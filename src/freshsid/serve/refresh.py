@@ -30,6 +30,7 @@ from freshsid.errors import FreshsidError
 from freshsid.metrics import recall_ndcg
 from freshsid.retriever import pipeline
 from freshsid.retriever.pipeline import Recommender
+from freshsid.retriever.remap import remap_plan
 from freshsid.serve.release import RETRIEVER, Releases
 from freshsid.sid.refresh import CollabSids, recipe, refresh
 
@@ -80,7 +81,7 @@ def refresh_release(releases: Releases, logs: Interactions, config: ExperimentCo
     try:
         tuned = pipeline.finetune(releases.path(current.id) / RETRIEVER, train, aligned, target=NEW,
                                   train_config=config.finetune, out=scratch / "model", show_progress=progress,
-                                  remap=(current.table, how.remap_levels) if how.remap_levels else None)
+                                  remap=remap_plan(current.table, aligned, how.remap_levels))
         examples = TemporalSplit.at(logs, [until]).examples(NEW, max_history=current.model.config.max_history)
         examples = examples.subset(np.flatnonzero(np.isin(examples.users, held)))
         scores = {name: _score(Recommender(model, table), examples, metric, config.beam) for name, model, table in
