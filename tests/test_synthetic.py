@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 import polars as pl
@@ -209,12 +208,13 @@ def test_config_rejects_unknown_keys_and_bad_values():
         SMALL.n_items = 3  # frozen
 
 
-def test_two_million_events_generate_in_a_few_seconds():
+def test_two_million_events_stream_in_day_bounded_chunks():
+    """(Its speed is benchmarks/bench_data.py's: a timed assertion here fails on a busy machine.)"""
     cfg = SyntheticConfig(n_users=50_000, n_items=20_000, n_events=2_000_000, n_communities=100)
-    start = time.perf_counter()
-    n = sum(chunk.height for chunk in iter_synthetic_events(cfg))
-    assert n == 2_000_000
-    assert time.perf_counter() - start < 10.0  # ~1 s on one idle core; generous for a busy machine
+    per_day = -(-cfg.n_events // cfg.span_days)
+    heights = [chunk.height for chunk in iter_synthetic_events(cfg)]
+    assert sum(heights) == 2_000_000 and len(heights) > 1
+    assert all(cfg.chunk_events <= h < cfg.chunk_events + per_day for h in heights[:-1])
 
 
 # --- pure helpers, against brute force -----------------------------------------------------------
