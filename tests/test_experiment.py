@@ -306,3 +306,9 @@ def test_stage_cache_builds_once_rebuilds_on_a_new_key_and_adopts_a_copied_stage
     cache.adopt("legacy", {"b": 3})
     assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 3}, build, load) == 1
     assert len(built) == 2  # the adopted copy was loaded, not rebuilt
+
+    # a key changed by the code: a stage recorded under its former key loads, and is recorded anew
+    assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 4}, build, load, former={"b": 3}) == 1
+    assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 4}, build, load) == 1
+    assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 5}, build, load, former={"b": 3}) == 2
+    assert len(built) == 3

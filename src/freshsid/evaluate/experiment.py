@@ -84,9 +84,13 @@ class Experiment:
             result.save(folder, self.logs.fingerprint)
             return result
 
-        key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), how.refresh_settings(), self._eval_key(),
-               self._fingerprint(f"{self.layout.legacy}/{CollabSids.EMBEDDINGS}"), legacy.table.content_hash]
-        return self.cache.get(self.layout.refresh, key, build, lambda folder: Refresh.load(folder, how.name))
+        def key(settings: Any) -> list[Any]:
+            return [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), settings, self._eval_key(),
+                    self._fingerprint(f"{self.layout.legacy}/{CollabSids.EMBEDDINGS}"), legacy.table.content_hash]
+
+        # (runs made before recipes that differ only in remap shared a refresh keyed it by the whole recipe)
+        return self.cache.get(self.layout.refresh, key(how.refresh_settings()), build,
+                              lambda folder: Refresh.load(folder, how.name), former=key(how))
 
     def table(self, tokenizer: Tokenizer) -> SidTable:
         if tokenizer is Tokenizer.LEGACY:

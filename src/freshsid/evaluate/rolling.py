@@ -115,9 +115,13 @@ class Rolling:
             result.save(folder, self.logs.fingerprint)
             return result
 
-        key = [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), how.refresh_settings(), served.table.content_hash,
-               continued.table.content_hash, self.config.n_parts]
-        return self.cache.get(stage, key, build_refresh, lambda folder: Refresh.load(folder, how.name))
+        def key(settings: Any) -> list[Any]:
+            return [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), settings, served.table.content_hash,
+                    continued.table.content_hash, self.config.n_parts]
+
+        # (runs made before recipes that differ only in remap shared a refresh keyed it by the whole recipe)
+        return self.cache.get(stage, key(how.refresh_settings()), build_refresh,
+                              lambda folder: Refresh.load(folder, how.name), former=key(how))
 
     def _fit(self, stage: str, table: SidTable, window: Window) -> None:
         cfg = self.run_config

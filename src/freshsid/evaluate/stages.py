@@ -69,15 +69,19 @@ class StageCache:
         # same SIDs and Base, which need not be read and hash-checked again each time.
         self._held: dict[str, tuple[str, Any]] = {}
 
-    def get(self, stage: str, key: Any, build: Callable[[Path], T], load: Callable[[Path], T]) -> T:
-        """``load(folder)`` if ``stage`` was built from ``key``, else ``build(folder)`` and record it."""
+    def get(self, stage: str, key: Any, build: Callable[[Path], T], load: Callable[[Path], T], *,
+            former: Any = None) -> T:
+        """``load(folder)`` if ``stage`` was built from ``key``, else ``build(folder)`` and record it.
+        ``former``: the same inputs as an earlier version of the code keyed them; a stage
+        recorded under it is loaded and recorded under ``key``."""
         folder = self.layout.path(stage)
         key = fingerprint_of(key)
         held = self._held.get(stage)
         if held is not None and held[0] == key:
             return held[1]
         result = None
-        if self._keys.get(stage) == key:
+        recorded = self._keys.get(stage)
+        if recorded in {key, *([fingerprint_of(former)] if former is not None else [])}:
             try:
                 result = load(folder)
             except (FreshsidError, FileNotFoundError):
@@ -85,6 +89,7 @@ class StageCache:
         if result is None:
             self.log(f"[{time.strftime('%H:%M:%S')}] {stage}")
             result = build(folder)
+        if recorded != key:
             self._keys[stage] = key
             write_json_atomic(self._file, self._keys)
         self._held[stage] = (key, result)
