@@ -14,7 +14,7 @@ import pytest
 
 import freshsid.evaluate.experiment as experiment_module
 from freshsid.artifacts import read_manifest
-from freshsid.config import SASRecConfig, TrainConfig, preset
+from freshsid.config import RECIPES, SASRecConfig, TrainConfig, preset
 from freshsid.data.registry import synthetic_dataset
 from freshsid.data.synthetic import SyntheticConfig
 from freshsid.data.temporal import Window
@@ -250,10 +250,8 @@ def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
         assert strip(runs[0]) == strip(runs[1]), key
 
 
-@pytest.mark.parametrize("name", ["warm", "stable", "sticky-25", "remap-1", "remap-3", "paper"])  # cold is the module's main run
+@pytest.mark.parametrize("name", [name for name in RECIPES if name != "cold"])  # cold is the module's main run
 def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
-    from freshsid.config import RECIPES
-
     config = tiny_config(policies=("Base", "FT-old", "FT-aligned (hungarian)"), recipe=name)
     experiment = Experiment(logs, config, tmp_path / "run", show_progress=False)
     experiment.log = lambda _: None

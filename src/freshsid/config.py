@@ -217,6 +217,11 @@ RECIPES: dict[str, Recipe] = {
                                                     f"the first {levels} level(s) carried from the legacy codes of "
                                                     "their items"})
           for levels in (1, 3)),
+        # Both: only the items whose neighbourhood moved most change code, and the
+        # embeddings follow them.
+        _STABLE.model_copy(update={"name": "sticky-25-remap-3", "move_share": 0.25, "remap_levels": 3,
+                                   "description": "sticky-25, then the fine-tune starts with every level's code "
+                                                  "embeddings carried as in remap-3"}),
         # The reference implementation's embeddings and tokenizer (sizes stay the preset's).
         Recipe(name="paper", sasrec={"loss": "bce", "sequences": "last", "learning_rate": 1e-4, "n_layers": 2,
                                      "n_heads": 2, "dropout": 0.3, "max_length": 20, "valid_users": 0,
