@@ -81,7 +81,7 @@ class StageCache:
             return held[1]
         result = None
         recorded = self._keys.get(stage)
-        if recorded in {key, *([fingerprint_of(former)] if former is not None else [])}:
+        if recorded in ({key} if former is None else {key, fingerprint_of(former)}):
             try:
                 result = load(folder)
             except (FreshsidError, FileNotFoundError):
