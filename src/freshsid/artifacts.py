@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import glob
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -201,6 +205,29 @@ def artifact_dir(out: Path) -> Iterator[Path]:
             raise
 
 
+# The libraries whose arithmetic a result depends on (recorded in every manifest).
+NUMERIC_PACKAGES = ("torch", "numpy", "faiss-cpu", "scipy", "polars")
+
+
+@functools.cache
+def _versions() -> dict[str, str | None]:
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), **{name: version(name) for name in NUMERIC_PACKAGES}}
+
+
+def environment() -> dict[str, Any]:
+    """What a result depends on besides its inputs and seed: library versions and torch's
+    intra-op thread count (reductions may be split by thread, so results can differ
+    between thread counts; with the same count they are repeatable)."""
+    torch = sys.modules.get("torch")
+    return {**_versions(), "torch_threads": torch.get_num_threads() if torch is not None else None}
+
+
 def finish_manifest(folder: Path, **fields: Any) -> Manifest:
     """Hash every file of ``folder`` and write its manifest; returns the manifest.
 
@@ -208,6 +235,7 @@ def finish_manifest(folder: Path, **fields: Any) -> Manifest:
     of its own, which the parent records by fingerprint (in ``inputs``)."""
     folder = Path(folder)
     files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    fields["info"] = {**fields.get("info", {}), "environment": environment()}
     manifest = Manifest(files=files, **fields)
     manifest = manifest.model_copy(update={"digest": manifest.expected_digest})
     write_json_atomic(folder / MANIFEST, manifest.model_dump(mode="json"))

@@ -55,6 +55,8 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     world_size: int = 1
+    # On CUDA: bf16 autocast (the default) or plain fp32 (TF32 off), to compare the two.
+    precision: str = "bf16"
 
     @property
     def distributed(self) -> bool:
@@ -78,8 +80,10 @@ class Runtime:
         return [rows[rank :: self.world_size] for rank in range(self.world_size)]
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA; nothing on the CPU (fp32 there)."""
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.on_gpu else contextlib.nullcontext()
+        """bf16 autocast on CUDA (unless ``precision`` is fp32); nothing on the CPU (fp32 there)."""
+        if self.on_gpu and self.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A host tensor on this device: through pinned memory and without waiting on CUDA."""
@@ -106,28 +110,43 @@ class Runtime:
             dist.barrier()
 
 
+PRECISIONS = ("bf16", "fp32")
 _current = Runtime()
 
 
-def setup(device: str = "auto") -> Runtime:
+def setup(device: str = "auto", *, precision: str = "bf16") -> Runtime:
     """Resolve ``device`` and, when launched by torchrun, join the process group; the
-    result is what :func:`current` returns from now on."""
+    result is what :func:`current` returns from now on. ``precision`` (CUDA only): bf16
+    autocast with TF32 matmuls, or fp32 throughout."""
+    if precision not in PRECISIONS:
+        raise FreshsidError(f"Unknown precision {precision!r}; pass {' or '.join(PRECISIONS)}.")
     global _current
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     where = resolve_device(device, local_rank=local_rank)
     if where.type == "cuda":
         torch.cuda.set_device(where)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = precision == "bf16"
+        torch.backends.cudnn.allow_tf32 = precision == "bf16"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if where.type == "cuda" else "gloo")
         # Leave the group before the interpreter exits: a rank that exits with the group's
         # threads alive aborts ("terminate called without an active exception").
         atexit.register(_leave)
+    repeatable()
     rank = dist.get_rank() if world > 1 else 0
-    _current = Runtime(device=where, rank=rank, world_size=world)
+    _current = Runtime(device=where, rank=rank, world_size=world, precision=precision)
     return _current
+
+
+def repeatable() -> None:
+    """Make this process's results repeatable with the same seed and thread count.
+
+    On the CPU, a multi-threaded ``index_put_`` with accumulation (the backward of
+    indexing an embedding table, as SASRec's loss does) adds in thread order, so two runs
+    of one config differed; torch's deterministic algorithms sort first. On CUDA some ops
+    have no deterministic kernel: there it only warns, and GPU runs are not bit-identical."""
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
 
 
 def _leave() -> None:

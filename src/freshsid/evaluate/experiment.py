@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from freshsid.artifacts import Manifest, output_lock, read_manifest, write_json_atomic
+from freshsid.artifacts import Manifest, environment, output_lock, read_manifest, write_json_atomic
 from freshsid.config import ExperimentConfig
 from freshsid.data.interactions import Interactions
 from freshsid.data.stats import dataset_stats
@@ -33,6 +33,7 @@ from freshsid.metrics import recall_ndcg
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import Retriever, RetrieverConfig, load_checkpoint
 from freshsid.retriever.remap import remap_plan
+from freshsid.runtime import repeatable
 from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, recipe, refresh
 from freshsid.sid.table import SidTable
 
@@ -213,10 +214,20 @@ class Experiment:
         def build(_: Path) -> dict[str, Any]:
             return {"churn": sid_churn(legacy, refreshed), "trained_on": str(trained),
                     "by_part": recall_by_part(model, legacy, self.split, trained_on=trained, until=self.protocol.test.stop,
-                                              ks=cfg.ks, beam=cfg.beam, max_users=cfg.max_eval_users)}
+                                              ks=cfg.ks, beam=cfg.beam, max_users=cfg.max_eval_users,
+                                              known=self._base_on_test(trained))}
 
         key = [legacy.content_hash, refreshed.content_hash, manifest.fingerprint, self._eval_key(), cfg.beam]
         return self.cache.record(self.layout.staleness, build, key)
+
+    def _base_on_test(self, trained: Window) -> dict[int, dict[str, float]]:
+        """Base's test-part metrics when the policy table already decodes them exactly as the
+        decay curve would (one test part, decoding over Base's training window)."""
+        test, base = self.protocol.test, policy("Base")
+        if base.label not in self.config.policies or test.stop - test.start != 1 or \
+                self.protocol.window(base.allowed) != trained:
+            return {}
+        return {test.start: self.evaluate(base)["metrics"]}
 
     def run(self) -> dict[str, Any]:
         with output_lock(self.out):  # one writer per run folder
@@ -224,6 +235,8 @@ class Experiment:
 
     def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        torch.set_num_threads(self.config.threads)  # every stage, SIDs too: results depend on it
+        repeatable()
         rows = [policy(label) for label in self.config.policies]
         results = {
             "dataset": {"name": self.logs.name, **dataset_stats(self.logs, n_parts=self.protocol.n_parts)},
@@ -233,6 +246,8 @@ class Experiment:
             "baselines": self.sasrec_baselines(),
             "staleness": self.staleness(),
             "wall_seconds": time.perf_counter() - started,
+            "stage_seconds": dict(self.cache.seconds),  # each stage's last build, this run's or an earlier one's
+            "environment": environment(),
         }
         folder = self.out if self.layout.variant is None else self.out / "variants" / self.layout.variant
         write_json_atomic(folder / "results.json", results)

@@ -48,6 +48,7 @@ from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import RetrieverConfig, load_checkpoint
 from freshsid.retriever.remap import remap_plan
+from freshsid.runtime import repeatable
 from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, recipe, refresh
 from freshsid.sid.table import SidTable
 
@@ -230,6 +231,7 @@ class Rolling:
     def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
         torch.set_num_threads(self.run_config.threads)
+        repeatable()
         cfg, k = self.config, max(self.run_config.ks)
         first = self.initial()
         states = {name: first for name in cfg.strategies}

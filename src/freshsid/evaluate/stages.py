@@ -20,6 +20,7 @@ from freshsid.policies import ModelSpec, Policy, Start
 
 T = TypeVar("T")
 STAGES_FILE = "stages.json"  # what marks a folder as an experiment run
+SECONDS_FILE = "stage_seconds.json"  # wall seconds of each stage's last build (the run's profile)
 
 
 class RunLayout:
@@ -65,6 +66,8 @@ class StageCache:
         layout.root.mkdir(parents=True, exist_ok=True)
         self._file = layout.root / STAGES_FILE
         self._keys: dict[str, str] = json.loads(self._file.read_text()) if self._file.exists() else {}
+        seconds = layout.root / SECONDS_FILE
+        self.seconds: dict[str, float] = json.loads(seconds.read_text()) if seconds.exists() else {}
         # What this process already built or loaded, by stage: every policy asks for the
         # same SIDs and Base, which need not be read and hash-checked again each time.
         self._held: dict[str, tuple[str, Any]] = {}
@@ -88,7 +91,11 @@ class StageCache:
                 pass  # missing or damaged artifact: rebuild it
         if result is None:
             self.log(f"[{time.strftime('%H:%M:%S')}] {stage}")
+            started = time.perf_counter()
             result = build(folder)
+            self.seconds[stage] = time.perf_counter() - started
+            write_json_atomic(self.layout.root / SECONDS_FILE, self.seconds)
+            self.log(f"[{time.strftime('%H:%M:%S')}] {stage} built in {self.seconds[stage]:.1f} s")
         if recorded != key:
             self._keys[stage] = key
             write_json_atomic(self._file, self._keys)

@@ -32,13 +32,15 @@ def recall_by_part(
     ks: tuple[int, ...],
     beam: int | None = None,
     max_users: int | None = None,
+    known: dict[int, dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """The retriever's metrics on each single part after its training window (up to part
     ``until``, exclusive; default: the last), decoding over the items it was trained on:
-    the decay that stale SIDs cause."""
+    the decay that stale SIDs cause. ``known``: metrics of some parts already computed
+    with these very settings (an experiment's Base on its test part), not decoded again."""
     rows = []
     for part in range(trained_on.stop, split.n_parts if until is None else until):
-        metrics = evaluate(model, table, split, test=Window(start=part, stop=part + 1), allowed=trained_on,
-                           ks=ks, beam=beam, max_users=max_users)
+        metrics = (known or {}).get(part) or evaluate(model, table, split, test=Window(start=part, stop=part + 1),
+                                                      allowed=trained_on, ks=ks, beam=beam, max_users=max_users)
         rows.append({"part": part, **metrics})
     return rows
