@@ -229,7 +229,9 @@ def test_store_round_trip(tmp_path):
     loaded, read = load_embeddings(tmp_path / "emb")
     np.testing.assert_array_equal(loaded, vectors.astype(np.float32))
     assert read.kind == "embeddings" and read.fingerprint == manifest.fingerprint
+    environment = read.info.pop("environment")
     assert read.info == {"embedding": "collab", "window": "0:8", "n_items": 6, "dim": 4, "n_covered": 3}
+    assert environment["torch"] == __import__("torch").__version__ and environment["torch_threads"] >= 1
     assert read.config["dim"] == 16 and read.inputs == {"logs": "abc"}
     assert load_embedding_items(tmp_path / "emb").tolist() == [0, 2, 5]
 
