@@ -183,3 +183,17 @@ def test_metrics_parse_and_have_the_named_series(served):
     ages = {s.labels["age"]: s.value for s in families["freshsid_recommended_items"].samples if s.name.endswith("_total")}
     assert sum(ages.values()) >= 15 and set(ages) <= {"1d", "7d", "30d", "90d", "365d", "older"}
     assert sample(families, "freshsid_batch_size_count") >= 3
+
+
+def test_the_serve_config_file_sets_limits_and_refuses_unknown_or_wrong_settings(tmp_path):
+    from freshsid.config import serve_config
+    from freshsid.errors import FreshsidError
+
+    path = tmp_path / "serve.toml"
+    path.write_text("max_body_bytes = 4096\nbeam = 50\n")
+    config = serve_config(path, beam=None, max_batch=8)
+    assert (config.max_body_bytes, config.beam, config.max_batch) == (4096, 50, 8)
+    for text in ("max_body_bytes = 'big'\n", "max_bodybytes = 1\n", "header_timeout_s = 0\n", "beam = [\n"):
+        path.write_text(text)
+        with pytest.raises(FreshsidError, match="serve"):
+            serve_config(path)

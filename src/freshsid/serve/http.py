@@ -2,8 +2,8 @@
 
 ``POST /recommend`` takes a known ``user_id`` (the release's history of that user) or a
 ``history`` of item ids, ``k`` and ``exclude_seen``, and answers with items, scores,
-titles and the id of the release that produced them. Concurrent requests wait at most
-``max_wait_ms`` to be decoded together, up to ``max_batch`` at a time, in one beam search.
+titles and the id of the release that produced them. Concurrent requests are decoded
+together, up to ``max_batch`` at a time, in one beam search (see :class:`Service`).
 
 Hot-swap: a watcher polls the releases root's pointer (and ``POST /admin/reload`` checks at
 once); a new current release is loaded and checked off the event loop, then swapped in
@@ -12,13 +12,9 @@ finish on their release; a release that fails to load is refused, logged and cou
 and the old one keeps serving. Swaps and refusals are one JSON line each
 (:mod:`freshsid.serve.journal`).
 
-Bounded requests (limits in :class:`~freshsid.config.ServeConfig`): a body over
-``max_body_bytes`` gets 413; a body that is not a JSON object of the request's fields
-(non-finite numbers, a ``k`` that is not a positive integer, ``true`` included) gets 400
-or 422 with a message; a history longer than ``max_history`` or an id longer than
-``max_id_chars`` gets 422; a client slower than ``header_timeout_s`` to send its headers
-is disconnected, one slower than ``body_timeout_s`` to send its body gets 408. An
-unexpected error gets 500 and is counted in ``/metrics`` like every other answer.
+Requests are bounded (:mod:`freshsid.serve.requests`: size, fields, lengths, slow
+clients); what is refused gets a 4xx with a message. An unexpected error gets 500 and is
+counted in ``/metrics`` (:mod:`freshsid.serve.metrics`) like every other answer.
 """
 
 from __future__ import annotations
@@ -27,105 +23,25 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import h11
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from freshsid.config import ServeConfig
 from freshsid.errors import FreshsidError
 from freshsid.serve import journal
 from freshsid.serve.engine import ANONYMOUS, Engine, UnknownUser
 from freshsid.serve.metrics import ServiceMetrics
+from freshsid.serve.requests import BadRequest, BoundedH11Protocol, RecommendRequest, parse_request, read_body
 from freshsid.serve.release import Releases, load_release
 
 log = logging.getLogger("freshsid.serve")
-
-
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: StrictStr | None = None
-    history: list[StrictStr] | None = None
-    k: StrictInt = Field(10, ge=1)
-    exclude_seen: StrictBool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RecommendRequest:
-        if (self.user_id is None) == (self.history is None):
-            raise ValueError("give exactly one of user_id and history")
-        return self
-
-
-class BadRequest(FreshsidError):
-    """A request the service refuses, with its HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _not_finite(text: str) -> None:
-    raise BadRequest(400, f"The body holds {text[:20]}, which is not a finite number; send finite numbers.")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400
-        _not_finite(text)
-    return value
-
-
-def parse_request(body: bytes, limits: ServeConfig) -> RecommendRequest:
-    """The request in ``body``, or :class:`BadRequest` saying what is wrong with it."""
-    try:
-        data = json.loads(body, parse_constant=_not_finite, parse_float=_finite)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise BadRequest(400, f"The body is not JSON ({str(exc)[:80]}); send a JSON object.") from None
-    if not isinstance(data, dict):
-        raise BadRequest(422, "The body must be a JSON object with user_id or history, k and exclude_seen.")
-    try:
-        request = RecommendRequest.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(map(str, error["loc"])) or "body"
-        raise BadRequest(422, f"{where}: {error['msg']}.") from None
-    ids = [request.user_id] if request.user_id is not None else request.history or []
-    if request.history is not None and len(request.history) > limits.max_history:
-        raise BadRequest(422, f"history has {len(request.history):,} items, more than the {limits.max_history:,} "
-                              "accepted; send the latest ones.")
-    if any(len(i) > limits.max_id_chars for i in ids):
-        raise BadRequest(422, f"An id is longer than {limits.max_id_chars} characters; send the ids of the release.")
-    return request
-
-
-async def read_body(request: Request, limits: ServeConfig) -> bytes:
-    """The body, at most ``max_body_bytes``, within ``body_timeout_s``; else :class:`BadRequest`."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise BadRequest(413, f"The body is {int(declared):,} bytes, more than the {limits.max_body_bytes:,} accepted.")
-
-    async def read() -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_body_bytes:
-                raise BadRequest(413, f"The body is more than the {limits.max_body_bytes:,} bytes accepted.")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    try:
-        return await asyncio.wait_for(read(), limits.body_timeout_s)
-    except TimeoutError:
-        raise BadRequest(408, f"The body took more than {limits.body_timeout_s:g} s to arrive.") from None
 
 
 @dataclass
@@ -350,37 +266,6 @@ class _Measure:
         finally:
             self.service.metrics.requests.labels(str(status), release_id).inc()
             self.service.metrics.latency.observe(time.perf_counter() - started)
-
-
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline on request headers: a connection that has
-    not sent a whole request head within ``header_timeout_s`` of opening, or of the first
-    byte of its next request, is closed (uvicorn itself waits forever). Idle keep-alive
-    connections stay under uvicorn's keep-alive timeout."""
-
-    header_timeout_s = ServeConfig().header_timeout_s
-
-    def connection_made(self, transport) -> None:  # noqa: ANN001 - asyncio's signature
-        super().connection_made(transport)
-        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
-
-    def data_received(self, data: bytes) -> None:
-        if self._header_deadline is None and self.conn.their_state is h11.IDLE:
-            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
-        super().data_received(data)
-        if self.conn.their_state is not h11.IDLE and self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-        super().connection_lost(exc)
-
-    def _headers_too_slow(self) -> None:
-        self._header_deadline = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.close()
 
 
 def server_config(service: Service, *, host: str, port: int = 0, log_level: str = "info") -> Any:
