@@ -10,6 +10,7 @@ one JSON line on stderr.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from typing import Any
@@ -20,8 +21,9 @@ from freshsid.artifacts import output_lock, read_manifest, write_json_atomic
 from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
 from freshsid.serve import journal
-from freshsid.serve.events import new_events
+from freshsid.serve.events import NewEvents, new_events
 from freshsid.serve.release import KIND, POINTER, Release, Releases
+from freshsid.sid.table import SidTable
 
 LAST_REFRESH = "last-refresh.json"
 # A refresh's outcomes and the exit codes of `freshsid refresh` (2 is a user error, as everywhere).
@@ -33,8 +35,13 @@ def unseen_share(release: Release, logs: Interactions) -> tuple[float, int]:
     """(share of the events new to ``release`` on items its table cannot code, how many new events)."""
     release.table.check_item_ids(logs.item_ids, logs_name=logs.name)
     new = new_events(logs, release.manifest.info["data"], release_id=release.id)
+    return share_uncoded(new, release.table), new.taken
+
+
+def share_uncoded(new: NewEvents, table: SidTable) -> float:
+    """The share of the new events on items ``table`` cannot code (0 without new events)."""
     items = new.logs.item[new.start:]
-    return (float(np.mean(~np.isin(items, release.table.items))) if len(items) else 0.0), new.taken
+    return float(np.mean(~np.isin(items, table.items))) if len(items) else 0.0
 
 
 def record_refresh(releases: Releases, outcome: str, **fields: Any) -> None:
@@ -78,8 +85,6 @@ def status(releases: Releases, logs: Interactions | None = None) -> dict[str, An
 
 
 def _last_refresh(releases: Releases) -> dict[str, Any] | None:
-    import json
-
     try:
         return json.loads((releases.root / LAST_REFRESH).read_text())
     except (OSError, ValueError):

@@ -35,7 +35,7 @@ from freshsid.retriever.pipeline import Recommender
 from freshsid.retriever.remap import remap_plan
 from freshsid.serve import journal
 from freshsid.serve.events import new_events
-from freshsid.serve.ops import record_refresh, unseen_share
+from freshsid.serve.ops import record_refresh, share_uncoded
 from freshsid.serve.release import RETRIEVER, Releases
 from freshsid.sid.refresh import CollabSids, recipe, refresh
 
@@ -104,8 +104,9 @@ def refresh_release(releases: Releases, logs: Interactions, config: ExperimentCo
 def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *, holdout: float, metric: str,
              tolerance: float, promote: bool, if_due: float | None, progress: bool) -> RefreshOutcome | NotDue:
     current = releases.load_current()
-    signal, _ = unseen_share(current, logs)
+    current.table.check_item_ids(logs.item_ids, logs_name=logs.name)
     new = new_events(logs, current.manifest.info["data"], release_id=current.id)
+    signal = share_uncoded(new, current.table)
     if if_due is not None and (new.taken == 0 or signal < if_due):
         return NotDue(current.id, signal, if_due, new.taken)
     logs, until = new.logs, new.start
