@@ -9,6 +9,7 @@ import time
 
 import polars as pl
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from freshsid.artifacts import read_manifest
 from freshsid.cli import app
@@ -62,6 +63,7 @@ def test_two_refreshes_make_a_chain_of_aligned_releases(chain):
     for output in outputs:
         assert "promoted" in output.stdout and "codes kept per level after alignment" in output.stdout
         assert "recall@20: current" in output.stdout
+        assert " taken, 0 refused (late" in output.stdout  # the growing log has no late events
     metrics = bundles[1].manifest.info["metrics"]
     assert set(metrics) == {"current recall@20", "candidate recall@20"} and all(0 <= v <= 1 for v in metrics.values())
 
@@ -118,14 +120,15 @@ def test_recommend_batch_streams_every_user_and_resumes(chain, tmp_path, monkeyp
 
 @contextlib.contextmanager
 def serving(root, **options):
+    from freshsid.config import ServeConfig
     from freshsid.serve.http import Service, serve_in_thread
 
-    service = Service(Releases(root), poll_seconds=0.2, **options)
+    service = Service(Releases(root), ServeConfig(poll_seconds=0.2, **options))
     with serve_in_thread(service) as base:
         yield base, service
 
 
-def test_the_service_swaps_releases_under_load_without_failing_a_request(chain):
+def test_the_service_swaps_releases_under_load_without_failing_a_request(chain, caplog):
     """2,000 requests at concurrency 32 while the current release is swapped twice: none
     fails, each names the release that answered, and every request sent after a swap is
     answered by the new release. A corrupted release made current mid-run is refused; the
@@ -168,6 +171,7 @@ def test_the_service_swaps_releases_under_load_without_failing_a_request(chain):
 
             await asyncio.gather(swapper(), *(one(i) for i in range(2000)))
 
+    caplog.set_level("INFO", logger="freshsid.events")
     with serving(root) as (base, service):
         asyncio.run(load(base))
         assert len(responses) == 2000 and {status for _, status, _, _ in responses} == {200}
@@ -175,7 +179,6 @@ def test_the_service_swaps_releases_under_load_without_failing_a_request(chain):
         assert {release for _, _, release, _ in responses} == {"r0001", "r0002", "r0003"}
         for swapped_at, target in swaps:
             assert all(release >= target for sent, _, release, _ in responses if sent > swapped_at)
-        assert service.metrics.batched_requests > service.metrics.batches  # requests were decoded together
 
         # the broken release made current mid-run was refused; r0003 kept serving, to the end
         assert refused["refused"] == "r0009" and refused["release"] == "r0003"
@@ -188,8 +191,20 @@ def test_the_service_swaps_releases_under_load_without_failing_a_request(chain):
             assert client.post("/recommend", json={"k": 3}).status_code == 422
             assert client.get("/healthz").json() == {"status": "ok", "release": "r0003"}
             metrics = client.get("/metrics").text
-        assert 'freshsid_requests_total{status="200"} 2001' in metrics
-        assert 'freshsid_reloads_total{outcome="refused"} 1' in metrics and 'release="r0003"' in metrics
+        families = {f.name: f for f in text_string_to_metric_families(metrics)}
+        answered = {(s.labels["status"], s.labels["release"]): s.value for s in families["freshsid_requests"].samples
+                    if s.name == "freshsid_requests_total"}
+        assert sum(n for (status, _), n in answered.items() if status == "200") == 2001
+        assert {release for _, release in answered} == {"r0001", "r0002", "r0003"}
+        reloads = {s.labels["outcome"]: s.value for s in families["freshsid_reloads"].samples if s.name.endswith("_total")}
+        assert reloads == {"swapped": 2, "refused": 1}
+        assert [s.labels["release"] for s in families["freshsid_release_info"].samples] == ["r0003"]
+        batches = {s.name: s.value for s in families["freshsid_batch_size"].samples}
+        assert batches["freshsid_batch_size_sum"] > batches["freshsid_batch_size_count"]  # requests were decoded together
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "freshsid.events"]
+    swapped = [(e["previous"], e["release"]) for e in events if e["event"] == "swap"]
+    assert swapped == [("r0001", "r0002"), ("r0002", "r0003")]  # one line a swap
+    assert [e["release"] for e in events if e["event"] == "release_refused"] == ["r0009"]
     shutil.rmtree(broken)
     releases.promote("r0003")
 
@@ -218,3 +233,84 @@ def test_recommend_batch_on_two_torchrun_ranks_writes_the_one_process_file(chain
     assert done.stdout.count(" rows from release ") == 1  # rank 0 reports for both
     assert pl.read_parquet(tmp_path / "two.parquet").equals(pl.read_parquet(tmp_path / "one.parquet"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.parquet", "two.parquet"]
+
+
+def test_a_concurrent_refresh_is_refused_before_any_work(chain, tmp_path, monkeypatch):
+    """The refresh lock is taken first: while another refresh holds it, a second one is
+    refused before it reads the release or trains anything."""
+    import freshsid.serve.refresh as refresh_module
+    from freshsid.artifacts import output_lock
+
+    root, _, events = chain
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the refused refresh did work")
+
+    monkeypatch.setattr(refresh_module, "refresh", no_work)
+    monkeypatch.setattr(refresh_module.Releases, "load_current", no_work)
+    path = tmp_path / "logs.parquet"
+    events.write_parquet(path)
+    with output_lock(root / refresh_module.REFRESH_LOCK):
+        result = runner.invoke(app, ["refresh", "--logs", str(path), "--drop-duplicates", "--releases", str(root),
+                                     "--preset", "tiny"])
+    assert result.exit_code == 2 and "Another refresh of" in result.stderr and "is running" in result.stderr
+    assert Releases(root).ids() == ["r0001", "r0002", "r0003"]
+
+
+def test_status_reports_the_current_release_its_lineage_and_the_staleness_now(chain, tmp_path):
+    root, _, events = chain
+    path = tmp_path / "logs.parquet"
+    events.write_parquet(path)
+    report = json.loads(invoke("status", root, "--logs", path, "--drop-duplicates", "--json").stdout)
+    assert report["current"] == "r0003" and report["lineage"] == ["r0003", "r0002", "r0001"]
+    assert report["rollback_to"] == Releases(root).pointer()["previous"][-1] and report["age_seconds"] >= 0
+    assert set(report["gate"]) == {"current recall@20", "candidate recall@20"}
+    assert report["staleness"]["new_events"] == 0 and report["staleness"]["unseen_share"] == 0.0
+    # the refresh refused by the test above left its outcome (a failure), which status shows
+    assert report["last_refresh"]["outcome"] == "failed" and "no events after" in report["last_refresh"]["reason"]
+
+
+def test_refresh_if_due_exit_codes(chain, tmp_path, monkeypatch):
+    """Not due (the signal under the threshold): exit 3, nothing trained; due, with a
+    candidate the gate refuses: exit 4, written but not promoted; each leaves its outcome."""
+    import freshsid.serve.refresh as refresh_module
+
+    root, _, events = chain
+    copy = tmp_path / "releases"
+    shutil.copytree(root, copy)
+    Releases(copy).promote("r0002")  # events arrived since r0002, on items it may not code
+    logs = tmp_path / "logs.parquet"
+    events.write_parquet(logs)
+    args = ["refresh", "--logs", str(logs), "--drop-duplicates", "--releases", str(copy), "--preset", "tiny",
+            "--metric", "recall@20", "--promote", "--if-due"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a refresh that is not due trained")
+
+    with monkeypatch.context() as m:
+        m.setattr(refresh_module, "refresh", no_training)
+        result = runner.invoke(app, [*args, "--threshold", "1.0"])
+    assert result.exit_code == 3 and "not due" in result.stdout
+    assert json.loads((copy / "last-refresh.json").read_text())["outcome"] == "not_due"
+
+    scores = iter([0.5, 0.1])  # the release in service, then the candidate
+    monkeypatch.setattr(refresh_module, "_score", lambda *a, **k: next(scores))
+    result = runner.invoke(app, [*args, "--threshold", "0.0"])
+    assert result.exit_code == 4 and "fails the gate" in result.stdout, result.output
+    assert Releases(copy).current == "r0002" and "r0004" in Releases(copy).ids()
+    last = json.loads((copy / "last-refresh.json").read_text())
+    assert (last["outcome"], last["release"], last["promoted"]) == ("refused_by_gate", "r0004", False)
+
+
+def test_prune_keeps_the_current_release_its_parent_and_the_rollback(chain, tmp_path):
+    root, _, _ = chain
+    copy = tmp_path / "releases"
+    shutil.copytree(root, copy)
+    (copy / "CURRENT.json").unlink()
+    for release_id in ("r0001", "r0002", "r0003"):
+        Releases(copy).promote(release_id)
+    assert invoke("release", "prune", copy, "--keep", "1").stdout.strip() == "removed r0001"
+    assert Releases(copy).ids() == ["r0002", "r0003"] and Releases(copy).pointer()["previous"][-1] == "r0002"
+    assert invoke("release", "prune", copy, "--keep", "1").stdout.strip() == "nothing to remove"
+    assert invoke("release", "rollback", copy).stdout.strip() == "current: r0002"
+    assert Releases(copy).load_current().id == "r0002"

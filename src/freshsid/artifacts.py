@@ -152,8 +152,9 @@ def check_writable(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(out: Path) -> Iterator[None]:
-    """Hold the lock of ``out`` (a hidden file beside it): a second writer is refused."""
+def output_lock(out: Path, *, busy: str | None = None) -> Iterator[None]:
+    """Hold the lock of ``out`` (a hidden file beside it): a second writer is refused (with
+    ``busy`` as the message, if given)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f".{out.name}.lock"
@@ -162,8 +163,8 @@ def output_lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FreshsidError(f"Another freshsid command is writing {out} now; wait for it to finish or choose "
-                                "another --out.") from None
+            raise FreshsidError(busy or f"Another freshsid command is writing {out} now; wait for it to finish or "
+                                "choose another --out.") from None
         try:
             yield
         finally:

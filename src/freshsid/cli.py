@@ -88,6 +88,7 @@ app.command("report")(experiment.report)
 app.command("rolling")(rolling.rolling)
 app.add_typer(release.app, name="release")
 app.command("refresh")(release.refresh)
+app.command("status")(release.status)
 app.command("recommend-batch")(release.recommend_batch)
 app.command("serve")(release.serve)
 

@@ -366,6 +366,25 @@ class RollingConfig(BaseModel):
         return range(self.initial, self.n_parts - 1)
 
 
+class ServeConfig(BaseModel):
+    """The HTTP service: decoding, micro-batching, the release watcher, and the bounds on
+    what a request may be (larger bodies get 413, longer histories and ids 422; a client
+    that sends its headers or body slower than the timeouts is cut off)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    beam: int = Field(100, ge=1)
+    max_batch: int = Field(32, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0.0)  # how long the first request of a batch waits for company
+    batching: bool = True
+    poll_seconds: float = Field(1.0, gt=0.0)
+    max_body_bytes: int = Field(65_536, ge=64)
+    max_history: int = Field(1_000, ge=1)
+    max_id_chars: int = Field(256, ge=1)
+    header_timeout_s: float = Field(10.0, gt=0.0)
+    body_timeout_s: float = Field(10.0, gt=0.0)
+    keep_alive_s: float = Field(120.0, gt=0.0)  # idle pooled connections: well past a starved machine's pauses
+
+
 def preset(name: str, **overrides: Any) -> ExperimentConfig:
     """The named preset, with top-level fields overridden."""
     if name not in PRESETS:
@@ -402,6 +421,25 @@ def load_config(path: Path) -> ExperimentConfig:
         return ExperimentConfig.model_validate(_merge(preset(name).model_dump(mode="json"), data))
     except ValidationError as exc:
         raise FreshsidError(f"Invalid setting in {path}: {describe(exc)}; fix the file.") from None
+
+
+def serve_config(path: Path | None, **overrides: Any) -> ServeConfig:
+    """A :class:`ServeConfig` from a JSON or TOML file of its fields (or the defaults), with
+    the given fields overridden (the CLI's options; None: not given)."""
+    data: Any = {}
+    if path is not None:
+        check_readable(Path(path))
+        try:
+            text = Path(path).read_text()
+            data = tomllib.loads(text) if Path(path).suffix.lower() == ".toml" else json.loads(text)
+        except (OSError, UnicodeDecodeError, ValueError):
+            raise FreshsidError(f"Cannot read the serve config {path}; pass a JSON or TOML file of settings.") from None
+        if not isinstance(data, dict):
+            raise FreshsidError(f"{path} does not hold a table of settings; pass a JSON object or a TOML document.")
+    try:
+        return ServeConfig.model_validate({**data, **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as exc:
+        raise FreshsidError(f"Invalid serve setting: {describe(exc)}; fix {path or 'the option'}.") from None
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

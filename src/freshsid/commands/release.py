@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated
@@ -129,6 +130,44 @@ def rollback(root: RootArg) -> None:
     typer.echo(f"current: {Releases(root).rollback()}")
 
 
+@app.command("prune")
+def prune(root: RootArg, keep: Annotated[int, typer.Option("--keep", min=1, help="How many of the newest releases to "
+                                                             "keep.")] = 7) -> None:
+    """Remove all but the --keep newest releases of ROOT; the current release, its parent and the release a rollback
+    would return to are always kept.
+
+    Example: freshsid release prune releases --keep 7
+    """
+    from freshsid.serve.ops import prune as run
+    from freshsid.serve.release import Releases
+
+    removed = run(Releases(root), keep)
+    typer.echo(f"removed {', '.join(removed)}" if removed else "nothing to remove")
+
+
+@data_options()
+def status(
+    data: DataSource,
+    releases_root: Annotated[Path, typer.Argument(help="A releases root.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """What RELEASES serves: the current release, its lineage, age, training windows, gate figures and the last
+    refresh; with logs (--logs/--dataset), the staleness signal now (share of the events since the release on items it
+    cannot code, what `refresh --if-due` reads).
+
+    Example: freshsid status releases --logs logs-until-today.parquet --items items.parquet
+    """
+    from freshsid.serve.ops import status as read
+    from freshsid.serve.release import Releases
+
+    report = read(Releases(releases_root), data.load() if data.given else None)
+    if as_json:
+        print_json(report)
+        return
+    for key, value in report.items():
+        typer.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
 @data_options()
 def refresh(
     data: DataSource,
@@ -142,14 +181,23 @@ def refresh(
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, max=1.0, help="How much worse (relative) the "
                                              "candidate may score and still be promoted.")] = 0.01,
     promote: Annotated[bool, typer.Option("--promote", help="Promote the candidate if it passes the gate.")] = False,
+    if_due: Annotated[bool, typer.Option("--if-due", help="Refresh only when the share of the events since the release "
+                                         "on items it cannot code reaches --threshold.")] = False,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="The --if-due threshold.")] = 0.05,
     device: DeviceOpt = "auto",
 ) -> None:
     """Refresh the current release on the logs up to now: new SIDs aligned to the release's, a warm-start fine-tune on
     the events since it, a gate on held-out users; writes the candidate as a new release.
 
-    Example: freshsid refresh --releases releases --logs logs-until-today.parquet --items items.parquet --promote
+    The events since the release are found by time against what it saw; events dated before its last second that it
+    never saw are refused (counted, kept as history). Exit codes, for a timer: 0 refreshed (the candidate passes the
+    gate), 3 not due (--if-due), 4 refused by the gate, 2 an error. The outcome is left in RELEASES/last-refresh.json
+    and logged as one JSON line on stderr.
+
+    Example: freshsid refresh --releases releases --logs logs-until-today.parquet --items items.parquet --promote --if-due
     """
-    from freshsid.serve.refresh import refresh_release
+    from freshsid.serve.ops import OUTCOMES
+    from freshsid.serve.refresh import NotDue, refresh_release
     from freshsid.serve.release import Releases
 
     if not re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", metric):
@@ -157,10 +205,17 @@ def refresh(
     config = configure(experiment_preset(preset), recipe=recipe, device=device)
     use_device(device)
     outcome = refresh_release(Releases(releases_root), data.load(), config, holdout=holdout, metric=metric,
-                              tolerance=tolerance, promote=promote, progress=show_progress())
+                              tolerance=tolerance, promote=promote, if_due=threshold if if_due else None,
+                              progress=show_progress())
+    if isinstance(outcome, NotDue):
+        typer.echo(f"not due: {outcome.signal:.1%} of the {outcome.new_events:,} events since release "
+                   f"{outcome.release_id} are on items it cannot code (threshold {outcome.threshold:.1%})")
+        raise typer.Exit(OUTCOMES["not_due"])
     verdict = "promoted" if outcome.promoted else "passes the gate" if outcome.passes else "fails the gate"
     typer.echo(f"{outcome.release_id}: {verdict}")
-    typer.echo(f"new events: {outcome.new_events:,}; validation users held out: {outcome.validation_users:,}; "
+    typer.echo(f"staleness: {outcome.signal:.1%} of the new events on items the release cannot code")
+    typer.echo(f"new events: {outcome.new_events:,} taken, {outcome.late_events:,} refused (late: dated before the "
+               f"release's last second, kept as history); validation users held out: {outcome.validation_users:,}; "
                f"items added: {outcome.items_added:,}")
     typer.echo("codes kept per level after alignment: " + "  ".join(f"L{i + 1} {k:.1%}" for i, k in
                                                                     enumerate(outcome.codes_kept)))
@@ -168,6 +223,8 @@ def refresh(
     c = outcome.compute
     typer.echo(f"compute: fine-tune {c.get('retriever_flops', 0) / 1e12:.3g} TFLOPs in {c.get('retriever_seconds', 0):.1f} s; "
                f"SASRec {c.get('embedding_seconds', 0):.1f} s, tokenizer {c.get('tokenizer_seconds', 0):.1f} s")
+    if not outcome.passes:
+        raise typer.Exit(OUTCOMES["refused_by_gate"])
 
 
 def recommend_batch(
@@ -219,27 +276,36 @@ def serve(
                                                 show_default=False)],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
-    beam: Annotated[int, typer.Option("--beam", min=1, help="Beam width; requests may ask for up to this many items.")] = 100,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Requests decoded together at most.")] = 32,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0.0, help="How long a request waits for others to "
-                                               "batch with.")] = 5.0,
-    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Micro-batch concurrent requests.")] = True,
-    poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between checks of the current release.")] = 1.0,
+    config: Annotated[Path | None, typer.Option("--config", help="A JSON or TOML file of serve settings (beam, batching, "
+                                                "request limits and timeouts); the options below override it.")] = None,
+    beam: Annotated[int | None, typer.Option("--beam", min=1, help="Beam width; requests may ask for up to this many "
+                                             "items [default: 100].")] = None,
+    max_batch: Annotated[int | None, typer.Option("--max-batch", min=1, help="Requests decoded together at most "
+                                                  "[default: 32].")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option("--max-wait-ms", min=0.0, help="How long a request waits for others "
+                                                      "to batch with [default: 5].")] = None,
+    batching: Annotated[bool | None, typer.Option("--batching/--no-batching", help="Micro-batch concurrent requests "
+                                                  "[default: on].", show_default=False)] = None,
+    poll: Annotated[float | None, typer.Option("--poll", min=0.05, help="Seconds between checks of the current release "
+                                               "[default: 1].")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve recommendations from the current release over HTTP; a newly promoted release is swapped in live.
 
-    POST /recommend {"user_id": ...} or {"history": [item ids]}, "k", "exclude_seen"; GET /healthz, /release, /metrics;
-    POST /admin/reload.
+    POST /recommend {"user_id": ...} or {"history": [item ids]}, "k", "exclude_seen"; GET /healthz, /release, /metrics
+    (Prometheus); POST /admin/reload. Bodies, histories and ids are bounded and slow clients cut off (--config:
+    max_body_bytes, max_history, max_id_chars, header_timeout_s, body_timeout_s).
 
     Example: freshsid serve --releases releases --port 8000
     """
     import uvicorn
 
-    from freshsid.serve.http import Service, create_app
+    from freshsid.config import serve_config
+    from freshsid.serve.http import Service, server_config
     from freshsid.serve.release import Releases
 
+    settings = serve_config(config, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms, batching=batching,
+                            poll_seconds=poll)
     use_device(device)
-    service = Service(Releases(releases_root), beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                      poll_seconds=poll, batching=batching)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+    service = Service(Releases(releases_root), settings)
+    uvicorn.Server(server_config(service, host=host, port=port)).run()

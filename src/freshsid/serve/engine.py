@@ -7,12 +7,14 @@ its table codes) so that swapping releases is swapping engines.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from freshsid.errors import FreshsidError
 from freshsid.retriever.pipeline import Recommender
+from freshsid.serve.metrics import item_age_labels
 from freshsid.serve.release import Release
 
 ANONYMOUS = -1  # the user token of a request that gives a history instead of a known user
@@ -46,6 +48,16 @@ class Engine:
         self._ids = dict(zip(catalog["item"].to_list(), catalog["item_id"].to_list()))
         self._titles = dict(zip(catalog["item"].to_list(), catalog["title"].to_list()))
         self._item = {item_id: item for item, item_id in self._ids.items()}
+        # each item's JSON but its score, made once: an answer is then a join, not a json.dumps of dicts
+        self._fragments = {i: json.dumps({"item_id": self._ids[i], "title": self._titles[i]})[:-1] + ', "score": '
+                           for i in self._ids}
+        # staleness read from traffic: which users' histories hold items the table cannot code,
+        # and how long each item had been known when the release was made
+        held = self._histories >= 0
+        self._uncoded = (held & ~np.isin(self._histories, release.table.items)).any(axis=1)
+        until = release.manifest.info.get("data", {}).get("until_time")
+        self._age = (dict(zip(catalog["item"].to_list(), item_age_labels(catalog["first_seen"].to_numpy(), until)))
+                     if "first_seen" in catalog.columns and until is not None else {})
 
     @property
     def release_id(self) -> str:
@@ -62,24 +74,50 @@ class Engine:
         rows = np.array([self._row[u] for u in user_ids], dtype=np.int64)
         return self._histories[rows], self._users[rows]
 
-    def for_history(self, item_ids: list[str]) -> np.ndarray:
-        """(T,) dense items of a history given as original ids (items the release does not know are skipped)."""
+    def user_uncoded(self, user_id: str) -> bool:
+        """Whether a known user's history holds items the release cannot code."""
+        return bool(self._uncoded[self._row[user_id]])
+
+    def for_history(self, item_ids: list[str]) -> tuple[np.ndarray, bool]:
+        """(T,) dense items of a history given as original ids (items the release does not code
+        are skipped), and whether there were any such items."""
         length = self._histories.shape[1]
-        items = [self._item[i] for i in item_ids if i in self._item][-length:]
+        coded = [self._item[i] for i in item_ids if i in self._item]
         row = np.full(length, -1, dtype=np.int64)
+        items = coded[-length:]
         row[length - len(items):] = items
-        return row
+        return row, len(coded) < len(item_ids)
+
+    def ages(self, items: np.ndarray) -> list[str]:
+        """The age label of each recommended (dense) item; none for a release without first-seen times."""
+        return [self._age[i] for i in items.tolist()] if self._age else []
+
+    def decode(self, histories: np.ndarray, users: np.ndarray, ks: list[int],
+               exclude_seen: list[bool]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(dense items (<= ks[i],), scores) for each row, all rows in one beam search; with
+        ``exclude_seen[i]`` the row's history items are left out, and the search is widened
+        by the history's length so that ``ks[i]`` items remain whenever the catalog has them."""
+        if max(ks) > self.beam:
+            raise FreshsidError(f"k = {max(ks)} is more than the service's beam width {self.beam}; ask for fewer items.")
+        seen = [int((row >= 0).sum()) if exclude else 0 for row, exclude in zip(histories, exclude_seen, strict=True)]
+        width = min(len(self._ids), max(k + n for k, n in zip(ks, seen, strict=True)))
+        items, scores = self.recommender(histories, users, top_k=width, beam=max(self.beam, width),
+                                         batch_size=max(1, len(histories)))
+        out = []
+        for row, (k, exclude) in enumerate(zip(ks, exclude_seen, strict=True)):
+            keep = items[row] >= 0
+            if exclude:
+                keep &= ~np.isin(items[row], histories[row][histories[row] >= 0])
+            out.append((items[row][keep][:k], scores[row][keep][:k]))
+        return out
 
     def recommend(self, histories: np.ndarray, users: np.ndarray, ks: list[int],
                   exclude_seen: list[bool]) -> list[list[Recommendation]]:
-        """Top ``ks[i]`` items for each row; with ``exclude_seen[i]`` the row's history items are left out."""
-        if max(ks) > self.beam:
-            raise FreshsidError(f"k = {max(ks)} is more than the service's beam width {self.beam}; ask for fewer items.")
-        extra = histories.shape[1] if any(exclude_seen) else 0
-        items, scores = self.recommender(histories, users, top_k=min(self.beam, max(ks) + extra), beam=self.beam)
-        out = []
-        for row, (k, exclude) in enumerate(zip(ks, exclude_seen, strict=True)):
-            seen = set(histories[row][histories[row] >= 0].tolist()) if exclude else set()
-            picks = [(i, s) for i, s in zip(items[row].tolist(), scores[row].tolist()) if i >= 0 and i not in seen][:k]
-            out.append([Recommendation(self._ids[i], self._titles[i], float(s)) for i, s in picks])
-        return out
+        """As :meth:`decode`, as ids, titles and scores."""
+        return [[Recommendation(self._ids[i], self._titles[i], float(s)) for i, s in zip(items.tolist(), scores.tolist())]
+                for items, scores in self.decode(histories, users, ks, exclude_seen)]
+
+    def render(self, items: np.ndarray, scores: np.ndarray) -> bytes:
+        """The JSON answer to one request, from the item fragments made once per release."""
+        parts = [self._fragments[i] + repr(s) + "}" for i, s in zip(items.tolist(), scores.tolist())]
+        return f'{{"release": {json.dumps(self.release_id)}, "items": [{", ".join(parts)}]}}'.encode()

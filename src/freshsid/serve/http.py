@@ -2,85 +2,46 @@
 
 ``POST /recommend`` takes a known ``user_id`` (the release's history of that user) or a
 ``history`` of item ids, ``k`` and ``exclude_seen``, and answers with items, scores,
-titles and the id of the release that produced them. Concurrent requests wait at most
-``max_wait_ms`` to be decoded together, up to ``max_batch`` at a time, in one beam search.
+titles and the id of the release that produced them. Concurrent requests are decoded
+together, up to ``max_batch`` at a time, in one beam search (see :class:`Service`).
 
 Hot-swap: a watcher polls the releases root's pointer (and ``POST /admin/reload`` checks at
 once); a new current release is loaded and checked off the event loop, then swapped in
 by one assignment. A request keeps the engine it started with, so in-flight requests
 finish on their release; a release that fails to load is refused, logged and counted,
-and the old one keeps serving.
+and the old one keeps serving. Swaps and refusals are one JSON line each
+(:mod:`freshsid.serve.journal`).
+
+Requests are bounded (:mod:`freshsid.serve.requests`: size, fields, lengths, slow
+clients); what is refused gets a 4xx with a message. An unexpected error gets 500 and is
+counted in ``/metrics`` (:mod:`freshsid.serve.metrics`) like every other answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections import Counter
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.responses import Response
 
+from freshsid.config import ServeConfig
 from freshsid.errors import FreshsidError
-from freshsid.serve.engine import ANONYMOUS, Engine, Recommendation, UnknownUser
+from freshsid.serve import journal
+from freshsid.serve.engine import ANONYMOUS, Engine, UnknownUser
+from freshsid.serve.metrics import ServiceMetrics
+from freshsid.serve.requests import BadRequest, BoundedH11Protocol, RecommendRequest, parse_request, read_body
 from freshsid.serve.release import Releases, load_release
 
 log = logging.getLogger("freshsid.serve")
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-
-
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: str | None = None
-    history: list[str] | None = None
-    k: int = Field(10, ge=1)
-    exclude_seen: bool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RecommendRequest:
-        if (self.user_id is None) == (self.history is None):
-            raise ValueError("give exactly one of user_id and history")
-        return self
-
-
-@dataclass
-class Metrics:
-    """Request counts by status, a latency histogram, reloads: the Prometheus text of /metrics."""
-
-    requests: Counter = field(default_factory=Counter)
-    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
-    latency_sum_ms: float = 0.0
-    reloads: Counter = field(default_factory=Counter)
-    batches: int = 0
-    batched_requests: int = 0
-
-    def observe(self, status: int, millis: float) -> None:
-        self.requests[status] += 1
-        self.latency[next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if millis <= b), len(LATENCY_BUCKETS_MS))] += 1
-        self.latency_sum_ms += millis
-
-    def text(self, release_id: str) -> str:
-        lines = ["# TYPE freshsid_requests_total counter"]
-        lines += [f'freshsid_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
-        lines.append("# TYPE freshsid_request_latency_ms histogram")
-        cumulative = np.cumsum(self.latency)
-        for bound, count in zip([*map(str, LATENCY_BUCKETS_MS), "+Inf"], cumulative, strict=True):
-            lines.append(f'freshsid_request_latency_ms_bucket{{le="{bound}"}} {count}')
-        lines += [f"freshsid_request_latency_ms_sum {self.latency_sum_ms:.3f}",
-                  f"freshsid_request_latency_ms_count {cumulative[-1]}",
-                  "# TYPE freshsid_release_info gauge", f'freshsid_release_info{{release="{release_id}"}} 1',
-                  "# TYPE freshsid_reloads_total counter"]
-        lines += [f'freshsid_reloads_total{{outcome="{o}"}} {n}' for o, n in sorted(self.reloads.items())]
-        lines += ["# TYPE freshsid_batches_total counter", f"freshsid_batches_total {self.batches}",
-                  f"freshsid_batched_requests_total {self.batched_requests}"]
-        return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -91,24 +52,40 @@ class _Pending:
     k: int
     exclude_seen: bool
     done: asyncio.Future
+    queued: float
 
 
 class Service:
-    """The engine in service, the micro-batcher and the release watcher."""
+    """The engine in service, the micro-batcher and the release watcher.
 
-    def __init__(self, releases: Releases, *, beam: int = 100, max_batch: int = 32, max_wait_ms: float = 5.0,
-                 poll_seconds: float = 1.0, batching: bool = True) -> None:
-        self.releases, self.beam = releases, beam
-        self.max_batch, self.max_wait, self.poll, self.batching = max_batch, max_wait_ms / 1000, poll_seconds, batching
-        self.engine = Engine(releases.load_current(), beam=beam)
-        self.metrics = Metrics()
+    Batching: the batcher decodes whatever has queued, all of it (up to ``max_batch``) in
+    one beam search on a worker thread. Before it starts, it waits for requests the server
+    is already reading (their body, their parsing) to join, for at most ``max_wait_ms`` or
+    a quarter of the last decode, whichever is longer: under load a decode takes tens of
+    milliseconds and a few more for company pay for themselves, while a lone request (none
+    arriving) is decoded at once. Lookups and the JSON answer happen on the event loop;
+    the worker thread only decodes.
+    """
+
+    def __init__(self, releases: Releases, config: ServeConfig | None = None) -> None:
+        self.releases, self.config = releases, config or ServeConfig()
+        self.metrics = ServiceMetrics(releases.root)
+        self._use(Engine(releases.load_current(), beam=self.config.beam))
         self._refused: str | None = None
-        self._queue: asyncio.Queue[_Pending] | None = None
+        self._waiting: deque[_Pending] = deque()
+        self._ready: asyncio.Event | None = None
+        self._arriving = 0  # requests being read or parsed: about to queue
+        self._last_decode = 0.0
         self._reload_lock = asyncio.Lock()
+
+    def _use(self, engine: Engine) -> None:
+        self.engine = engine
+        manifest = engine.release.manifest
+        self.metrics.serving(engine.release_id, manifest.created, manifest.info.get("data", {}).get("until_time"))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        self._queue = asyncio.Queue()
+        self._ready = asyncio.Event()
         tasks = [asyncio.create_task(self._batcher()), asyncio.create_task(self._watch())]
         try:
             yield
@@ -116,51 +93,78 @@ class Service:
             for task in tasks:
                 task.cancel()
 
-    async def recommend(self, request: RecommendRequest) -> tuple[str, list[Recommendation]]:
+    async def answer(self, request: Request) -> tuple[int, bytes]:
+        """(status, JSON body) for one POST /recommend."""
+        try:
+            self._arriving += 1
+            try:
+                body = parse_request(await read_body(request, self.config), self.config)
+            finally:
+                self._arriving -= 1  # recommend() queues it before anything else can run
+            return 200, await self.recommend(body)
+        except FreshsidError as exc:
+            status = exc.status if isinstance(exc, BadRequest) else 404 if isinstance(exc, UnknownUser) else 422
+            return status, json.dumps({"error": str(exc)}).encode()
+
+    async def recommend(self, request: RecommendRequest) -> bytes:
         engine = self.engine  # this request finishes on the release it starts on
         if request.user_id is not None:
             histories, users = engine.for_users([request.user_id])
-            history, user = histories[0], int(users[0])
+            history, user, uncoded = histories[0], int(users[0]), engine.user_uncoded(request.user_id)
         else:
-            history, user = engine.for_history(request.history or []), ANONYMOUS
+            (history, uncoded), user = engine.for_history(request.history or []), ANONYMOUS
         if request.k > engine.beam:
             raise FreshsidError(f"k = {request.k} is more than the service's beam width {engine.beam}; ask for fewer items.")
-        if not self.batching:
-            recs = await asyncio.to_thread(engine.recommend, history[None], np.array([user]), [request.k],
-                                           [request.exclude_seen])
-            return engine.release_id, recs[0]
-        done = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(engine, history, user, request.k, request.exclude_seen, done))
-        return engine.release_id, await done
+        self.metrics.observe_history(uncoded)
+        if not self.config.batching:
+            ((items, scores),) = await asyncio.to_thread(engine.decode, history[None], np.array([user]), [request.k],
+                                                         [request.exclude_seen])
+        else:
+            done = asyncio.get_running_loop().create_future()
+            self._waiting.append(_Pending(engine, history, user, request.k, request.exclude_seen, done,
+                                          time.perf_counter()))
+            self._ready.set()
+            items, scores = await done
+        self.metrics.observe_items(engine.ages(items))
+        return engine.render(items, scores)
 
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch and (left := deadline - loop.time()) > 0:
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
-                except TimeoutError:
-                    break
+            await self._ready.wait()
+            # wait for the requests being read to join, within the window
+            deadline = loop.time() + max(self.config.max_wait_ms / 1000, self._last_decode / 4)
+            while len(self._waiting) < self.config.max_batch and self._arriving > 0 and (left := deadline - loop.time()) > 0:
+                self._ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), left)
+            batch = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.config.max_batch))]
+            if not self._waiting:
+                self._ready.clear()
             for engine in {id(p.engine): p.engine for p in batch}.values():  # one decode per release
-                group = [p for p in batch if p.engine is engine]
-                try:
-                    recs = await asyncio.to_thread(engine.recommend, np.stack([p.history for p in group]),
-                                                   np.array([p.user for p in group]), [p.k for p in group],
-                                                   [p.exclude_seen for p in group])
-                except Exception as exc:  # noqa: BLE001 - handed to the requests, which answer with it
-                    for p in group:
-                        p.done.set_exception(exc)
-                    continue
-                self.metrics.batches += 1
-                self.metrics.batched_requests += len(group)
-                for p, r in zip(group, recs, strict=True):
-                    p.done.set_result(r)
+                await self._decode(engine, [p for p in batch if p.engine is engine])
+
+    async def _decode(self, engine: Engine, group: list[_Pending]) -> None:
+        started = time.perf_counter()
+        for p in group:
+            self.metrics.queue_wait.observe(started - p.queued)
+        try:
+            results = await asyncio.to_thread(engine.decode, np.stack([p.history for p in group]),
+                                              np.array([p.user for p in group]), [p.k for p in group],
+                                              [p.exclude_seen for p in group])
+        except Exception as exc:  # noqa: BLE001 - handed to the requests, which answer with it
+            for p in group:
+                p.done.set_exception(exc)
+            return
+        self._last_decode = time.perf_counter() - started
+        self.metrics.decode.observe(self._last_decode)
+        self.metrics.batch_size.observe(len(group))
+        for p, result in zip(group, results, strict=True):
+            p.done.set_result(result)
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.poll)
+            await asyncio.sleep(self.config.poll_seconds)
             await self.reload()
 
     async def reload(self) -> dict[str, Any]:
@@ -171,20 +175,24 @@ class Service:
             except FreshsidError as exc:
                 return self._refuse(None, str(exc))
             if current is None or current == self.engine.release_id or current == self._refused:
-                return {"release": self.engine.release_id, "changed": False, "refused": self._refused}
+                reply = {"release": self.engine.release_id, "changed": False}
+                return {**reply, "refused": self._refused} if self._refused else reply
             try:
-                engine = await asyncio.to_thread(lambda: Engine(load_release(self.releases.path(current)), beam=self.beam))
+                engine = await asyncio.to_thread(lambda: Engine(load_release(self.releases.path(current)),
+                                                                beam=self.config.beam))
             except FreshsidError as exc:
                 return self._refuse(current, str(exc))
-            self.engine, self._refused = engine, None
-            self.metrics.reloads["swapped"] += 1
-            log.info("now serving release %s", current)
-            return {"release": current, "changed": True, "refused": None}
+            before = self.engine.release_id
+            self._use(engine)
+            self._refused = None
+            self.metrics.reloads.labels("swapped").inc()
+            journal.record("swap", release=current, previous=before)
+            return {"release": current, "changed": True}
 
     def _refuse(self, release_id: str | None, reason: str) -> dict[str, Any]:
         self._refused = release_id
-        self.metrics.reloads["refused"] += 1
-        log.error("release %s refused, %s keeps serving: %s", release_id, self.engine.release_id, reason)
+        self.metrics.reloads.labels("refused").inc()
+        journal.record("release_refused", release=release_id, serving=self.engine.release_id, reason=reason)
         return {"release": self.engine.release_id, "changed": False, "refused": release_id, "reason": reason}
 
 
@@ -197,22 +205,12 @@ def create_app(service: Service) -> FastAPI:
             yield
 
     app = FastAPI(title="freshsid", lifespan=lifespan)
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next):  # noqa: ANN001, ANN202 - FastAPI's middleware signature
-        started = time.perf_counter()
-        response = await call_next(request)
-        if request.url.path == "/recommend":
-            service.metrics.observe(response.status_code, (time.perf_counter() - started) * 1000)
-        return response
+    app.add_middleware(_Measure, service=service)
 
     @app.post("/recommend")
-    async def recommend(body: RecommendRequest) -> JSONResponse:
-        try:
-            release_id, recs = await service.recommend(body)
-        except FreshsidError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, UnknownUser) else 422)
-        return JSONResponse({"release": release_id, "items": [r.__dict__ for r in recs]})
+    async def recommend(request: Request) -> Response:
+        status, body = await service.answer(request)
+        return Response(body, status_code=status, media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -225,14 +223,58 @@ def create_app(service: Service) -> FastAPI:
                                                         ("parent_release", "data", "recipe", "metrics", "n_items")}}
 
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(service.metrics.text(service.engine.release_id))
+    async def metrics() -> Response:
+        return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/admin/reload")
     async def reload() -> dict[str, Any]:
         return await service.reload()
 
     return app
+
+
+class _Measure:
+    """Pure ASGI middleware: counts and times every POST /recommend answer by status and
+    release, and turns an unexpected error into a counted 500 (Starlette's own error
+    handler answers outside any middleware, where nothing would count it)."""
+
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/recommend":
+            await self.app(scope, receive, send)
+            return
+        started, release_id, status = time.perf_counter(), self.service.engine.release_id, 500
+        sent = False
+
+        async def sending(message: dict) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status, sent = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            log.exception("POST /recommend failed")
+            status = 500
+            if not sent:
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": b'{"error": "Internal error; see the server\'s log."}'})
+        finally:
+            self.service.metrics.requests.labels(str(status), release_id).inc()
+            self.service.metrics.latency.observe(time.perf_counter() - started)
+
+
+def server_config(service: Service, *, host: str, port: int = 0, log_level: str = "info") -> Any:
+    """The uvicorn configuration of ``service``: the bounded protocol, its timeouts."""
+    import uvicorn
+
+    protocol = type("Protocol", (BoundedH11Protocol,), {"header_timeout_s": service.config.header_timeout_s})
+    return uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level, http=protocol,
+                          timeout_keep_alive=service.config.keep_alive_s)
 
 
 @contextlib.contextmanager
@@ -246,9 +288,7 @@ def serve_in_thread(service: Service, *, host: str = "127.0.0.1") -> Iterator[st
 
     sock = socket.socket()
     sock.bind((host, 0))
-    # Keep-alive well past uvicorn's 5 s: on a starved machine a pooled connection can idle
-    # that long, and the server closing it just as the client reuses it fails that request.
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", timeout_keep_alive=120))
+    server = uvicorn.Server(server_config(service, host=host, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -2,7 +2,8 @@
 
 A release is an artifact folder holding two artifacts of its own, the retriever
 checkpoint (``retriever/``) and its SidTable (``sids/``), beside the catalog of the
-items the table codes (``catalog.parquet``: dense item, original id, title) and every
+items the table codes (``catalog.parquet``: dense item, original id, title, the time of
+the item's first event) and every
 user's latest items (``histories.parquet``: dense user, original id, items). Its
 manifest records the release id, the parent release, the data the model was
 trained on (logs fingerprint, parts), the training recipe, validation metrics,
@@ -38,6 +39,8 @@ from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import last_items
 from freshsid.errors import FreshsidError
 from freshsid.retriever.model import Retriever, load_checkpoint, save_checkpoint
+from freshsid.serve import journal
+from freshsid.serve.events import seen_record
 from freshsid.sid.table import SidTable
 
 KIND = "release"
@@ -63,10 +66,14 @@ def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: S
                   release_id: str, parent: str | None, until_event: int,
                   metrics: dict[str, float] | None = None) -> Manifest:
     """Write one release bundle to ``folder``; ``until_event``: how many of the logs' events
-    (in time order) the model has seen — a refresh learns from the ones after."""
+    (in time order) the model has seen — recorded by time (:func:`~freshsid.serve.events.seen_record`),
+    so that a refresh finds the ones after in any later logs."""
     items = table.items
+    first_seen = np.full(logs.n_items, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_seen, logs.item, logs.ts)
     catalog = pl.DataFrame({"item": items, "item_id": table.item_ids.astype(str),
-                            "title": logs.items["title"].gather(items.tolist()) if len(items) else []})
+                            "title": logs.items["title"].gather(items.tolist()) if len(items) else [],
+                            "first_seen": first_seen[items]}, schema_overrides={"first_seen": pl.Int64})
     users = np.arange(logs.n_users)
     latest = last_items(logs.user, logs.item, users, model.config.max_history)
     histories = pl.DataFrame({"user": users, "user_id": logs.user_ids.astype(str),
@@ -81,7 +88,7 @@ def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: S
             "release_id": release_id,
             "parent_release": parent,
             "data": {"logs": logs.fingerprint, "name": logs.name, "until_event": int(until_event),
-                     "until_time": int(logs.ts[until_event - 1]) if until_event else None,
+                     **seen_record(logs, until_event),
                      "history_window": checkpoint.info.get("history_window"),
                      "target_window": checkpoint.info.get("target_window")},
             "recipe": {"mode": checkpoint.info.get("mode"), "train": checkpoint.info.get("train"),
@@ -106,7 +113,8 @@ def load_release(folder: Path) -> Release:
         raise FreshsidError(f"{folder} pairs a checkpoint and a SID table of different shapes; rebuild the release.")
     with reading(folder / CATALOG):
         catalog = pl.read_parquet(folder / CATALOG)
-    if catalog.columns != ["item", "item_id", "title"] or catalog["item"].to_list() != table.items.tolist():
+    if (catalog.columns[:3] != ["item", "item_id", "title"] or catalog.columns[3:] not in ([], ["first_seen"])
+            or catalog["item"].to_list() != table.items.tolist()):
         raise FreshsidError(f"{folder / CATALOG} does not list the items of the release's SID table; rebuild the release.")
     with reading(folder / HISTORIES):
         histories = pl.read_parquet(folder / HISTORIES)
@@ -165,6 +173,7 @@ class Releases:
             pointer = self.pointer()
             previous = pointer["previous"] + ([pointer["current"]] if pointer["current"] else [])
             write_json_atomic(self.root / POINTER, {"current": release_id, "previous": previous})
+        journal.record("promote", root=str(self.root), release=release_id, previous=pointer["current"])
 
     def rollback(self) -> str:
         """Make the release promoted before the current one current again; returns its id."""
@@ -172,6 +181,7 @@ class Releases:
         with output_lock(self.root / POINTER):
             *previous, back = self._earlier()
             write_json_atomic(self.root / POINTER, {"current": back, "previous": previous})
+        journal.record("rollback", root=str(self.root), release=back)
         return back
 
     def _earlier(self) -> list[str]:

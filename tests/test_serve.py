@@ -1,0 +1,199 @@
+"""The HTTP service against hostile and unlucky clients, and what /metrics shows of it.
+
+One tiny release (an untrained model over a synthetic log, seconds to build) served on
+127.0.0.1 with small limits and short timeouts; every loop is bounded."""
+
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from freshsid.config import ServeConfig
+from freshsid.data.interactions import from_arrays
+from freshsid.retriever.model import Retriever, RetrieverConfig, save_checkpoint
+from freshsid.serve.http import Service, serve_in_thread
+from freshsid.serve.release import Releases
+from freshsid.sid.table import SidTable
+
+LIMITS = ServeConfig(beam=20, max_body_bytes=2048, max_history=50, max_id_chars=32, header_timeout_s=0.5,
+                     body_timeout_s=0.5, poll_seconds=0.2)
+N_ITEMS, CODED = 50, 40  # the release codes the first 40 items; histories also hold the others
+
+
+def tiny_release(root, seed=0):
+    """A release of an untrained model whose table codes CODED of the log's items."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    logs = from_arrays(rng.integers(0, 60, n).astype(str), rng.integers(0, N_ITEMS, n).astype(str),
+                       np.sort(rng.integers(0, 400 * 86_400, n)))
+    order = np.argsort(logs.item_ids.astype(int))  # dense items in id order: items 0..39 coded
+    items = np.sort(order[:CODED])
+    codes = np.array([[c // 16, (c // 4) % 4, c % 4] for c in range(CODED)], dtype=np.int32)
+    table = SidTable(items=items, codes=codes, codebook_sizes=(4, 4, 4), item_ids=logs.item_ids[items])
+    torch.manual_seed(seed)
+    model = Retriever(RetrieverConfig(codebook_sizes=(4, 4, 4), width=16, n_layers=1, n_heads=2, ffn=32,
+                                      user_buckets=8, max_history=8, dropout=0.0)).eval()
+    checkpoint = save_checkpoint(root / "checkpoint", model)
+    releases = Releases(root / "releases")
+    releases.promote(releases.create(model, checkpoint, table, logs, until_event=n))
+    return releases
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    releases = tiny_release(tmp_path_factory.mktemp("serve"))
+    service = Service(releases, LIMITS)
+    with serve_in_thread(service) as base, httpx.Client(base_url=base, timeout=30) as client:
+        yield base, client, service, releases
+
+
+def metric_families(client):
+    return {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+
+
+def sample(families, name, **labels):
+    for family in families.values():
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
+BAD = [
+    (b'{"user_id": "1", "k": NaN}', 400, "not a finite number"),
+    (b'{"user_id": "1", "k": Infinity}', 400, "not a finite number"),
+    (b'{"history": ["1"], "k": 3, "x": -Infinity}', 400, "not a finite number"),
+    (b"", 400, "not JSON"),
+    (b"{", 400, "not JSON"),
+    (b"\xff\xfe", 400, "not JSON"),
+    (b"[]", 422, "JSON object"),
+    (b'"user"', 422, "JSON object"),
+    (b"null", 422, "JSON object"),
+    (b'{"user_id": "1", "k": true}', 422, "k"),
+    (b'{"user_id": "1", "k": 1.0}', 422, "k"),
+    (b'{"user_id": "1", "k": "3"}', 422, "k"),
+    (b'{"user_id": "1", "k": 0}', 422, "k"),
+    (b'{"user_id": "1", "k": -2}', 422, "k"),
+    (b'{"user_id": "1", "k": 1e400}', 400, "not a finite number"),
+    (b'{"user_id": 5}', 422, "user_id"),
+    (b'{"history": "1"}', 422, "history"),
+    (b'{"history": [1, 2]}', 422, "history"),
+    (b'{"user_id": "1", "history": ["1"]}', 422, "exactly one"),
+    (b'{"k": 3}', 422, "exactly one"),
+    (b'{"user_id": "1", "exclude_seen": "yes"}', 422, "exclude_seen"),
+    (b'{"user_id": "1", "extra": 1}', 422, "extra"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), BAD)
+def test_every_malformed_body_gets_a_4xx_with_a_message(served, body, status, words):
+    _, client, _, _ = served
+    r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    assert client.post("/recommend", json={"user_id": "1", "k": 3}).status_code == 200  # still serving
+
+
+def test_oversized_bodies_long_histories_and_long_ids_are_refused(served):
+    _, client, _, _ = served
+    big = b'{"history": [' + b",".join([b'"1"'] * 1000) + b"]}"
+    assert client.post("/recommend", content=big).status_code == 413
+    chunked = client.post("/recommend", content=iter([big[:1500], big[1500:]]))  # no content-length
+    assert chunked.status_code == 413
+    r = client.post("/recommend", json={"history": ["1"] * (LIMITS.max_history + 1)})
+    assert r.status_code == 422 and "more than the 50" in r.json()["error"]
+    r = client.post("/recommend", json={"user_id": "u" * 33})
+    assert r.status_code == 422 and "u" * 33 not in r.text
+
+
+def test_slow_clients_are_cut_off_and_the_server_keeps_serving(served):
+    base, client, _, _ = served
+    host, port = base.removeprefix("http://").split(":")
+    slow_head = socket.create_connection((host, int(port)), timeout=10)
+    slow_head.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+    slow_body = socket.create_connection((host, int(port)), timeout=10)
+    slow_body.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"user_id\"")
+    started = time.monotonic()
+    assert slow_head.recv(1024) == b""  # closed by the server, not by our 10 s timeout
+    assert time.monotonic() - started < 5
+    answer = b""
+    for _ in range(20):  # the head and the body may come in separate packets
+        chunk = slow_body.recv(4096)
+        answer += chunk
+        if not chunk or b"took more than" in answer:
+            break
+    assert answer.startswith(b"HTTP/1.1 408") and b"took more than" in answer
+    slow_head.close(), slow_body.close()
+    assert client.post("/recommend", json={"user_id": "1", "k": 3}).status_code == 200
+
+
+def test_exclude_seen_returns_k_unseen_items(served):
+    _, client, service, _ = served
+    engine = service.engine
+    for user in engine.user_ids()[:20]:
+        history, _ = engine.for_users([user])
+        seen = {engine._ids[i] for i in history[0].tolist() if i in engine._ids}
+        r = client.post("/recommend", json={"user_id": user, "k": LIMITS.beam, "exclude_seen": True}).json()
+        items = [x["item_id"] for x in r["items"]]
+        assert len(items) == LIMITS.beam and not seen & set(items) and len(set(items)) == len(items)
+
+
+def test_a_server_error_answers_500_and_is_counted(served, monkeypatch):
+    _, client, service, _ = served
+    before = sample(metric_families(client), "freshsid_requests_total", status="500") or 0
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service.engine, "decode", broken)
+    r = client.post("/recommend", json={"user_id": "1", "k": 3})
+    assert r.status_code == 500 and "Internal error" in r.json()["error"]
+    monkeypatch.undo()
+    assert sample(metric_families(client), "freshsid_requests_total", status="500") == before + 1
+    assert client.post("/recommend", json={"user_id": "1", "k": 3}).status_code == 200
+
+
+def test_metrics_parse_and_have_the_named_series(served):
+    _, client, service, _ = served
+    for _ in range(3):
+        assert client.post("/recommend", json={"history": ["45", "46", "1"], "k": 5}).status_code == 200
+    families = metric_families(client)
+    for name in ("freshsid_requests", "freshsid_request_duration_seconds", "freshsid_batch_size",
+                 "freshsid_queue_wait_seconds", "freshsid_decode_seconds", "freshsid_reloads", "freshsid_release_info",
+                 "freshsid_release_age_seconds", "freshsid_release_data_until_timestamp_seconds",
+                 "freshsid_uncoded_history_share", "freshsid_requests_uncoded_history", "freshsid_recommended_items",
+                 "freshsid_last_refresh_outcome", "freshsid_last_refresh_timestamp_seconds"):
+        assert name in families, name
+        assert families[name].documentation  # HELP
+    assert families["freshsid_request_duration_seconds"].type == "histogram"
+    assert families["freshsid_batch_size"].type == "histogram"
+    release = service.engine.release_id
+    assert sample(families, "freshsid_release_info", release=release) == 1
+    assert sample(families, "freshsid_requests_total", status="200", release=release) >= 3
+    assert 0 < sample(families, "freshsid_release_age_seconds") < 3600
+    # items 45 and 46 are not coded by the release: those requests count as stale
+    assert sample(families, "freshsid_requests_uncoded_history_total") >= 3
+    assert 0 < sample(families, "freshsid_uncoded_history_share") <= 1
+    ages = {s.labels["age"]: s.value for s in families["freshsid_recommended_items"].samples if s.name.endswith("_total")}
+    assert sum(ages.values()) >= 15 and set(ages) <= {"1d", "7d", "30d", "90d", "365d", "older"}
+    assert sample(families, "freshsid_batch_size_count") >= 3
+
+
+def test_the_serve_config_file_sets_limits_and_refuses_unknown_or_wrong_settings(tmp_path):
+    from freshsid.config import serve_config
+    from freshsid.errors import FreshsidError
+
+    path = tmp_path / "serve.toml"
+    path.write_text("max_body_bytes = 4096\nbeam = 50\n")
+    config = serve_config(path, beam=None, max_batch=8)
+    assert (config.max_body_bytes, config.beam, config.max_batch) == (4096, 50, 8)
+    for text in ("max_body_bytes = 'big'\n", "max_bodybytes = 1\n", "header_timeout_s = 0\n", "beam = [\n"):
+        path.write_text(text)
+        with pytest.raises(FreshsidError, match="serve"):
+            serve_config(path)
