@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import typer
@@ -24,8 +24,10 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from freshsid.config import DEVICE_HELP, PROTOCOL
-from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
+
+if TYPE_CHECKING:  # kept out of module import so that --help never loads polars
+    from freshsid.data.interactions import Interactions
 
 STATE: dict[str, bool | None] = {"progress": None}  # set by the root callback (--progress/--no-progress)
 

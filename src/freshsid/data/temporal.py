@@ -12,12 +12,15 @@ labels = the set of items the user touches in the test window.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
+
+if TYPE_CHECKING:  # the CLI reads Window without loading polars
+    from freshsid.data.interactions import Interactions
 
 
 class Window(BaseModel):
