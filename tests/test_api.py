@@ -15,13 +15,16 @@ import pytest
 import freshsid
 from freshsid import api
 from freshsid.data import registry
+from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.errors import FreshsidError
 from freshsid.retriever import pipeline
+from freshsid.sid.table import SidTable
 from smalldemo import shrink
 
 ROOT = Path(__file__).resolve().parents[1]
 # The docstring examples, in the order a reader runs them: each continues the last.
-EXAMPLES = (registry.load_dataset, api.CollabSidBuilder, api.refresh, api.align, api.GenerativeRetriever)
+EXAMPLES = (registry.load_dataset, Window, TemporalSplit, api.CollabSidBuilder, SidTable, api.refresh, api.align,
+            api.GenerativeRetriever)
 PUBLIC_MODULES = ("freshsid/__init__.py", "freshsid/api.py", "freshsid/data/registry.py", "freshsid/data/temporal.py",
                   "freshsid/data/layouts.py", "freshsid/sid/table.py", "freshsid/serve/release.py", "freshsid/config.py")
 

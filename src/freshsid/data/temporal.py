@@ -24,7 +24,15 @@ if TYPE_CHECKING:  # the CLI reads Window without loading polars
 
 
 class Window(BaseModel):
-    """Half-open range of parts [start, stop)."""
+    """Half-open range of parts [start, stop).
+
+    Examples:
+        >>> from freshsid import Window
+        >>> Window.parse("0:8") == Window(start=0, stop=8)
+        True
+        >>> str(Window(start=8, stop=9))
+        '8:9'
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     start: int
@@ -80,7 +88,16 @@ class Examples:
 
 
 class TemporalSplit:
-    """Parts of equal count over a time-sorted :class:`Interactions`."""
+    """Parts of equal count over a time-sorted :class:`Interactions`.
+
+    Examples:
+        >>> split = freshsid.TemporalSplit(logs, n_parts=10)
+        >>> sizes = split.part_sizes()
+        >>> int(sizes.sum()) == logs.n_events and int(sizes.max() - sizes.min()) <= 1
+        True
+        >>> split.events(freshsid.Window(start=0, stop=8)).start
+        0
+    """
 
     def __init__(self, logs: Interactions, n_parts: int = 10) -> None:
         if n_parts < 2:
