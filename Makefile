@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch is pinned in pyproject.toml (a bare torch pulls a multi-GB CUDA build).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,docs]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -28,7 +28,7 @@ EXPECTED = {
     ("release", "create"), ("release", "list"), ("release", "promote"), ("release", "rollback"), ("refresh",),
     ("recommend-batch",), ("serve",), ("rolling",),
 }
-DATA_OPTIONS = {"dataset", "data_dir", "logs", "items", "columns", "sep", "drop_duplicates"}
+DATA_OPTIONS = {"dataset", "data_dir", "logs", "items", "columns", "sep", "drop_duplicates", "where"}
 
 
 def test_the_walk_finds_every_command_and_sub_app():

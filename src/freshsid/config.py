@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from freshsid.data.tables import check_readable
 from freshsid.data.temporal import Window
 from freshsid.errors import FreshsidError
 from freshsid.policies import ABLATIONS, POLICIES
@@ -400,6 +399,8 @@ def load_config(path: Path) -> ExperimentConfig:
     file gives overrides it, tables key by key: ``preset = "tiny"`` with ``[sasrec] dim = 16``
     is the tiny preset with a 16-wide SASRec."""
     path = Path(path)
+    from freshsid.data.tables import check_readable
+
     check_readable(path)
     try:
         text = path.read_text()

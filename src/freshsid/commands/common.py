@@ -1,7 +1,7 @@
 """What every command shares: the dataset options, presets, part ranges, progress.
 
-The seven dataset options (DATASET or ``--logs``/``--items``, ``--data-dir``,
-``--columns``, ``--sep``, ``--drop-duplicates``) are declared once here and added to
+The eight dataset options (DATASET or ``--logs``/``--items``, ``--data-dir``,
+``--columns``, ``--sep``, ``--drop-duplicates``, ``--where``) are declared once here and added to
 a command by :func:`data_options`; the command receives them as one
 :class:`DataSource` and calls :meth:`DataSource.load` when it needs the logs.
 """
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import typer
@@ -24,8 +24,10 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from freshsid.config import DEVICE_HELP, PROTOCOL
-from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
+
+if TYPE_CHECKING:  # kept out of module import so that --help never loads polars
+    from freshsid.data.interactions import Interactions
 
 STATE: dict[str, bool | None] = {"progress": None}  # set by the root callback (--progress/--no-progress)
 
@@ -59,13 +61,19 @@ DataDirOpt = Annotated[
     typer.Option("--data-dir", help="Data root or dataset folder (default: $FRESHSID_DATA or ../shared/data)."),
 ]
 LogsOpt = Annotated[
-    Path | None, typer.Option("--logs", help="A log file: CSV/TSV/parquet (.gz ok), or an original Amazon/MovieLens file.")
+    Path | None, typer.Option("--logs", help="A log file: CSV/TSV/parquet (.gz ok), an original Amazon/MovieLens file, "
+                              "a Yambda parquet file or a VK-LSVD folder.")
 ]
 ItemsOpt = Annotated[Path | None, typer.Option("--items", help="Item metadata file for --logs.")]
 ColumnsOpt = Annotated[
     str | None, typer.Option("--columns", help="User, item and time column names of --logs, e.g. uid,sku,ts.")
 ]
 SepOpt = Annotated[str | None, typer.Option("--sep", help="Field separator of --logs (default: sniffed).")]
+WhereOpt = Annotated[
+    str | None,
+    typer.Option("--where", help="Yambda / VK-LSVD --logs: a SQL condition choosing the events that count, "
+                 "e.g. \"event_type = 'listen' AND is_organic = 1 AND played_ratio_pct >= 50\"."),
+]
 DropDuplicatesOpt = Annotated[
     bool, typer.Option("--drop-duplicates", help="Keep one copy of exact duplicate events instead of refusing them.")
 ]
@@ -82,6 +90,7 @@ class DataSource:
     columns: str | None = None
     sep: str | None = None
     drop_duplicates: bool = False
+    where: str | None = None
 
     @property
     def given(self) -> bool:
@@ -109,6 +118,7 @@ class DataSource:
                 items=self.items,
                 schema=schema,
                 drop_duplicates=self.drop_duplicates,
+                where=self.where,
             )
 
 
@@ -119,6 +129,7 @@ _DATA_ANNOTATIONS = {
     "columns": ColumnsOpt,
     "sep": SepOpt,
     "drop_duplicates": DropDuplicatesOpt,
+    "where": WhereOpt,
 }
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -23,7 +23,9 @@ from freshsid.commands.common import (
     use_device,
 )
 from freshsid.data.temporal import TemporalSplit, Window
-from freshsid.embed.store import Embeddings
+
+if TYPE_CHECKING:  # kept out of module import so that --help stays light
+    from freshsid.embed.store import Embeddings
 
 app = typer.Typer(
     cls=TyperGroup,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,9 +28,11 @@ from freshsid.commands.common import (
     use_device,
 )
 from freshsid.config import DEFAULT_BEAM, DEVICE_HELP, PRESETS, RECIPES, preset as preset_config
-from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
-from freshsid.sid.table import SidTable
+
+if TYPE_CHECKING:  # kept out of module import so that --help never loads torch or polars
+    from freshsid.data.interactions import Interactions
+    from freshsid.sid.table import SidTable
 
 # Each preset's default recipe, for --recipe's help.
 _PRESET_RECIPES = ", ".join(f"{name}: {preset_config(name).recipe}" for name in PRESETS)
@@ -62,6 +64,7 @@ def staleness(
     from freshsid.evaluate.staleness import recall_by_part, sid_churn
     from freshsid.retriever.model import load_checkpoint
     from freshsid.retriever.pipeline import trained_span
+    from freshsid.sid.table import SidTable
 
     cutoffs = parse_ks(ks)
     use_device(device)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -36,10 +36,12 @@ from freshsid.commands.common import (
     use_device,
 )
 from freshsid.config import DEFAULT_BEAM
-from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import Window
 from freshsid.errors import FreshsidError
-from freshsid.sid.table import SidTable
+
+if TYPE_CHECKING:  # kept out of module import so that --help never loads torch or polars
+    from freshsid.data.interactions import Interactions
+    from freshsid.sid.table import SidTable
 
 app = typer.Typer(
     cls=TyperGroup,
@@ -74,6 +76,7 @@ def train(
     """
     from freshsid.retriever.model import RetrieverConfig
     from freshsid.retriever.pipeline import fit
+    from freshsid.sid.table import SidTable
 
     use_device(device, ranks=True)
     exp = experiment_preset(preset)
@@ -117,6 +120,7 @@ def finetune(
     Carry the code embeddings over first (the remap recipes): ... --sids runs/beauty/sids-aligned --remap-from runs/beauty/sids-0-8 --out runs/beauty/ft-remapped
     """
     from freshsid.retriever.pipeline import finetune as warm_start
+    from freshsid.sid.table import SidTable
 
     if remap_levels is not None and remap_from is None:
         raise FreshsidError("--remap-levels needs --remap-from, the checkpoint's own SID table.")
@@ -166,6 +170,7 @@ def evaluate(
     from freshsid.artifacts import write_json_atomic
     from freshsid.retriever.model import load_checkpoint
     from freshsid.retriever.pipeline import evaluate as score
+    from freshsid.sid.table import SidTable
 
     runtime = use_device(device, ranks=True)
     cutoffs, test_window, allowed_window = parse_ks(ks), Window.parse(test), Window.parse(allowed)
@@ -208,6 +213,7 @@ def recommend(
     from freshsid.data.temporal import last_items
     from freshsid.retriever.model import load_checkpoint
     from freshsid.retriever.pipeline import recommend as top_items
+    from freshsid.sid.table import SidTable
 
     if k > beam:
         raise FreshsidError(f"--k {k} is more than the beam width {beam}; pass --beam {k} or more.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import typer
@@ -27,9 +27,11 @@ from freshsid.commands.common import (
 )
 from freshsid.commands.embed import PartsOpt, train_collab
 from freshsid.data.temporal import TemporalSplit, Window
-from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
-from freshsid.sid.table import SidTable
+
+if TYPE_CHECKING:  # kept out of module import so that --help never loads torch or polars
+    from freshsid.embed.store import Embeddings
+    from freshsid.sid.table import SidTable
 
 app = typer.Typer(
     cls=TyperGroup,
@@ -71,6 +73,7 @@ def build(
     Warm refresh: freshsid sids build --dataset amazon-beauty --parts 0:9 --embeddings runs/beauty/embed-0-9 --warm-from runs/beauty/sids-0-8 --out runs/beauty/sids-0-9
     """
     from freshsid.sid.refresh import code_items
+    from freshsid.sid.table import SidTable
 
     use_device(device)
     legacy = None
@@ -100,6 +103,7 @@ def _item_embeddings(split: TemporalSplit, window: Window, *, source: str | None
                      preset: str, seed: int | None) -> tuple[Embeddings, dict[str, str]]:
     """The embeddings artifact at ``folder``, else embeddings computed for ``window``."""
     from freshsid.artifacts import read_manifest
+    from freshsid.embed.store import Embeddings
 
     logs = split.logs
     if folder is None:
@@ -145,6 +149,7 @@ def inspect_table(
     Example: freshsid sids inspect runs/beauty/sids-0-8 --dataset amazon-beauty
     """
     from freshsid.sid.collisions import collision_stats
+    from freshsid.sid.table import SidTable
 
     table = SidTable.load(folder)
     titles = _titles(data.load()) if data.given else {}
@@ -208,6 +213,7 @@ def align_tables(
     Example: freshsid sids align runs/beauty/sids-0-8 runs/beauty/sids-0-9 --method hungarian --out runs/beauty/sids-aligned
     """
     from freshsid.sid.refresh import align_to_legacy
+    from freshsid.sid.table import SidTable
 
     table = align_to_legacy(SidTable.load(legacy), SidTable.load(refreshed), methods=(method,))[method]
     report = table.meta["stats"]["alignment"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from freshsid.artifacts import artifact_dir, finish_manifest, fingerprint_of, read_manifest
 from freshsid.data.interactions import Interactions
+from freshsid.data.layouts import layout_of, load_layout
 from freshsid.data import synthetic
 from freshsid.data.logs import Duplicates, LogSchema, load_logs
 from freshsid.data.originals import AMAZON_REVIEWS, ML_RATINGS, is_original, load_original
@@ -48,18 +49,33 @@ def load_dataset(
     items: str | Path | None = None,
     schema: LogSchema | None = None,
     drop_duplicates: bool = False,
+    where: str | None = None,
 ) -> Interactions:
     """Load a named data set, a data folder, or a log file into :class:`Interactions`.
 
     Exact duplicate events are refused unless ``drop_duplicates`` (see :mod:`freshsid.data.logs`).
+    ``logs`` in the Yambda or VK-LSVD layout (a parquet file, or VK-LSVD's folder of weekly
+    shards) is recognised and streamed; ``where`` is a SQL condition over its columns that
+    chooses the events that count (:mod:`freshsid.data.layouts`).
+
+    Examples:
+        >>> import freshsid
+        >>> logs = freshsid.load_dataset("synthetic")
+        >>> logs.n_events > 0 and logs.n_users > 0
+        True
+        >>> listens = freshsid.load_dataset(logs="yambda/flat/50m/multi_event.parquet",
+        ...                                 where="event_type = 'listen' AND is_organic = 1")  # doctest: +SKIP
     """
     dup: Duplicates = "drop" if drop_duplicates else "error"
     if name is not None and logs is not None:
         raise FreshsidError(f"Both a dataset ({name}) and --logs were given; pass one of them.")
+    if where is not None and logs is None:
+        raise FreshsidError("--where filters the events of a Yambda or VK-LSVD file given by --logs; add --logs PATH.")
     if logs is not None:
         if data_dir is not None:
             raise FreshsidError("Both --logs and --data-dir were given; pass one of them.")
-        return load_file(Path(logs), items=None if items is None else Path(items), schema=schema, duplicates=dup)
+        return load_file(Path(logs), items=None if items is None else Path(items), schema=schema, duplicates=dup,
+                         where=where)
     if items is not None:
         raise FreshsidError("--items needs --logs (a named dataset or folder brings its own catalog); add --logs PATH.")
     if name is None:
@@ -80,9 +96,18 @@ def load_dataset(
 
 
 def load_file(
-    logs: Path, *, items: Path | None = None, schema: LogSchema | None = None, duplicates: Duplicates = "error"
+    logs: Path, *, items: Path | None = None, schema: LogSchema | None = None, duplicates: Duplicates = "error",
+    where: str | None = None,
 ) -> Interactions:
-    """A single log file: an original Amazon/MovieLens file by name, else CSV/TSV/parquet."""
+    """A single log file: an original Amazon/MovieLens file by name, a Yambda or VK-LSVD
+    layout by its columns, else CSV/TSV/parquet."""
+    layout = layout_of(logs) if logs.exists() else None
+    if layout is not None:
+        if schema is not None or items is not None:
+            raise FreshsidError(f"{logs} is in the {layout} layout, whose columns are fixed; drop --columns/--sep/--items.")
+        return load_layout(logs, layout, where=where)
+    if where is not None:
+        raise FreshsidError(f"--where applies to Yambda and VK-LSVD logs, and {logs} is in neither layout; drop it.")
     if is_original(logs):
         if schema is not None:
             raise FreshsidError(f"{logs} is an original {logs.name} file with fixed columns; drop the column options.")

@@ -12,16 +12,27 @@ labels = the set of items the user touches in the test window.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
+
+if TYPE_CHECKING:  # the CLI reads Window without loading polars
+    from freshsid.data.interactions import Interactions
 
 
 class Window(BaseModel):
-    """Half-open range of parts [start, stop)."""
+    """Half-open range of parts [start, stop).
+
+    Examples:
+        >>> from freshsid import Window
+        >>> Window.parse("0:8") == Window(start=0, stop=8)
+        True
+        >>> str(Window(start=8, stop=9))
+        '8:9'
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     start: int
@@ -77,7 +88,16 @@ class Examples:
 
 
 class TemporalSplit:
-    """Parts of equal count over a time-sorted :class:`Interactions`."""
+    """Parts of equal count over a time-sorted :class:`Interactions`.
+
+    Examples:
+        >>> split = freshsid.TemporalSplit(logs, n_parts=10)
+        >>> sizes = split.part_sizes()
+        >>> int(sizes.sum()) == logs.n_events and int(sizes.max() - sizes.min()) <= 1
+        True
+        >>> split.events(freshsid.Window(start=0, stop=8)).start
+        0
+    """
 
     def __init__(self, logs: Interactions, n_parts: int = 10) -> None:
         if n_parts < 2:

@@ -46,6 +46,15 @@ class SidTable:
         tokenizer_state: the fitted tokenizer's weights (``state()``), so that a refresh can
             continue from it; None for tables that are not a tokenizer's direct output
             (an aligned table's codes are relabelled).
+
+    Examples:
+        >>> table = builder.table_
+        >>> table.codes.shape == (len(table.items), table.depth)
+        True
+        >>> from pathlib import Path
+        >>> manifest = table.save(Path("legacy-sids"))
+        >>> bool((freshsid.SidTable.load(Path("legacy-sids")).codes == table.codes).all())
+        True
     """
 
     items: np.ndarray
