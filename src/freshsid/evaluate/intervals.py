@@ -121,30 +121,35 @@ def compare(builds: Sequence[dict[str, pl.DataFrame]], references: Sequence[str]
 
     ``builds``: per build, policy label -> its per-user scores (:func:`user_scores`, the
     same users in the same order for every policy of a build). A policy is compared on the
-    builds that have both it and the reference. Returns
-    ``{reference: {policy: {"recall@100": paired_bootstrap(...), ...}}}``.
+    builds that have both it and the reference. Every comparison over the same builds uses
+    the same resampled builds and users. Returns
+    ``{reference: {policy: {"recall@100": {"diff", "low", "high", ...}, ...}}}``.
     """
-    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    keys = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
     labels = list(dict.fromkeys(label for build in builds for label in build))
+    pairs: dict[tuple[int, ...], list[tuple[str, str]]] = {}  # the builds a comparison uses -> its (reference, policy)
     for ref in references:
-        rows = {}
         for label in labels:
-            both = [build for build in builds if label in build and ref in build]
-            if label == ref or not both:
-                continue
-            for build in both:
-                if not np.array_equal(build[label]["user"].to_numpy(), build[ref]["user"].to_numpy()):
-                    raise ValueError(f"{label} and {ref} were not scored on the same users")
-            keys = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
-            diffs = [b[label].select(keys).to_numpy() - b[ref].select(keys).to_numpy() for b in both]
-            est, low, high = _bootstrap(diffs, n_resamples=n_resamples, seed=seed, level=LEVEL)
-            users = int(sum(len(d) for d in diffs))
-            rows[label] = {key: {"diff": float(est[i]), "low": float(low[i]), "high": float(high[i]),
-                                 "builds": len(both), "users": users, "resamples": n_resamples}
-                           for i, key in enumerate(keys)}
-        if rows:
-            out[ref] = rows
-    return out
+            both = tuple(i for i, build in enumerate(builds) if label in build and ref in build)
+            if label != ref and both:
+                for i in both:
+                    if not np.array_equal(builds[i][label]["user"].to_numpy(), builds[i][ref]["user"].to_numpy()):
+                        raise ValueError(f"{label} and {ref} were not scored on the same users")
+                pairs.setdefault(both, []).append((ref, label))
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for used, compared in pairs.items():
+        diffs = [np.hstack([builds[i][label].select(keys).to_numpy() - builds[i][ref].select(keys).to_numpy()
+                            for ref, label in compared]) for i in used]
+        est, low, high = _bootstrap(diffs, n_resamples=n_resamples, seed=seed, level=LEVEL)
+        users = int(sum(len(d) for d in diffs))
+        for j, (ref, label) in enumerate(compared):
+            out.setdefault(ref, {})[label] = {
+                key: {"diff": float(est[c]), "low": float(low[c]), "high": float(high[c]), "builds": len(used),
+                      "users": users, "resamples": n_resamples}
+                for key, c in zip(keys, range(j * len(keys), (j + 1) * len(keys)), strict=True)}
+    # in the order of the references, then of the policies
+    return {ref: {label: out[ref][label] for label in labels if label in out.get(ref, {})} for ref in references
+            if ref in out}
 
 
 def read_scores(root: Path, policies: dict[str, dict]) -> dict[str, pl.DataFrame]:
