@@ -1,13 +1,15 @@
 """The experiment report: markdown tables, a headline paragraph and PNG plots.
 
 Input is the ``results`` dict the experiment runner saves as ``results.json``
-(dataset, config, wall seconds, per-policy metrics and compute, alignment
-diagnostics, optional dense baselines and staleness numbers). Every section is
-optional: a run with only some policies still gets a report, minus what it lacks.
+(dataset, config, wall seconds, per-policy metrics and compute, paired intervals and
+the sensitivity table, alignment diagnostics, staleness numbers; runs made before
+issue 22 kept the dense baselines apart). Every section is optional: a run with only
+some policies still gets a report, minus what it lacks.
 
-The headline compares the best FT-aligned variant with FT-old at K >= 100 and the
-Full / FT-aligned retriever compute against the ~8x saving of the reference paper
-(Baikalov et al., SIGIR 2026). It only states what the numbers show: a tie is not
+The headline compares the best aligned refresh (FT-aligned greedy or Hungarian, or the
+refresh with remap) with FT-old at K >= 100, with its paired interval when the run has
+one, and the Full / refresh retriever compute against the ~8x saving of the reference
+paper (Baikalov et al., SIGIR 2026). It only states what the numbers show: a tie is not
 a win, and a comparison whose inputs are missing is reported as missing.
 """
 
@@ -217,7 +219,7 @@ def _full(policies: dict) -> dict | None:
 def headline_paragraph(results: dict) -> str:
     """Plain-language verdict on the paper's two claims, built only from the numbers.
 
-    Claim 1: the best FT-aligned variant (greedy or Hungarian; highest Recall at the
+    Claim 1: the best aligned refresh (greedy, Hungarian, with remap; highest Recall at the
     largest K >= 100) beats FT-old on both Recall@K and nDCG@K at every K >= 100; a tie is a failure.
     Claim 2: Full costs at least 8x the retriever FLOPs of that variant.
     """
@@ -262,7 +264,7 @@ def _quality_sentences(policies: dict, variants: list[str], intervals: dict | No
         + _relative(_metric(new, x, k_last), _metric(old, x, k_last))
         for x in METRICS
     )
-    intro = f"Of the FT-aligned variants, {best} has the highest Recall@{k_top}; it" if len(variants) > 1 else best
+    intro = f"Of the aligned refreshes, {best} has the highest Recall@{k_top}; it" if len(variants) > 1 else best
     if not fails["recall"] and not fails["ndcg"]:
         verdict = (f"{intro} beats FT-old on both Recall@K and nDCG@K at every K ≥ {floor} measured "
                    f"(K = {_k_list(ks)}): {detail}.")
