@@ -64,30 +64,31 @@ def main() -> None:
     # What the recipe does not touch: the legacy build, Base, and FT-old (legacy SIDs, Base
     # fine-tuned with the same settings), each with its evaluation.
     folders = [layout.legacy, layout.model(BASE_MODEL), *(layout.model(stale.model, s) for s in seeds)]
-    window = new.protocol.base
-    records = [layout.evaluation(base), *(layout.evaluation(stale, s) for s in seeds),
-               layout.sasrec(f"{window.start}-{window.stop}")]
+    # An evaluation is carried with its per-user scores; one made before they were kept is redone.
+    records = [stage for stage in [layout.evaluation(base), *(layout.evaluation(stale, s) for s in seeds)]
+               if (args.source / stage).with_suffix(".users.parquet").exists()]
     for stage in folders:
         shutil.copytree(args.source / stage, args.out / stage)
     for stage in records:
-        target = args.out / f"{stage}.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(args.source / f"{stage}.json", target)
+        for suffix in (".json", ".users.parquet"):
+            target = (args.out / stage).with_suffix(suffix)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2((args.source / stage).with_suffix(suffix), target)
     # Record the copies under the keys the new config gives them: ask the cache for each
     # stage with a build that refuses to run, so only what was copied can answer.
-    stages = set(folders + records[:-1])
+    stages = set(folders + records)
     adopted: dict[str, str] = {}
 
     def refuse(folder: Path):
         raise SystemExit(f"{folder} did not load; nothing adopted")
 
     class Adopting(StageCache):
-        def get(self, stage, key, build, load):  # type: ignore[override]
+        def get(self, stage, key, build, load, *, former=None):  # type: ignore[override]
             if stage in stages and stage not in adopted:
                 adopted[stage] = key
                 self.adopt(stage, key)
                 return super().get(stage, key, refuse, load)
-            return super().get(stage, key, build, load)
+            return super().get(stage, key, build, load, former=former)
 
     experiment.cache = Adopting(layout, log=print)
     experiment.evaluate(base)

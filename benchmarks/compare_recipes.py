@@ -43,7 +43,8 @@ def row(run: Path) -> dict:
     return {"run": run.name, "recipe": results["config"]["recipe"],
             "kept": [lv["kept_after"] for lv in levels], "knn": neighbour_overlap(legacy, refreshed),
             "cosine": median_cosine(legacy, refreshed),
-            "sasrec": results["baselines"]["SASRec (base+gap)"]["metrics"],
+            "sasrec": (results["policies"]["SASRec"] if "SASRec" in results["policies"]  # (runs before issue 22: a block)
+                       else results["baselines"]["SASRec (base+gap)"])["metrics"],
             "policies": {name: p["metrics"] for name, p in results["policies"].items()},
             "ks": results["config"]["ks"]}
 

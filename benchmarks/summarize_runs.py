@@ -1,10 +1,17 @@
 """Markdown tables for benchmarks/RESULTS.md from finished ``freshsid experiment`` runs.
 
     python benchmarks/summarize_runs.py runs/fix-beauty runs/fix-toys runs/fix-sports
+    python benchmarks/summarize_runs.py --pool runs/beauty-b0 runs/beauty-b1 runs/beauty-b2 runs/toys-b0 ...
 
 Per run: every policy at K = 100, 200, 500 with retriever FLOPs and Full / this, the
 paired comparison with FT-old over the fine-tuning seeds, the dense SASRec baselines
 and Base's decay by part; then one summary row per run. Reads only results.json.
+
+``--pool``: the runs of one dataset are builds of it (same data, another seed); per
+dataset, every policy's difference from each reference with its 95% interval (paired
+bootstrap over test users, nested over builds: builds resampled, then users) and the
+verdicts of issue 22 at the pre-registered cell (``--metric``, default recall@500).
+Reads results.json and the per-user scores the runs wrote.
 """
 
 from __future__ import annotations
@@ -13,8 +20,47 @@ import argparse
 import json
 from pathlib import Path
 
-from freshsid.evaluate.report import headline_table, paired_section, policies_of
+from freshsid.evaluate.intervals import compare, interval_ks, read_scores
+from freshsid.evaluate.report import headline_table, interval_sections, paired_section, policies_of
 from freshsid.policies import STALE, aligned_variants
+
+REFERENCES = ("FT-old", "FT-old+new", "MostPop(gap)+new", "Full", "Full+FT")
+
+
+def verdicts(refresh: str) -> list[tuple[str, str]]:
+    """(policy, reference) pairs issue 22 asks a plain verdict for."""
+    new = f"{refresh}+new"
+    return [(refresh, "FT-old"), (new, "FT-old+new"), (new, "MostPop(gap)+new"), (new, "Full"), (new, "Full+FT")]
+
+
+def verdict(cell: dict | None) -> str:
+    if not cell:
+        return "not in these runs"
+    text = f"{cell['diff']:+.4f} [{cell['low']:+.4f}, {cell['high']:+.4f}]"
+    if cell["low"] > 0:
+        return f"ahead: {text}"
+    if cell["high"] < 0:
+        return f"behind: {text}"
+    return f"no difference shown (the interval holds 0): {text}"
+
+
+def pool(runs: list[Path], metric: str, refresh: str, resamples: int) -> None:
+    """Per dataset, the runs as builds: intervals against every reference and the verdicts."""
+    by_dataset: dict[str, list[tuple[Path, dict]]] = {}
+    for run in runs:
+        results = json.loads((run / "results.json").read_text())
+        by_dataset.setdefault(results["dataset"]["name"], []).append((run, results))
+    for name, found in by_dataset.items():
+        builds = [read_scores(run, results["policies"]) for run, results in found]
+        ks = sorted(set(interval_ks(found[0][1]["config"]["ks"])) | {int(metric.split("@")[1])})
+        intervals = compare(builds, REFERENCES, ks, n_resamples=resamples)
+        print(f"### {name}: {len(found)} build(s) ({', '.join(str(run) for run, _ in found)})\n")
+        for reference, table in interval_sections({"intervals": intervals, "policies": found[0][1]["policies"]}).items():
+            print(f"#### Against {reference}\n\n{table}\n")
+        print(f"Verdicts at {metric}:\n")
+        for policy, reference in verdicts(refresh):
+            print(f"- {policy} vs {reference}: {verdict(intervals.get(reference, {}).get(policy, {}).get(metric))}")
+        print()
 
 def cutoffs(results: dict) -> tuple[int, ...]:
     """K >= 100 where the run has them (the paper's high cutoffs), else its three largest."""
@@ -32,7 +78,7 @@ def policy_table(results: dict, ks: tuple[int, ...]) -> str:
     for i, p in enumerate(policies.values(), start=2):
         flops = p["compute"]["retriever_flops"]
         lines[i] += f" {flops:.2e} | " + (f"{full / flops:.1f}× |" if p["kind"] == "finetune" else "— |")
-    for name, b in results.get("baselines", {}).items():
+    for name, b in results.get("baselines", {}).items():  # (runs before issue 22 kept SASRec apart)
         m = b["metrics"]
         lines.append(f"| {name} (dense baseline) | " + " | ".join(f"{m[f'{x}@{k}']:.4f}" for x in ("recall", "ndcg")
                                                                  for k in ks) + " | — | — |")
@@ -59,7 +105,14 @@ def summary_row(results: dict, k: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--pool", action="store_true", help="pool the runs of each dataset as builds (intervals)")
+    parser.add_argument("--metric", default="recall@500", help="the pre-registered cell of the verdicts")
+    parser.add_argument("--refresh", default="Refresh with remap", help="the refresh row of the verdicts (its +new too)")
+    parser.add_argument("--resamples", type=int, default=1000)
     args = parser.parse_args()
+    if args.pool:
+        pool(args.runs, args.metric, args.refresh, args.resamples)
+        return
     rows, top = [], None
     for run in args.runs:
         results = json.loads((run / "results.json").read_text())

@@ -10,6 +10,7 @@ import json
 import shutil
 
 import numpy as np
+import polars as pl
 import pytest
 
 import freshsid.evaluate.experiment as experiment_module
@@ -19,20 +20,31 @@ from freshsid.data.registry import synthetic_dataset
 from freshsid.data.synthetic import SyntheticConfig
 from freshsid.data.temporal import Window
 from freshsid.evaluate.experiment import Experiment
-from freshsid.policies import ABLATIONS, POLICIES, ModelSpec, Policy, Tokenizer
+from freshsid.policies import ABLATIONS, POLICIES, ModelSpec, Policy, Tokenizer, policy
+from freshsid.sid.quantize import residual_encode
 from freshsid.sid.table import SidTable
 
 # DESIGN.md, "Policies compared", on the default protocol (base [0,8), gap [8,9), test [9,10)):
-# (table, trained from, history window, target window, allowed items window).
+# (table, trained from, history window, target window, allowed items window, code embeddings remapped).
 DEFINITIONS = {
-    "Base": ("legacy", None, "0:8", "0:8", "0:8"),
-    "FT-old": ("legacy", "Base", "0:8", "8:9", "0:8"),
-    "FT-new": ("refreshed", "Base", "0:8", "8:9", "0:8"),
-    "FT-aligned (greedy)": ("aligned-greedy", "Base", "0:8", "8:9", "0:8"),
-    "FT-aligned (hungarian)": ("aligned-hungarian", "Base", "0:8", "8:9", "0:8"),
-    "FT-aligned+new": ("aligned-hungarian", "Base", "0:8", "8:9", "0:9"),
-    "Full": ("refreshed", None, "0:9", "0:9", "0:9"),
-    "Full-old": ("legacy", None, "0:9", "0:9", "0:8"),
+    "Base": ("legacy", None, "0:8", "0:8", "0:8", False),
+    "FT-old": ("legacy", "Base", "0:8", "8:9", "0:8", False),
+    "FT-old+new": ("legacy+new", "Base", "0:8", "8:9", "0:9", False),
+    "FT-new": ("refreshed", "Base", "0:8", "8:9", "0:8", False),
+    "FT-aligned (greedy)": ("aligned-greedy", "Base", "0:8", "8:9", "0:8", False),
+    "FT-aligned (hungarian)": ("aligned-hungarian", "Base", "0:8", "8:9", "0:8", False),
+    "FT-aligned+new": ("aligned-hungarian", "Base", "0:8", "8:9", "0:9", False),
+    "Refresh with remap": ("aligned-hungarian", "Base", "0:8", "8:9", "0:8", True),
+    "Refresh with remap+new": ("aligned-hungarian", "Base", "0:8", "8:9", "0:9", True),
+    "Full": ("refreshed", None, "0:9", "0:9", "0:9", False),
+    "Full+FT": ("refreshed", "Full", "0:8", "8:9", "0:9", False),
+    "Full-old": ("legacy", None, "0:9", "0:9", "0:8", False),
+}
+# The baselines: (what, the window it learns from, allowed items window).
+BASELINES = {
+    "MostPop(gap)": ("mostpop", "8:9", "0:8"),
+    "MostPop(gap)+new": ("mostpop", "8:9", "0:9"),
+    "SASRec": ("sasrec", "0:9", "0:9"),
 }
 
 
@@ -71,9 +83,15 @@ def violations(experiment: Experiment, results: dict) -> list[str]:
     tables = {"legacy": SidTable.load(out / "legacy/sids"), "refreshed": SidTable.load(out / "refresh/sids"),
               "aligned-greedy": SidTable.load(out / "refresh/aligned-greedy"),
               "aligned-hungarian": SidTable.load(out / "refresh/aligned-hungarian")}
+    if (out / "incremental").exists():
+        tables["legacy+new"] = SidTable.load(out / "incremental")
     found = []
+    events = lambda a, b: slice(int(split.bounds[a]), int(split.bounds[b]))  # noqa: E731
     for label, record in results["policies"].items():
-        table, parent, history, target, allowed = DEFINITIONS[label]
+        if label in BASELINES:
+            found += baseline_violations(experiment, label, record)
+            continue
+        table, parent, history, target, allowed, remapped = DEFINITIONS[label]
         for model in record.get("models", [record["model"]]):
             manifest = read_manifest(out / model)
             info = manifest.info
@@ -88,8 +106,24 @@ def violations(experiment: Experiment, results: dict) -> list[str]:
                 base = read_manifest(out / results["policies"][parent]["model"])
                 if manifest.parent != base.fingerprint:
                     found.append(f"{label}: {model} does not start from {parent}'s checkpoint")
+            if bool(info.get("remapped_levels")) != remapped:
+                found.append(f"{label}: {model} remapped {info.get('remapped_levels', 0)} levels")
         if record["allowed"] != allowed or record["sid_table"] != tables[table].content_hash:
             found.append(f"{label}: decoded over items of {record['allowed']} with another table")
+    if "legacy+new" in tables:  # incremental coding: legacy SIDs kept, the gap's new items coded by the legacy tokenizer
+        legacy, extended = tables["legacy"], tables["legacy+new"]
+        gap_items = np.unique(experiment.logs.item[events(8, 9)])
+        new = np.setdiff1d(gap_items, experiment.logs.item[events(0, 8)])
+        if not np.array_equal(extended.items, np.union1d(legacy.items, new)):
+            found.append("FT-old+new: its table does not code exactly the legacy items and the gap's new items")
+        if not np.array_equal(extended.codes_for(legacy.items), legacy.codes_for(legacy.items)):
+            found.append("FT-old+new: a legacy item's SID changed")
+        refreshed = np.load(out / "refresh/embeddings/embeddings.npy")
+        coded = residual_encode(refreshed[new].astype(np.float32), legacy.tokenizer_state["codebooks"])
+        if extended.meta["stats"]["incremental"]["coded_by"] != legacy.content_hash or not np.array_equal(coded, extended.codes_for(new)[:, :-1]):
+            found.append("FT-old+new: the new items are not coded by the legacy tokenizer")
+        if len(np.unique(extended.codes, axis=0)) != len(extended.codes):
+            found.append("FT-old+new: two items share a SID")
     if tables["legacy"].meta["window"] != "0:8" or tables["refreshed"].meta["window"] != "0:9":
         found.append("the legacy table is not fit on base or the refreshed one not on base+gap")
     # The decay table scores Base on every part after base, and never on a part it trained on.
@@ -100,9 +134,32 @@ def violations(experiment: Experiment, results: dict) -> list[str]:
     return found
 
 
+def baseline_violations(experiment: Experiment, label: str, record: dict) -> list[str]:
+    what, learnt, allowed = BASELINES[label]
+    split, logs, found = experiment.split, experiment.logs, []
+    if record["allowed"] != allowed:
+        found.append(f"{label}: decoded over items of {record['allowed']}")
+    a, b = (int(x) for x in learnt.split(":"))
+    if what == "mostpop":  # the ranking is the count in the window, most first, among the allowed items
+        counts = np.bincount(logs.item[split.bounds[a]:split.bounds[b]], minlength=logs.n_items)
+        pool = np.unique(logs.item[: split.bounds[int(allowed.split(":")[1])]])
+        expected = sorted(pool, key=lambda item: (-counts[item], item))[: len(record["ranking"]["items"])]
+        if record["ranking"]["items"] != [int(i) for i in expected] or record["ranking"]["window"] != learnt:
+            found.append(f"{label}: the ranking is not the items' counts in {learnt}")
+        if record["ranking"]["counts"] != [int(counts[i]) for i in expected]:
+            found.append(f"{label}: the counts it records are not those of {learnt}")
+    else:
+        embeddings = read_manifest(experiment.out / "refresh/embeddings")
+        if embeddings.info.get("window") != learnt:
+            found.append(f"{label}: its SASRec trained on {embeddings.info.get('window')}")
+    return found
+
+
 def test_every_policy_is_what_its_definition_says_from_the_artifacts_alone(run):
     experiment, results = run
-    assert list(results["policies"]) == [p.label for p in POLICIES + ABLATIONS] == list(DEFINITIONS)
+    assert list(results["policies"]) == [p.label for p in POLICIES + ABLATIONS] == [
+        label for label in [p.label for p in POLICIES + ABLATIONS] if label in {**DEFINITIONS, **BASELINES}]
+    assert set(results["policies"]) == {*DEFINITIONS, *BASELINES}
     assert violations(experiment, results) == []
 
 
@@ -123,11 +180,28 @@ def test_the_policy_check_fails_when_base_trains_on_the_gap(monkeypatch, logs, t
 
 def test_every_policy_is_scored_with_compute(run):
     _, results = run
+    experiment = _
     for name, record in results["policies"].items():
         assert set(record["metrics"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (1, 10, 20)}
         assert all(0.0 <= v <= 1.0 for v in record["metrics"].values()), name
-        assert record["compute"]["retriever_flops"] > 0
+        assert (record["compute"]["retriever_flops"] > 0) == (name not in BASELINES)
+        # per user, beside the record: one row per test user, whose means are the metrics
+        users = pl.read_parquet(experiment.out / record["per_user"][0])
+        assert users.height == record["users"] == len(experiment.examples())
+        assert {k: users[k].mean() for k in record["metrics"]} == pytest.approx(record["metrics"])
     policies = results["policies"]
+    compute = {name: p["compute"] for name, p in policies.items()}
+    flops = lambda name, way: compute[name][f"{way}_flops"]  # noqa: E731
+    # Compute three ways: retriever only; all-in adds the SIDs a policy builds beyond its
+    # starting checkpoint's; cumulative adds everything that checkpoint cost.
+    base_all_in = flops("Base", "retriever") + compute["Base"]["embedding_flops"] + compute["Base"]["tokenizer_flops"]
+    assert flops("Base", "all_in") == pytest.approx(base_all_in) == pytest.approx(flops("Base", "cumulative"))
+    assert flops("FT-old", "all_in") == flops("FT-old", "retriever")
+    assert flops("FT-old", "cumulative") == pytest.approx(flops("FT-old", "retriever") + base_all_in)
+    assert flops("FT-old+new", "all_in") > flops("FT-old+new", "retriever")  # it needs the refreshed SASRec
+    assert flops("Full", "cumulative") == flops("Full", "all_in") > flops("Full", "retriever")  # a cold recipe
+    assert flops("Full+FT", "cumulative") == pytest.approx(flops("Full", "cumulative") + flops("Full+FT", "retriever"))
+    assert flops("MostPop(gap)", "cumulative") == 0 and flops("SASRec", "all_in") == compute["SASRec"]["embedding_flops"] > 0
     full = policies["Full"]["compute"]
     assert full["retriever_flops"] > policies["FT-aligned (hungarian)"]["compute"]["retriever_flops"]
     # SID compute: embeddings and tokenizer apart; FT-old reuses the legacy table, so none
@@ -150,7 +224,14 @@ def test_outputs_alignment_and_staleness(run):
     assert greedy <= hung
     assert all(lv["kept_after"] >= lv["kept_before"] - 1e-12 for lv in results["alignment"]["hungarian"]["levels"])
     assert results["staleness"]["trained_on"] == "0:8"
-    assert set(results["baselines"]) == {"SASRec (base)", "SASRec (base+gap)"}
+    # paired intervals of every policy against FT-old and FT-old+new, at the run's largest cutoffs
+    for ref in ("FT-old", "FT-old+new"):
+        assert set(results["intervals"][ref]) == set(results["policies"]) - {ref}
+        cell = results["intervals"][ref]["Full"]["recall@20"]
+        assert cell["low"] <= cell["diff"] <= cell["high"] and cell["resamples"] >= 1000
+    assert set(results["sensitivity"]["FT-old"]) == {"all", "no gap item in history", "base-item labels only"}
+    report = (out / "report.md").read_text()
+    assert "## Paired differences against FT-old" in report and "## Sensitivity" in report
 
 
 def test_rerun_resumes_from_the_cache(run):
@@ -194,32 +275,37 @@ def test_warm_refresh_with_seeds_reuses_the_legacy_stages_and_pairs_the_seeds(ru
 
 
 def test_recipes_that_differ_only_in_the_remap_share_one_refresh(run, tmp_path):
-    """stable and remap-3 build the same SIDs: switching between them refits only the
-    fine-tunes on the refreshed table (FT-old and the refresh come from the cache)."""
+    """stable and remap-1 build the same SIDs: switching between them refits only the
+    remapped fine-tune (FT-old, the plain alignment and the refresh come from the cache)."""
     experiment, _ = run
     shutil.copytree(experiment.out, tmp_path / "run")
-    policies = ("Base", "FT-old", "FT-aligned (hungarian)")
+    policies = ("Base", "FT-old", "FT-aligned (hungarian)", "Refresh with remap")
     built = {}
-    for name in ("stable", "remap-3"):
+    for name in ("stable", "remap-1"):
         config = experiment.config.model_copy(update={"recipe": name, "policies": policies})
         again = Experiment(experiment.logs, config, tmp_path / "run", show_progress=False)
         built[name] = lines = []
         again.log = lines.append
         again.run()
-    stages = {line.split("] ")[1] for line in built["remap-3"]}
+    stages = {line.split("] ")[1] for line in built["remap-1"]}
     assert "refresh" in {line.split("] ")[1] for line in built["stable"]}
-    assert not {"legacy", "refresh", "models/base-legacy-gap"} & stages
-    assert "models/base-aligned-hungarian-gap" in stages
+    # the plain alignment (the paper's, no remap) is the same model under both recipes
+    assert not {"legacy", "refresh", "models/base-legacy-gap", "models/base-aligned-hungarian-gap"} & stages
+    assert "models/base-aligned-hungarian-gap-remap" in stages
 
 
 def test_the_policy_table_matches_the_design():
     """Each row once; the aligned tokenizers name their method; the definitions above are the table's."""
     rows = POLICIES + ABLATIONS
-    assert len({p.label for p in rows}) == len(rows) == len(DEFINITIONS)
+    assert len({p.label for p in rows}) == len(rows) == len(DEFINITIONS) + len(BASELINES)
     assert {t.alignment for t in Tokenizer} == {None, "greedy", "hungarian"}
     for p in rows:
-        table, parent, *_ = DEFINITIONS[p.label]
-        assert (str(p.model.tokenizer), p.finetuned) == (table, parent is not None)
+        if p.label in BASELINES:
+            assert p.baseline and (p.model.kind, p.allowed) == (BASELINES[p.label][0], {"0:8": "base", "0:9": "base+gap"}[
+                BASELINES[p.label][2]])
+            continue
+        table, parent, *_, remapped = DEFINITIONS[p.label]
+        assert (str(p.model.tokenizer), p.finetuned, p.model.remap) == (table, parent is not None, remapped)
 
 
 def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
@@ -244,7 +330,7 @@ def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
     assert runs[0]["staleness"]["trained_on"] == "0:7"
     assert [row["part"] for row in runs[0]["staleness"]["by_part"]] == [7, 8]
     timings = ("eval_seconds", "compute")  # wall seconds differ between any two runs
-    for key in ("policies", "baselines", "alignment", "staleness"):
+    for key in ("policies", "intervals", "sensitivity", "alignment", "staleness"):
         strip = lambda r: {n: {k: v for k, v in p.items() if k not in timings} if isinstance(p, dict) else p  # noqa: E731
                            for n, p in r[key].items()}
         assert strip(runs[0]) == strip(runs[1]), key
@@ -252,7 +338,7 @@ def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
 
 @pytest.mark.parametrize("name", [name for name in RECIPES if name != "cold"])  # cold is the module's main run
 def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
-    config = tiny_config(policies=("Base", "FT-old", "FT-aligned (hungarian)"), recipe=name)
+    config = tiny_config(policies=("Base", "FT-old", "Refresh with remap"), recipe=name)
     experiment = Experiment(logs, config, tmp_path / "run", show_progress=False)
     experiment.log = lambda _: None
     results = experiment.run()
@@ -273,9 +359,10 @@ def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
         assert len(np.unique(aligned.codes, axis=0)) == len(aligned.codes) and aligned.meta["parent"] == legacy_table.content_hash
     # only a fine-tune on the refreshed codes carries embeddings over, and says so in its manifest
     infos = {label: read_manifest(experiment.out / results["policies"][label]["model"]).info
-             for label in ("FT-old", "FT-aligned (hungarian)")}
-    assert infos["FT-aligned (hungarian)"].get("remapped_levels", 0) == recipe.remap_levels
-    assert "remapped_levels" not in infos["FT-old"]
+             for label in ("FT-old", "Refresh with remap")}
+    assert infos["Refresh with remap"]["remapped_levels"] == (recipe.remap_levels or config.sid.n_levels)
+    assert "remapped_levels" not in infos["FT-old"]  # (the plain alignment's model: the module's main run)
+    assert f"recipe {name}" in results["policies"]["Refresh with remap"]["description"]
 
 
 def test_stage_cache_builds_once_rebuilds_on_a_new_key_and_adopts_a_copied_stage(tmp_path):
@@ -306,7 +393,47 @@ def test_stage_cache_builds_once_rebuilds_on_a_new_key_and_adopts_a_copied_stage
     assert len(built) == 2  # the adopted copy was loaded, not rebuilt
 
     # a key changed by the code: a stage recorded under its former key loads, and is recorded anew
-    assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 4}, build, load, former={"b": 3}) == 1
+    assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 4}, build, load, former=[{"b": 3}]) == 1
     assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 4}, build, load) == 1
-    assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 5}, build, load, former={"b": 3}) == 2
+    assert StageCache(RunLayout(second), log=lambda _: None).get("legacy", {"b": 5}, build, load, former=[{"b": 3}]) == 2
     assert len(built) == 3
+
+
+def test_summarize_runs_pools_builds_into_intervals_and_verdicts(run, tmp_path, capsys):
+    """benchmarks/summarize_runs.py --pool: two runs of one dataset are two builds (here the
+    same run twice, so each build's differences are the pooled ones)."""
+    import importlib.util
+    from pathlib import Path
+
+    experiment, results = run
+    spec = importlib.util.spec_from_file_location("summarize_runs", Path(__file__).parents[1] / "benchmarks/summarize_runs.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    shutil.copytree(experiment.out, tmp_path / "again")
+    summarize.pool([experiment.out, tmp_path / "again"], "recall@20", "Refresh with remap", 1000)
+    out = capsys.readouterr().out
+    assert "2 build(s)" in out and "over 2 builds (builds resampled, then users)" in out
+    cell = results["intervals"]["FT-old"]["Refresh with remap"]["recall@20"]
+    assert f"- Refresh with remap vs FT-old: " in out and f"{cell['diff']:+.4f}" in out.split("Refresh with remap vs FT-old:")[1]
+    for reference in ("FT-old+new", "MostPop(gap)+new", "Full", "Full+FT"):
+        assert f"- Refresh with remap+new vs {reference}: " in out
+
+
+def test_kcore_filters_the_events_before_the_test_part_and_mostpop_counts_what_is_left(logs, tmp_path):
+    """--kcore: the policies learn from the k-core of the events before the test part; the
+    test part is the unfiltered run's."""
+    plain = Experiment(logs, tiny_config(policies=("MostPop(gap)",)), tmp_path / "plain", show_progress=False)
+    config = tiny_config(policies=("MostPop(gap)",))
+    config = config.model_copy(update={"protocol": config.protocol.model_copy(update={"kcore": 12})})
+    core = Experiment(logs, config, tmp_path / "core", show_progress=False)
+    assert core.logs.n_events < logs.n_events and core.split.bounds[-1] - core.split.bounds[9] == (
+        plain.split.bounds[-1] - plain.split.bounds[9])
+    a, b = plain.split.examples(Window(start=9, stop=10)), core.split.examples(Window(start=9, stop=10))
+    # a test user whose every earlier event fell outside the core has no history left; the others keep their labels
+    rows = np.searchsorted(a.users, b.users)
+    assert np.array_equal(a.users[rows], b.users) and 0 < len(b) <= len(a)
+    assert all(np.array_equal(a.labels(r), b.labels(i)) for i, r in enumerate(rows))
+    record = core.evaluate(policy("MostPop(gap)"))
+    gap = core.logs.item[core.split.bounds[8]:core.split.bounds[9]]
+    assert record["ranking"]["counts"] == np.bincount(gap, minlength=logs.n_items)[record["ranking"]["items"]].tolist()
+    assert record["ranking"]["counts"] != plain.evaluate(policy("MostPop(gap)"))["ranking"]["counts"]

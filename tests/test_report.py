@@ -187,3 +187,32 @@ def test_plus_new_is_reported_beside_the_claim_not_as_it(results):
     claim, beside = text.split("(Beside the claim", 1)
     assert "does not improve on FT-old" in claim and "FT-aligned+new" not in claim
     assert "FT-aligned+new beats FT-old" in beside
+
+
+def test_intervals_sensitivity_and_compute_three_ways_are_printed(results):
+    cell = lambda d, lo, hi: {"diff": d, "low": lo, "high": hi, "builds": 1, "users": 5517, "resamples": 1000}  # noqa: E731
+    results["intervals"] = {"FT-old": {
+        "FT-aligned (hungarian)": {"recall@500": cell(0.012, 0.004, 0.02), "ndcg@500": cell(-0.001, -0.004, 0.002)},
+        "Full": {"recall@500": cell(0.03, 0.02, 0.04), "ndcg@500": cell(0.01, 0.005, 0.015)}}}
+    results["sensitivity"] = {name: {"all": {"users": 5517, "recall@500": 0.2},
+                                     "no gap item in history": {"users": 4000, "recall@500": 0.19},
+                                     "base-item labels only": {"users": 5000, "recall@500": 0.18}}
+                              for name in results["policies"]}
+    for name, p in results["policies"].items():
+        p["compute"].update(all_in_flops=p["compute"]["retriever_flops"] * 2, cumulative_flops=6e12)
+    results["policies"]["Full"]["compute"].update(cumulative_flops=1.2e13)
+    md = render_markdown(results)
+    rows = _table_rows(md, "Paired differences against FT-old")
+    assert rows[0].split("|")[2:4] == [" ΔR@500 ", " ΔN@500 "]
+    aligned = next(r for r in rows if r.startswith("| FT-aligned (hungarian)"))
+    assert "+0.0120 [+0.0040, +0.0200] *" in aligned and "-0.0010 [-0.0040, +0.0020] |" in aligned  # * only off 0
+    assert "1000 resamples of the same 5517 test users" in md
+    assert "Paired over test users, FT-aligned (hungarian) − FT-old at Recall@500 is +0.0120 [+0.0040, +0.0200]" in md
+    sens = _table_rows(md, "Sensitivity")
+    assert "no gap item in history: R@500" in sens[0] and "| FT-old | 0.2000 | 0.1900 | 0.1800 |" in sens
+    compute = _table_rows(md, "Compute")
+    header = [c.strip() for c in compute[0].split("|")[1:-1]]
+    old = next(r for r in compute if r.startswith("| FT-old "))
+    cells = [c.strip() for c in old.split("|")[1:-1]]
+    assert cells[header.index("Full / this all-in FLOPs")] == f"{9e12 / 1e12:.1f}×"  # Full all-in 9e12, FT-old 1e12
+    assert cells[header.index("Full / this cumulative FLOPs")] == "2.0×"

@@ -93,3 +93,47 @@ def test_validation_split_is_every_window_one_part_earlier():
     assert str(val.window("base+gap")) == "0:8" and val.max_history == ProtocolConfig().max_history
     with pytest.raises(ValueError):
         ProtocolConfig(base=Window(start=0, stop=7))  # the gap must follow base
+
+
+DAY = 86_400
+
+
+def test_cuts_move_to_whole_days_when_timestamps_are_day_granular():
+    # 10 events a day for 10 days, then one day of 13: the equal-count cut of 2 parts (at 56)
+    # falls inside day 5 (events 50..59); it moves to the nearer day start, 60 (4 events away vs 6)
+    days = np.concatenate([np.repeat(np.arange(10), 10), np.full(13, 10)])
+    n = len(days)  # 113 events, equal-count cut at 56
+    logs = from_arrays(np.arange(n) % 7, np.arange(n) % 11, 1_600_000_000 - 1_600_000_000 % DAY + days * DAY)
+    split = TemporalSplit(logs, 2)
+    assert split.bounds.tolist() == [0, 60, 113] and not split.equal_count
+    cut = split.bounds[1]
+    assert logs.ts[cut - 1] < logs.ts[cut]  # no day straddles the boundary
+    # with one second added to every other event the data is not day-granular: cuts stay put
+    jittered = from_arrays(np.arange(n) % 7, np.arange(n) % 11, logs.ts + np.arange(n) % 2)
+    assert TemporalSplit(jittered, 2).bounds.tolist() == [0, 56, 113]
+    # cuts already on day boundaries stay; a tie (5 events either way) goes to the day's start
+    three = from_arrays(np.arange(30) % 5, np.arange(30) % 9, DAY * np.repeat(np.arange(3), 10))
+    assert TemporalSplit(three, 3).bounds.tolist() == [0, 10, 20, 30]
+    assert TemporalSplit(three, 2).bounds.tolist() == [0, 10, 30]  # cut at 15 in day 1 (10..19): 5 vs 5
+    with pytest.raises(FreshsidError, match="too few days"):
+        TemporalSplit(from_arrays(np.arange(30) % 5, np.arange(30) % 9, DAY * np.repeat(np.arange(2), 15)), 3)
+
+
+def test_kcore_filters_only_the_events_before_the_test_part():
+    from freshsid.data.temporal import kcore_before
+
+    rng = np.random.default_rng(3)
+    logs = make_logs(rng, n=600, users=40, items=60)
+    split = TemporalSplit(logs, 10)
+    test = Window(start=9, stop=10)
+    core = kcore_before(split, test, 4)
+    kept = core.bounds[9]
+    users = np.bincount(core.logs.user[:kept], minlength=logs.n_users)
+    items = np.bincount(core.logs.item[:kept], minlength=logs.n_items)
+    assert (users[core.logs.user[:kept]] >= 4).all() and (items[core.logs.item[:kept]] >= 4).all()
+    assert kept < split.bounds[9]  # something was filtered
+    # the test part is untouched: the same events, in the same order
+    for name in ("user", "item", "ts"):
+        assert np.array_equal(getattr(core.logs, name)[kept:], getattr(logs, name)[split.bounds[9]:])
+    # each part keeps its span of time
+    assert core.logs.ts[core.bounds[5]] >= logs.ts[split.bounds[5]] and core.logs.ts[core.bounds[5] - 1] < logs.ts[split.bounds[5]] + 1

@@ -33,13 +33,15 @@ def hit_matrix(ranked: np.ndarray, label_indptr: np.ndarray, label_items: np.nda
     return found & (ranked >= 0)
 
 
-def recall_ndcg(
+def per_user(
     ranked: np.ndarray,
     label_indptr: np.ndarray,
     label_items: np.ndarray,
     ks: tuple[int, ...] = DEFAULT_KS,
-) -> dict[str, float]:
-    """Mean Recall@K and nDCG@K over users: ``{"recall@10": ..., "ndcg@10": ...}``.
+) -> dict[str, np.ndarray]:
+    """Recall@K and nDCG@K of each user: ``{"recall@10": (m,) float64, ...}`` in the order
+    of ``ranked``'s rows. :func:`recall_ndcg` is their mean; keeping them lets a comparison
+    of two policies be paired user by user (:mod:`freshsid.evaluate.intervals`).
 
     ``ranked`` may have fewer than max(ks) columns (a shorter list just cannot hit
     more); users with no labels must not be passed.
@@ -56,12 +58,23 @@ def recall_ndcg(
     cum_hits = np.cumsum(hits, axis=1)
     cum_dcg = np.cumsum(hits * discount, axis=1)
     ideal = np.cumsum(1.0 / np.log2(np.arange(2, max(ks) + 2)))
-    out: dict[str, float] = {}
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         col = min(k, width) - 1
         denom = np.minimum(counts, k)
         got = cum_hits[:, col] if col >= 0 else np.zeros(len(ranked))
         dcg = cum_dcg[:, col] if col >= 0 else np.zeros(len(ranked))
-        out[f"recall@{k}"] = float(np.mean(got / denom))
-        out[f"ndcg@{k}"] = float(np.mean(dcg / ideal[denom - 1]))
+        out[f"recall@{k}"] = got / denom
+        out[f"ndcg@{k}"] = dcg / ideal[denom - 1]
     return out
+
+
+def recall_ndcg(
+    ranked: np.ndarray,
+    label_indptr: np.ndarray,
+    label_items: np.ndarray,
+    ks: tuple[int, ...] = DEFAULT_KS,
+) -> dict[str, float]:
+    """Mean Recall@K and nDCG@K over users: ``{"recall@10": ..., "ndcg@10": ...}``
+    (the means of :func:`per_user`)."""
+    return {key: float(np.mean(values)) for key, values in per_user(ranked, label_indptr, label_items, ks).items()}

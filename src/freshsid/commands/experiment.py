@@ -102,6 +102,7 @@ def experiment(
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds; every fine-tuned policy runs once per seed and reports the mean (default: 0).")] = None,
     validation: Annotated[bool, typer.Option("--validation", help="Run on the validation split (every window one part earlier: base [0, 7), gap [7, 8), scored on part 8), where settings are chosen; the last part is never read.")] = False,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP + " Default: the config's (auto).")] = None,
+    kcore: Annotated[int | None, typer.Option("--kcore", min=2, help="Keep only the k-core of the events before the test part (users and items with at least N events there); the test part is never filtered.")] = None,
 ) -> None:
     """Run the policies (Base, FT-old, FT-new, FT-aligned, Full, ...) on one dataset; write results and report.
 
@@ -114,6 +115,8 @@ def experiment(
     Repeat a run from its results: freshsid experiment --dataset amazon-beauty --config runs/beauty/results.json --out runs/beauty-again
 
     Choose settings on the validation split: freshsid experiment --dataset amazon-beauty --validation --out runs/beauty-val
+
+    A 5-core filter that knows nothing of the test part: freshsid experiment --dataset my-logs --kcore 5 --out runs/mine-5core
     """
     from freshsid.config import load_config
 
@@ -123,9 +126,12 @@ def experiment(
     if chosen == ():
         raise FreshsidError("--policies names no policy; pass a comma-separated list such as Base,FT-old,Full.")
     base = load_config(config_file) if config_file is not None else experiment_preset(preset or "cpu")
+    protocol = base.protocol.validation() if validation else base.protocol
+    if kcore is not None:
+        protocol = protocol.model_copy(update={"kcore": kcore})
     config = configure(base, policies=chosen, max_eval_users=max_eval_users, recipe=recipe,
                        finetune_seeds=None if seeds is None else _seed_list(seeds),
-                       protocol=base.protocol.validation() if validation else None, device=device)
+                       protocol=protocol.model_dump(), device=device)
     run_experiment(data.load(), config, out)
 
 

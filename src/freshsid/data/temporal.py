@@ -4,6 +4,13 @@ All events, sorted globally by time (stable), are cut into ``n_parts`` parts of
 equal count (sizes differ by at most one). Windows are half-open ranges of
 parts: by default base = [0, 8), gap = [8, 9), test = [9, 10).
 
+Day-granular logs (every timestamp at the same time of day, as in the Amazon
+files): the order of a day's events is file order, not time, so a cut inside a
+day would put some of its events before the cut and some after by accident. Each
+cut then moves to the nearer boundary of its day (the start of the day, or the
+start of the next one; the start on a tie), so parts hold whole days and their
+sizes differ by up to a day's events.
+
 Test examples: every user with an event in the test window and at least one
 earlier event; input = the user's last ``max_history`` earlier items in order;
 labels = the set of items the user touches in the test window.
@@ -11,7 +18,7 @@ labels = the set of items the user touches in the test window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -108,6 +115,17 @@ class TemporalSplit:
         self.n_parts = n_parts
         # bounds[p] is the first event of part p; integer division keeps sizes within one.
         self.bounds = (np.arange(n_parts + 1, dtype=np.int64) * logs.n_events) // n_parts
+        if day_granular(logs.ts):
+            self.bounds = whole_days(logs.ts, self.bounds)
+            if (np.diff(self.bounds) <= 0).any():
+                raise FreshsidError(f"{logs.name} spans too few days for {n_parts} parts of whole days; "
+                                    "use fewer parts.")
+
+    @property
+    def equal_count(self) -> bool:
+        """Whether the parts are the plain equal-count ones (no cut moved to a day boundary, no filter)."""
+        plain = (np.arange(self.n_parts + 1, dtype=np.int64) * self.logs.n_events) // self.n_parts
+        return bool(np.array_equal(self.bounds, plain))
 
     @classmethod
     def at(cls, logs: Interactions, cuts: list[int]) -> TemporalSplit:
@@ -181,6 +199,56 @@ class TemporalSplit:
             "labels_on_unseen_items": unseen,
             "unseen_label_share": unseen / max(1, len(ex.label_items)),
         }
+
+
+DAY = 86_400
+
+
+def day_granular(ts: np.ndarray) -> bool:
+    """Whether every timestamp (Unix seconds) falls at the same time of day, and more than one day is seen."""
+    ts = np.asarray(ts)
+    return len(ts) > 1 and ts[0] != ts[-1] and bool((ts % DAY == ts[0] % DAY).all())
+
+
+def whole_days(ts: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """``bounds`` (first event of each part, 0 and n first and last) with every inner cut moved
+    to the nearer start of a day of the sorted timestamps ``ts``: the start of the cut's day,
+    or the start of the next day, whichever is fewer events away (the earlier on a tie)."""
+    bounds = np.asarray(bounds, dtype=np.int64).copy()
+    inner = bounds[1:-1]
+    day = ts[np.minimum(inner, len(ts) - 1)]
+    start = np.searchsorted(ts, day, side="left")
+    end = np.searchsorted(ts, day, side="right")
+    bounds[1:-1] = np.where(inner - start <= end - inner, start, end)
+    return bounds
+
+
+def kcore_before(split: TemporalSplit, test: Window, k: int) -> TemporalSplit:
+    """``split`` with the events before ``test`` cut down to their ``k``-core (every user and
+    item left with at least ``k`` of them, repeated until stable); the test part and later
+    events are kept whole, so the filter knows nothing of the future. Every part keeps its
+    span of time (its cuts follow the events kept before them)."""
+    if k < 1:
+        raise FreshsidError(f"k-core must be at least 1, got {k}.")
+    logs = split.logs
+    cut = int(split.bounds[test.start])
+    user, item = logs.user[:cut], logs.item[:cut]
+    alive = np.ones(cut, dtype=bool)
+    while True:
+        users = np.bincount(user[alive], minlength=logs.n_users)
+        items = np.bincount(item[alive], minlength=logs.n_items)
+        drop = alive & ((users[user] < k) | (items[item] < k))
+        if not drop.any():
+            break
+        alive &= ~drop
+    keep = np.concatenate([alive, np.ones(logs.n_events - cut, dtype=bool)])
+    filtered = replace(logs, user=logs.user[keep], item=logs.item[keep], ts=logs.ts[keep])
+    bounds = np.concatenate([[0], np.cumsum(keep)])[split.bounds]
+    if (np.diff(bounds) <= 0).any():
+        raise FreshsidError(f"A {k}-core of the events before the test part leaves a part empty; use a smaller --kcore.")
+    out = TemporalSplit.__new__(TemporalSplit)
+    out.logs, out.n_parts, out.bounds = filtered, split.n_parts, bounds
+    return out
 
 
 def last_items(event_users: np.ndarray, event_items: np.ndarray, users: np.ndarray, length: int) -> np.ndarray:

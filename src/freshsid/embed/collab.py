@@ -125,6 +125,21 @@ class SASRec:
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
+    @classmethod
+    def restore(cls, embeddings: Embeddings, n_items: int) -> SASRec:
+        """The fitted model behind a saved collaborative :class:`Embeddings` (its config and
+        weights ride along), ready to :meth:`recommend`."""
+        if embeddings.state is None:
+            raise FreshsidError("These embeddings carry no SASRec weights (an older build saved none); rebuild them "
+                                "with this version of freshsid.")
+        model = cls(SASRecConfig.model_validate(embeddings.config), random_state=embeddings.seed or 0, progress=False)
+        model.model_ = SASRecModel(n_items, model.config)
+        model._warm_start(embeddings.state)
+        model.n_items_ = n_items
+        model.trained_items_ = np.zeros(n_items, dtype=bool)
+        model.trained_items_[embeddings.items] = True
+        return model
+
     def _warm_start(self, init: Mapping[str, np.ndarray]) -> None:
         own = self.model_.state_dict()
         shapes = {k: tuple(v.shape) for k, v in own.items()}

@@ -3,10 +3,12 @@
 The runner builds what the policy rows ask for, sharing stages where rows share
 them: one legacy build on base (SASRec embeddings + the legacy SidTable), one
 refresh on base+gap (:func:`freshsid.sid.refresh.refresh`: the refreshed table and
-its aligned versions), one model per distinct :class:`ModelSpec` (and fine-tuning
-seed). Stages are cached (:class:`StageCache`), so a rerun resumes where a run stopped.
-Every checkpoint records the windows it trained on and the table it used; every
-evaluation records the model folder and the items it decoded over.
+its aligned versions), the legacy table extended by incremental coding, one model
+per distinct :class:`ModelSpec` (and fine-tuning seed). Stages are cached
+(:class:`StageCache`), so a rerun resumes where a run stopped. Every checkpoint
+records the windows it trained on and the table it used; every evaluation records
+the model folder and the items it decoded over, and writes each test user's scores
+beside its metrics, from which the report's paired intervals are computed.
 """
 
 from __future__ import annotations
@@ -24,20 +26,23 @@ from freshsid.artifacts import Manifest, environment, output_lock, read_manifest
 from freshsid.config import ExperimentConfig
 from freshsid.data.interactions import Interactions
 from freshsid.data.stats import dataset_stats
-from freshsid.data.temporal import TemporalSplit, Window
-from freshsid.policies import BASE_MODEL, ModelSpec, Policy, Start, Tokenizer, policy
+from freshsid.data.temporal import Examples, TemporalSplit, Window, kcore_before
+from freshsid.embed.collab import SASRec
+from freshsid.embed.store import Embeddings
+from freshsid.policies import BASE_MODEL, FULL_MODEL, INCREMENTAL, STALE, Baseline, ModelSpec, Policy, Start, Tokenizer, policy
+from freshsid.evaluate.intervals import compare, interval_ks, read_scores, sensitivity, user_scores, write_scores
 from freshsid.evaluate.report import write_report
 from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.evaluate.staleness import recall_by_part, sid_churn
-from freshsid.metrics import recall_ndcg
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import Retriever, RetrieverConfig, load_checkpoint
 from freshsid.retriever.remap import remap_plan
 from freshsid.runtime import repeatable
-from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, recipe, refresh
+from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, code_new_items, recipe, refresh
 from freshsid.sid.table import SidTable
 
 NO_SID_COMPUTE = {"embedding_seconds": 0.0, "embedding_flops": 0.0, "tokenizer_seconds": 0.0, "tokenizer_flops": 0.0}
+UNITS = ("flops", "seconds")
 
 
 class Experiment:
@@ -49,8 +54,11 @@ class Experiment:
 
     def __init__(self, logs: Interactions, config: ExperimentConfig, out: Path, *, show_progress: bool = True,
                  variant: str | None = None) -> None:
-        self.logs, self.config, self.protocol = logs, config, config.protocol
+        self.config, self.protocol = config, config.protocol
         self.split = TemporalSplit(logs, config.protocol.n_parts)
+        if self.protocol.kcore:
+            self.split = kcore_before(self.split, self.protocol.test, self.protocol.kcore)
+        self.logs = self.split.logs
         self.layout = RunLayout(out, variant)
         self.out = self.layout.root
         self.progress = show_progress
@@ -66,12 +74,12 @@ class Experiment:
 
         def build(folder: Path) -> CollabSids:
             built = build_collab_sids(self.split, base, sasrec=sasrec, sid=sid, seed=cfg.seed, progress=self.progress)
-            self._score_sasrec(built, base)
             built.save(folder, self.logs.fingerprint)
             return built
 
-        key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(base), self._eval_key()]
-        return self.cache.get(self.layout.legacy, key, build, CollabSids.load)
+        key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(base), *self._split_key()]
+        # (earlier versions scored the SASRec while building, so the test users were in the key)
+        return self.cache.get(self.layout.legacy, key, build, CollabSids.load, former=[[*key, self._eval_key()]])
 
     def refreshed(self) -> Refresh:
         """SIDs rebuilt on base+gap with the configured recipe, and aligned to the legacy table."""
@@ -81,40 +89,49 @@ class Experiment:
         def build(folder: Path) -> Refresh:
             result = refresh(self.split, window, legacy, recipe=how, sasrec=cfg.sasrec, sid=cfg.sid, seed=cfg.seed,
                              progress=self.progress)
-            self._score_sasrec(result.refreshed, window)
             result.save(folder, self.logs.fingerprint)
             return result
 
-        def key(settings: Any) -> list[Any]:
-            return [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), settings, self._eval_key(),
-                    self._fingerprint(f"{self.layout.legacy}/{CollabSids.EMBEDDINGS}"), legacy.table.content_hash]
+        def key(settings: Any, *evaluated: Any) -> list[Any]:
+            return [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), settings, *evaluated,
+                    self._fingerprint(f"{self.layout.legacy}/{CollabSids.EMBEDDINGS}"), legacy.table.content_hash,
+                    *self._split_key()]
 
-        # (runs made before recipes that differ only in remap shared a refresh keyed it by the whole recipe)
+        # (earlier versions keyed it by the test users too, and before that by the whole recipe)
         return self.cache.get(self.layout.refresh, key(how.refresh_settings()), build,
-                              lambda folder: Refresh.load(folder, how.name), former=key(how))
+                              lambda folder: Refresh.load(folder, how.name),
+                              former=[key(how.refresh_settings(), self._eval_key()), key(how, self._eval_key())])
+
+    def incremental(self) -> SidTable:
+        """The legacy table plus the items first seen in the gap, coded by the legacy tokenizer
+        from their refreshed-SASRec embeddings (:func:`freshsid.sid.refresh.code_new_items`)."""
+        cfg, gap = self.config, self.protocol.gap
+        legacy, embeddings = self.legacy().table, self.refreshed().refreshed.embeddings
+        _, sid = recipe(cfg.recipe).legacy_configs(cfg.sasrec, cfg.sid)
+
+        def build(folder: Path) -> SidTable:
+            table = code_new_items(legacy, embeddings, self.split.new_items(gap), self.logs.item_ids, sid)
+            table.meta["stats"]["incremental"]["new_items_window"] = str(gap)
+            table.save(folder)
+            return table
+
+        key = [legacy.content_hash, self._fingerprint(f"{self.layout.refresh}/{CollabSids.EMBEDDINGS}"), sid, str(gap),
+               *self._split_key()]
+        return self.cache.get(self.layout.incremental, key, build, SidTable.load)
 
     def table(self, tokenizer: Tokenizer) -> SidTable:
         if tokenizer is Tokenizer.LEGACY:
             return self.legacy().table
+        if tokenizer is Tokenizer.LEGACY_NEW:
+            return self.incremental()
         refreshed = self.refreshed()
         return refreshed.refreshed.table if tokenizer.alignment is None else refreshed.aligned[tokenizer.alignment]
-
-    def _score_sasrec(self, built: CollabSids, window: Window) -> None:
-        """The SASRec behind the embeddings is also the report's dense baseline: score it
-        while it is in memory, on the test users every policy is scored on."""
-        cfg = self.config
-        ex = pipeline.sample_users(self.split.examples(self.protocol.test, max_history=self.protocol.max_history),
-                                   cfg.max_eval_users)
-        ranked = built.sasrec.recommend(ex.inputs, max(cfg.ks), allowed_items=self.split.allowed_items(window))
-        write_json_atomic(self.layout.path(self.layout.sasrec(f"{window.start}-{window.stop}")).with_suffix(".json"),
-                          {"metrics": recall_ndcg(ranked, ex.label_indptr, ex.label_items, cfg.ks),
-                           "compute": built.embeddings.compute, "allowed": str(window)})
 
     # ------------------------------------------------------------ models
 
     def model(self, spec: ModelSpec, seed: int = 0) -> tuple[Retriever, Manifest]:
-        """The retriever a spec defines: fit from scratch on its window, or Base fine-tuned
-        with the loss on its window (once per fine-tuning ``seed``)."""
+        """The retriever a spec defines: fit from scratch on its window, or a checkpoint (Base's
+        or Full's) fine-tuned with the loss on its window (once per fine-tuning ``seed``)."""
         cfg = self.config
         table, window = self.table(spec.tokenizer), self.protocol.window(spec.train)
         torch.set_num_threads(cfg.threads)
@@ -131,10 +148,11 @@ class Experiment:
             parent = None
         else:
             train_config = cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + seed})
-            self.model(BASE_MODEL)
-            parent = self.layout.model(BASE_MODEL)
-
-            remap = remap_plan(self.table(Tokenizer.LEGACY), table, recipe(cfg.recipe).remap_levels)
+            start = _parent(spec)
+            self.model(start)
+            parent = self.layout.model(start)
+            if spec.remap:
+                remap = remap_plan(self.table(start.tokenizer), table, self.remap_levels(table))
 
             def build(folder: Path) -> tuple[Retriever, Manifest]:
                 result = pipeline.finetune(self.layout.path(parent), self.split, table, target=window, out=folder,
@@ -145,8 +163,13 @@ class Experiment:
                parent and self._fingerprint(parent)]
         if remap:  # (appended only when set: the keys of runs without it stay as they were)
             key.append(["remap", remap[0].content_hash, remap[1]])
+        key += self._split_key()
         return self.cache.get(self.layout.model(spec, seed), key, build,
                               lambda folder: load_checkpoint(folder, expected_shape=table.codebook_sizes))
+
+    def remap_levels(self, table: SidTable) -> int:
+        """Levels a "refresh with remap" carries: the recipe's, every semantic level when it names none."""
+        return recipe(self.config.recipe).remap_levels or table.n_levels
 
     def _fingerprint(self, stage: str) -> str:
         """Content fingerprint of a built artifact (its manifest's), for the keys of the stages
@@ -157,7 +180,20 @@ class Experiment:
         cfg = self.config
         return [str(self.protocol.test), self.protocol.max_history, cfg.ks, cfg.max_eval_users]
 
+    def _split_key(self) -> list[Any]:
+        """What the stage keys add when the parts are not the plain equal-count ones (cuts
+        moved to whole days, a k-core filter); empty otherwise, so the keys of such runs stay
+        as they were."""
+        return [] if self.split.equal_count else [["bounds", self.split.bounds.tolist()]]
+
     # ------------------------------------------------------------ policies
+
+    def examples(self) -> Examples:
+        """The test users every policy is scored on (all of them, or the configured sample)."""
+        if not hasattr(self, "_examples"):
+            self._examples = pipeline.sample_users(
+                self.split.examples(self.protocol.test, max_history=self.protocol.max_history), self.config.max_eval_users)
+        return self._examples
 
     def evaluate(self, row: Policy) -> dict[str, Any]:
         """Test-window metrics and compute of a policy; a fine-tuned policy's metrics are
@@ -169,39 +205,138 @@ class Experiment:
         keys = records[0]["metrics"].keys()
         mean = {k: float(np.mean([r["metrics"][k] for r in records])) for k in keys}
         return {**records[0], "metrics": mean, "seeds": list(seeds), "by_seed": [r["metrics"] for r in records],
-                "models": [r["model"] for r in records], "eval_seconds": sum(r["eval_seconds"] for r in records)}
+                "models": [r["model"] for r in records], "per_user": [p for r in records for p in r["per_user"]],
+                "eval_seconds": sum(r["eval_seconds"] for r in records)}
 
     def _evaluate_seed(self, row: Policy, seed: int) -> dict[str, Any]:
         cfg = self.config
-        model, manifest = self.model(row.model, seed)
-        table, allowed = self.table(row.model.tokenizer), self.protocol.window(row.allowed)
-        # SID compute is charged to a policy whose table is not the one its starting model had.
-        reuses_legacy = row.finetuned and row.model.tokenizer is Tokenizer.LEGACY
-        sid_compute = NO_SID_COMPUTE if reuses_legacy else {k: float(table.meta["compute"].get(k, 0.0)) for k in NO_SID_COMPUTE}
+        allowed = self.protocol.window(row.allowed)
+        stage = self.layout.evaluation(row, seed)
+        record = {"kind": str(row.compute), "allowed": str(allowed), "description": self.describe(row),
+                  "compute": self.compute(row.model, seed), "per_user": [str(self.layout.users(stage).relative_to(self.out))]}
+        if isinstance(row.model, Baseline):
+            window = self.protocol.window(row.model.train)
+            record["definition"] = {"baseline": row.model.kind, "train": row.model.train, "allowed": row.allowed}
+            if row.model.kind == "mostpop":
+                counts = np.bincount(self.logs.item[self.split.events(window)], minlength=self.logs.n_items)
+                items = self.split.allowed_items(allowed)
+                ranking = items[np.lexsort((items, -counts[items]))][: max(cfg.ks)]  # most counted first, ties by index
+                record["ranking"] = {"items": ranking.tolist(), "counts": counts[ranking].tolist(), "window": str(window)}
+                rank = lambda ex: np.tile(ranking, (len(ex), 1))  # noqa: E731
+                key = [self.logs.fingerprint, str(window), str(allowed), *self._split_key()]
+            else:
+                stage_of = self.layout.refresh if row.model.train == "base+gap" else self.layout.legacy
+                embeddings = lambda: self.sasrec_embeddings(row.model.train)  # noqa: E731
+                rank = lambda ex: SASRec.restore(embeddings(), self.logs.n_items).recommend(  # noqa: E731
+                    ex.inputs, max(cfg.ks), allowed_items=self.split.allowed_items(allowed))
+                embeddings()
+                key = [self._fingerprint(f"{stage_of}/{CollabSids.EMBEDDINGS}"), str(allowed)]
+        else:
+            model, manifest = self.model(row.model, seed)
+            table = self.table(row.model.tokenizer)
+            record |= {"model": self.layout.model(row.model, seed), "sid_table": table.content_hash,
+                       "definition": {"tokenizer": str(row.model.tokenizer), "start": str(row.model.start),
+                                      "train": row.model.train, "allowed": row.allowed, "remap": row.model.remap}}
+            rank = lambda ex: pipeline.rank_test_users(model, table, self.split, test=self.protocol.test,  # noqa: E731
+                                                       allowed=allowed, top_k=max(cfg.ks), beam=cfg.beam,
+                                                       max_users=cfg.max_eval_users)[1]
+            key = [table.content_hash, manifest.fingerprint, str(allowed), cfg.beam]
+        return self._scored(stage, key + [self._eval_key(), "per-user", *self._split_key()], rank, record)
 
-        def build(_: Path) -> dict[str, Any]:
+    def _scored(self, stage: str, key: list[Any], rank: Callable[[Examples], np.ndarray], record: dict) -> dict:
+        """The evaluation stage ``stage``: the test users ranked by ``rank``, scored user by user
+        (``<stage>.users.parquet``) and on average (``<stage>.json``, with ``record``)."""
+        cfg, users = self.config, self.layout.users(stage)
+
+        def build(folder: Path) -> dict[str, Any]:
+            examples = self.examples()
             started = time.perf_counter()
-            metrics = pipeline.evaluate(model, table, self.split, test=self.protocol.test, allowed=allowed, ks=cfg.ks,
-                                        beam=cfg.beam, max_users=cfg.max_eval_users)
+            ranked = rank(examples)
+            seconds = time.perf_counter() - started
+            frame = user_scores(ranked, examples, ks=cfg.ks, base_items=self.split.allowed_items(self.protocol.base),
+                                new_items=self.split.new_items(self.protocol.gap))
+            write_scores(users, frame)
+            metrics = {f"{m}@{k}": float(np.mean(frame[f"{m}@{k}"].to_numpy())) for k in cfg.ks for m in ("recall", "ndcg")}
+            out = {**record, "metrics": metrics, "users": len(examples), "eval_seconds": seconds}
+            write_json_atomic(folder.with_suffix(".json"), out)
+            return out
+
+        def load(folder: Path) -> dict[str, Any]:
+            if not users.exists():
+                raise FileNotFoundError(users)
+            return json.loads(folder.with_suffix(".json").read_text())
+
+        return self.cache.get(stage, key, build, load)
+
+    def sasrec_embeddings(self, window: str) -> Embeddings:
+        return (self.refreshed().refreshed if window == "base+gap" else self.legacy()).embeddings
+
+    def describe(self, row: Policy) -> str:
+        """The row's description, with what this run's recipe made of it: how refreshed SIDs
+        were built (cold, or continued from the legacy models) and what a remap carried."""
+        how = recipe(self.config.recipe)
+        text = row.description
+        refreshed = row.baseline and row.model.kind == "sasrec" and row.model.train == "base+gap"
+        if isinstance(row.model, ModelSpec):
+            refreshed = row.model.tokenizer is not Tokenizer.LEGACY
+            if row.model.remap:
+                text += f" (code embeddings of {f'the first {how.remap_levels} level(s)' if how.remap_levels else 'every level'} carried)"
+        if refreshed:
+            continued = [name for name, on in (("SASRec", how.warm_embeddings), ("tokenizer", how.warm_tokenizer)) if on]
+            built = (f"continued from the legacy {' and '.join(continued)}" if continued
+                     else "built cold (a new SASRec and tokenizer on base+gap)")
+            text += f"; refreshed SASRec/SIDs {built}, recipe {how.name}"
+        return text
+
+    # ------------------------------------------------------------ compute
+
+    def compute(self, model: ModelSpec | Baseline, seed: int = 0) -> dict[str, float]:
+        """A model's training compute three ways (FLOPs and seconds each): ``retriever_*``
+        (retriever training only), ``all_in_*`` (plus the SID building it needs beyond its
+        starting checkpoint's: ``embedding_*`` and ``tokenizer_*``), ``cumulative_*`` (plus
+        everything the checkpoint it starts from cost, and the legacy build a warm recipe's
+        refresh continues from)."""
+        how = recipe(self.config.recipe)
+        warm = how.warm_embeddings or how.warm_tokenizer
+        legacy = lambda: _sids(self.legacy().table)  # noqa: E731
+        if isinstance(model, Baseline):
+            retriever, sids, before = _zero("retriever"), dict(NO_SID_COMPUTE), _zero("")
+            if model.kind == "sasrec":
+                sids.update(embedding_flops=float(self.sasrec_embeddings(model.train).compute.get("flops", 0.0)),
+                            embedding_seconds=float(self.sasrec_embeddings(model.train).compute.get("seconds", 0.0)))
+                if model.train == "base+gap" and how.warm_embeddings:
+                    before = {f"_{u}": legacy()[f"embedding_{u}"] for u in UNITS}
+        else:
+            _, manifest = self.model(model, seed)
             retriever = {k: float(v) for k, v in manifest.compute.items() if k.startswith("retriever")}
-            return {"metrics": metrics, "compute": {**retriever, **sid_compute}, "kind": str(row.compute),
-                    "allowed": str(allowed), "model": self.layout.model(row.model, seed), "sid_table": table.content_hash,
-                    "eval_seconds": time.perf_counter() - started, "description": row.description,
-                    "definition": {"tokenizer": str(row.model.tokenizer), "start": str(row.model.start),
-                                   "train": row.model.train, "allowed": row.allowed}}
-
-        key = [table.content_hash, manifest.fingerprint, str(allowed), cfg.beam, self._eval_key()]
-        return self.cache.record(self.layout.evaluation(row, seed), build, key)
-
-    def sasrec_baselines(self) -> dict[str, Any]:
-        """The dense SASRec models behind the collaborative embeddings, scored on the test
-        window when their embeddings were built."""
-        self.refreshed()
-        out = {}
-        for name, window in (("SASRec (base)", self.protocol.base), ("SASRec (base+gap)", self.protocol.window("base+gap"))):
-            path = self.layout.path(self.layout.sasrec(f"{window.start}-{window.stop}")).with_suffix(".json")
-            out[name] = json.loads(path.read_text())
+            table = self.table(model.tokenizer)
+            if model.start is Start.SCRATCH:
+                sids = _sids(table)
+                before = {f"_{u}": legacy()[f"embedding_{u}"] + legacy()[f"tokenizer_{u}"] for u in UNITS} \
+                    if warm and model.tokenizer is not Tokenizer.LEGACY else _zero("")
+            else:
+                start = _parent(model)
+                # SID compute is charged to a fine-tune whose table is not its starting model's.
+                same = self.table(start.tokenizer).content_hash == table.content_hash
+                sids = dict(NO_SID_COMPUTE) if same else _sids(table)
+                parent = self.compute(start)
+                before = {f"_{u}": parent[f"cumulative_{u}"] for u in UNITS}
+        out = {**retriever, **sids}
+        for unit in UNITS:
+            out[f"all_in_{unit}"] = (retriever.get(f"retriever_{unit}", 0.0) + sids[f"embedding_{unit}"]
+                                     + sids[f"tokenizer_{unit}"])
+            out[f"cumulative_{unit}"] = out[f"all_in_{unit}"] + before[f"_{unit}"]
         return out
+
+    # ------------------------------------------------------------ comparisons
+
+    def comparisons(self, policies: dict[str, Any]) -> tuple[dict, dict]:
+        """Paired bootstrap intervals of every policy against FT-old and FT-old+new, and the
+        sensitivity table, at the headline cutoffs."""
+        frames = read_scores(self.out, policies)
+        ks = interval_ks(self.config.ks)
+        return (compare([frames], (STALE.label, INCREMENTAL.label), ks, seed=self.config.seed),
+                {label: sensitivity(frame, ks) for label, frame in frames.items()})
 
     def staleness(self) -> dict[str, Any]:
         """SID churn per level (legacy vs refreshed) and Base's decay on each part after
@@ -217,7 +352,8 @@ class Experiment:
                                               ks=cfg.ks, beam=cfg.beam, max_users=cfg.max_eval_users,
                                               known=self._base_on_test(trained))}
 
-        key = [legacy.content_hash, refreshed.content_hash, manifest.fingerprint, self._eval_key(), cfg.beam]
+        key = [legacy.content_hash, refreshed.content_hash, manifest.fingerprint, self._eval_key(), cfg.beam,
+               *self._split_key()]
         return self.cache.record(self.layout.staleness, build, key)
 
     def _base_on_test(self, trained: Window) -> dict[int, dict[str, float]]:
@@ -238,12 +374,15 @@ class Experiment:
         torch.set_num_threads(self.config.threads)  # every stage, SIDs too: results depend on it
         repeatable()
         rows = [policy(label) for label in self.config.policies]
+        policies = {row.label: self.evaluate(row) for row in rows}
+        intervals, sensitivity_table = self.comparisons(policies)
         results = {
             "dataset": {"name": self.logs.name, **dataset_stats(self.logs, n_parts=self.protocol.n_parts)},
             "config": self.config.model_dump(mode="json"),
-            "policies": {row.label: self.evaluate(row) for row in rows},
+            "policies": policies,
+            "intervals": intervals,
+            "sensitivity": sensitivity_table,
             "alignment": {m: t.meta["stats"]["alignment"] for m, t in self.refreshed().aligned.items()},
-            "baselines": self.sasrec_baselines(),
             "staleness": self.staleness(),
             "wall_seconds": time.perf_counter() - started,
             "stage_seconds": dict(self.cache.seconds),  # each stage's last build, this run's or an earlier one's
@@ -253,3 +392,16 @@ class Experiment:
         write_json_atomic(folder / "results.json", results)
         write_report(results, folder)
         return results
+
+
+def _parent(spec: ModelSpec) -> ModelSpec:
+    """The checkpoint a fine-tune starts from."""
+    return {Start.BASE: BASE_MODEL, Start.FULL: FULL_MODEL}[spec.start]
+
+
+def _sids(table: SidTable) -> dict[str, float]:
+    return {k: float(table.meta.get("compute", {}).get(k, 0.0)) for k in NO_SID_COMPUTE}
+
+
+def _zero(prefix: str) -> dict[str, float]:
+    return {f"{prefix}_{u}": 0.0 for u in UNITS}

@@ -1,13 +1,15 @@
 """The experiment report: markdown tables, a headline paragraph and PNG plots.
 
 Input is the ``results`` dict the experiment runner saves as ``results.json``
-(dataset, config, wall seconds, per-policy metrics and compute, alignment
-diagnostics, optional dense baselines and staleness numbers). Every section is
-optional: a run with only some policies still gets a report, minus what it lacks.
+(dataset, config, wall seconds, per-policy metrics and compute, paired intervals and
+the sensitivity table, alignment diagnostics, staleness numbers; runs made before
+issue 22 kept the dense baselines apart). Every section is optional: a run with only
+some policies still gets a report, minus what it lacks.
 
-The headline compares the best FT-aligned variant with FT-old at K >= 100 and the
-Full / FT-aligned retriever compute against the ~8x saving of the reference paper
-(Baikalov et al., SIGIR 2026). It only states what the numbers show: a tie is not
+The headline compares the best aligned refresh (FT-aligned greedy or Hungarian, or the
+refresh with remap) with FT-old at K >= 100, with its paired interval when the run has
+one, and the Full / refresh retriever compute against the ~8x saving of the reference
+paper (Baikalov et al., SIGIR 2026). It only states what the numbers show: a tie is not
 a win, and a comparison whose inputs are missing is reported as missing.
 """
 
@@ -25,6 +27,10 @@ from freshsid.artifacts import write_bytes_atomic
 from freshsid.policies import ABLATIONS, POLICIES, STALE, aligned_variants
 
 METRICS = ("recall", "ndcg")
+# Compute three ways: retriever training only; all-in (with the SID building a policy needs
+# beyond its starting checkpoint's); cumulative (with everything that checkpoint cost).
+WAYS = ("retriever", "all_in", "cumulative")
+WAY_TITLES = {"retriever": "", "all_in": "all-in ", "cumulative": "cumulative "}
 METRIC_TITLES = {"recall": "Recall@K", "ndcg": "nDCG@K"}
 HEADLINE_MIN_K = 100  # the paper's claim is about high cutoffs
 TARGET_COMPUTE_RATIO = 8.0  # paper: ~8-9x less retriever compute than a full rebuild
@@ -126,20 +132,24 @@ def _compute_table(results: dict) -> str:
     if not policies:
         return "No policies in this run."
     full = _full(policies)
-    full_flops, full_secs = _compute(full, "retriever_flops"), _compute(full, "retriever_seconds")
     body = []
     for name, policy in policies.items():
-        flops, secs = _compute(policy, "retriever_flops"), _compute(policy, "retriever_seconds")
         finetune = policy.get("kind") == "finetune"
-        ratio_f = _ratio(full_flops, flops) if finetune else None
-        ratio_s = _ratio(full_secs, secs) if finetune else None
+        ratios = []
+        for way in WAYS:
+            for unit in ("flops", "seconds"):
+                key = f"{way}_{unit}"
+                ratios.append(_ratio(_compute(full, key), _compute(policy, key)) if finetune else None)
         sids = [_fmt(_compute(policy, f"{part}_{unit}"), ".3e" if unit == "flops" else ".1f")
                 for part in ("embedding", "tokenizer") for unit in ("flops", "seconds")]
-        ratios = [MISSING if r is None else f"{r:.1f}×" for r in (ratio_f, ratio_s)]
-        body.append([name, _fmt(flops, ".3e"), _fmt(secs, ".1f"), *sids, *ratios])
+        ways = [_fmt(_compute(policy, f"{way}_flops"), ".3e") for way in WAYS[1:]]
+        body.append([name, _fmt(_compute(policy, "retriever_flops"), ".3e"), _fmt(_compute(policy, "retriever_seconds"), ".1f"),
+                     *sids, *ways, *(MISSING if r is None else f"{r:.1f}×" for r in ratios),
+                     _fmt(policy.get("eval_seconds"), ".1f")])
     header = ["policy", "retriever FLOPs", "retriever s", "embedding FLOPs", "embedding s", "tokenizer FLOPs",
-              "tokenizer s"]
-    return _table([*header, "Full / this FLOPs", "Full / this s"], body)
+              "tokenizer s", "all-in FLOPs", "cumulative FLOPs"]
+    ratio_header = [f"Full / this {WAY_TITLES[way]}{unit}" for way in WAYS for unit in ("FLOPs", "s")]
+    return _table([*header, *ratio_header, "decode s (all test users)"], body)
 
 
 def _alignment_section(results: dict) -> str:
@@ -209,7 +219,7 @@ def _full(policies: dict) -> dict | None:
 def headline_paragraph(results: dict) -> str:
     """Plain-language verdict on the paper's two claims, built only from the numbers.
 
-    Claim 1: the best FT-aligned variant (greedy or Hungarian; highest Recall at the
+    Claim 1: the best aligned refresh (greedy, Hungarian, with remap; highest Recall at the
     largest K >= 100) beats FT-old on both Recall@K and nDCG@K at every K >= 100; a tie is a failure.
     Claim 2: Full costs at least 8x the retriever FLOPs of that variant.
     """
@@ -223,7 +233,7 @@ def headline_paragraph(results: dict) -> str:
         lacking = " and no ".join(name for name, present in needed if not present)
         sentences, best = [f"No quality comparison: this run has no {lacking}."], None
     else:
-        sentences, best = _quality_sentences(policies, variants)
+        sentences, best = _quality_sentences(policies, variants, results.get("intervals"))
         for name in with_new:
             extra, _ = _quality_sentences(policies, [name])
             sentences.insert(1, f"(Beside the claim, since it may also recommend items first seen in the gap: {extra[0]})")
@@ -231,7 +241,7 @@ def headline_paragraph(results: dict) -> str:
     return " ".join(sentences)
 
 
-def _quality_sentences(policies: dict, variants: list[str]) -> tuple[list[str], str]:
+def _quality_sentences(policies: dict, variants: list[str], intervals: dict | None = None) -> tuple[list[str], str]:
     old = policies[STALE.label].get("metrics") or {}
     # The paper's claim is about K >= 100; a run whose cutoffs stop below (the tiny demo)
     # is judged at its largest cutoff instead, and the text says so.
@@ -254,7 +264,7 @@ def _quality_sentences(policies: dict, variants: list[str]) -> tuple[list[str], 
         + _relative(_metric(new, x, k_last), _metric(old, x, k_last))
         for x in METRICS
     )
-    intro = f"Of the FT-aligned variants, {best} has the highest Recall@{k_top}; it" if len(variants) > 1 else best
+    intro = f"Of the aligned refreshes, {best} has the highest Recall@{k_top}; it" if len(variants) > 1 else best
     if not fails["recall"] and not fails["ndcg"]:
         verdict = (f"{intro} beats FT-old on both Recall@K and nDCG@K at every K ≥ {floor} measured "
                    f"(K = {_k_list(ks)}): {detail}.")
@@ -264,8 +274,14 @@ def _quality_sentences(policies: dict, variants: list[str]) -> tuple[list[str], 
         verdict = (f"{intro} does not improve on FT-old on both metrics at every K ≥ {floor}: {failed}."
                    + (f" It is higher on both only at K = {_k_list(wins)}." if wins else "") + f" {detail}.")
     runs = policies[STALE.label].get("by_seed") or []
-    caveat = (f"Means over {len(runs)} fine-tuning seeds (paired, seed by seed, below); no significance test."
-              if len(runs) > 1 else "This is a single run; differences are not tested for significance.")
+    cell = ((intervals or {}).get(STALE.label) or {}).get(best, {}).get(f"recall@{k_last}")
+    if cell:
+        holds = "holds 0: not a finding" if cell["low"] <= 0 <= cell["high"] else "excludes 0"
+        caveat = (f"Paired over test users, {best} − FT-old at Recall@{k_last} is {_interval_cell(cell).rstrip(' *')} "
+                  f"(95% interval; it {holds}); every difference's interval is below.")
+    else:
+        caveat = (f"Means over {len(runs)} fine-tuning seeds (paired, seed by seed, below); no significance test."
+                  if len(runs) > 1 else "This is a single run; differences are not tested for significance.")
     if floor < HEADLINE_MIN_K:
         caveat += f" (This run's cutoffs stop at K = {floor}; the paper's claim is about K ≥ {HEADLINE_MIN_K}.)"
     return [verdict, caveat], best
@@ -318,6 +334,14 @@ def render_markdown(results: dict) -> str:
     for metric in METRICS:
         out += [f"## {METRIC_TITLES[metric]}", _metric_table(results, metric)]
     out += ["Bold: best policy per column (baselines excluded).", "## Compute", _compute_table(results)]
+    out.append("Full / this: a fine-tune's compute against Full's, counted three ways: retriever training only, "
+               "all-in (with the SIDs it builds beyond its starting checkpoint's) and cumulative (with everything "
+               "that checkpoint cost: Base, or Full for Full+FT).")
+    for reference, table in interval_sections(results).items():
+        out += [f"## Paired differences against {reference}", table]
+    sensitivity = sensitivity_section(results)
+    if sensitivity:
+        out += ["## Sensitivity", sensitivity]
     paired = paired_section(results)
     if paired:
         out += ["## Paired over fine-tuning seeds", paired]
@@ -329,6 +353,47 @@ def render_markdown(results: dict) -> str:
         config = json.dumps(results["config"], indent=2, sort_keys=True, default=str)
         out += ["## Configuration", f"<details><summary>config</summary>\n\n```json\n{config}\n```\n\n</details>"]
     return "\n\n".join(out) + "\n"
+
+
+def _interval_cell(cell: dict | None) -> str:
+    if not cell or _number(cell.get("diff")) is None:
+        return MISSING
+    mark = "" if cell["low"] <= 0 <= cell["high"] else " *"
+    return f"{cell['diff']:+.4f} [{cell['low']:+.4f}, {cell['high']:+.4f}]{mark}"
+
+
+def interval_sections(results: dict) -> dict[str, str]:
+    """Reference -> a table of every policy minus it, with 95% paired-bootstrap intervals."""
+    out = {}
+    for reference, rows in (results.get("intervals") or {}).items():
+        keys = [k for k in next(iter(rows.values()), {})]
+        keys.sort(key=lambda k: (METRICS.index(k.split("@")[0]), int(k.split("@")[1])))
+        first = next(iter(next(iter(rows.values())).values()))
+        order = [name for name in policies_of(results) if name in rows] + [n for n in rows if n not in policies_of(results)]
+        header = [f"policy − {reference}", *[f"Δ{'R' if k.startswith('recall') else 'N'}@{k.split('@')[1]}" for k in keys]]
+        body = [[name, *(_interval_cell(rows[name].get(k)) for k in keys)] for name in order]
+        builds = f" over {first['builds']} builds (builds resampled, then users)" if first.get("builds", 1) > 1 else ""
+        note = (f"Mean difference per user and its 95% interval: paired bootstrap, {first.get('resamples')} resamples "
+                f"of the same {first.get('users')} test users on both sides{builds}. * : the interval excludes 0.")
+        out[reference] = note + "\n\n" + _table(header, body)
+    return out
+
+
+def sensitivity_section(results: dict) -> str:
+    """Each policy's Recall / nDCG on all users, on those whose history holds no item first
+    seen in the gap, and on the labels that are base items only."""
+    table = results.get("sensitivity") or {}
+    if not table:
+        return ""
+    slices = list(next(iter(table.values())))
+    keys = [k for k in next(iter(table.values()))[slices[0]] if k != "users"]
+    header = ["policy", *[f"{s}: {k.replace('recall', 'R').replace('ndcg', 'N')}" for s in slices for k in keys]]
+    order = [name for name in policies_of(results) if name in table]
+    body = [[name, *(_fmt(table[name][s].get(k)) for s in slices for k in keys)] for name in order]
+    counts = "; ".join(f"{s}: {_fmt(table[order[0]][s].get('users'))} users" for s in slices) if order else ""
+    note = ("The Amazon files are k-core filtered over their whole span, so every item first seen in the gap is known "
+            "to sell again; these slices show how much of each policy's score rests on gap items. " + counts + ".")
+    return note + "\n\n" + _table(header, body)
 
 
 def paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:

@@ -122,7 +122,7 @@ class Rolling:
 
         # (runs made before recipes that differ only in remap shared a refresh keyed it by the whole recipe)
         return self.cache.get(stage, key(how.refresh_settings()), build_refresh,
-                              lambda folder: Refresh.load(folder, how.name), former=key(how))
+                              lambda folder: Refresh.load(folder, how.name), former=[key(how)])
 
     def _fit(self, stage: str, table: SidTable, window: Window) -> None:
         cfg = self.run_config

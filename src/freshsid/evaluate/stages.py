@@ -36,13 +36,18 @@ class RunLayout:
 
     legacy = "legacy"  # freshsid.sid.refresh.CollabSids on base: SASRec embeddings + the legacy table
     refresh = "refresh"  # freshsid.sid.refresh.Refresh on base+gap: refreshed build + aligned tables
+    incremental = "incremental"  # the legacy table plus the gap's new items coded by the legacy tokenizer
     staleness = "eval/staleness"
 
     def model(self, spec: ModelSpec, seed: int = 0) -> str:
-        return _seeded(self._varied(f"models/{spec.slug}", spec.start is Start.BASE), seed)
+        return _seeded(self._varied(f"models/{spec.slug}", spec.start is not Start.SCRATCH), seed)
 
     def evaluation(self, policy: Policy, seed: int = 0) -> str:
         return _seeded(self._varied(f"eval/{policy.slug}", policy.finetuned), seed)
+
+    def users(self, evaluation: str) -> Path:
+        """The per-user scores an evaluation writes beside its record (``<stage>.users.parquet``)."""
+        return self.path(evaluation).with_suffix(".users.parquet")
 
     def _varied(self, stage: str, finetuned: bool) -> str:
         return f"{stage}@{self.variant}" if finetuned and self.variant else stage
@@ -73,10 +78,10 @@ class StageCache:
         self._held: dict[str, tuple[str, Any]] = {}
 
     def get(self, stage: str, key: Any, build: Callable[[Path], T], load: Callable[[Path], T], *,
-            former: Any = None) -> T:
+            former: list[Any] | None = None) -> T:
         """``load(folder)`` if ``stage`` was built from ``key``, else ``build(folder)`` and record it.
-        ``former``: the same inputs as an earlier version of the code keyed them; a stage
-        recorded under it is loaded and recorded under ``key``."""
+        ``former``: the same inputs as earlier versions of the code keyed them (one key
+        each); a stage recorded under one of them is loaded and recorded under ``key``."""
         folder = self.layout.path(stage)
         key = fingerprint_of(key)
         held = self._held.get(stage)
@@ -84,7 +89,7 @@ class StageCache:
             return held[1]
         result = None
         recorded = self._keys.get(stage)
-        if recorded in ({key} if former is None else {key, fingerprint_of(former)}):
+        if recorded in {key, *(fingerprint_of(k) for k in former or ())}:
             try:
                 result = load(folder)
             except (FreshsidError, FileNotFoundError):

@@ -194,15 +194,24 @@ def evaluate(
     max_users: int | None = None,
 ) -> dict[str, float]:
     """Recall@K / nDCG@K on the test window; decoding allows the items seen in ``allowed``."""
+    examples, ranked = rank_test_users(model, table, split, test=test, allowed=allowed, top_k=max(ks), beam=beam,
+                                       max_users=max_users)
+    return recall_ndcg(ranked, examples.label_indptr, examples.label_items, ks)
+
+
+def rank_test_users(model: Retriever, table: SidTable, split: TemporalSplit, *, test: Window, allowed: Window,
+                    top_k: int, beam: int | None = None, max_users: int | None = None) -> tuple[Examples, np.ndarray]:
+    """The test users (:func:`sample_users`) and each one's top ``top_k`` items (m, top_k),
+    decoded over the items seen in ``allowed``: what :func:`evaluate` scores, kept per user."""
     examples = sample_users(split.examples(test, max_history=model.config.max_history), max_users)
     if len(examples) == 0:
         raise FreshsidError(f"No user has an event in parts {test} and an earlier one to recommend from; "
                             "choose a later test window.")
     ranked, _ = recommend(
         model, table, examples.inputs, examples.users, allowed_items=split.allowed_items(allowed),
-        top_k=max(ks), beam=beam,
+        top_k=top_k, beam=beam,
     )
-    return recall_ndcg(ranked, examples.label_indptr, examples.label_items, ks)
+    return examples, ranked
 
 
 def sample_users(examples: Examples, max_users: int | None) -> Examples:

@@ -18,6 +18,7 @@ aligned table keeps its refreshed table's figures.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,8 @@ from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.embed.collab import SASRec, collab_embeddings
 from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
-from freshsid.sid.align import METHODS, align, stick
-from freshsid.sid.build import build_table
+from freshsid.sid.align import METHODS, align, resolve_suffix, stick
+from freshsid.sid.build import build_table, make_tokenizer
 from freshsid.sid.table import SidTable
 
 
@@ -125,6 +126,53 @@ def build_collab_sids(split: TemporalSplit, window: Window, *, sasrec: SASRecCon
     table = code_items(embeddings, split, window, sid, inputs={"logs": split.logs.fingerprint},
                        warm_from=warm_from.table if recipe is not None and recipe.warm_tokenizer else None)
     return CollabSids(embeddings, table, model)
+
+
+def code_new_items(legacy: SidTable, embeddings: Embeddings, items: np.ndarray, item_ids: np.ndarray,
+                   config: SidConfig) -> SidTable:
+    """``legacy`` plus the ``items`` it lacks, coded by the legacy tokenizer as it is
+    (incremental coding, what a team with a frozen vocabulary does): no legacy SID moves.
+
+    Args:
+        legacy: a table a tokenizer wrote (it carries the tokenizer's state).
+        embeddings: vectors of the new items in the space the legacy tokenizer reads
+            (the refreshed SASRec's; under a warm recipe that space continues the legacy one).
+        items: dense items to add (those already coded are ignored); item_ids: (n_items,)
+            the logs' original ids in dense order.
+        config: the legacy build's tokenizer config (kind and settings; the shape is the table's).
+
+    The suffix of a new item is the smallest one its prefix group leaves free
+    (:func:`freshsid.sid.align.resolve_suffix`: every legacy item claims its own).
+    """
+    if legacy.tokenizer_state is None:
+        raise FreshsidError("The legacy table holds no tokenizer state (an aligned table, or one built by an older "
+                            "version); pass the table `freshsid sids build` wrote.")
+    new = np.setdiff1d(np.asarray(items, dtype=np.int64), legacy.items)
+    sizes = legacy.codebook_sizes
+    config = config.model_copy(update={"n_levels": legacy.n_levels, "codebook_size": sizes[0], "suffix_size": sizes[-1],
+                                       "warm_epochs": 0})
+    started = time.perf_counter()
+    # Zero further epochs / iterations: the fit only restores the legacy tokenizer (it reads
+    # the legacy items' rows for their width, and moves nothing).
+    tokenizer = make_tokenizer(config, init_state=legacy.tokenizer_state).fit(embeddings.vectors[legacy.items])
+    prefix = tokenizer.transform(embeddings.vectors[new]) if len(new) else np.zeros((0, legacy.n_levels), np.int32)
+    all_items = np.concatenate([legacy.items, new])
+    order = np.argsort(all_items, kind="stable")
+    codes = np.concatenate([legacy.codes, np.column_stack([prefix, np.zeros(len(new), np.int64)])]).astype(np.int64)[order]
+    in_new = np.argsort(order)[: len(legacy.items)]  # the rows of the legacy items after sorting
+    codes[:, -1] = resolve_suffix(codes, in_new, legacy.codes.astype(np.int64))
+    if codes[:, -1].max(initial=0) >= sizes[-1]:
+        raise FreshsidError(f"Coding the new items crowds a prefix beyond the {sizes[-1]} suffix codes; raise the "
+                            "suffix size.")
+    seconds = time.perf_counter() - started
+    # (under stats, which the table's manifest keeps: the legacy table that coded the new items)
+    incremental = {"coded_by": legacy.content_hash, "new_items": int(len(new)), "embeddings_window": embeddings.window}
+    meta = {**legacy.meta, "parent": legacy.content_hash, "stats": {**legacy.meta.get("stats", {}), "incremental": incremental},
+            "compute": {"embedding_seconds": float(embeddings.compute.get("seconds", 0.0)),
+                        "embedding_flops": float(embeddings.compute.get("flops", 0.0)), "tokenizer_seconds": seconds,
+                        "tokenizer_flops": 2.0 * len(new) * sizes[0] * embeddings.vectors.shape[1] * legacy.n_levels}}
+    return SidTable(items=all_items[order], codes=codes.astype(np.int32), codebook_sizes=sizes,
+                    item_ids=np.asarray(item_ids)[all_items[order]], meta=meta)
 
 
 def align_to_legacy(legacy: SidTable, refreshed: SidTable, methods: tuple[str, ...] = METHODS) -> dict[str, SidTable]:

@@ -1,0 +1,83 @@
+"""The paired bootstrap on answers known in advance, and the per-user scores it reads."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from freshsid.data.temporal import Examples
+from freshsid.evaluate.intervals import compare, paired_bootstrap, sensitivity, user_scores
+from freshsid.metrics import recall_ndcg
+
+
+def _scores(n, seed=0):
+    # per-user R@K-like values: many zeros and ones, as real ones are
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(0.3, 0.35, n), 0, 1)
+
+
+def test_identical_policies_give_an_interval_around_zero():
+    a = _scores(2000)
+    got = paired_bootstrap([(a, a.copy())], n_resamples=1000)
+    assert got["diff"] == 0 and got["low"] <= 0 <= got["high"]
+    assert got["resamples"] == 1000 and got["users"] == 2000
+
+
+def test_a_constant_shift_is_found_and_excludes_zero():
+    b = _scores(2000)
+    got = paired_bootstrap([(b + 0.01, b)], n_resamples=1000)
+    assert got["diff"] == pytest.approx(0.01)
+    # excludes 0, centred on the shift (a constant has no spread, up to rounding)
+    assert got["low"] > 0 and got["low"] == pytest.approx(0.01) and got["high"] == pytest.approx(0.01)
+    assert (got["low"] + got["high"]) / 2 == pytest.approx(got["diff"])
+
+
+def test_noise_the_pairing_does_not_remove_widens_the_interval_around_the_true_shift():
+    rng = np.random.default_rng(1)
+    b = _scores(3000, seed=2)
+    a = b + 0.02 + rng.normal(0, 0.1, len(b))
+    got = paired_bootstrap([(a, b)], n_resamples=1000)
+    half = (got["high"] - got["low"]) / 2
+    # the standard error of the mean difference is 0.1 / sqrt(3000) = 0.0018; 95% half width ~1.96 of it
+    assert half == pytest.approx(1.96 * 0.1 / np.sqrt(3000), rel=0.2)
+    assert got["low"] < 0.02 < got["high"] and got["low"] > 0
+    # unpaired users (a and b independent) would not be a pairing: the same policy shuffled is not "equal"
+    assert paired_bootstrap([(b, rng.permutation(b))])["high"] - paired_bootstrap([(b, b)])["high"] > 0
+
+
+def test_nested_over_builds_averages_builds_and_widens_with_their_spread():
+    b1, b2, b3 = _scores(1000, 3), _scores(1000, 4), _scores(1000, 5)
+    same = paired_bootstrap([(b1 + 0.01, b1), (b2 + 0.01, b2), (b3 + 0.01, b3)])
+    assert same["diff"] == pytest.approx(0.01) and same["builds"] == 3
+    assert same["low"] == pytest.approx(0.01) and same["high"] == pytest.approx(0.01)
+    spread = paired_bootstrap([(b1 + 0.00, b1), (b2 + 0.01, b2), (b3 + 0.05, b3)])
+    assert spread["diff"] == pytest.approx(0.02)
+    # builds resampled: the interval reaches towards the build means 0.00 and 0.05
+    assert spread["low"] < 0.01 and spread["high"] > 0.035
+
+
+def test_compare_pairs_every_policy_with_each_reference_present():
+    users = np.arange(500)
+    frame = lambda shift: pl.DataFrame({"user": users, "recall@10": _scores(500) + shift,  # noqa: E731
+                                        "ndcg@10": _scores(500) + shift})
+    out = compare([{"FT-old": frame(0.0), "A": frame(0.1), "B": frame(0.0)}], ["FT-old", "FT-old+new"], (10,))
+    assert set(out) == {"FT-old"} and set(out["FT-old"]) == {"A", "B"}
+    assert out["FT-old"]["A"]["recall@10"]["diff"] == pytest.approx(0.1)
+    assert out["FT-old"]["B"]["ndcg@10"]["low"] <= 0 <= out["FT-old"]["B"]["ndcg@10"]["high"]
+    with pytest.raises(ValueError, match="same users"):
+        compare([{"FT-old": frame(0.0), "A": frame(0.1).with_columns(pl.Series("user", users[::-1]))}], ["FT-old"], (10,))
+
+
+def test_user_scores_average_to_the_metrics_and_split_base_labels():
+    # user 0: labels {1 (base), 7 (new)}; user 1: {7}; user 2: {2, 3}
+    ex = Examples(users=np.array([10, 11, 12]), inputs=np.array([[-1, 1], [7, 2], [3, 4]]),
+                  label_indptr=np.array([0, 2, 3, 5]), label_items=np.array([1, 7, 7, 2, 3]))
+    ranked = np.array([[7, 1, 5], [2, 7, 5], [9, 8, 2]])
+    frame = user_scores(ranked, ex, ks=(1, 3), base_items=np.arange(6), new_items=np.array([7]))
+    means = recall_ndcg(ranked, ex.label_indptr, ex.label_items, (1, 3))
+    assert {k: frame[k].mean() for k in means} == pytest.approx(means)
+    assert frame["history_new"].to_list() == [False, True, False]
+    assert frame["base:recall@3"].to_numpy()[[0, 2]] == pytest.approx([1.0, 0.5])
+    assert np.isnan(frame["base:recall@3"][1])  # no base label
+    table = sensitivity(frame, (3,))
+    assert table["no gap item in history"]["users"] == 2 and table["base-item labels only"]["users"] == 2
+    assert table["base-item labels only"]["recall@3"] == pytest.approx(0.75)
