@@ -151,6 +151,7 @@ def repeatable() -> None:
 
 def _leave() -> None:
     if dist.is_initialized():
+        dist.barrier()  # no rank tears the group down while another still talks to it
         dist.destroy_process_group()
 
 
