@@ -431,6 +431,8 @@ def load_config(path: Path) -> ExperimentConfig:
 def serve_config(path: Path | None, **overrides: Any) -> ServeConfig:
     """A :class:`ServeConfig` from a JSON or TOML file of its fields (or the defaults), with
     the given fields overridden (the CLI's options; None: not given)."""
+    from freshsid.data.tables import check_readable
+
     data: Any = {}
     if path is not None:
         check_readable(Path(path))
