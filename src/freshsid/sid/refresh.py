@@ -142,7 +142,8 @@ def code_new_items(legacy: SidTable, embeddings: Embeddings, items: np.ndarray, 
         config: the legacy build's tokenizer config (kind and settings; the shape is the table's).
 
     The suffix of a new item is the smallest one its prefix group leaves free
-    (:func:`freshsid.sid.align.resolve_suffix`: every legacy item claims its own).
+    (:func:`freshsid.sid.align.resolve_suffix`: every legacy item claims its own). The
+    result keeps the legacy tokenizer's state, so that it codes the next items in turn.
     """
     if legacy.tokenizer_state is None:
         raise FreshsidError("The legacy table holds no tokenizer state (an aligned table, or one built by an older "
@@ -172,7 +173,7 @@ def code_new_items(legacy: SidTable, embeddings: Embeddings, items: np.ndarray, 
                         "embedding_flops": float(embeddings.compute.get("flops", 0.0)), "tokenizer_seconds": seconds,
                         "tokenizer_flops": 2.0 * len(new) * sizes[0] * embeddings.vectors.shape[1] * legacy.n_levels}}
     return SidTable(items=all_items[order], codes=codes.astype(np.int32), codebook_sizes=sizes,
-                    item_ids=np.asarray(item_ids)[all_items[order]], meta=meta)
+                    item_ids=np.asarray(item_ids)[all_items[order]], meta=meta, tokenizer_state=legacy.tokenizer_state)
 
 
 def align_to_legacy(legacy: SidTable, refreshed: SidTable, methods: tuple[str, ...] = METHODS) -> dict[str, SidTable]:
