@@ -48,8 +48,10 @@ def test_every_strategy_is_scored_on_the_part_after_the_one_it_used(run):
     # Frozen never spends, Full spends most; FT-old keeps its codes, the chain adds items.
     summary = results["summary"]["strategies"]
     assert summary["Frozen"]["flops"] == 0 < summary["FT-old"]["flops"] < summary["Full"]["flops"]
+    assert summary["MostPop"]["flops"] == 0 < summary["Incremental"]["flops"] < summary["Full"]["flops"]
     assert all(x == 1.0 for r in results["rounds"] for x in r["strategies"]["FT-old"]["kept_since_start"])
-    assert sum(r["strategies"]["Aligned"]["items_added"] for r in results["rounds"]) > 0
+    for name in ("Aligned", "Incremental"):
+        assert sum(r["strategies"][name]["items_added"] for r in results["rounds"]) > 0
     for name in ("report.md", "recall_by_round.png", "compute_vs_quality.png", "codes_over_rounds.png"):
         assert (out / name).stat().st_size > 0
 
@@ -71,6 +73,69 @@ def test_the_aligned_chain_keeps_sids_unique_and_codebooks_used(run):
             assert len(np.unique(chain.codes[:, level])) >= len(np.unique(fresh.codes[:, level]))
         assert record["strategies"]["Aligned"]["duplicate_sids"] == 0
         parent = chain
+
+
+def test_incremental_keeps_every_sid_and_codes_new_items_with_the_initial_tokenizer(run):
+    """From the saved tables and checkpoints: each round's incremental table keeps every
+    SID of the one before, adds exactly the items seen since (the items Full codes), was
+    coded by the previous table with the initial tokenizer's state unchanged, and its
+    model was fine-tuned on the round's part without a remap."""
+    from freshsid.artifacts import read_manifest
+
+    out, results = run
+    initial = SidTable.load(out / "initial/sids/sids")
+    served = initial
+    for i, record in enumerate(results["rounds"]):
+        r, path = record["round"], "I" * (i + 1)
+        table = SidTable.load(out / f"steps/{path}/sids/sids")
+        assert np.array_equal(table.codes_for(served.items), served.codes)
+        assert set(table.items) == set(SidTable.load(out / f"full/r{r}/sids/sids").items) >= set(served.items)
+        assert len(np.unique(table.codes, axis=0)) == len(table)
+        assert table.meta["stats"]["incremental"]["coded_by"] == served.content_hash
+        assert table.tokenizer_state.keys() == initial.tokenizer_state.keys()
+        assert all(np.array_equal(table.tokenizer_state[k], initial.tokenizer_state[k]) for k in initial.tokenizer_state)
+        info = read_manifest(out / f"steps/{path}/model").info
+        assert info["target_window"] == f"{r}:{r + 1}" and "remapped_levels" not in info
+        entry = record["strategies"]["Incremental"]
+        assert entry["path"] == path and entry["items_added"] == len(table) - len(served)
+        assert entry["kept"] == [1.0] * initial.n_levels and entry["compute"]["embedding_flops"] > 0
+        served = table
+
+
+def test_mostpop_ranks_by_the_rounds_part_and_each_round_has_paired_intervals(run, logs):
+    import polars as pl
+
+    from freshsid.data.temporal import TemporalSplit, Window
+    from freshsid.metrics import per_user
+    from freshsid.retriever.pipeline import sample_users
+
+    out, results = run
+    cfg = config().run
+    split = TemporalSplit(logs, 7)
+    for record in results["rounds"]:
+        r = record["round"]
+        counts = np.bincount(logs.item[split.events(Window(start=r, stop=r + 1))], minlength=logs.n_items)
+        ranking = sorted(split.allowed_items(Window(start=0, stop=r + 1)), key=lambda i: (-counts[i], i))[:20]
+        examples = sample_users(split.examples(Window(start=r + 1, stop=r + 2), max_history=cfg.protocol.max_history),
+                                cfg.max_eval_users)
+        expected = per_user(np.tile(ranking, (len(examples), 1)), examples.label_indptr, examples.label_items, cfg.ks)
+        scores = pl.read_parquet(out / f"eval/mostpop/part{r + 1}.users.parquet")
+        assert scores["user"].to_list() == examples.users.tolist()
+        np.testing.assert_allclose(scores["recall@20"].to_numpy(), expected["recall@20"])
+        entry = record["strategies"]["MostPop"]
+        assert entry["metrics"]["recall@20"] == pytest.approx(float(np.mean(expected["recall@20"])))
+        assert not any(entry["compute"].values())
+        # every strategy against Incremental and FT-old, on the round's users
+        intervals = record["intervals"]
+        assert list(intervals) == ["Incremental", "FT-old"]
+        assert list(intervals["Incremental"]) == [n for n in ROLLING_STRATEGIES if n != "Incremental"]
+        metrics = {n: e["metrics"] for n, e in record["strategies"].items()}
+        for ref, rows in intervals.items():
+            for name, cells in rows.items():
+                cell = cells["recall@20"]
+                assert cell["diff"] == pytest.approx(metrics[name]["recall@20"] - metrics[ref]["recall@20"])
+                assert cell["low"] <= cell["diff"] <= cell["high"] and cell["users"] == len(examples)
+    assert "Paired differences by round" in (out / "report.md").read_text()
 
 
 def test_the_trigger_calibrates_on_the_first_rounds_then_decides_by_its_threshold(run):

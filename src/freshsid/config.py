@@ -335,7 +335,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # The rolling protocol's strategies (freshsid.evaluate.rolling), all from one initial build.
-ROLLING_STRATEGIES = ("Frozen", "FT-old", "Aligned", "Full", "Triggered")
+ROLLING_STRATEGIES = ("Frozen", "FT-old", "Incremental", "Aligned", "Full", "Triggered", "MostPop")
 SIGNALS = ("churn", "unseen", "decay")
 
 

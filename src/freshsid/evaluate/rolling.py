@@ -6,6 +6,9 @@ r = s ... N-2 every strategy may use the events of part r and is scored on part 
 
 - **Frozen** never changes;
 - **FT-old** fine-tunes its retriever on part r with the initial SIDs;
+- **Incremental** keeps every SID it serves and codes the items new in part r with the
+  initial tokenizer, frozen (what a team with a fixed vocabulary does): their embeddings
+  come from its SASRec continued on [0, r+1); then it fine-tunes on part r;
 - **Aligned** refreshes the SIDs on [0, r+1), aligns them to the table it serves
   (each round's table is the next one's legacy, so items new since the last round
   get codes and become recommendable) and fine-tunes on part r;
@@ -13,7 +16,13 @@ r = s ... N-2 every strategy may use the events of part r and is scored on part 
 - **Triggered** refreshes like Aligned when a staleness signal reaches a threshold,
   otherwise fine-tunes like FT-old. The threshold is the mean signal over the first
   rounds where the signal is defined (during which it refreshes every round); it is
-  stated in the results.
+  stated in the results;
+- **MostPop** trains nothing: items ranked by their count in part r (any item seen in
+  [0, r+1) may be returned), the reference line every strategy should clear.
+
+Every evaluation keeps its per-user scores (``<stage>.users.parquet``); each round
+compares every strategy with Incremental and with FT-old, paired over the round's test
+users (:func:`freshsid.evaluate.intervals.compare`).
 
 Staleness signals, from what is known at round r (never from part r+1): ``churn``,
 the mean per-level share of codes a refreshed tokenizer would change after alignment;
@@ -23,7 +32,7 @@ Recall@K_max on part r-1 (the last part it trained on, so the ratio carries an i
 advantage the threshold, set on the first rounds, takes in).
 
 A strategy's state is named by the actions that led to it from the initial build
-(``F`` fine-tune, ``R`` refresh and fine-tune), so strategies that took the same
+(``F`` fine-tune, ``I`` code new items and fine-tune, ``R`` refresh and fine-tune), so strategies that took the same
 actions share their stages: Triggered reuses Aligned's while both refresh. Stages
 are cached (:class:`StageCache`), so an interrupted run resumes.
 """
@@ -37,22 +46,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 
 from freshsid.artifacts import output_lock, read_manifest, write_bytes_atomic, write_json_atomic
 from freshsid.config import ROLLING_STRATEGIES, RollingConfig
 from freshsid.data.interactions import Interactions
-from freshsid.data.temporal import TemporalSplit, Window
+from freshsid.data.temporal import Examples, TemporalSplit, Window
+from freshsid.embed.collab import collab_embeddings
+from freshsid.errors import FreshsidError
+from freshsid.evaluate.intervals import compare, interval_ks, user_scores, write_scores
 from freshsid.evaluate.report import new_figure, png_bytes
 from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import RetrieverConfig, load_checkpoint
 from freshsid.retriever.remap import remap_plan
 from freshsid.runtime import repeatable
-from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, recipe, refresh
+from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, code_new_items, recipe, refresh
 from freshsid.sid.table import SidTable
 
 ALIGNMENT = "hungarian"
+REFERENCES = ("Incremental", "FT-old")  # each round's paired intervals: every strategy minus these
 SID_COMPUTE = ("embedding_flops", "embedding_seconds", "tokenizer_flops", "tokenizer_seconds")
 COMPUTE = ("retriever_flops", "retriever_seconds", *SID_COMPUTE)
 
@@ -67,7 +81,8 @@ class State:
 
     ``path``: the actions since the initial build ("" for the initial build itself);
     ``sids``: the served table with the embeddings it was coded from; ``build``: the
-    unaligned build a warm recipe continues (its table holds the tokenizer state);
+    unaligned build a warm recipe continues (its table holds the tokenizer state; for
+    Incremental, the served table, which keeps the initial tokenizer's);
     ``model``: the checkpoint's stage; ``coverage``: the window whose items are coded."""
 
     path: str
@@ -124,6 +139,26 @@ class Rolling:
         return self.cache.get(stage, key(how.refresh_settings()), build_refresh,
                               lambda folder: Refresh.load(folder, how.name), former=[key(how)])
 
+    def _incremental(self, stage: str, state: State, window: Window) -> CollabSids:
+        """``state``'s table plus the items seen in ``window`` it lacks, coded by the tokenizer
+        it holds (never refit), from the embeddings of its SASRec continued on ``window``."""
+        cfg = self.run_config
+        how = recipe(cfg.recipe)
+        sasrec, _ = how.refresh_configs(cfg.sasrec, cfg.sid)
+        _, sid = how.legacy_configs(cfg.sasrec, cfg.sid)
+
+        def build(folder: Path) -> CollabSids:
+            embeddings, _ = collab_embeddings(self.logs, self.split.events(window), window=str(window), config=sasrec,
+                                              seed=cfg.seed, progress=self.progress, init_state=state.build.embeddings.state)
+            table = code_new_items(state.sids.table, embeddings, self.split.allowed_items(window), self.logs.item_ids, sid)
+            built = CollabSids(embeddings, table)
+            built.save(folder, self.logs.fingerprint)
+            return built
+
+        key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(window), state.path, state.sids.table.content_hash,
+               self.config.n_parts]
+        return self.cache.get(stage, key, build, CollabSids.load)
+
     def _fit(self, stage: str, table: SidTable, window: Window) -> None:
         cfg = self.run_config
 
@@ -162,12 +197,17 @@ class Rolling:
 
     def step(self, state: State, action: str, r: int) -> State:
         """``state`` after one action at round r: ``F`` fine-tunes on part r with the served
-        table, ``R`` refreshes the SIDs on [0, r+1), aligns them and fine-tunes on part r."""
+        table, ``I`` codes part r's new items into it and fine-tunes, ``R`` refreshes the
+        SIDs on [0, r+1), aligns them and fine-tunes on part r."""
         path, part = state.path + action, Window(start=r, stop=r + 1)
         if action == "F":
             self._finetune(f"steps/{path}/model", state.model, state.sids.table, part, state.sids.table)
             return State(path, state.sids, state.build, f"steps/{path}/model", state.coverage, state.refreshed_at)
         window = Window(start=0, stop=r + 1)
+        if action == "I":
+            sids = self._incremental(f"steps/{path}/sids", state, window)
+            self._finetune(f"steps/{path}/model", state.model, sids.table, part, state.sids.table)
+            return State(path, sids, sids, f"steps/{path}/model", window, state.refreshed_at)
         result = self._collab(f"steps/{path}/sids", window, warm=(state.sids, state.build))
         served = CollabSids(result.refreshed.embeddings, result.aligned[ALIGNMENT])
         self._finetune(f"steps/{path}/model", state.model, served.table, part, state.sids.table)
@@ -182,26 +222,67 @@ class Rolling:
     # ------------------------------------------------------------ scoring
 
     def evaluate(self, state: State, part: int) -> dict[str, float]:
+        """``state``'s retriever on ``part``, decoding over the items its table codes."""
         cfg = self.run_config
-        stage = f"eval/{state.path or 'initial'}/part{part}" if not state.path.startswith("X") else f"eval/full/part{part}"
 
-        def build(_: Path) -> dict[str, Any]:
+        def rank(examples: Examples) -> np.ndarray:
             model, _ = load_checkpoint(self.layout.path(state.model), expected_shape=state.sids.table.codebook_sizes)
-            return pipeline.evaluate(model, state.sids.table, self.split, test=Window(start=part, stop=part + 1),
-                                     allowed=state.coverage, ks=cfg.ks, beam=cfg.beam, max_users=cfg.max_eval_users)
+            return pipeline.recommend(model, state.sids.table, examples.inputs, examples.users, top_k=max(cfg.ks),
+                                      allowed_items=self.split.allowed_items(state.coverage), beam=cfg.beam)[0]
 
         key = [state.sids.table.content_hash, read_manifest(self.layout.path(state.model), verify=False).fingerprint,
-               str(state.coverage), part, cfg.ks, cfg.beam, cfg.max_eval_users]
-        return self.cache.record(stage, build, key)
+               str(state.coverage)]
+        return self._scored(self.eval_stage(state.path, part), part, rank, key)
+
+    @staticmethod
+    def eval_stage(path: str, part: int) -> str:
+        """Where the evaluation of the state reached by ``path`` on ``part`` is kept."""
+        return f"eval/{'full' if path.startswith('X') else path or 'initial'}/part{part}"
+
+    def popular(self, r: int) -> dict[str, float]:
+        """MostPop at round r: the items seen in [0, r+1), most counted in part r first, on part r+1."""
+        cfg, seen = self.run_config, Window(start=0, stop=r + 1)
+        counts = np.bincount(self.logs.item[self.split.events(Window(start=r, stop=r + 1))], minlength=self.logs.n_items)
+        items = self.split.allowed_items(seen)
+        ranking = items[np.lexsort((items, -counts[items]))][: max(cfg.ks)]  # most counted first, ties by index
+        return self._scored(self.eval_stage("mostpop", r + 1), r + 1, lambda ex: np.tile(ranking, (len(ex), 1)),
+                            ["mostpop", str(seen)])
+
+    def _scored(self, stage: str, part: int, rank: Callable[[Examples], np.ndarray], key: list[Any]) -> dict[str, float]:
+        """The metrics of ``rank`` on the test users of ``part``, with their per-user scores
+        (``<stage>.users.parquet``; "new" items: those first seen in the part before)."""
+        cfg = self.run_config
+
+        def build(_: Path) -> dict[str, Any]:
+            examples = pipeline.sample_users(
+                self.split.examples(Window(start=part, stop=part + 1), max_history=cfg.protocol.max_history),
+                cfg.max_eval_users)
+            if len(examples) == 0:
+                raise FreshsidError(f"No user has an event in part {part} and an earlier one; cut the logs into fewer parts.")
+            frame = user_scores(rank(examples), examples, ks=cfg.ks,
+                                base_items=self.split.allowed_items(Window(start=0, stop=part - 1)),
+                                new_items=self.split.new_items(Window(start=part - 1, stop=part)))
+            write_scores(self.layout.users(stage), frame)
+            return {f"{m}@{k}": float(np.mean(frame[f"{m}@{k}"].to_numpy())) for k in cfg.ks for m in ("recall", "ndcg")}
+
+        return self.cache.record(stage, build, [*key, part, cfg.ks, cfg.beam, cfg.max_eval_users, cfg.protocol.max_history,
+                                                "per-user"])
+
+    def intervals(self, record: dict[str, Any]) -> dict[str, Any]:
+        """One round's paired intervals: every strategy minus each reference present."""
+        frames = {name: pl.read_parquet(self.layout.users(self.eval_stage(entry["path"], record["scored_on"])))
+                  for name, entry in record["strategies"].items()}
+        return compare([frames], [r for r in REFERENCES if r in frames], interval_ks(self.run_config.ks),
+                       seed=self.run_config.seed)
 
     def compute(self, before: State, after: State) -> dict[str, float]:
         """What the round's action cost: the retriever's training, and the SIDs (embedding
-        model and tokenizer) when the served table changed."""
+        model and tokenizer) when they were rebuilt or extended."""
         out = dict.fromkeys(COMPUTE, 0.0)
         if after.model != before.model:
             trained = read_manifest(self.layout.path(after.model), verify=False).compute
             out.update({k: float(trained.get(k, 0.0)) for k in ("retriever_flops", "retriever_seconds")})
-        if after.sids.table.content_hash != before.sids.table.content_hash:
+        if after.sids is not before.sids:  # SIDs rebuilt or extended (new embeddings at least)
             out.update(sid_compute(after.sids.table))
         return out
 
@@ -243,10 +324,12 @@ class Rolling:
             record: dict[str, Any] = {"round": r, "uses_part": r, "scored_on": r + 1, "strategies": {}}
             for name in cfg.strategies:
                 before = states[name]
-                if name == "Frozen":
+                if name in ("Frozen", "MostPop"):
                     after = before
                 elif name == "FT-old":
                     after = self.step(before, "F", r)
+                elif name == "Incremental":
+                    after = self.step(before, "I", r)
                 elif name == "Aligned":
                     after = self.step(before, "R", r)
                 elif name == "Full":
@@ -268,10 +351,14 @@ class Rolling:
                 compute = self.compute(before, after)
                 if name == "Triggered" and not refresh_now:
                     compute.update(cost)  # the refreshed tokenizer built only to measure churn
-                entry = {"metrics": self.evaluate(after, r + 1), "compute": compute,
-                         "path": after.path, **self.codes(first, before, after)}
+                if name == "MostPop":
+                    entry = {"metrics": self.popular(r), "compute": compute, "path": "mostpop"}
+                else:
+                    entry = {"metrics": self.evaluate(after, r + 1), "compute": compute,
+                             "path": after.path, **self.codes(first, before, after)}
                 scores[name].append(entry)
                 record["strategies"][name] = entry
+            record["intervals"] = self.intervals(record)
             rounds.append(record)
         results = {"dataset": {"name": self.logs.name, "n_parts": cfg.n_parts},
                    "config": cfg.model_dump(mode="json"), "rounds": rounds,
@@ -369,11 +456,12 @@ def report_markdown(results: dict[str, Any], ks: list[int]) -> str:
         for rec in results["rounds"]:
             cells = [f"{rec['strategies'][n]['metrics'][f'{metric}@{kk}']:.4f}" for n in names for kk in ks]
             lines.append(f"| {rec['round']} | {rec['scored_on']} | " + " | ".join(cells) + " |")
+    lines += _interval_lines(results)
     lines += ["", "## Codes", "", "| round | strategy | kept vs previous | kept since start | utilisation | items | added |"
               " duplicates |", "|---:|---|---|---|---|---:|---:|---:|"]
     fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     for rec in results["rounds"]:
-        for n in names:
+        for n in _coded(names):
             e = rec["strategies"][n]
             lines.append(f"| {rec['round']} | {n} | {fmt(e['kept'])} | {fmt(e['kept_since_start'])} | "
                          f"{fmt(e['utilisation'])} | {e['items']:,} | {e['items_added']:,} | {e['duplicate_sids']} |")
@@ -387,6 +475,29 @@ def report_markdown(results: dict[str, Any], ks: list[int]) -> str:
                              f"{'calibrating' if s['calibrating'] else show(s['threshold'])} | {'yes' if s['refreshed'] else 'no'} |")
     lines += ["", "Plots: recall_by_round.png, compute_vs_quality.png, codes_over_rounds.png.", ""]
     return "\n".join(lines)
+
+
+def _interval_lines(results: dict[str, Any]) -> list[str]:
+    """Per round, every strategy minus each reference at the largest cutoff, with its 95%
+    paired interval over the round's test users (* where it excludes 0)."""
+    rounds = [rec for rec in results["rounds"] if rec.get("intervals")]
+    if not rounds:
+        return []
+    k = max(int(key.split("@")[1]) for ref in rounds[0]["intervals"].values() for cells in ref.values() for key in cells)
+    lines = ["", f"## Paired differences by round (Recall@{k} and nDCG@{k}, 95% bootstrap interval over users)", "",
+             "| round | strategy | reference | ΔRecall | ΔnDCG |", "|---:|---|---|---|---|"]
+    cell = lambda c: f"{c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]" + (  # noqa: E731
+        "*" if c["low"] > 0 or c["high"] < 0 else "")
+    for rec in rounds:
+        for ref, rows in rec["intervals"].items():
+            for name, cells in rows.items():
+                lines.append(f"| {rec['round']} | {name} | {ref} | {cell(cells[f'recall@{k}'])} | {cell(cells[f'ndcg@{k}'])} |")
+    return lines
+
+
+def _coded(names: list[str]) -> list[str]:
+    """The strategies that serve SIDs (MostPop serves none)."""
+    return [n for n in names if n != "MostPop"]
 
 
 def _colour(strategy: str) -> str:
@@ -437,7 +548,7 @@ def _codes_plot(results: dict[str, Any]) -> bytes:
     fig.clear()
     axes = fig.subplots(1, 2)
     rounds = [rec["round"] for rec in results["rounds"]]
-    for name in results["rounds"][0]["strategies"]:
+    for name in _coded(list(results["rounds"][0]["strategies"])):
         entries = [rec["strategies"][name] for rec in results["rounds"]]
         for level in range(len(entries[0]["utilisation"])):
             style = dict(marker="o", markersize=3, label=f"{name} L{level}")

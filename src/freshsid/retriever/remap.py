@@ -21,9 +21,16 @@ from freshsid.sid.table import SidTable
 
 def remap_plan(spoken: SidTable, table: SidTable, levels: int) -> tuple[SidTable, int] | None:
     """What a fine-tune on ``table`` of a checkpoint that speaks ``spoken`` carries over
-    (``pipeline.finetune``'s ``remap``): nothing when ``levels`` is 0 or the table is the
-    checkpoint's own."""
-    return (spoken, levels) if levels and table.content_hash != spoken.content_hash else None
+    (``pipeline.finetune``'s ``remap``): nothing when ``levels`` is 0 or the table keeps
+    every SID the checkpoint speaks (its own table, or one that only adds items)."""
+    return (spoken, levels) if levels and not extends(table, spoken) else None
+
+
+def extends(table: SidTable, spoken: SidTable) -> bool:
+    """``table`` codes every item of ``spoken`` with the same SID (it may code more)."""
+    if table.content_hash == spoken.content_hash:
+        return True
+    return bool(np.isin(spoken.items, table.items).all()) and np.array_equal(table.codes_for(spoken.items), spoken.codes)
 
 
 def code_mixing(legacy: SidTable, refreshed: SidTable, level: int) -> np.ndarray:
