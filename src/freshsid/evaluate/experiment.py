@@ -31,6 +31,7 @@ from freshsid.embed.collab import SASRec
 from freshsid.embed.store import Embeddings
 from freshsid.policies import BASE_MODEL, FULL_MODEL, INCREMENTAL, STALE, Baseline, ModelSpec, Policy, Start, Tokenizer, policy
 from freshsid.evaluate.intervals import compare, interval_ks, read_scores, sensitivity, user_scores, write_scores
+from freshsid.evaluate.popularity import most_popular
 from freshsid.evaluate.report import write_report
 from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.evaluate.staleness import recall_by_part, sid_churn
@@ -218,10 +219,8 @@ class Experiment:
             window = self.protocol.window(row.model.train)
             record["definition"] = {"baseline": row.model.kind, "train": row.model.train, "allowed": row.allowed}
             if row.model.kind == "mostpop":
-                counts = np.bincount(self.logs.item[self.split.events(window)], minlength=self.logs.n_items)
-                items = self.split.allowed_items(allowed)
-                ranking = items[np.lexsort((items, -counts[items]))][: max(cfg.ks)]  # most counted first, ties by index
-                record["ranking"] = {"items": ranking.tolist(), "counts": counts[ranking].tolist(), "window": str(window)}
+                ranking, counts = most_popular(self.split, window, allowed, max(cfg.ks))
+                record["ranking"] = {"items": ranking.tolist(), "counts": counts.tolist(), "window": str(window)}
                 rank = lambda ex: np.tile(ranking, (len(ex), 1))  # noqa: E731
                 key = [self.logs.fingerprint, str(window), str(allowed), *self._split_key()]
             else:

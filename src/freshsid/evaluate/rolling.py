@@ -32,8 +32,8 @@ Recall@K_max on part r-1 (the last part it trained on, so the ratio carries an i
 advantage the threshold, set on the first rounds, takes in).
 
 A strategy's state is named by the actions that led to it from the initial build
-(``F`` fine-tune, ``I`` code new items and fine-tune, ``R`` refresh and fine-tune), so strategies that took the same
-actions share their stages: Triggered reuses Aligned's while both refresh. Stages
+(``F`` fine-tune, ``I`` code new items and fine-tune, ``R`` refresh and fine-tune), so
+strategies that took the same actions share their stages: Triggered reuses Aligned's while both refresh. Stages
 are cached (:class:`StageCache`), so an interrupted run resumes.
 """
 
@@ -56,6 +56,7 @@ from freshsid.data.temporal import Examples, TemporalSplit, Window
 from freshsid.embed.collab import collab_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.intervals import compare, interval_ks, user_scores, write_scores
+from freshsid.evaluate.popularity import most_popular
 from freshsid.evaluate.report import new_figure, png_bytes
 from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.retriever import pipeline
@@ -241,10 +242,8 @@ class Rolling:
 
     def popular(self, r: int) -> dict[str, float]:
         """MostPop at round r: the items seen in [0, r+1), most counted in part r first, on part r+1."""
-        cfg, seen = self.run_config, Window(start=0, stop=r + 1)
-        counts = np.bincount(self.logs.item[self.split.events(Window(start=r, stop=r + 1))], minlength=self.logs.n_items)
-        items = self.split.allowed_items(seen)
-        ranking = items[np.lexsort((items, -counts[items]))][: max(cfg.ks)]  # most counted first, ties by index
+        seen = Window(start=0, stop=r + 1)
+        ranking, _ = most_popular(self.split, Window(start=r, stop=r + 1), seen, max(self.run_config.ks))
         return self._scored(self.eval_stage("mostpop", r + 1), r + 1, lambda ex: np.tile(ranking, (len(ex), 1)),
                             ["mostpop", str(seen)])
 
