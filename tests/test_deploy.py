@@ -56,6 +56,9 @@ def test_the_systemd_units_call_the_cli_as_documented():
     for flag in re.findall(r"--[a-z-]+", command):
         assert flag in help_text, flag
     assert "release prune" in unit["Service"]["ExecStartPost"]
+    # the cpu preset's warm recipe continues the SID build a release carries: the unit says how to create one
+    assert "--preset cpu" in command and "--embeddings" in (DEPLOY / "freshsid-refresh.service").read_text()
+    assert "--embeddings" in invoke("release", "create", "--help").stdout
     timer = configparser.ConfigParser(strict=False, interpolation=None)
     timer.read(DEPLOY / "freshsid-refresh.timer")
     assert timer["Timer"]["OnCalendar"] and timer["Install"]["WantedBy"] == "timers.target"

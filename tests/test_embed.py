@@ -306,6 +306,28 @@ def test_warm_start_continues_from_the_given_weights(chain_logs, fitted, tmp_pat
         load_model_state(content)
 
 
+def test_warm_start_on_logs_appended_to_carries_the_fitted_item_rows(chain_logs, fitted):
+    """Logs appended to since the weights were fitted hold new items, whose dense ids come
+    after the old ones: the fitted rows carry over and the new items keep initial rows. A
+    table larger than the model's is still refused."""
+    logs, train = chain_logs
+    earlier = from_arrays(logs.user_ids[logs.user[train]], logs.item_ids[logs.item[train]], logs.ts[train], name="early")
+    assert earlier.n_items < logs.n_items and (earlier.item_ids == logs.item_ids[: earlier.n_items]).all()
+    config = TINY.model_copy(update={"max_epochs": 1})
+    old = SASRec(config, progress=False).fit(earlier, slice(0, earlier.n_events))
+    emb = Embeddings(old.item_embeddings_, np.flatnonzero(old.trained_items_), "collab", config.model_dump(), 0, {}, "0:1",
+                     state=old.state())
+    grown = SASRec.restore(emb, logs.n_items).model_
+    rows = grown.item_table.detach().numpy()
+    np.testing.assert_array_equal(rows[: earlier.n_items], old.item_embeddings_)
+    assert (np.abs(rows[earlier.n_items:]).sum(axis=1) > 0).all()  # the new items' initial rows
+    assert not grown.item.weight[grown.pad].detach().any()  # the padding row, last
+    full = Embeddings(fitted.item_embeddings_, np.flatnonzero(fitted.trained_items_), "collab", TINY.model_dump(), 0, {},
+                      "0:1", state=fitted.state())
+    with pytest.raises(FreshsidError, match="warm-start weights"):
+        SASRec.restore(full, earlier.n_items)
+
+
 def test_last_events_keeps_each_users_last_n_in_time_order():
     from freshsid.embed.collab import last_events
 

@@ -1,5 +1,7 @@
 """`freshsid refresh`, the production step, twice in a row on a growing synthetic log:
-three releases in a chain, each aligned to its parent; rollback restores the previous one."""
+three releases in a chain, each aligned to its parent; rollback restores the previous one.
+A release that carries its SID build refreshes with a warm recipe, and incrementally (its
+SIDs frozen, new items coded by its tokenizer), refresh after refresh."""
 
 import contextlib
 import json
@@ -7,6 +9,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,8 +26,10 @@ SIDS = ["--tokenizer", "rqkmeans", "--levels", "2", "--codebook-size", "8", "--s
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """r0001 built on the first 70% of the log, then two refreshes on 85% and 100%."""
+def built(tmp_path_factory):
+    """The log cut at 70%, 85% and 100% (``opts(share)``: the data options of a cut), and on
+    the first 70%: SASRec embeddings (16 wide, where the tiny preset's are 32), the SID
+    table coded from them and a checkpoint trained on it."""
     d = tmp_path_factory.mktemp("refresh")
     files = write_synthetic(SYNTHETIC, d / "logs")
     events = pl.read_parquet(files.interactions).sort("timestamp", maintain_order=True)
@@ -38,6 +43,13 @@ def chain(tmp_path_factory):
     invoke("sids", "build", *opts(70), "--embeddings", d / "emb", "--parts", "0:10", *SIDS, "--out", d / "sids")
     invoke("retriever", "train", *opts(70), "--sids", d / "sids", "--parts", "0:10", "--preset", "tiny", "--epochs", "1",
            "--out", d / "base")
+    return d, opts, events
+
+
+@pytest.fixture(scope="module")
+def chain(built):
+    """r0001 built on the first 70% of the log (no SID build carried), then two refreshes on 85% and 100%."""
+    d, opts, events = built
     root = d / "releases"
     invoke("release", "create", *opts(70), "--checkpoint", d / "base", "--sids", d / "sids", "--out", root, "--promote")
     outputs = [invoke("refresh", *opts(share), "--releases", root, "--preset", "tiny", "--metric", "recall@20",
@@ -314,3 +326,104 @@ def test_prune_keeps_the_current_release_its_parent_and_the_rollback(chain, tmp_
     assert invoke("release", "prune", copy, "--keep", "1").stdout.strip() == "nothing to remove"
     assert invoke("release", "rollback", copy).stdout.strip() == "current: r0002"
     assert Releases(copy).load_current().id == "r0002"
+
+
+REFRESH = ["--preset", "tiny", "--metric", "recall@20", "--tolerance", "1.0"]
+
+
+@pytest.fixture(scope="module")
+def frozen(built):
+    """r0001 created with --embeddings (it carries its SID build), then two incremental
+    refreshes on 85% and 100% of the log."""
+    d, opts, _ = built
+    root = d / "frozen"
+    invoke("release", "create", *opts(70), "--checkpoint", d / "base", "--sids", d / "sids", "--embeddings", d / "emb",
+           "--out", root, "--promote")
+    outputs = [invoke("refresh", *opts(share), "--releases", root, "--mode", "incremental", *REFRESH, "--promote")
+               for share in (85, 100)]
+    return root, outputs
+
+
+def test_incremental_refreshes_keep_every_sid_and_code_the_items_first_seen_since(frozen):
+    root, outputs = frozen
+    releases = Releases(root)
+    assert releases.ids() == ["r0001", "r0002", "r0003"] and releases.current == "r0003"
+    bundles = [load_release(releases.path(i), build=True) for i in releases.ids()]
+    first_time = bundles[0].manifest.info["data"]["until_time"]
+    for parent, child in zip(bundles, bundles[1:]):
+        assert child.manifest.info["refresh"] == {"mode": "incremental", "recipe": "cold"}
+        np.testing.assert_array_equal(child.table.codes_for(parent.table.items), parent.table.codes)  # no SID moved
+        added = child.catalog.filter(~pl.col("item").is_in(parent.table.items.tolist()))
+        assert added.height and added["first_seen"].min() >= first_time  # items first seen since the first release
+        assert child.table.meta["stats"]["incremental"]["coded_by"] == parent.table.content_hash
+    for release in bundles:  # each carries the build its table is, tokenizer state included: the next one continues it
+        assert release.build.table.content_hash == release.table.content_hash
+        assert release.build.table.tokenizer_state is not None and release.build.embeddings.state is not None
+        assert release.build.embeddings.config["dim"] == 16  # the build's SASRec continued, not the preset's
+    for output in outputs:
+        assert "promoted (incremental refresh)" in output.stdout
+        assert "codes kept per level: L1 100.0%  L2 100.0%" in output.stdout
+    listed = json.loads(invoke("release", "list", root, "--json").stdout)
+    assert [r["refresh"] for r in listed["releases"]] == [None] + [{"mode": "incremental", "recipe": "cold"}] * 2
+    report = json.loads(invoke("status", root, "--json").stdout)
+    assert report["refresh"] == {"mode": "incremental", "recipe": "cold"} and report["carries_build"]
+
+
+def test_a_warm_recipe_continues_the_build_the_release_carries(built, frozen, tmp_path):
+    """The first release, created with --embeddings, refreshed by the stable recipe: the
+    candidate is aligned to it and carries the refreshed (unaligned) build, whose SASRec and
+    tokenizer continued the release's. Its SIDs relabelled, it can no longer refresh incrementally."""
+    d, opts, _ = built
+    copy = tmp_path / "releases"
+    shutil.copytree(frozen[0], copy)
+    releases = Releases(copy)
+    releases.promote("r0001")
+    output = invoke("refresh", *opts(85), "--releases", copy, "--recipe", "stable", *REFRESH, "--promote")
+    assert "promoted (aligned refresh)" in output.stdout and "codes kept per level after alignment" in output.stdout
+    first, candidate = load_release(releases.path("r0001"), build=True), releases.load_current(build=True)
+    assert candidate.id == "r0004" and candidate.manifest.info["refresh"] == {"mode": "aligned", "recipe": "stable"}
+    assert candidate.table.meta["parent"] == first.table.content_hash  # aligned to the release it replaces
+    build = candidate.build
+    assert build.table.content_hash != candidate.table.content_hash and build.table.tokenizer_state is not None
+    assert build.embeddings.config["dim"] == 16 and build.embeddings.config["valid_users"] == 0  # the recipe's schedule
+    assert build.table.meta["tokenizer"]["init_codebooks"] is not None  # the tokenizer continued the release's
+    result = runner.invoke(app, ["refresh", *map(str, opts(100)), "--releases", str(copy), "--mode", "incremental",
+                                 *REFRESH])
+    assert result.exit_code == 2 and "an aligned refresh relabelled" in result.stderr
+    assert releases.ids() == ["r0001", "r0002", "r0003", "r0004"]
+
+
+def test_a_warm_recipe_or_incremental_mode_without_a_carried_build_is_refused(built, chain, tmp_path):
+    """A release created without --embeddings still loads (no build); a refresh that would
+    continue a build it lacks fails before any work, in one sentence, and writes nothing."""
+    _, opts, _ = built
+    copy = tmp_path / "releases"
+    shutil.copytree(chain[0], copy)
+    releases = Releases(copy)
+    releases.promote("r0001")
+    assert releases.load_current(build=True).build is None
+    for extra in (["--recipe", "stable"], ["--mode", "incremental"]):
+        result = runner.invoke(app, ["refresh", *map(str, opts(85)), "--releases", str(copy), *extra, *REFRESH])
+        assert result.exit_code == 2, result.output
+        message = result.stderr.strip()
+        assert "carries no SID build" in message and "--embeddings" in message and "--recipe cold" in message
+        assert message.count(". ") == 0 and "\n" not in message  # one sentence, no traceback
+        assert json.loads((copy / "last-refresh.json").read_text())["outcome"] == "failed"
+    assert releases.ids() == ["r0001", "r0002", "r0003"]
+
+
+def test_release_create_refuses_embeddings_the_table_was_not_coded_from(built, chain, tmp_path):
+    d, opts, _ = built
+    create = ["release", "create", *map(str, opts(70)), "--checkpoint", str(d / "base"), "--out", str(tmp_path / "r")]
+    other = chain[0] / "releases" / "r0002" / "build" / "embeddings"  # a refresh's, not the ones --sids came from
+    result = runner.invoke(app, [*create, "--sids", str(d / "sids"), "--embeddings", str(other)])
+    assert result.exit_code == 2 and "coded from other embeddings" in result.stderr
+    aligned = chain[0] / "releases" / "r0002" / "sids"
+    result = runner.invoke(app, [*create, "--sids", str(aligned), "--embeddings", str(d / "emb")])
+    assert result.exit_code == 2 and "no tokenizer state" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_refresh_help_shows_incremental_mode():
+    help_text = invoke("refresh", "--help").stdout
+    assert "--mode incremental" in help_text and "--embeddings" in help_text

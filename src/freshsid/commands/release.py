@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -53,6 +53,10 @@ def create(
     sids: SidsOpt,
     out: Annotated[Path, typer.Option("--out", help="The releases root (created if new).", show_default=False,
                                       callback=_releases_root)],
+    embeddings: Annotated[Path | None, typer.Option("--embeddings", help="The collab embeddings folder (freshsid embed "
+                                                    "collab) the --sids table was coded from: the release carries them "
+                                                    "and the table's tokenizer, which warm recipes and `refresh --mode "
+                                                    "incremental` continue.", show_default=False)] = None,
     promote: Annotated[bool, typer.Option("--promote", help="Make the new release current.")] = False,
 ) -> None:
     """Bundle --checkpoint, its SID table and the catalog of the items it codes into a new release under --out.
@@ -60,20 +64,22 @@ def create(
     Its parent is the current release. The release has seen the logs' events up to the end of the checkpoint's
     training window; `freshsid refresh` learns from the ones after. Prints the new release id.
 
-    Example: freshsid release create --checkpoint runs/beauty/base --sids runs/beauty/sids-0-8 --dataset amazon-beauty --out releases --promote
+    Example: freshsid release create --checkpoint runs/beauty/base --sids runs/beauty/sids-0-8 --embeddings runs/beauty/emb-0-8 --dataset amazon-beauty --out releases --promote
     """
     from freshsid.retriever.model import load_checkpoint
     from freshsid.retriever.pipeline import trained_span
-    from freshsid.serve.release import Releases
+    from freshsid.serve.release import Releases, carried_build
     from freshsid.sid.table import SidTable
 
     table = SidTable.load(sids)
+    build = None if embeddings is None else carried_build(embeddings, table)
     model, manifest = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
     split = load_split(data, table)
     span = trained_span(manifest)
     split.events(span)  # refuses a window past the logs' last part
     releases = Releases(out)
-    release_id = releases.create(model, manifest, table, split.logs, until_event=int(split.bounds[span.stop]))
+    release_id = releases.create(model, manifest, table, split.logs, until_event=int(split.bounds[span.stop]),
+                                 build=build)
     if promote:
         releases.promote(release_id)
     typer.echo(f"{release_id}{' (current)' if promote else ''} -> {releases.path(release_id)}")
@@ -81,7 +87,8 @@ def create(
 
 @app.command("list")
 def list_releases(root: RootArg, as_json: JsonOpt = False) -> None:
-    """Every release of ROOT, oldest first: parent, items, training windows, metrics; the current one marked.
+    """Every release of ROOT, oldest first: parent, items, training windows, how a refresh made it, metrics; the
+    current one marked.
 
     Example: freshsid release list releases
     """
@@ -95,15 +102,18 @@ def list_releases(root: RootArg, as_json: JsonOpt = False) -> None:
         info = read_manifest(releases.path(release_id), KIND, verify=False).info
         rows.append({"id": release_id, "current": release_id == current, "parent": info.get("parent_release"),
                      "items": info.get("n_items"), "history": info["data"].get("history_window"),
-                     "target": info["data"].get("target_window"), "metrics": info.get("metrics", {})})
+                     "target": info["data"].get("target_window"), "refresh": info.get("refresh"),
+                     "metrics": info.get("metrics", {})})
     if as_json:
         print_json({"current": current, "releases": rows})
         return
-    table = Table("id", "parent", "items", "trained on (history / targets)", "metrics", title=f"releases in {root}")
+    table = Table("id", "parent", "items", "trained on (history / targets)", "refresh", "metrics",
+                  title=f"releases in {root}")
     for row in rows:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items())
+        made = f"{row['refresh']['mode']} ({row['refresh']['recipe']})" if row["refresh"] else "—"
         table.add_row(row["id"] + (" *" if row["current"] else ""), row["parent"] or "—", f"{row['items']:,}",
-                      f"{row['history']} / {row['target']}", metrics or "—")
+                      f"{row['history']} / {row['target']}", made, metrics or "—")
     Console().print(table)
 
 
@@ -151,8 +161,8 @@ def status(
     releases_root: Annotated[Path, typer.Argument(help="A releases root.", show_default=False)],
     as_json: JsonOpt = False,
 ) -> None:
-    """What RELEASES serves: the current release, its lineage, age, training windows, gate figures and the last
-    refresh; with logs (--logs/--dataset), the staleness signal now (share of the events since the release on items it
+    """What RELEASES serves: the current release, its lineage, age, training windows, how a refresh made it, gate
+    figures and the last refresh; with logs (--logs/--dataset), the staleness signal now (share of the events since the release on items it
     cannot code, what `refresh --if-due` reads).
 
     Example: freshsid status releases --logs logs-until-today.parquet --items items.parquet
@@ -175,6 +185,10 @@ def refresh(
                                                 show_default=False)],
     preset: Annotated[str, typer.Option("--preset", help="Sizes and schedules: tiny, cpu or paper.")] = "cpu",
     recipe: Annotated[str | None, typer.Option("--recipe", help="How the SIDs are rebuilt (default: the preset's).")] = None,
+    mode: Annotated[Literal["aligned", "incremental"], typer.Option("--mode", help="aligned: SIDs rebuilt and aligned to "
+                                                                    "the release's; incremental: the release's SIDs "
+                                                                    "kept, new items coded by its frozen tokenizer.")
+                    ] = "aligned",
     holdout: Annotated[float, typer.Option("--holdout", min=0.01, max=0.5, help="Share of the returning users of the new "
                                            "events held out to validate on.")] = 0.1,
     metric: Annotated[str, typer.Option("--metric", help="The gate's metric on the held-out users.")] = "recall@100",
@@ -189,12 +203,18 @@ def refresh(
     """Refresh the current release on the logs up to now: new SIDs aligned to the release's, a warm-start fine-tune on
     the events since it, a gate on held-out users; writes the candidate as a new release.
 
+    A recipe that continues the SASRec or the tokenizer (the cpu preset's remap-3) and --mode incremental (the
+    release's SIDs kept, the items new since coded by its frozen tokenizer) continue the SID build the release
+    carries: create the first release with `freshsid release create --embeddings`.
+
     The events since the release are found by time against what it saw; events dated before its last second that it
     never saw are refused (counted, kept as history). Exit codes, for a timer: 0 refreshed (the candidate passes the
     gate), 3 not due (--if-due), 4 refused by the gate, 2 an error. The outcome is left in RELEASES/last-refresh.json
     and logged as one JSON line on stderr.
 
     Example: freshsid refresh --releases releases --logs logs-until-today.parquet --items items.parquet --promote --if-due
+
+    Frozen vocabulary: freshsid refresh --mode incremental --releases releases --logs logs-until-today.parquet --items items.parquet --promote
     """
     from freshsid.serve.ops import OUTCOMES
     from freshsid.serve.refresh import NotDue, refresh_release
@@ -204,7 +224,7 @@ def refresh(
         raise FreshsidError(f"--metric {metric!r} is not recall@K or ndcg@K, e.g. recall@100.")
     config = configure(experiment_preset(preset), recipe=recipe, device=device)
     use_device(device)
-    outcome = refresh_release(Releases(releases_root), data.load(), config, holdout=holdout, metric=metric,
+    outcome = refresh_release(Releases(releases_root), data.load(), config, mode=mode, holdout=holdout, metric=metric,
                               tolerance=tolerance, promote=promote, if_due=threshold if if_due else None,
                               progress=show_progress())
     if isinstance(outcome, NotDue):
@@ -212,13 +232,13 @@ def refresh(
                    f"{outcome.release_id} are on items it cannot code (threshold {outcome.threshold:.1%})")
         raise typer.Exit(OUTCOMES["not_due"])
     verdict = "promoted" if outcome.promoted else "passes the gate" if outcome.passes else "fails the gate"
-    typer.echo(f"{outcome.release_id}: {verdict}")
+    typer.echo(f"{outcome.release_id}: {verdict} ({outcome.mode} refresh)")
     typer.echo(f"staleness: {outcome.signal:.1%} of the new events on items the release cannot code")
     typer.echo(f"new events: {outcome.new_events:,} taken, {outcome.late_events:,} refused (late: dated before the "
                f"release's last second, kept as history); validation users held out: {outcome.validation_users:,}; "
                f"items added: {outcome.items_added:,}")
-    typer.echo("codes kept per level after alignment: " + "  ".join(f"L{i + 1} {k:.1%}" for i, k in
-                                                                    enumerate(outcome.codes_kept)))
+    kept = "  ".join(f"L{i + 1} {k:.1%}" for i, k in enumerate(outcome.codes_kept))
+    typer.echo(f"codes kept per level{' after alignment' if outcome.mode == 'aligned' else ''}: {kept}")
     typer.echo(f"{outcome.metric}: current {outcome.current_score:.4f} -> candidate {outcome.candidate_score:.4f}")
     c = outcome.compute
     typer.echo(f"compute: fine-tune {c.get('retriever_flops', 0) / 1e12:.3g} TFLOPs in {c.get('retriever_seconds', 0):.1f} s; "

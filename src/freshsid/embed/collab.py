@@ -43,6 +43,7 @@ from freshsid.progress import progress_bar
 from freshsid.runtime import current
 
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
+ITEM_TABLE = "item.weight"  # (n_items + 1, dim) in the state: the item table, the padding row last
 
 
 class SASRec:
@@ -67,9 +68,10 @@ class SASRec:
         self.config = config if config is not None else SASRecConfig()
         self.random_state = random_state
         self.progress = progress
-        # Warm start: the weights (:meth:`state`) of a SASRec fitted on the same logs with
-        # the same config, e.g. the legacy model, so that a refresh continues from it and
-        # moves item embeddings where behaviour moved instead of learning a new space.
+        # Warm start: the weights (:meth:`state`) of a SASRec fitted on the same logs, or on
+        # logs these extend, with the same config, e.g. the legacy model, so that a refresh
+        # continues from it and moves item embeddings where behaviour moved instead of
+        # learning a new space.
         self.init_state = init_state
 
     def get_params(self) -> dict:
@@ -142,14 +144,24 @@ class SASRec:
 
     def _warm_start(self, init: Mapping[str, np.ndarray]) -> None:
         own = self.model_.state_dict()
+        init = {k: np.asarray(v, dtype=np.float32) for k, v in init.items()}
+        fitted = init.get(ITEM_TABLE)
+        if fitted is not None and fitted.ndim == 2 and fitted.shape[1:] == own[ITEM_TABLE].shape[1:] \
+                and len(fitted) < len(own[ITEM_TABLE]):
+            # Logs appended to since the weights were fitted: dense items keep their index and
+            # the new ones come after, so the fitted rows carry over and the new items (and
+            # the padding row, last) keep their initial rows.
+            rows = own[ITEM_TABLE].numpy().copy()
+            rows[: len(fitted) - 1] = fitted[:-1]
+            init[ITEM_TABLE] = rows
         shapes = {k: tuple(v.shape) for k, v in own.items()}
-        given = {k: tuple(np.shape(v)) for k, v in init.items()}
+        given = {k: v.shape for k, v in init.items()}
         if given != shapes:
             raise FreshsidError(
                 "The warm-start weights do not fit this SASRec (other logs, dimension or depth); "
-                "warm-start from a model fitted on the same logs with the same config."
+                "warm-start from a model fitted on these logs, or on logs they extend, with the same config."
             )
-        self.model_.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in init.items()})
+        self.model_.load_state_dict({k: torch.from_numpy(v) for k, v in init.items()})
 
     def _train(
         self, seqs: Sequences, candidates: torch.Tensor, slot: np.ndarray, valid: Examples | None, rng: np.random.Generator

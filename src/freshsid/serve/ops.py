@@ -22,7 +22,7 @@ from freshsid.data.interactions import Interactions
 from freshsid.errors import FreshsidError
 from freshsid.serve import journal
 from freshsid.serve.events import NewEvents, new_events
-from freshsid.serve.release import KIND, POINTER, Release, Releases
+from freshsid.serve.release import BUILD_EMBEDDINGS, KIND, POINTER, Release, Releases
 from freshsid.sid.table import SidTable
 
 LAST_REFRESH = "last-refresh.json"
@@ -56,8 +56,8 @@ def record_refresh(releases: Releases, outcome: str, **fields: Any) -> None:
 
 def status(releases: Releases, logs: Interactions | None = None) -> dict[str, Any]:
     """What ``releases`` serves: the current release, its lineage (parents back to the first),
-    its age, training windows and gate figures, the last refresh, and with ``logs`` the
-    staleness signal now."""
+    its age, training windows, how a refresh made it, whether it carries a SID build to
+    continue, gate figures, the last refresh, and with ``logs`` the staleness signal now."""
     pointer = releases.pointer()
     if pointer["current"] is None:
         raise FreshsidError(f"{releases.root} has no current release; promote one with `freshsid release promote`.")
@@ -75,7 +75,8 @@ def status(releases: Releases, logs: Interactions | None = None) -> dict[str, An
         "root": str(releases.root), "current": current, "lineage": lineage, "rollback_to": (pointer["previous"] or [None])[-1],
         "releases": len(infos), "age_seconds": round(time.time() - manifest.created, 1),
         "data_until": data.get("until_time"), "history_window": data.get("history_window"),
-        "target_window": data.get("target_window"), "gate": manifest.info.get("metrics", {}),
+        "target_window": data.get("target_window"), "refresh": manifest.info.get("refresh"),
+        "carries_build": BUILD_EMBEDDINGS in manifest.inputs, "gate": manifest.info.get("metrics", {}),
         "n_items": manifest.info.get("n_items"), "last_refresh": _last_refresh(releases),
     }
     if logs is not None:

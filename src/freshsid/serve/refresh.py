@@ -4,10 +4,25 @@
    record the release keeps of what it saw (:mod:`freshsid.serve.events`).
    A share of the users active in it is held out: their new events are never trained on
    and form the validation slice of the gate.
-2. New collaborative embeddings and tokenizer on every other event, aligned to the
-   current release's SidTable (:func:`freshsid.sid.refresh.refresh`, the same function
-   the experiment runs); items first seen since the release get codes.
-3. The current checkpoint is fine-tuned on the new window over the aligned SIDs.
+2. New SIDs from every other event, by mode:
+
+   - ``aligned``: new collaborative embeddings and tokenizer, aligned to the current
+     release's SidTable (:func:`freshsid.sid.refresh.refresh`, the same function the
+     experiment runs); items first seen since the release get codes. A recipe that
+     continues the legacy SASRec or tokenizer continues the SID build the release
+     carries (the unaligned build its table came from), and the candidate carries the
+     refreshed build in turn.
+   - ``incremental`` (a frozen vocabulary): the release's SIDs unchanged, and the items
+     first seen since coded by the build's tokenizer as it is
+     (:func:`freshsid.sid.refresh.code_new_items`), from the build's SASRec continued on
+     the logs, so that their embeddings live in the space that tokenizer reads. Sound
+     only while the served table is the one that tokenizer wrote or extended: a release
+     created with its build, or refreshed incrementally since; after an aligned refresh
+     the served codes are relabelled and the tokenizer's codes would mean other things.
+
+   A refresh that continues the build keeps its SASRec's shape and its tokenizer's kind
+   (the weights and state fit no other); the preset and the recipe give the schedules.
+3. The current checkpoint is fine-tuned on the new window over the new SIDs.
 4. The gate: both releases scored on the held-out users (history before the new window,
    labels their items in it). The candidate is written as a new release with both
    scores; it is promoted when asked and not worse than the current one by more than
@@ -20,14 +35,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from freshsid.artifacts import output_lock
-from freshsid.config import ExperimentConfig
+from freshsid.config import ExperimentConfig, Recipe
 from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import Examples, TemporalSplit, Window
+from freshsid.embed.collab import collab_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.metrics import recall_ndcg
 from freshsid.retriever import pipeline
@@ -36,11 +53,14 @@ from freshsid.retriever.remap import remap_plan
 from freshsid.serve import journal
 from freshsid.serve.events import new_events
 from freshsid.serve.ops import record_refresh, share_uncoded
-from freshsid.serve.release import RETRIEVER, Releases
-from freshsid.sid.refresh import CollabSids, recipe, refresh
+from freshsid.serve.release import RETRIEVER, Release, Releases
+from freshsid.sid.refresh import CollabSids, code_new_items, recipe, refresh
+from freshsid.sid.table import SidTable
 
-OLD, NEW = Window(start=0, stop=1), Window(start=1, stop=2)
+NEW, ALL = Window(start=1, stop=2), Window(start=0, stop=2)
 REFRESH_LOCK = "refresh"  # root/.refresh.lock, held for a whole refresh
+Mode = Literal["aligned", "incremental"]
+SASREC_SHAPE = ("dim", "n_layers", "n_heads", "ffn_dim", "max_length")  # what a fitted SASRec's weights fix
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,7 @@ class RefreshOutcome:
     """What one refresh did: the candidate release, the gate's scores, what changed, what it cost."""
 
     release_id: str
+    mode: Mode
     passes: bool  # the candidate is not worse than the current release by more than the tolerance
     promoted: bool
     metric: str
@@ -57,7 +78,7 @@ class RefreshOutcome:
     late_events: int  # refused as new: dated before the release's last second, never seen by it; kept as history
     signal: float  # share of the new events on items the release in service cannot code
     validation_users: int
-    codes_kept: list[float]  # per level, share of common items keeping their code after alignment
+    codes_kept: list[float]  # per level, share of common items keeping their code (all, in incremental mode)
     items_added: int
     compute: dict[str, float]
 
@@ -72,12 +93,13 @@ class NotDue:
     new_events: int
 
 
-def refresh_release(releases: Releases, logs: Interactions, config: ExperimentConfig, *, holdout: float = 0.1,
-                    metric: str = "recall@100", tolerance: float = 0.01, promote: bool = False,
+def refresh_release(releases: Releases, logs: Interactions, config: ExperimentConfig, *, mode: Mode = "aligned",
+                    holdout: float = 0.1, metric: str = "recall@100", tolerance: float = 0.01, promote: bool = False,
                     if_due: float | None = None, progress: bool = True) -> RefreshOutcome | NotDue:
     """One production refresh of the current release of ``releases`` on ``logs`` (the logs
-    up to now, extending the ones the release was built from). With ``if_due``, only when
-    the share of the new events on items the release cannot code reaches it.
+    up to now, extending the ones the release was built from), in ``mode`` (see the module
+    docstring). With ``if_due``, only when the share of the new events on items the
+    release cannot code reaches it.
 
     Holds the releases root's refresh lock from before any work: a second refresh is
     refused at once. The outcome is left in ``last-refresh.json`` and logged as one line
@@ -85,7 +107,7 @@ def refresh_release(releases: Releases, logs: Interactions, config: ExperimentCo
     busy = f"Another refresh of {releases.root} is running; wait for it to finish."
     with output_lock(releases.root / REFRESH_LOCK, busy=busy):
         try:
-            outcome = _refresh(releases, logs, config, holdout=holdout, metric=metric, tolerance=tolerance,
+            outcome = _refresh(releases, logs, config, mode=mode, holdout=holdout, metric=metric, tolerance=tolerance,
                                promote=promote, if_due=if_due, progress=progress)
         except FreshsidError as exc:
             record_refresh(releases, "failed", reason=str(exc))
@@ -95,15 +117,29 @@ def refresh_release(releases: Releases, logs: Interactions, config: ExperimentCo
                            threshold=outcome.threshold, new_events=outcome.new_events)
         else:
             record_refresh(releases, "refreshed" if outcome.passes else "refused_by_gate", release=outcome.release_id,
-                           promoted=outcome.promoted, signal=outcome.signal, new_events=outcome.new_events,
-                           late_events=outcome.late_events, metric=outcome.metric, current=outcome.current_score,
-                           candidate=outcome.candidate_score)
+                           mode=outcome.mode, promoted=outcome.promoted, signal=outcome.signal,
+                           new_events=outcome.new_events, late_events=outcome.late_events, metric=outcome.metric,
+                           current=outcome.current_score, candidate=outcome.candidate_score)
         return outcome
 
 
-def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *, holdout: float, metric: str,
-             tolerance: float, promote: bool, if_due: float | None, progress: bool) -> RefreshOutcome | NotDue:
-    current = releases.load_current()
+@dataclass(frozen=True)
+class NewSids:
+    """What a refresh mode hands the fine-tune and the candidate release."""
+
+    table: SidTable  # the candidate's
+    build: CollabSids  # the build the candidate carries, for the next refresh to continue
+    remap: tuple[SidTable, int] | None  # what the fine-tune carries over (remap_plan)
+    codes_kept: list[float]
+
+
+def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *, mode: Mode, holdout: float,
+             metric: str, tolerance: float, promote: bool, if_due: float | None,
+             progress: bool) -> RefreshOutcome | NotDue:
+    current = releases.load_current(build=True)
+    how = recipe(config.recipe)
+    if mode == "incremental" or how.warm_embeddings or how.warm_tokenizer or how.move_share < 1:
+        config = _continuing(config, current, mode, how)
     current.table.check_item_ids(logs.item_ids, logs_name=logs.name)
     new = new_events(logs, current.manifest.info["data"], release_id=current.id)
     signal = share_uncoded(new, current.table)
@@ -119,37 +155,83 @@ def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *
     train = TemporalSplit.at(replace(logs, user=logs.user[keep], item=logs.item[keep], ts=logs.ts[keep]), [until])
     torch.set_num_threads(config.threads)
 
-    how = recipe(config.recipe)
-    result = refresh(train, Window(start=0, stop=2), CollabSids(None, current.table), recipe=how, sasrec=config.sasrec,
-                     sid=config.sid, seed=config.seed, methods=("hungarian",), progress=progress)
-    aligned = result.aligned["hungarian"]
+    sids = (_incremental if mode == "incremental" else _aligned)(train, current, how, config, progress)
     work = releases.root / "work"
     work.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work, prefix="refresh-"))
     try:
-        tuned = pipeline.finetune(releases.path(current.id) / RETRIEVER, train, aligned, target=NEW,
+        tuned = pipeline.finetune(releases.path(current.id) / RETRIEVER, train, sids.table, target=NEW,
                                   train_config=config.finetune, out=scratch / "model", show_progress=progress,
-                                  remap=remap_plan(current.table, aligned, how.remap_levels))
+                                  remap=sids.remap)
         examples = TemporalSplit.at(logs, [until]).examples(NEW, max_history=current.model.config.max_history)
         examples = examples.subset(np.flatnonzero(np.isin(examples.users, held)))
         scores = {name: _score(Recommender(model, table), examples, metric, config.beam) for name, model, table in
-                  (("current", current.model, current.table), ("candidate", tuned.model, aligned))}
-        release_id = releases.create(tuned.model, tuned.manifest, aligned, logs, until_event=logs.n_events,
+                  (("current", current.model, current.table), ("candidate", tuned.model, sids.table))}
+        release_id = releases.create(tuned.model, tuned.manifest, sids.table, logs, until_event=logs.n_events,
                                      metrics={f"current {metric}": scores["current"],
-                                              f"candidate {metric}": scores["candidate"]})
+                                              f"candidate {metric}": scores["candidate"]},
+                                     build=sids.build, refresh={"mode": mode, "recipe": how.name})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     passes = scores["candidate"] >= scores["current"] * (1 - tolerance)
     if promote and passes:
         releases.promote(release_id)
-    sid_compute = {k: float(v) for k, v in aligned.meta["compute"].items()}
+    sid_compute = {k: float(v) for k, v in sids.table.meta["compute"].items()}
     if promote and not passes:
         journal.record("candidate_refused", release=release_id, serving=current.id, metric=metric,
                        current=scores["current"], candidate=scores["candidate"], tolerance=tolerance)
-    return RefreshOutcome(release_id, passes, promote and passes, metric, scores["current"], scores["candidate"],
-                          new.taken, new.late, signal, len(held),
-                          [lv["kept_after"] for lv in aligned.meta["stats"]["alignment"]["levels"]],
-                          len(np.setdiff1d(aligned.items, current.table.items)), {**tuned.compute, **sid_compute})
+    return RefreshOutcome(release_id, mode, passes, promote and passes, metric, scores["current"],
+                          scores["candidate"], new.taken, new.late, signal, len(held), sids.codes_kept,
+                          len(np.setdiff1d(sids.table.items, current.table.items)), {**tuned.compute, **sid_compute})
+
+
+def _continuing(config: ExperimentConfig, current: Release, mode: Mode, how: Recipe) -> ExperimentConfig:
+    """``config`` with the SASRec shape and the tokenizer kind of the build ``current``
+    carries, which a refresh that continues its weights and tokenizer keeps. Refuses a
+    release without a build and, in incremental mode, one whose SIDs are not the ones its
+    build's tokenizer wrote or extended."""
+    build = current.build
+    if build is None:
+        what = "--mode incremental" if mode == "incremental" else f"recipe {how.name!r}"
+        raise FreshsidError(f"Release {current.id} carries no SID build (SASRec weights and tokenizer) for {what} to "
+                            "continue; create releases with `freshsid release create --embeddings`, or refresh with "
+                            "--mode aligned --recipe cold.")
+    if mode == "incremental" and build.table.content_hash != current.table.content_hash:
+        raise FreshsidError(f"Release {current.id} serves SIDs an aligned refresh relabelled, so its build's tokenizer "
+                            "cannot code new items among them; refresh it with --mode aligned.")
+    assert build.embeddings is not None  # a carried build always holds its embeddings
+    shape = {name: build.embeddings.config[name] for name in SASREC_SHAPE}
+    kind = build.table.meta["tokenizer"]["kind"]
+    return config.model_copy(update={"sasrec": config.sasrec.model_copy(update=shape),
+                                     "sid": config.sid.model_copy(update={"tokenizer": kind})})
+
+
+def _aligned(train: TemporalSplit, current: Release, how: Recipe, config: ExperimentConfig,
+             progress: bool) -> NewSids:
+    """SIDs rebuilt as ``how`` says, continuing the release's build where it says so, and
+    aligned to the served table (whose embeddings are the build's)."""
+    build = current.build
+    served = CollabSids(build.embeddings if build is not None else None, current.table)
+    result = refresh(train, ALL, served, recipe=how, sasrec=config.sasrec, sid=config.sid, seed=config.seed,
+                     methods=("hungarian",), progress=progress, warm_from=build)
+    aligned = result.aligned["hungarian"]
+    return NewSids(aligned, result.refreshed, remap_plan(current.table, aligned, how.remap_levels),
+                   [lv["kept_after"] for lv in aligned.meta["stats"]["alignment"]["levels"]])
+
+
+def _incremental(train: TemporalSplit, current: Release, how: Recipe, config: ExperimentConfig,
+                 progress: bool) -> NewSids:
+    """The served SIDs unchanged (the build's table, code for code), and the items they lack
+    coded by the build's tokenizer as it is, from the build's SASRec continued on the logs
+    (the recipe's refresh schedule)."""
+    build = current.build
+    assert build is not None and build.embeddings is not None  # (_continuing refused a release without one)
+    sasrec, sid = how.refresh_configs(config.sasrec, config.sid)
+    embeddings, _ = collab_embeddings(train.logs, train.events(ALL), window=str(ALL), config=sasrec, seed=config.seed,
+                                      progress=progress, init_state=build.embeddings.state)
+    table = code_new_items(build.table, embeddings, train.allowed_items(ALL), train.logs.item_ids, sid)
+    # No legacy code moved: the fine-tune has nothing to carry over.
+    return NewSids(table, CollabSids(embeddings, table), None, [1.0] * table.n_levels)
 
 
 def _held_out_users(logs: Interactions, until: int, share: float, seed: int) -> np.ndarray:

@@ -4,11 +4,15 @@ A release is an artifact folder holding two artifacts of its own, the retriever
 checkpoint (``retriever/``) and its SidTable (``sids/``), beside the catalog of the
 items the table codes (``catalog.parquet``: dense item, original id, title, the time of
 the item's first event) and every
-user's latest items (``histories.parquet``: dense user, original id, items). Its
-manifest records the release id, the parent release, the data the model was
-trained on (logs fingerprint, parts), the training recipe, validation metrics,
-compute, and the fingerprints of both inner artifacts, so a bundle whose files do
-not match is refused on load.
+user's latest items (``histories.parquet``: dense user, original id, items). It may
+also carry the SID build its table continues (``build/``, a
+:class:`~freshsid.sid.refresh.CollabSids`: the collaborative embeddings with their
+SASRec's weights and the table their tokenizer wrote, with its state), which a refresh
+that continues the SASRec or the tokenizer needs; a release without one serves alike.
+Its manifest records the release id, the parent release, the data the model was
+trained on (logs fingerprint, parts), the training recipe, how a refresh made it,
+validation metrics, compute, and the fingerprints of the inner artifacts, so a bundle
+whose files do not match is refused on load.
 
 A releases root holds the bundles under ``releases/<id>/`` and a pointer file,
 ``CURRENT.json`` (the current id and the ids promoted before it), replaced
@@ -37,14 +41,18 @@ from freshsid.artifacts import (
 )
 from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import last_items
+from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
 from freshsid.retriever.model import Retriever, load_checkpoint, save_checkpoint
 from freshsid.serve import journal
 from freshsid.serve.events import seen_record
+from freshsid.sid.refresh import CollabSids
 from freshsid.sid.table import SidTable
 
 KIND = "release"
 RETRIEVER, SIDS, CATALOG, HISTORIES = "retriever", "sids", "catalog.parquet", "histories.parquet"
+BUILD = "build"
+BUILD_EMBEDDINGS, BUILD_TABLE = f"{BUILD}/{CollabSids.EMBEDDINGS}", f"{BUILD}/{CollabSids.TABLE}"  # manifest inputs
 POINTER = "CURRENT.json"
 RELEASE_ID = re.compile(r"^r[0-9]{4,}$")
 
@@ -52,7 +60,8 @@ RELEASE_ID = re.compile(r"^r[0-9]{4,}$")
 @dataclass(frozen=True)
 class Release:
     """A loaded release: the model, its table, the catalog (dense item -> id, title), the
-    users' latest items (dense user, id, items)."""
+    users' latest items (dense user, id, items), and the SID build it carries when loaded
+    with ``build=True`` (None when it carries none)."""
 
     id: str
     model: Retriever
@@ -60,14 +69,17 @@ class Release:
     catalog: pl.DataFrame
     histories: pl.DataFrame
     manifest: Manifest
+    build: CollabSids | None = None
 
 
 def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: SidTable, logs: Interactions, *,
-                  release_id: str, parent: str | None, until_event: int,
-                  metrics: dict[str, float] | None = None) -> Manifest:
+                  release_id: str, parent: str | None, until_event: int, metrics: dict[str, float] | None = None,
+                  build: CollabSids | None = None, refresh: dict[str, str] | None = None) -> Manifest:
     """Write one release bundle to ``folder``; ``until_event``: how many of the logs' events
     (in time order) the model has seen — recorded by time (:func:`~freshsid.serve.events.seen_record`),
-    so that a refresh finds the ones after in any later logs."""
+    so that a refresh finds the ones after in any later logs. ``build``: the SID build
+    ``table`` continues, carried for the next refresh; ``refresh``: how a refresh made the
+    release (mode, recipe), recorded."""
     items = table.items
     first_seen = np.full(logs.n_items, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first_seen, logs.item, logs.ts)
@@ -83,6 +95,11 @@ def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: S
         inner = save_checkpoint(tmp / RETRIEVER, model, extra_meta=dict(checkpoint.info), inputs=dict(checkpoint.inputs),
                                 compute=dict(checkpoint.compute), parent=checkpoint.parent, seed=checkpoint.seed)
         table.save(tmp / SIDS)
+        carried: dict[str, str] = {}
+        if build is not None:
+            build.save(tmp / BUILD, logs.fingerprint)
+            carried = {BUILD_EMBEDDINGS: read_manifest(tmp / BUILD_EMBEDDINGS, verify=False).fingerprint,
+                       BUILD_TABLE: build.table.content_hash}
         catalog.write_parquet(tmp / CATALOG, statistics=False)
         info = {
             "release_id": release_id,
@@ -93,16 +110,20 @@ def write_release(folder: Path, model: Retriever, checkpoint: Manifest, table: S
                      "target_window": checkpoint.info.get("target_window")},
             "recipe": {"mode": checkpoint.info.get("mode"), "train": checkpoint.info.get("train"),
                        "tokenizer": table.meta.get("tokenizer", {}), "sid_parent": table.meta.get("parent")},
+            "refresh": refresh,
             "metrics": metrics or {},
             "n_items": len(table),
         }
         compute = {**dict(checkpoint.compute), **{k: float(v) for k, v in table.meta.get("compute", {}).items()}}
         return finish_manifest(tmp, kind=KIND, config={"codebook_sizes": list(table.codebook_sizes)}, info=info,
-                               inputs={RETRIEVER: inner.fingerprint, SIDS: table.content_hash}, compute=compute)
+                               inputs={RETRIEVER: inner.fingerprint, SIDS: table.content_hash, **carried},
+                               compute=compute)
 
 
-def load_release(folder: Path) -> Release:
-    """A release bundle, every part checked against the release manifest."""
+def load_release(folder: Path, *, build: bool = False) -> Release:
+    """A release bundle, every part checked against the release manifest. ``build``: also
+    load (and check) the SID build it carries, which a refresh continues and serving
+    does not need."""
     folder = Path(folder)
     manifest = read_manifest(folder, KIND, require=(CATALOG, HISTORIES))
     model, inner = load_checkpoint(folder / RETRIEVER)
@@ -120,7 +141,36 @@ def load_release(folder: Path) -> Release:
         histories = pl.read_parquet(folder / HISTORIES)
     if histories.columns != ["user", "user_id", "items"]:
         raise FreshsidError(f"{folder / HISTORIES} has columns {histories.columns}; rebuild the release.")
-    return Release(str(manifest.info.get("release_id")), model, table, catalog, histories, manifest)
+    loaded = _load_build(folder, manifest) if build and BUILD_EMBEDDINGS in manifest.inputs else None
+    return Release(str(manifest.info.get("release_id")), model, table, catalog, histories, manifest, loaded)
+
+
+def _load_build(folder: Path, manifest: Manifest) -> CollabSids:
+    build = CollabSids.load(folder / BUILD)
+    embeddings = read_manifest(folder / BUILD_EMBEDDINGS, verify=False).fingerprint  # (its files checked on load)
+    if embeddings != manifest.inputs[BUILD_EMBEDDINGS] or build.table.content_hash != manifest.inputs.get(BUILD_TABLE):
+        raise FreshsidError(f"{folder / BUILD} holds embeddings or a SID table other than the release's manifest "
+                            "records; rebuild the release.")
+    return build
+
+
+def carried_build(embeddings: Path, table: SidTable) -> CollabSids:
+    """The SID build a first release carries: the collaborative embeddings at ``embeddings``
+    (``freshsid embed collab``, SASRec weights included) and ``table``, which a tokenizer
+    coded from them (its state kept)."""
+    if table.tokenizer_state is None:
+        raise FreshsidError("The --sids table holds no tokenizer state (an aligned table, or one built by an older "
+                            "version), so a release cannot carry it as its build; pass the table `freshsid sids build` "
+                            "wrote, or drop --embeddings.")
+    loaded = Embeddings.load(embeddings)
+    if loaded.kind != "collab" or loaded.state is None:
+        raise FreshsidError(f"{embeddings} holds no SASRec weights to continue (content embeddings, or an older "
+                            "build); pass a folder `freshsid embed collab` wrote.")
+    coded_from = table.meta.get("inputs", {}).get("embeddings")
+    if coded_from is not None and coded_from != read_manifest(embeddings, verify=False).fingerprint:
+        raise FreshsidError(f"The --sids table was coded from other embeddings than {embeddings}; pass the folder its "
+                            "`freshsid sids build --embeddings` read.")
+    return CollabSids(loaded, table)
 
 
 class Releases:
@@ -155,20 +205,21 @@ class Releases:
         return self.pointer()["current"]
 
     def create(self, model: Retriever, checkpoint: Manifest, table: SidTable, logs: Interactions, *,
-               until_event: int, metrics: dict[str, float] | None = None) -> str:
+               until_event: int, metrics: dict[str, float] | None = None, build: CollabSids | None = None,
+               refresh: dict[str, str] | None = None) -> str:
         """Write a new release (its parent: the current one); it is not promoted."""
         with output_lock(self.root / "releases"):
             existing = self.ids()
             release_id = f"r{int(existing[-1][1:]) + 1 if existing else 1:04d}"
             write_release(self.path(release_id), model, checkpoint, table, logs, release_id=release_id,
-                          parent=self.current, until_event=until_event, metrics=metrics)
+                          parent=self.current, until_event=until_event, metrics=metrics, build=build, refresh=refresh)
         return release_id
 
     def promote(self, release_id: str) -> None:
         """Make ``release_id`` current (after checking its bundle loads)."""
         if not self.path(release_id).is_dir():
             raise FreshsidError(f"{self.root} has no release {release_id}; see `freshsid release list {self.root}`.")
-        load_release(self.path(release_id))  # a broken bundle is refused here, before the pointer moves
+        load_release(self.path(release_id), build=True)  # a broken bundle is refused here, before the pointer moves
         with output_lock(self.root / POINTER):
             pointer = self.pointer()
             previous = pointer["previous"] + ([pointer["current"]] if pointer["current"] else [])
@@ -190,8 +241,8 @@ class Releases:
             raise FreshsidError(f"{self.root} has no earlier release to roll back to.")
         return previous
 
-    def load_current(self) -> Release:
+    def load_current(self, *, build: bool = False) -> Release:
         current = self.current
         if current is None:
             raise FreshsidError(f"{self.root} has no current release; promote one with `freshsid release promote`.")
-        return load_release(self.path(current))
+        return load_release(self.path(current), build=build)
