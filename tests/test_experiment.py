@@ -437,3 +437,18 @@ def test_kcore_filters_the_events_before_the_test_part_and_mostpop_counts_what_i
     gap = core.logs.item[core.split.bounds[8]:core.split.bounds[9]]
     assert record["ranking"]["counts"] == np.bincount(gap, minlength=logs.n_items)[record["ranking"]["items"]].tolist()
     assert record["ranking"]["counts"] != plain.evaluate(policy("MostPop(gap)"))["ranking"]["counts"]
+
+
+def test_a_recipe_that_remaps_more_levels_than_the_sids_have_is_refused_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from freshsid.cli import app
+
+    config = tmp_path / "two-levels.json"
+    config.write_text(json.dumps({"preset": "tiny", "sid": {"n_levels": 2}, "recipe": "remap-3"}))
+    result = CliRunner().invoke(app, ["experiment", "--dataset", "synthetic", "--config", str(config),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message and "remap-3" in message and "2" in message
+    assert not (tmp_path / "run").exists()

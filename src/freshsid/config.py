@@ -287,6 +287,14 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"unknown refresh recipe {name!r}; choose from {', '.join(RECIPES)}")
         return name
 
+    @model_validator(mode="after")
+    def _remap_within_levels(self) -> ExperimentConfig:
+        levels = RECIPES[self.recipe].remap_levels
+        if levels > self.sid.n_levels:
+            raise ValueError(f"recipe {self.recipe!r} carries {levels} levels of code embeddings but the SIDs have "
+                             f"{self.sid.n_levels}; choose a recipe that carries fewer (remap-1) or build more levels")
+        return self
+
     @field_validator("finetune_seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:

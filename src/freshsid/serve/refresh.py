@@ -138,6 +138,10 @@ def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *
              progress: bool) -> RefreshOutcome | NotDue:
     current = releases.load_current(build=True)
     how = recipe(config.recipe)
+    if mode == "aligned" and how.remap_levels > current.table.n_levels:
+        raise FreshsidError(f"Recipe {how.name!r} carries {how.remap_levels} levels of code embeddings but release "
+                            f"{current.id}'s SIDs have {current.table.n_levels}; refresh with a recipe that carries "
+                            "fewer (remap-1) or none (cold).")
     if mode == "incremental" or how.warm_embeddings or how.warm_tokenizer or how.move_share < 1:
         config = _continuing(config, current, mode, how)
     current.table.check_item_ids(logs.item_ids, logs_name=logs.name)
