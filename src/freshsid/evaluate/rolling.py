@@ -49,15 +49,15 @@ import numpy as np
 import polars as pl
 import torch
 
-from freshsid.artifacts import output_lock, read_manifest, write_bytes_atomic, write_json_atomic
-from freshsid.config import ROLLING_STRATEGIES, RollingConfig
+from freshsid.artifacts import output_lock, read_manifest, write_json_atomic
+from freshsid.config import RollingConfig
 from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import Examples, TemporalSplit, Window
 from freshsid.embed.collab import collab_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.intervals import compare, interval_ks, user_scores, write_scores
 from freshsid.evaluate.popularity import most_popular
-from freshsid.evaluate.report import new_figure, png_bytes
+from freshsid.evaluate.rolling_report import write_report
 from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import RetrieverConfig, load_checkpoint
@@ -414,149 +414,3 @@ def summarize(scores: dict[str, list[dict[str, Any]]], k: int) -> dict[str, Any]
         per_flop = max(spent, key=lambda n: rows[n]["gain_per_pflop"]) if spent else None
     return {"k": k, "strategies": rows, "best_quality": best, "best_per_flop": per_flop}
 
-
-# ---------------------------------------------------------------- report
-
-
-def write_report(results: dict[str, Any], out: Path) -> None:
-    ks = results["config"]["run"]["ks"]
-    shown = [k for k in ks if k >= 100] or list(ks[-2:])
-    write_bytes_atomic(out / "recall_by_round.png", _recall_plot(results, (shown[0], shown[-1])))
-    write_bytes_atomic(out / "compute_vs_quality.png", _compute_plot(results))
-    write_bytes_atomic(out / "codes_over_rounds.png", _codes_plot(results))
-    (out / "report.md").write_text(report_markdown(results, shown))
-
-
-def report_markdown(results: dict[str, Any], ks: list[int]) -> str:
-    summary, trigger = results["summary"], results["trigger"]
-    k = summary["k"]
-    names = list(results["rounds"][0]["strategies"])
-    lines = [f"# freshsid rolling refresh: {results['dataset']['name']}", "",
-             f"{results['dataset']['n_parts']} parts; initial build on [0, {results['config']['initial']}); "
-             f"rounds {results['rounds'][0]['round']}–{results['rounds'][-1]['round']} (round r uses part r, is scored "
-             f"on part r+1). Wall time {results['wall_seconds'] / 60:.1f} min.", "", "## Verdict", ""]
-    rows = summary["strategies"]
-    lines.append(f"Best mean Recall@{k}: **{summary['best_quality']}** ({rows[summary['best_quality']][f'mean_recall@{k}']:.4f}). "
-                 + (f"Best quality gained over Frozen per FLOP: **{summary['best_per_flop']}**. "
-                    if summary.get("best_per_flop") else "")
-                 + (f"Triggered: mean Recall@{k} {rows['Triggered'][f'mean_recall@{k}']:.4f} for {rows['Triggered']['flops']:.2e} "
-                    f"FLOPs (signal {trigger['signal']}, threshold {trigger['threshold']} = mean over the first "
-                    f"{trigger['calibration_rounds']} rounds)." if "Triggered" in rows else ""))
-    lines += ["", f"| strategy | mean Recall@{k} | FLOPs (all rounds) | seconds | gain over Frozen per PFLOP |",
-              "|---|---:|---:|---:|---:|"]
-    for name in names:
-        row = rows[name]
-        gain = row.get("gain_per_pflop")
-        lines.append(f"| {name} | {row[f'mean_recall@{k}']:.4f} | {row['flops']:.2e} | {row['seconds']:.0f} | "
-                     + ("—" if gain is None else f"{gain:+.4f}") + " |")
-    for metric in ("recall", "ndcg"):
-        lines += ["", f"## {metric} by round", "", "| round | scored on | " + " | ".join(
-            f"{n} @{kk}" for n in names for kk in ks) + " |", "|---:|---:|" + "---:|" * (len(names) * len(ks))]
-        for rec in results["rounds"]:
-            cells = [f"{rec['strategies'][n]['metrics'][f'{metric}@{kk}']:.4f}" for n in names for kk in ks]
-            lines.append(f"| {rec['round']} | {rec['scored_on']} | " + " | ".join(cells) + " |")
-    lines += _interval_lines(results)
-    lines += ["", "## Codes", "", "| round | strategy | kept vs previous | kept since start | utilisation | items | added |"
-              " duplicates |", "|---:|---|---|---|---|---:|---:|---:|"]
-    fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
-    for rec in results["rounds"]:
-        for n in _coded(names):
-            e = rec["strategies"][n]
-            lines.append(f"| {rec['round']} | {n} | {fmt(e['kept'])} | {fmt(e['kept_since_start'])} | "
-                         f"{fmt(e['utilisation'])} | {e['items']:,} | {e['items_added']:,} | {e['duplicate_sids']} |")
-    if any("signals" in rec for rec in results["rounds"]):
-        lines += ["", "## Trigger", "", "| round | churn | unseen | decay | threshold | refreshed |", "|---:|---:|---:|---:|---:|---|"]
-        for rec in results["rounds"]:
-            s = rec.get("signals")
-            if s:
-                show = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-                lines.append(f"| {rec['round']} | {show(s['churn'])} | {show(s['unseen'])} | {show(s['decay'])} | "
-                             f"{'calibrating' if s['calibrating'] else show(s['threshold'])} | {'yes' if s['refreshed'] else 'no'} |")
-    lines += ["", "Plots: recall_by_round.png, compute_vs_quality.png, codes_over_rounds.png.", ""]
-    return "\n".join(lines)
-
-
-def _interval_lines(results: dict[str, Any]) -> list[str]:
-    """Per round, every strategy minus each reference at the largest cutoff, with its 95%
-    paired interval over the round's test users (* where it excludes 0)."""
-    rounds = [rec for rec in results["rounds"] if rec.get("intervals")]
-    if not rounds:
-        return []
-    k = max(int(key.split("@")[1]) for ref in rounds[0]["intervals"].values() for cells in ref.values() for key in cells)
-    lines = ["", f"## Paired differences by round (Recall@{k} and nDCG@{k}, 95% bootstrap interval over users)", "",
-             "| round | strategy | reference | ΔRecall | ΔnDCG |", "|---:|---|---|---|---|"]
-    cell = lambda c: f"{c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]" + (  # noqa: E731
-        "*" if c["low"] > 0 or c["high"] < 0 else "")
-    for rec in rounds:
-        for ref, rows in rec["intervals"].items():
-            for name, cells in rows.items():
-                lines.append(f"| {rec['round']} | {name} | {ref} | {cell(cells[f'recall@{k}'])} | {cell(cells[f'ndcg@{k}'])} |")
-    return lines
-
-
-def _coded(names: list[str]) -> list[str]:
-    """The strategies that serve SIDs (MostPop serves none)."""
-    return [n for n in names if n != "MostPop"]
-
-
-def _colour(strategy: str) -> str:
-    """One colour per strategy in every plot (results.json stores them sorted by name)."""
-    return f"C{ROLLING_STRATEGIES.index(strategy)}"
-
-
-def _recall_plot(results: dict[str, Any], ks: tuple[int, int]) -> bytes:
-    fig, _ = new_figure(10, 4)
-    fig.clear()
-    axes = fig.subplots(1, 2)
-    rounds = [rec["scored_on"] for rec in results["rounds"]]
-    for ax, kk in zip(axes, ks):
-        for name in results["rounds"][0]["strategies"]:
-            ax.plot(rounds, [rec["strategies"][name]["metrics"][f"recall@{kk}"] for rec in results["rounds"]],
-                    marker="o", label=name, color=_colour(name))
-        ax.set_xticks(rounds)
-        ax.set_xlabel("scored on part")
-        ax.set_ylabel(f"Recall@{kk}")
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Rolling refresh: quality per round")
-    return png_bytes(fig)
-
-
-def _compute_plot(results: dict[str, Any]) -> bytes:
-    fig, ax = new_figure()
-    summary = results["summary"]
-    metric = f"mean_recall@{summary['k']}"
-    for name, row in summary["strategies"].items():
-        if row["flops"] > 0:
-            ax.scatter([row["flops"]], [row[metric]], color=_colour(name))
-            ax.annotate(name, (row["flops"], row[metric]), xytext=(4, 3), textcoords="offset points", fontsize=8)
-        else:  # no compute has no place on a log axis: a reference line
-            ax.axhline(row[metric], color="grey", linestyle="--", linewidth=1)
-            ax.annotate(f"{name} (no compute)", (0.01, row[metric]), xycoords=("axes fraction", "data"),
-                        xytext=(0, 3), textcoords="offset points", fontsize=8, color="grey")
-    ax.set_xscale("log")
-    ax.margins(x=0.15)
-    ax.set_xlabel("cumulative FLOPs over the rounds")
-    ax.set_ylabel(f"mean Recall@{summary['k']}")
-    ax.grid(True, alpha=0.3, which="both")
-    return png_bytes(fig)
-
-
-def _codes_plot(results: dict[str, Any]) -> bytes:
-    fig, _ = new_figure(10, 4)
-    fig.clear()
-    axes = fig.subplots(1, 2)
-    rounds = [rec["round"] for rec in results["rounds"]]
-    for name in _coded(list(results["rounds"][0]["strategies"])):
-        entries = [rec["strategies"][name] for rec in results["rounds"]]
-        for level in range(len(entries[0]["utilisation"])):
-            style = dict(marker="o", markersize=3, label=f"{name} L{level}")
-            axes[0].plot(rounds, [e["kept_since_start"][level] for e in entries], **style)
-            axes[1].plot(rounds, [e["utilisation"][level] for e in entries], **style)
-    axes[0].set_ylabel("share of initial codes still in place")
-    axes[1].set_ylabel("codebook utilisation")
-    for ax in axes:
-        ax.set_xlabel("round")
-        ax.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=6, ncol=2)
-    return png_bytes(fig)
