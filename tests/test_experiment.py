@@ -399,24 +399,39 @@ def test_stage_cache_builds_once_rebuilds_on_a_new_key_and_adopts_a_copied_stage
     assert len(built) == 3
 
 
-def test_summarize_runs_pools_builds_into_intervals_and_verdicts(run, tmp_path, capsys):
-    """benchmarks/summarize_runs.py --pool: two runs of one dataset are two builds (here the
-    same run twice, so each build's differences are the pooled ones)."""
+def benchmark_script(name: str):
+    """A script of benchmarks/ loaded as a module."""
     import importlib.util
     from pathlib import Path
 
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summarize_runs_pools_builds_into_intervals_and_verdicts_and_a_kept_run_pools_alike(run, tmp_path, capsys,
+                                                                                              monkeypatch):
+    """benchmarks/summarize_runs.py --pool: two runs of one dataset are two builds (here the
+    run and what benchmarks/keep_scores.py kept of it, so each build's differences are the
+    pooled ones)."""
     experiment, results = run
-    spec = importlib.util.spec_from_file_location("summarize_runs", Path(__file__).parents[1] / "benchmarks/summarize_runs.py")
-    summarize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summarize)
-    shutil.copytree(experiment.out, tmp_path / "again")
-    summarize.pool([experiment.out, tmp_path / "again"], "recall@20", "Refresh with remap", 1000)
+    keep, summarize = benchmark_script("keep_scores"), benchmark_script("summarize_runs")
+    monkeypatch.setattr("sys.argv", ["keep_scores.py", str(experiment.out), str(tmp_path / "kept")])
+    assert keep.main() == 0
+    assert not (tmp_path / "kept" / "models").exists()  # scores only, no checkpoints
+    summarize.pool([experiment.out, tmp_path / "kept"], "recall@20", "Refresh with remap", 1000)
     out = capsys.readouterr().out
     assert "2 build(s)" in out and "over 2 builds (builds resampled, then users)" in out
     cell = results["intervals"]["FT-old"]["Refresh with remap"]["recall@20"]
     assert f"- Refresh with remap vs FT-old: " in out and f"{cell['diff']:+.4f}" in out.split("Refresh with remap vs FT-old:")[1]
     for reference in ("FT-old+new", "MostPop(gap)+new", "Full", "Full+FT"):
         assert f"- Refresh with remap+new vs {reference}: " in out
+    # a run whose per-user file is gone: exit 2, nothing kept
+    shutil.copytree(experiment.out, tmp_path / "broken")
+    next((tmp_path / "broken" / "eval").glob("*.users.parquet")).unlink()
+    monkeypatch.setattr("sys.argv", ["keep_scores.py", str(tmp_path / "broken"), str(tmp_path / "kept-broken")])
+    assert keep.main() == 2 and not (tmp_path / "kept-broken").exists()
 
 
 def test_kcore_filters_the_events_before_the_test_part_and_mostpop_counts_what_is_left(logs, tmp_path):
