@@ -27,7 +27,7 @@ from freshsid.artifacts import write_bytes_atomic, write_json_atomic
 from freshsid.config import preset
 from freshsid.data.registry import load_dataset
 from freshsid.evaluate.experiment import Experiment
-from freshsid.evaluate.report import new_figure, png_bytes
+from freshsid.evaluate.figures import new_figure, png_bytes
 
 STUDIED = ("FT-old", "FT-new", "FT-aligned (hungarian)")
 CONSTANT_LR = 1e-4

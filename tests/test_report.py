@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freshsid.evaluate.report import headline_paragraph, headline_table, render_markdown, write_report
+from freshsid.evaluate.report import headline_paragraph, headline_table, render_markdown
+from freshsid.evaluate.report_plots import write_report
 
 KS = (1, 10, 100, 200, 500)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -179,7 +179,7 @@ def report(
     Example: freshsid report runs/beauty/results.json --out runs/beauty
     """
     from freshsid.data.tables import check_readable
-    from freshsid.evaluate.report import write_report
+    from freshsid.evaluate.report_plots import write_report
 
     check_readable(Path(results_json))
     try:

@@ -32,7 +32,7 @@ from freshsid.embed.store import Embeddings
 from freshsid.policies import BASE_MODEL, FULL_MODEL, INCREMENTAL, STALE, Baseline, ModelSpec, Policy, Start, Tokenizer, policy
 from freshsid.evaluate.intervals import compare, interval_ks, read_scores, sensitivity, user_scores, write_scores
 from freshsid.evaluate.popularity import most_popular
-from freshsid.evaluate.report import write_report
+from freshsid.evaluate.report_plots import write_report
 from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.evaluate.staleness import recall_by_part, sid_churn
 from freshsid.retriever import pipeline

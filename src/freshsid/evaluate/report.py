@@ -1,4 +1,4 @@
-"""The experiment report: markdown tables, a headline paragraph and PNG plots.
+"""The experiment report's text: markdown tables, a headline paragraph, intervals.
 
 Input is the ``results`` dict the experiment runner saves as ``results.json``
 (dataset, config, wall seconds, per-policy metrics and compute, paired intervals and
@@ -15,15 +15,12 @@ a win, and a comparison whose inputs are missing is reported as missing.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from freshsid.artifacts import write_bytes_atomic
 from freshsid.policies import ABLATIONS, POLICIES, STALE, aligned_variants
 
 METRICS = ("recall", "ndcg")
@@ -45,11 +42,11 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _metric(metrics: dict, metric: str, k: int) -> float | None:
+def metric_of(metrics: dict, metric: str, k: int) -> float | None:
     return _number((metrics or {}).get(f"{metric}@{k}"))
 
 
-def _ks(metrics_list: Iterable[dict], metric: str) -> list[int]:
+def ks_of(metrics_list: Iterable[dict], metric: str) -> list[int]:
     """Every K with a ``{metric}@K`` key in any of the dicts, sorted numerically."""
     found = set()
     for metrics in metrics_list:
@@ -67,7 +64,7 @@ def policies_of(results: dict) -> dict[str, dict]:
     return {name: policies[name] or {} for name in sorted(policies, key=lambda n: order.get(n, len(order)))}
 
 
-def _metric_rows(results: dict) -> list[tuple[str, dict, bool]]:
+def metric_rows(results: dict) -> list[tuple[str, dict, bool]]:
     """(label, metrics, is_policy) for every policy, then every dense baseline."""
     rows = [(name, p.get("metrics") or {}, True) for name, p in policies_of(results).items()]
     for name, b in (results.get("baselines") or {}).items():
@@ -75,7 +72,7 @@ def _metric_rows(results: dict) -> list[tuple[str, dict, bool]]:
     return rows
 
 
-def _compute(policy: dict | None, key: str) -> float | None:
+def compute_of(policy: dict | None, key: str) -> float | None:
     return _number(((policy or {}).get("compute") or {}).get(key))
 
 
@@ -114,12 +111,12 @@ def _k_list(ks: list[int]) -> str:
 
 
 def _metric_table(results: dict, metric: str) -> str:
-    rows = _metric_rows(results)
-    ks = _ks([m for _, m, _ in rows], metric)
+    rows = metric_rows(results)
+    ks = ks_of([m for _, m, _ in rows], metric)
     if not ks:
         return f"No {METRIC_TITLES[metric]} values in this run."
     # Bold the best policy per column as the reader sees it (4 decimals), so shown ties are all bold.
-    cells = {(label, k): _fmt(_metric(m, metric, k)) for label, m, _ in rows for k in ks}
+    cells = {(label, k): _fmt(metric_of(m, metric, k)) for label, m, _ in rows for k in ks}
     best = {k: max((cells[label, k] for label, _, pol in rows if pol and cells[label, k] != MISSING), key=float,
                    default=None) for k in ks}
     body = [[label, *(f"**{cells[label, k]}**" if pol and cells[label, k] == best[k] else cells[label, k] for k in ks)]
@@ -139,11 +136,11 @@ def _compute_table(results: dict) -> str:
         for way in WAYS:
             for unit in ("flops", "seconds"):
                 key = f"{way}_{unit}"
-                ratios.append(_ratio(_compute(full, key), _compute(policy, key)) if finetune else None)
-        sids = [_fmt(_compute(policy, f"{part}_{unit}"), ".3e" if unit == "flops" else ".1f")
+                ratios.append(_ratio(compute_of(full, key), compute_of(policy, key)) if finetune else None)
+        sids = [_fmt(compute_of(policy, f"{part}_{unit}"), ".3e" if unit == "flops" else ".1f")
                 for part in ("embedding", "tokenizer") for unit in ("flops", "seconds")]
-        ways = [_fmt(_compute(policy, f"{way}_flops"), ".3e") for way in WAYS[1:]]
-        body.append([name, _fmt(_compute(policy, "retriever_flops"), ".3e"), _fmt(_compute(policy, "retriever_seconds"), ".1f"),
+        ways = [_fmt(compute_of(policy, f"{way}_flops"), ".3e") for way in WAYS[1:]]
+        body.append([name, _fmt(compute_of(policy, "retriever_flops"), ".3e"), _fmt(compute_of(policy, "retriever_seconds"), ".1f"),
                      *sids, *ways, *(MISSING if r is None else f"{r:.1f}×" for r in ratios),
                      _fmt(policy.get("eval_seconds"), ".1f")])
     header = ["policy", "retriever FLOPs", "retriever s", "embedding FLOPs", "embedding s", "tokenizer FLOPs",
@@ -245,23 +242,23 @@ def _quality_sentences(policies: dict, variants: list[str], intervals: dict | No
     old = policies[STALE.label].get("metrics") or {}
     # The paper's claim is about K >= 100; a run whose cutoffs stop below (the tiny demo)
     # is judged at its largest cutoff instead, and the text says so.
-    floor = min(HEADLINE_MIN_K, max(_ks([old], "recall"), default=HEADLINE_MIN_K))
-    high = [k for k in _ks([old], "recall") if k >= floor]
+    floor = min(HEADLINE_MIN_K, max(ks_of([old], "recall"), default=HEADLINE_MIN_K))
+    high = [k for k in ks_of([old], "recall") if k >= floor]
     k_top = high[-1] if high else None
     metrics = {name: policies[name].get("metrics") or {} for name in variants}
     # Highest Recall at the top K; nDCG breaks ties, then display order.
-    best = max(variants, key=lambda n: tuple(-math.inf if k_top is None or (v := _metric(metrics[n], x, k_top)) is None
+    best = max(variants, key=lambda n: tuple(-math.inf if k_top is None or (v := metric_of(metrics[n], x, k_top)) is None
                                              else v for x in METRICS))
     new = metrics[best]
-    ks = [k for k in sorted(set(_ks([old], "recall")) | set(_ks([old], "ndcg")))
-          if k >= floor and all(_metric(m, x, k) is not None for m in (old, new) for x in METRICS)]
+    ks = [k for k in sorted(set(ks_of([old], "recall")) | set(ks_of([old], "ndcg")))
+          if k >= floor and all(metric_of(m, x, k) is not None for m in (old, new) for x in METRICS)]
     if not ks:
         return [f"No quality comparison: FT-old and {best} share no Recall and nDCG at K ≥ {floor}."], best
-    fails = {x: [k for k in ks if not _metric(new, x, k) > _metric(old, x, k)] for x in METRICS}
+    fails = {x: [k for k in ks if not metric_of(new, x, k) > metric_of(old, x, k)] for x in METRICS}
     k_last = ks[-1]
     detail = "; ".join(
-        f"{METRIC_TITLES[x].replace('@K', f'@{k_last}')} {_metric(new, x, k_last):.4f} vs {_metric(old, x, k_last):.4f}"
-        + _relative(_metric(new, x, k_last), _metric(old, x, k_last))
+        f"{METRIC_TITLES[x].replace('@K', f'@{k_last}')} {metric_of(new, x, k_last):.4f} vs {metric_of(old, x, k_last):.4f}"
+        + _relative(metric_of(new, x, k_last), metric_of(old, x, k_last))
         for x in METRICS
     )
     intro = f"Of the aligned refreshes, {best} has the highest Recall@{k_top}; it" if len(variants) > 1 else best
@@ -295,10 +292,10 @@ def _compute_sentence(policies: dict, variant: str | None) -> str:
     full = _full(policies)
     if full is None or variant is None:
         return "No compute comparison: this run lacks " + ("Full." if full is None else "an FT-aligned policy.")
-    flops = _ratio(_compute(full, "retriever_flops"), _compute(policies[variant], "retriever_flops"))
+    flops = _ratio(compute_of(full, "retriever_flops"), compute_of(policies[variant], "retriever_flops"))
     if flops is None:
         return f"No compute comparison: retriever FLOPs are missing or zero for Full or {variant}."
-    secs = _ratio(_compute(full, "retriever_seconds"), _compute(policies[variant], "retriever_seconds"))
+    secs = _ratio(compute_of(full, "retriever_seconds"), compute_of(policies[variant], "retriever_seconds"))
     secs_text = f" ({secs:.1f}× the wall seconds)" if secs is not None else ""
     verdict = "meeting" if flops >= TARGET_COMPUTE_RATIO else "short of"
     return (
@@ -311,7 +308,7 @@ def headline_table(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
     """Compact markdown table: Recall and nDCG at ``ks`` per policy (for RESULTS.md)."""
     header = ["policy", *[f"R@{k}" for k in ks], *[f"N@{k}" for k in ks]]
     body = [
-        [name, *[_fmt(_metric(p.get("metrics") or {}, x, k)) for x in METRICS for k in ks]]
+        [name, *[_fmt(metric_of(p.get("metrics") or {}, x, k)) for x in METRICS for k in ks]]
         for name, p in policies_of(results).items()
     ]
     return _table(header, body)
@@ -413,7 +410,7 @@ def paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
         cells = []
         for metric in METRICS:
             for k in ks:
-                pairs = [(_metric(a, metric, k), _metric(b, metric, k)) for a, b in zip(runs, old_runs, strict=True)]
+                pairs = [(metric_of(a, metric, k), metric_of(b, metric, k)) for a, b in zip(runs, old_runs, strict=True)]
                 diffs = [a - b for a, b in pairs if a is not None and b is not None]
                 cells.append(f"{sum(diffs) / len(diffs):+.4f} ({sum(d > 0 for d in diffs)}/{len(diffs)})" if diffs else MISSING)
         body.append([name, *cells])
@@ -421,124 +418,3 @@ def paired_section(results: dict, ks: tuple[int, ...] = (100, 200, 500)) -> str:
     note = (f"Mean difference over fine-tuning seeds {seeds} (each seed fine-tunes every policy from the same base "
             "model and scores the same test users); in brackets, the seeds on which the policy is ahead.")
     return note + "\n\n" + _table(header, body)
-
-
-def new_figure(width: float = 7.0, height: float = 4.5):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    # A bare Figure (not pyplot) keeps no global state, so nothing leaks between calls.
-    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def _colors(results: dict) -> dict[str, str]:
-    """One colour per policy, by display order, shared by every plot."""
-    return {name: f"C{i % 10}" for i, name in enumerate(policies_of(results))}
-
-
-def png_bytes(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _metric_plot(results: dict, metric: str) -> bytes | None:
-    rows = [(label, m, pol) for label, m, pol in _metric_rows(results) if _ks([m], metric)]
-    if not rows:
-        return None
-    fig, ax = new_figure()
-    all_ks = _ks([m for _, m, _ in rows], metric)
-    colors = _colors(results)
-    for label, metrics, is_policy in rows:
-        ks = [k for k in _ks([metrics], metric) if _metric(metrics, metric, k) is not None]
-        # Dense baselines are context, not contenders: grey and dashed.
-        style = {"marker": "o", "color": colors[label]} if is_policy else {"marker": "x", "ls": "--", "color": "0.45"}
-        ax.plot(ks, [_metric(metrics, metric, k) for k in ks], label=label, markersize=4, linewidth=1.6, **style)
-    ax.set_xscale("log")
-    ax.set_xticks(all_ks, [str(k) for k in all_ks])
-    ax.minorticks_off()
-    ax.set_xlabel("K")
-    ax.set_ylabel(METRIC_TITLES[metric])
-    ax.set_title(f"{METRIC_TITLES[metric]} by policy: {(results.get('dataset') or {}).get('name', '')}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return png_bytes(fig)
-
-
-def _compute_plot(results: dict) -> bytes | None:
-    policies = policies_of(results)
-    k = max(_ks([p.get("metrics") or {} for p in policies.values()], "recall"), default=None)
-    colors, points = _colors(results), []
-    for name, p in policies.items():
-        x, y = _compute(p, "retriever_flops"), _metric(p.get("metrics") or {}, "recall", k) if k else None
-        if x is not None and x > 0 and y is not None:  # a log axis cannot show zero compute
-            points.append((name, x, y, colors[name]))
-    if not points:
-        return None
-    fig, ax = new_figure()
-    xs, ys = [p[1] for p in points], [p[2] for p in points]
-    for name, x, y, color in points:
-        ax.scatter([x], [y], color=color, s=36, zorder=3)
-    ax.set_xscale("log")
-    ax.set_xlim(min(xs) / 2, max(xs) * 12)  # room on the right for the labels
-    pad = max((max(ys) - min(ys)) * 0.15, max(ys) * 0.02, 1e-3)
-    ax.set_ylim(min(ys) - pad, max(ys) + pad)
-    ax.set_xlabel("retriever-training FLOPs")
-    ax.set_ylabel(f"Recall@{k}")
-    ax.set_title(f"Recall@{k} vs retriever compute: {(results.get('dataset') or {}).get('name', '')}")
-    ax.grid(True, alpha=0.3, which="both")
-    _label_points(fig, ax, points)
-    return png_bytes(fig)
-
-
-def _label_points(fig, ax, points: list[tuple[str, float, float, str]]) -> None:
-    """Label each point to its right, pushing apart labels of points at similar x.
-
-    Fine-tune policies share nearly the same compute, so their labels would stack;
-    within a column of points, labels are spaced one text line apart.
-    """
-    fig.draw_without_rendering()  # run the layout so data->pixel transforms are final
-    line = 11 * fig.dpi / 72  # pixels per label line
-    pixels = sorted((*ax.transData.transform((x, y)), name, color, (x, y)) for name, x, y, color in points)
-    columns: list[list] = []
-    for item in pixels:
-        if columns and item[0] - columns[-1][0][0] < 40:
-            columns[-1].append(item)
-        else:
-            columns.append([item])
-    for column in columns:
-        column.sort(key=lambda item: item[1])
-        placed: list[float] = []
-        for item in column:
-            placed.append(max(item[1], placed[-1] + line) if placed else item[1])
-        shift = sum(item[1] - y for item, y in zip(column, placed, strict=True)) / len(column)
-        for (_, py, name, color, xy), label_y in zip(column, placed, strict=True):
-            dy = (label_y + shift - py) * 72 / fig.dpi
-            arrow = {"arrowstyle": "-", "color": "0.6", "linewidth": 0.6} if abs(dy) > 3 else None
-            text = ax.annotate(name, xy, xytext=(10, dy), textcoords="offset points", fontsize=8,
-                               va="center", color=color, arrowprops=arrow)
-            text.set_in_layout(False)  # labels must not shrink the axes after they were placed
-
-
-def write_report(results: dict, out_dir: Path) -> list[Path]:
-    """Write ``report.md`` and the PNG plots into ``out_dir``; return the paths written.
-
-    A plot whose data is absent from ``results`` (no metrics, no compute) is skipped.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = {
-        "report.md": render_markdown(results).encode(),
-        "recall_at_k.png": _metric_plot(results, "recall"),
-        "ndcg_at_k.png": _metric_plot(results, "ndcg"),
-        "quality_vs_compute.png": _compute_plot(results),
-    }
-    written = []
-    for name, data in outputs.items():
-        if data is not None:
-            write_bytes_atomic(out_dir / name, data)
-            written.append(out_dir / name)
-    return written

@@ -9,7 +9,7 @@ from typing import Any
 
 from freshsid.artifacts import write_bytes_atomic
 from freshsid.config import ROLLING_STRATEGIES
-from freshsid.evaluate.report import new_figure, png_bytes
+from freshsid.evaluate.figures import new_figure, png_bytes
 
 
 
