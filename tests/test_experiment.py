@@ -274,6 +274,14 @@ def test_warm_refresh_with_seeds_reuses_the_legacy_stages_and_pairs_the_seeds(ru
     assert "## Paired over fine-tuning seeds" in report and "FT-aligned (hungarian)" in report.split("## Paired")[1]
 
 
+def test_how_a_finetune_starts_is_no_part_of_the_refresh_and_new_only_when_set():
+    assert RECIPES["remap-3"].refresh_settings() == RECIPES["remap-3-events"].refresh_settings() \
+        == RECIPES["remap-3-emb"].refresh_settings() == RECIPES["stable"].refresh_settings()
+    assert RECIPES["remap-3"].finetune_start() == {}  # the keys of earlier runs stay as they were
+    assert RECIPES["remap-3-events"].finetune_start() == {"weight": "events"}
+    assert RECIPES["remap-3-emb"].finetune_start() == {"embedding_steps": 20}
+
+
 def test_recipes_that_differ_only_in_the_remap_share_one_refresh(run, tmp_path):
     """stable and remap-1 build the same SIDs: switching between them refits only the
     remapped fine-tune (FT-old, the plain alignment and the refresh come from the cache)."""
@@ -362,6 +370,10 @@ def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
              for label in ("FT-old", "Refresh with remap")}
     assert infos["Refresh with remap"]["remapped_levels"] == (recipe.remap_levels or config.sid.n_levels)
     assert "remapped_levels" not in infos["FT-old"]  # (the plain alignment's model: the module's main run)
+    # and starts as the recipe says: the weighted remap and the embedding steps are recorded
+    start = recipe.finetune_start()
+    assert infos["Refresh with remap"].get("remap_weight", "items") == start.get("weight", "items")
+    assert infos["Refresh with remap"].get("embedding_steps", 0) == start.get("embedding_steps", 0)
     assert f"recipe {name}" in results["policies"]["Refresh with remap"]["description"]
 
 
@@ -467,3 +479,21 @@ def test_a_recipe_that_remaps_more_levels_than_the_sids_have_is_refused_before_a
     message = result.stderr.strip()
     assert message.startswith("error: ") and "\n" not in message and "remap-3" in message and "2" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_bench_candidates_finetunes_only_the_refresh_rows_of_a_validation_run_and_refuses_the_standard_split(
+        logs, run, tmp_path, capsys):
+    """benchmarks/bench_candidates.py: a candidate recipe reuses the run's SIDs and Base and
+    fine-tunes the two refresh rows again, starting as the candidate says."""
+    bench = benchmark_script("bench_candidates")
+    config = tiny_config(policies=bench.REFERENCES, recipe="remap-3")
+    config = config.model_copy(update={"protocol": config.protocol.validation()})
+    Experiment(logs, config, tmp_path / "val", show_progress=False).run()
+    frames = bench.scores_of(tmp_path / "val", ["remap-3-events"], logs)
+    assert set(frames) == {*bench.REFERENCES, "Refresh with remap [remap-3-events]", "Refresh with remap+new [remap-3-events]"}
+    variant = json.loads((tmp_path / "val" / "variants" / "remap-3-events" / "results.json").read_text())
+    model = read_manifest(tmp_path / "val" / variant["policies"]["Refresh with remap"]["model"])
+    assert model.info["remap_weight"] == "events" and model.parent == read_manifest(tmp_path / "val" / "models/scratch-legacy-base").fingerprint
+    with pytest.raises(SystemExit) as stop:
+        bench.scores_of(run[0].out, ["remap-3-events"], logs)
+    assert stop.value.code == 2 and "standard split" in capsys.readouterr().err

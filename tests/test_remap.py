@@ -73,3 +73,16 @@ def test_remapping_refuses_another_shape_or_too_many_levels():
                      item_ids=np.array(["a", "b"]))
     with pytest.raises(ValueError, match="one SID shape"):
         remap_code_embeddings(model(), legacy, other, levels=1)
+
+
+def test_weights_split_a_merged_codes_mass_by_them_and_must_be_positive():
+    legacy = table([0, 1, 2], [[0, 0, 0], [0, 1, 0], [1, 0, 0]])
+    refreshed = table([0, 1, 2], [[3, 0, 0], [3, 1, 0], [3, 2, 0]])  # all three merged into code 3
+    weights = np.array([1.0, 1.0, 6.0])  # item 2 (legacy code 1) has most events
+    np.testing.assert_allclose(code_mixing(legacy, refreshed, 0, weights)[3], [0.25, 0.75, 0, 0])
+    net = model()
+    before = rows(net, 0)
+    remap_code_embeddings(net, legacy, refreshed, levels=1, weights=weights)
+    torch.testing.assert_close(rows(net, 0)[3], 0.25 * before[0] + 0.75 * before[1])
+    with pytest.raises(ValueError, match="positive"):
+        remap_code_embeddings(model(), legacy, refreshed, levels=1, weights=np.array([1.0, 0.0, 1.0]))

@@ -169,3 +169,28 @@ def test_a_corrupt_resume_state_is_discarded_with_a_message(tmp_path, capsys):
     shutil.rmtree(tmp_path / "a" / "out")
     result = run_fit(tmp_path / "a")
     assert "does not match the hash" in capsys.readouterr().err and len(result.history) == 4
+
+
+def test_a_finetune_plan_with_embedding_steps_moves_only_the_token_embeddings_for_those_steps(tmp_path):
+    """remap-3-emb's start: while the embedding steps last, every weight but the token
+    embeddings keeps the checkpoint's value; the events-weighted remap is recorded."""
+    from freshsid.retriever.remap import RemapPlan
+
+    torch.set_num_threads(1)
+    split, table = tiny_world()
+    pipeline.fit(split, table, window=Window(start=0, stop=8), model_config=tiny_model(table),
+                 train_config=TrainConfig(epochs=1, batch_size=32, warmup_steps=1), out=tmp_path / "base", show_progress=False)
+    moved = SidTable(items=table.items, codes=np.roll(table.codes, 1, axis=0), codebook_sizes=table.codebook_sizes,
+                     item_ids=table.item_ids)
+    before = load_file(str(tmp_path / "base" / "model.safetensors"))
+    cfg = TrainConfig(epochs=1, batch_size=32, warmup_steps=0, valid_fraction=0)
+    steps = len(epoch_batches(np.ones(10**3), 32, seed=0, epoch=0))  # more than the one epoch's steps
+    plan = RemapPlan(table, 3, weight="events", embedding_steps=steps)
+    tuned = pipeline.finetune(tmp_path / "base", split, moved, target=Window(start=8, stop=9), train_config=cfg,
+                              out=tmp_path / "ft", show_progress=False, remap=plan)
+    after = {k: v.detach().cpu() for k, v in tuned.model.state_dict().items()}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"tok_emb.weight"}
+    assert tuned.manifest.info["remap_weight"] == "events" and tuned.manifest.info["embedding_steps"] == steps
+    assert plan.key()[-1] == {"weight": "events", "embedding_steps": steps}
+    assert RemapPlan(table, 3).key() == ["remap", table.content_hash, 3]  # plain plans key as they always did

@@ -251,7 +251,8 @@ class GenerativeRetriever:
         checkpoint, spoken = _fitted(self, "checkpoint_"), _fitted(self, "table_")
         base = self.finetune_config or preset("tiny").finetune
         train_config = base.model_copy(update={"seed": base.seed + seed})
-        remap = remap_plan(spoken, table, sid_refresh.recipe(self.recipe).remap_levels)
+        how = sid_refresh.recipe(self.recipe)
+        remap = remap_plan(spoken, table, how.remap_levels, **how.finetune_start())
         folder = self._out(out)
         result = pipeline.finetune(checkpoint, split, table, target=window, train_config=train_config, out=folder,
                                    show_progress=progress, remap=remap)

@@ -171,11 +171,25 @@ class Recipe(BaseModel):
     # Levels whose code embeddings a fine-tune on the refreshed table first carries over from
     # the legacy codes of each code's items (freshsid.retriever.remap); 0 keeps the checkpoint's rows.
     remap_levels: int = Field(0, ge=0)
+    # How a remapped code's row mixes the legacy rows: each of its items once ("items"), or
+    # each by its events in the fine-tune's window plus one ("events": a code that merged
+    # items leans towards the ones users pick).
+    remap_weight: Literal["items", "events"] = "items"
+    # The first optimiser steps of a fine-tune on refreshed codes update the token embeddings
+    # only (within the same budget): the carried rows settle before the network moves.
+    embedding_steps: int = Field(0, ge=0)
 
     def refresh_settings(self) -> dict[str, Any]:
         """What a refresh's SIDs depend on (a cache key): recipes that differ only in their
-        name or in how the fine-tune starts (remap) share one refresh."""
-        return self.model_dump(exclude={"name", "description", "remap_levels"})
+        name or in how the fine-tune starts share one refresh."""
+        return self.model_dump(exclude={"name", "description", *FINETUNE_START})
+
+    def finetune_start(self) -> dict[str, Any]:
+        """How a remapping fine-tune on this recipe's refreshed codes starts, beyond the levels
+        it carries, as ``freshsid.retriever.remap.RemapPlan``'s keyword arguments: only the
+        settings that differ from the defaults (none for the recipes that predate them)."""
+        start = self.model_dump(include={"remap_weight", "embedding_steps"}, exclude_defaults=True)
+        return {"weight" if name == "remap_weight" else name: value for name, value in start.items()}
 
     def legacy_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
         """The SASRec and tokenizer configs of the legacy build under this recipe."""
@@ -185,6 +199,9 @@ class Recipe(BaseModel):
         """The SASRec and tokenizer configs of the refresh under this recipe."""
         legacy_sasrec, legacy_sid = self.legacy_configs(sasrec, sid)
         return _override(legacy_sasrec, self.refresh_sasrec), _override(legacy_sid, self.refresh_sid)
+
+
+FINETUNE_START = ("remap_levels", "remap_weight", "embedding_steps")  # Recipe fields no refresh depends on
 
 
 def _override(config: BaseModel, changes: dict[str, Any]) -> Any:
@@ -219,6 +236,15 @@ RECIPES: dict[str, Recipe] = {
                                                     f"the first {levels} level(s) carried from the legacy codes of "
                                                     "their items"})
           for levels in (1, 3)),
+        # Issue 23's candidates: remap-3 with a merged code leaning to its busy items, or
+        # with the carried rows settling alone before the network moves (the cpu preset's
+        # learning-rate warm-up is 10 steps).
+        _STABLE.model_copy(update={"name": "remap-3-events", "remap_levels": 3, "remap_weight": "events",
+                                   "description": "remap-3, each item weighted by its events in the fine-tune's "
+                                                  "window (plus one) when a code's row is carried"}),
+        _STABLE.model_copy(update={"name": "remap-3-emb", "remap_levels": 3, "embedding_steps": 20,
+                                   "description": "remap-3, the fine-tune's first 20 optimiser steps updating the token "
+                                                  "embeddings only"}),
         # Both: only the items whose neighbourhood moved most change code, and the
         # embeddings follow them.
         _STABLE.model_copy(update={"name": "sticky-25-remap-3", "move_share": 0.25, "remap_levels": 3,

@@ -120,6 +120,7 @@ def finetune(
     Carry the code embeddings over first (the remap recipes): ... --sids runs/beauty/sids-aligned --remap-from runs/beauty/sids-0-8 --out runs/beauty/ft-remapped
     """
     from freshsid.retriever.pipeline import finetune as warm_start
+    from freshsid.retriever.remap import RemapPlan
     from freshsid.sid.table import SidTable
 
     if remap_levels is not None and remap_from is None:
@@ -131,7 +132,7 @@ def finetune(
     remap = None
     if remap_from is not None:
         spoken = SidTable.load(remap_from)
-        remap = (spoken, remap_levels or spoken.n_levels)
+        remap = RemapPlan(spoken, remap_levels or spoken.n_levels)
     split = load_split(data, table)
     result = warm_start(checkpoint, split, table, target=window, train_config=train_config, out=out,
                         show_progress=show_progress(), remap=remap)

@@ -153,7 +153,8 @@ class Experiment:
             self.model(start)
             parent = self.layout.model(start)
             if spec.remap:
-                remap = remap_plan(self.table(start.tokenizer), table, self.remap_levels(table))
+                remap = remap_plan(self.table(start.tokenizer), table, self.remap_levels(table),
+                                   **recipe(cfg.recipe).finetune_start())
 
             def build(folder: Path) -> tuple[Retriever, Manifest]:
                 result = pipeline.finetune(self.layout.path(parent), self.split, table, target=window, out=folder,
@@ -163,7 +164,7 @@ class Experiment:
         key = [table.content_hash, cfg.retriever, self.protocol.max_history, train_config, str(window),
                parent and self._fingerprint(parent)]
         if remap:  # (appended only when set: the keys of runs without it stay as they were)
-            key.append(["remap", remap[0].content_hash, remap[1]])
+            key.append(remap.key())
         key += self._split_key()
         return self.cache.get(self.layout.model(spec, seed), key, build,
                               lambda folder: load_checkpoint(folder, expected_shape=table.codebook_sizes))

@@ -177,7 +177,8 @@ class Rolling:
         """Fine-tune ``parent`` (which speaks ``spoken``) on ``table``; the recipe's remap
         applies when the table changed."""
         cfg = self.run_config
-        remap = remap_plan(spoken, table, recipe(cfg.recipe).remap_levels)
+        how = recipe(cfg.recipe)
+        remap = remap_plan(spoken, table, how.remap_levels, **how.finetune_start())
 
         def build(folder: Path) -> str:
             pipeline.finetune(self.layout.path(parent), self.split, table, target=target, out=folder,
@@ -186,7 +187,7 @@ class Rolling:
 
         key = [table.content_hash, cfg.finetune, str(target), read_manifest(self.layout.path(parent), verify=False).fingerprint]
         if remap:  # (appended only when set: the keys of runs without it stay as they were)
-            key.append(["remap", spoken.content_hash, remap[1]])
+            key.append(remap.key())
         self.cache.get(stage, key, build, _checked)
 
     def initial(self) -> State:

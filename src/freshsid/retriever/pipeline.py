@@ -18,7 +18,7 @@ from freshsid.errors import FreshsidError
 from freshsid.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.retriever.decode import beam_search
 from freshsid.retriever.model import Retriever, RetrieverConfig, hash_user, load_checkpoint
-from freshsid.retriever.remap import remap_code_embeddings
+from freshsid.retriever.remap import RemapPlan, remap_code_embeddings
 from freshsid.retriever.train import TrainConfig, TrainResult, train
 from freshsid.runtime import current
 from freshsid.sid.table import SidTable
@@ -62,33 +62,39 @@ def finetune(
     train_config: TrainConfig,
     out: Path,
     show_progress: bool = True,
-    remap: tuple[SidTable, int] | None = None,
+    remap: RemapPlan | None = None,
 ) -> TrainResult:
     """Warm-start from ``checkpoint`` (optionally with another table of the same shape)
     and train with loss on the events of ``target`` only, histories from part 0.
-    ``remap`` = (the checkpoint's table, levels): first carry the code embeddings of that
-    many levels onto ``table``'s codes (:mod:`freshsid.retriever.remap`)."""
+    ``remap``: first carry the code embeddings of ``remap.levels`` levels from the
+    checkpoint's table onto ``table``'s codes (:mod:`freshsid.retriever.remap`), each item
+    weighted by its events in ``target`` when the plan says so, and start as it says."""
     model, manifest = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
-    remapped = {}
-    if remap is not None and remap[1] > 0:
-        if remap[0].content_hash != manifest.info.get("sid_table"):
-            raise FreshsidError(f"The table to remap from ({remap[0].content_hash[:12]}) is not the one {checkpoint} "
+    remapped, embedding_steps = {}, 0
+    if remap is not None and remap.levels > 0:
+        if remap.spoken.content_hash != manifest.info.get("sid_table"):
+            raise FreshsidError(f"The table to remap from ({remap.spoken.content_hash[:12]}) is not the one {checkpoint} "
                                 "was trained on; pass that checkpoint's own SID table.")
-        if not 0 < remap[1] <= table.n_levels:
+        if not 0 < remap.levels <= table.n_levels:
             raise FreshsidError(f"Remap levels must be within 1..{table.n_levels} (the table's semantic levels), "
-                                f"not {remap[1]}.")
-        remap_code_embeddings(model, remap[0], table, remap[1])
-        remapped = {"remapped_from": remap[0].content_hash, "remapped_levels": remap[1]}
+                                f"not {remap.levels}.")
+        weights = None
+        if remap.weight == "events":
+            weights = np.bincount(split.logs.item[split.events(target)], minlength=split.logs.n_items) + 1.0
+        remap_code_embeddings(model, remap.spoken, table, remap.levels, weights)
+        remapped = {"remapped_from": remap.spoken.content_hash, "remapped_levels": remap.levels,
+                    **({"remap_weight": remap.weight} if weights is not None else {})}
+        embedding_steps = remap.embedding_steps
     history = Window(start=0, stop=target.start) if target.start > 0 else target
     seqs = training_windows(split, table, history=history, target=target, max_history=model.config.max_history)
     if len(seqs) == 0:
         raise FreshsidError(f"No user has an event in parts {target} with a SID in the table; check --parts.")
     return _train(model, split, table, seqs, train_config=train_config, out=out, parent=manifest.fingerprint,
                   meta={"mode": "finetune", "history_window": str(history), "target_window": str(target), **remapped},
-                  show_progress=show_progress)
+                  show_progress=show_progress, embedding_steps=embedding_steps)
 
 
-def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_progress) -> TrainResult:
+def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_progress, embedding_steps=0) -> TrainResult:
     """The training call fit and finetune share; the resume state lives beside ``out``."""
     out = Path(out)
     return train(
@@ -102,6 +108,7 @@ def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_p
         parent=parent,
         extra_meta={**meta, "sid_table": table.content_hash},
         show_progress=show_progress,
+        embedding_steps=embedding_steps,
     )
 
 

@@ -5,12 +5,16 @@ two are tied). Alignment relabels refreshed codes to agree with the legacy ones 
 as a one-to-one map allows; an item it cannot keep in place takes a code whose row was
 learnt for other items. Remapping rewrites, at each of the first ``levels`` levels,
 the row of every refreshed code as the mean of the legacy rows of its items' legacy
-codes (weighted by item count), so the warm start already scores each new code as the
-checkpoint scored the items it now stands for. A code that no item of both tables
-carries keeps its row; so does the collision suffix (its numbers mean nothing).
+codes (each item once, or each by a weight such as its recent events), so the warm start
+already scores each new code as the checkpoint scored the items it now stands for. A
+code that no item of both tables carries keeps its row; so does the collision suffix
+(its numbers mean nothing).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,11 +23,31 @@ from freshsid.retriever.model import Retriever
 from freshsid.sid.table import SidTable
 
 
-def remap_plan(spoken: SidTable, table: SidTable, levels: int) -> tuple[SidTable, int] | None:
+@dataclass(frozen=True)
+class RemapPlan:
+    """What a fine-tune of a checkpoint on another table of the same shape carries over
+    first, and how it starts."""
+
+    spoken: SidTable  # the checkpoint's own table
+    levels: int  # semantic levels whose code embeddings are carried
+    # "events": each item weighs its events in the fine-tune's window, plus one (see code_mixing)
+    weight: Literal["items", "events"] = "items"
+    embedding_steps: int = 0  # the fine-tune's first steps train the token embeddings only
+
+    def key(self) -> list[Any]:
+        """The plan's part of a fine-tune's cache key (a plan with the first defaults keys
+        as the plain (table, levels) remap always did)."""
+        start = {"weight": self.weight, "embedding_steps": self.embedding_steps}
+        plain = start == {"weight": "items", "embedding_steps": 0}
+        return ["remap", self.spoken.content_hash, self.levels, *([] if plain else [start])]
+
+
+def remap_plan(spoken: SidTable, table: SidTable, levels: int, **start: Any) -> RemapPlan | None:
     """What a fine-tune on ``table`` of a checkpoint that speaks ``spoken`` carries over
     (``pipeline.finetune``'s ``remap``): nothing when ``levels`` is 0 or the table keeps
-    every SID the checkpoint speaks (its own table, or one that only adds items)."""
-    return (spoken, levels) if levels and not extends(table, spoken) else None
+    every SID the checkpoint speaks (its own table, or one that only adds items).
+    ``start``: :class:`RemapPlan`'s other fields (a recipe's ``finetune_start()``)."""
+    return RemapPlan(spoken, levels, **start) if levels and not extends(table, spoken) else None
 
 
 def extends(table: SidTable, spoken: SidTable) -> bool:
@@ -33,30 +57,35 @@ def extends(table: SidTable, spoken: SidTable) -> bool:
     return bool(np.isin(spoken.items, table.items).all()) and np.array_equal(table.codes_for(spoken.items), spoken.codes)
 
 
-def code_mixing(legacy: SidTable, refreshed: SidTable, level: int) -> np.ndarray:
+def code_mixing(legacy: SidTable, refreshed: SidTable, level: int, weights: np.ndarray | None = None) -> np.ndarray:
     """(K, K) row-stochastic: row c is how the items that carry refreshed code c at
-    ``level`` spread over legacy codes (items both tables code); all-zero rows for codes
-    no such item carries."""
-    _, old_rows, new_rows = np.intersect1d(legacy.items, refreshed.items, assume_unique=True, return_indices=True)
+    ``level`` spread over legacy codes (items both tables code), each item counting once
+    or, given ``weights`` (indexed by item, positive), by its weight; all-zero rows for
+    codes no such item carries."""
+    common, old_rows, new_rows = np.intersect1d(legacy.items, refreshed.items, assume_unique=True, return_indices=True)
     size = refreshed.codebook_sizes[level]
     counts = np.zeros((size, legacy.codebook_sizes[level]))
-    np.add.at(counts, (refreshed.codes[new_rows, level], legacy.codes[old_rows, level]), 1.0)
+    mass = 1.0 if weights is None else np.asarray(weights, dtype=np.float64)[common]
+    np.add.at(counts, (refreshed.codes[new_rows, level], legacy.codes[old_rows, level]), mass)
     totals = counts.sum(axis=1, keepdims=True)
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
-def remap_code_embeddings(model: Retriever, legacy: SidTable, refreshed: SidTable, levels: int) -> None:
+def remap_code_embeddings(model: Retriever, legacy: SidTable, refreshed: SidTable, levels: int,
+                          weights: np.ndarray | None = None) -> None:
     """Rewrite ``model``'s rows of the first ``levels`` semantic levels in place (see the
     module docstring); ``model`` speaks ``legacy``'s codes and will be fine-tuned on
-    ``refreshed``'s, of the same shape."""
+    ``refreshed``'s, of the same shape. ``weights``: see :func:`code_mixing`."""
     if legacy.codebook_sizes != refreshed.codebook_sizes or tuple(model.config.codebook_sizes) != refreshed.codebook_sizes:
         raise ValueError("the model and both tables must share one SID shape")
     if not 0 <= levels <= refreshed.n_levels:
         raise ValueError(f"levels must be within 0..{refreshed.n_levels}")
+    if weights is not None and not (np.asarray(weights) > 0).all():
+        raise ValueError("remap weights must be positive")
     weight = model.tok_emb.weight
     with torch.no_grad():
         for level in range(levels):
-            mixing = code_mixing(legacy, refreshed, level)
+            mixing = code_mixing(legacy, refreshed, level, weights)
             carried = np.flatnonzero(mixing.sum(axis=1) > 0)
             start = model.config.level_offsets[level]
             rows = weight[start : start + refreshed.codebook_sizes[level]]

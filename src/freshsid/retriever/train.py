@@ -87,6 +87,7 @@ def train(
     extra_meta: dict[str, Any] | None = None,
     show_progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    embedding_steps: int = 0,
 ) -> TrainResult:
     """Train ``model`` on ``seqs`` and write the best-validation checkpoint to ``out``.
 
@@ -105,6 +106,8 @@ def train(
         out: the final checkpoint artifact.
         on_step: called with the global step after each optimiser step (tests use it
             to interrupt a run).
+        embedding_steps: the first this many optimiser steps (of the same schedule) update
+            the token embeddings only; every other weight keeps its value until then.
     """
     cfg, rt = config, current()
     train_seqs, valid_seqs = split_validation(seqs, cfg.valid_fraction, cfg.seed)
@@ -120,7 +123,8 @@ def train(
     work_dir.mkdir(parents=True, exist_ok=True)
     # The resume state belongs to one (data, config, number of ranks); another starts afresh.
     run_id = fingerprint_of([cfg.model_dump(), model.config.model_dump(mode="json"), _data_id(seqs, codes_table), parent]
-                            + ([rt.world_size] if rt.distributed else []))
+                            + ([rt.world_size] if rt.distributed else [])
+                            + ([["embedding_steps", embedding_steps]] if embedding_steps else []))
     state = _load_state(work_dir, run_id)
     if state is None:
         torch.manual_seed(cfg.seed + rt.rank)  # dropout differs between ranks, as between rows
@@ -135,6 +139,7 @@ def train(
     net: torch.nn.Module = _SummedLoss(model)
     if rt.distributed:
         net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.on_gpu else None)
+    waiting = [p for name, p in model.named_parameters() if not name.startswith("tok_emb.")] if embedding_steps else []
     flops_token = TRAIN_FLOPS_MULTIPLIER * flops_per_token(model.config, model.config.n_positions)
     bar = progress_bar("train", total=total_steps, enabled=show_progress and rt.is_main)
     board = SummaryWriter(str(work_dir / "tensorboard")) if rt.is_main else None
@@ -156,6 +161,9 @@ def train(
                 loss = net(tokens, weight, keep) * scale
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if epoch * steps_per_epoch + state["step"] < embedding_steps:
+                for param in waiting:  # AdamW leaves a weight without a gradient as it is (no decay)
+                    param.grad = None
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -210,7 +218,7 @@ def train(
     compute = dict(state["compute"])
     meta = {**(extra_meta or {}), "history": state["history"], "best_epoch": state["best_epoch"],
             "train": cfg.model_dump(), "train_windows": len(train_seqs), "processes": rt.world_size,
-            "device": rt.device.type}
+            "device": rt.device.type, **({"embedding_steps": embedding_steps} if embedding_steps else {})}
     if rt.is_main:
         manifest = save_checkpoint(out, model, extra_meta=meta, inputs=inputs, compute=compute, parent=parent, seed=cfg.seed)
     rt.barrier()

@@ -49,7 +49,7 @@ from freshsid.errors import FreshsidError
 from freshsid.metrics import recall_ndcg
 from freshsid.retriever import pipeline
 from freshsid.retriever.pipeline import Recommender
-from freshsid.retriever.remap import remap_plan
+from freshsid.retriever.remap import RemapPlan, remap_plan
 from freshsid.serve import journal
 from freshsid.serve.events import new_events
 from freshsid.serve.ops import record_refresh, share_uncoded
@@ -129,7 +129,7 @@ class NewSids:
 
     table: SidTable  # the candidate's
     build: CollabSids  # the build the candidate carries, for the next refresh to continue
-    remap: tuple[SidTable, int] | None  # what the fine-tune carries over (remap_plan)
+    remap: RemapPlan | None  # what the fine-tune carries over (remap_plan)
     codes_kept: list[float]
 
 
@@ -219,7 +219,7 @@ def _aligned(train: TemporalSplit, current: Release, how: Recipe, config: Experi
     result = refresh(train, ALL, served, recipe=how, sasrec=config.sasrec, sid=config.sid, seed=config.seed,
                      methods=("hungarian",), progress=progress, warm_from=build)
     aligned = result.aligned["hungarian"]
-    return NewSids(aligned, result.refreshed, remap_plan(current.table, aligned, how.remap_levels),
+    return NewSids(aligned, result.refreshed, remap_plan(current.table, aligned, how.remap_levels, **how.finetune_start()),
                    [lv["kept_after"] for lv in aligned.meta["stats"]["alignment"]["levels"]])
 
 
