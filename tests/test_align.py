@@ -133,3 +133,30 @@ def test_sticking_every_common_item_gives_back_the_legacy_codes():
     stuck = stick(legacy, aligned, legacy.items)
     assert np.array_equal(stuck.codes_for(legacy.items), legacy.codes)
     assert stuck.meta["stats"]["alignment"]["prefix_agreement_after"] == 1.0
+
+
+@pytest.mark.parametrize("tokenizer", ["rqkmeans", "rqvae"])
+def test_an_aligned_table_keeps_the_refreshed_tokenizer_relabelled_as_its_codes_were(tokenizer):
+    """Whatever the refreshed tokenizer gives a vector, the aligned table's tokenizer gives
+    its aligned label at every level: new items are coded in the aligned vocabulary."""
+    from freshsid.config import SidConfig
+    from freshsid.sid.build import build_table, make_tokenizer
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 8)).astype(np.float32)
+    items = np.arange(300)
+    extra = {"epochs": 3} if tokenizer == "rqvae" else {}
+    cfg = SidConfig(tokenizer=tokenizer, n_levels=2, codebook_size=8, suffix_size=64, **extra)
+    legacy, _ = build_table(X, items, items.astype(str), cfg, window="0:1")
+    moved = cfg.model_copy(update={"seed": 1})
+    refreshed, _ = build_table(X + 0.3 * rng.normal(size=X.shape).astype(np.float32), items, items.astype(str), moved,
+                               window="0:1")
+    aligned, _ = align(legacy, refreshed)
+    unseen = rng.normal(size=(50, 8)).astype(np.float32)
+    code = lambda table: make_tokenizer(moved, init_state=table.tokenizer_state).fit(X).transform(unseen)  # noqa: E731
+    before, after = code(refreshed), code(aligned)
+    for level in range(2):
+        perm = np.zeros(8, int)
+        perm[refreshed.codes[:, level]] = aligned.codes[:, level]
+        assert not np.array_equal(perm, np.arange(8))  # (alignment moved labels, so the check can fail)
+        assert np.array_equal(perm[before[:, level]], after[:, level])

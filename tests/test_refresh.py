@@ -4,6 +4,7 @@ A release that carries its SID build refreshes with a warm recipe, and increment
 SIDs frozen, new items coded by its tokenizer), refresh after refresh."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -16,8 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from freshsid.artifacts import read_manifest
 from freshsid.cli import app
+from freshsid.config import SidConfig
 from freshsid.data.synthetic import SyntheticConfig, write_synthetic
 from freshsid.serve.release import Releases, load_release
+from freshsid.sid.build import make_tokenizer
+from freshsid.sid.table import SidTable
 
 from clirun import invoke, runner
 
@@ -372,7 +376,8 @@ def test_incremental_refreshes_keep_every_sid_and_code_the_items_first_seen_sinc
 def test_a_warm_recipe_continues_the_build_the_release_carries(built, frozen, tmp_path):
     """The first release, created with --embeddings, refreshed by the stable recipe: the
     candidate is aligned to it and carries the refreshed (unaligned) build, whose SASRec and
-    tokenizer continued the release's. Its SIDs relabelled, it can no longer refresh incrementally."""
+    tokenizer continued the release's. Its SIDs relabelled, it keeps the refreshed tokenizer
+    relabelled alike, so an incremental refresh after it keeps every SID it serves."""
     d, opts, _ = built
     copy = tmp_path / "releases"
     shutil.copytree(frozen[0], copy)
@@ -387,10 +392,25 @@ def test_a_warm_recipe_continues_the_build_the_release_carries(built, frozen, tm
     assert build.table.content_hash != candidate.table.content_hash and build.table.tokenizer_state is not None
     assert build.embeddings.config["dim"] == 16 and build.embeddings.config["valid_users"] == 0  # the recipe's schedule
     assert build.table.meta["tokenizer"]["init_codebooks"] is not None  # the tokenizer continued the release's
-    result = runner.invoke(app, ["refresh", *map(str, opts(100)), "--releases", str(copy), "--mode", "incremental",
-                                 *REFRESH])
-    assert result.exit_code == 2 and "an aligned refresh relabelled" in result.stderr
-    assert releases.ids() == ["r0001", "r0002", "r0003", "r0004"]
+    assert candidate.table.tokenizer_state is not None
+    invoke("refresh", *opts(100), "--releases", copy, "--mode", "incremental", *REFRESH, "--promote")
+    after = releases.load_current(build=True)
+    assert after.id == "r0005" and after.manifest.info["refresh"] == {"mode": "incremental", "recipe": "cold"}
+    assert np.array_equal(after.table.codes_for(candidate.table.items), candidate.table.codes)
+    assert after.table.meta["stats"]["incremental"]["coded_by"] == candidate.table.content_hash
+    # the new items' prefixes are what the refreshed tokenizer gives them, relabelled as alignment did
+    new = np.setdiff1d(after.table.items, candidate.table.items)
+    assert len(new) > 0
+    coded = after.table.codes_for(new)[:, :-1]
+    vectors = after.build.embeddings.vectors[new].astype(np.float32)
+    levels = len(build.table.codebook_sizes) - 1
+    plain = make_tokenizer(SidConfig(tokenizer=build.table.meta["tokenizer"]["kind"], n_levels=levels,
+                                     codebook_size=build.table.codebook_sizes[0], suffix_size=build.table.codebook_sizes[-1]),
+                           init_state=build.table.tokenizer_state).fit(build.embeddings.vectors[build.table.items])
+    perm = np.zeros((levels, build.table.codebook_sizes[0]), int)
+    for level in range(levels):
+        perm[level, build.table.codes_for(candidate.table.items)[:, level]] = candidate.table.codes[:, level]
+    assert np.array_equal(coded, np.stack([perm[lv][plain.transform(vectors)[:, lv]] for lv in range(levels)], axis=1))
 
 
 def test_a_warm_recipe_or_incremental_mode_without_a_carried_build_is_refused(built, chain, tmp_path):
@@ -418,8 +438,9 @@ def test_release_create_refuses_embeddings_the_table_was_not_coded_from(built, c
     other = chain[0] / "releases" / "r0002" / "build" / "embeddings"  # a refresh's, not the ones --sids came from
     result = runner.invoke(app, [*create, "--sids", str(d / "sids"), "--embeddings", str(other)])
     assert result.exit_code == 2 and "coded from other embeddings" in result.stderr
-    aligned = chain[0] / "releases" / "r0002" / "sids"
-    result = runner.invoke(app, [*create, "--sids", str(aligned), "--embeddings", str(d / "emb")])
+    stateless = tmp_path / "stateless"  # a table without its tokenizer (as an older version aligned them)
+    dataclasses.replace(SidTable.load(d / "sids"), tokenizer_state=None).save(stateless)
+    result = runner.invoke(app, [*create, "--sids", str(stateless), "--embeddings", str(d / "emb")])
     assert result.exit_code == 2 and "no tokenizer state" in result.stderr
     assert not (tmp_path / "r").exists()
 

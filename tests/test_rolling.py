@@ -149,7 +149,9 @@ def test_the_trigger_calibrates_on_the_first_rounds_then_decides_by_its_threshol
         assert 0.0 <= s["unseen"] <= 1.0
         if not s["calibrating"]:
             assert s["refreshed"] == (s["decay"] >= trigger["threshold"])
-        path += "R" if s["refreshed"] else "F"
+        # below the threshold it codes the part's new items when there are any, else does nothing
+        assert s["action"] == ("refresh" if s["refreshed"] else "incremental" if s["unseen"] > 0 else "nothing")
+        path += {"refresh": "R", "incremental": "I", "nothing": ""}[s["action"]]
         assert record["strategies"]["Triggered"]["path"] == path
     # while it refreshes every round it is the chain: same stages, same scores
     assert rounds[0]["strategies"]["Triggered"]["metrics"] == rounds[0]["strategies"]["Aligned"]["metrics"]

@@ -384,7 +384,8 @@ class RollingConfig(BaseModel):
     initial: int = Field(5, ge=1)
     strategies: tuple[str, ...] = ROLLING_STRATEGIES
     # Triggered refreshes when this staleness signal reaches the threshold chosen on the
-    # first ``calibration_rounds`` rounds (during which it refreshes every round).
+    # first ``calibration_rounds`` rounds (during which it refreshes every round); below
+    # it, it codes the round's new items incrementally, or does nothing when there are none.
     signal: Literal["churn", "unseen", "decay"] = "decay"
     calibration_rounds: int = Field(2, ge=1)
     run: ExperimentConfig = Field(default_factory=lambda: preset("cpu"))

@@ -13,10 +13,12 @@ r = s ... N-2 every strategy may use the events of part r and is scored on part 
   (each round's table is the next one's legacy, so items new since the last round
   get codes and become recommendable) and fine-tunes on part r;
 - **Full** rebuilds embeddings, SIDs and retriever from scratch on [0, r+1);
-- **Triggered** refreshes like Aligned when a staleness signal reaches a threshold,
-  otherwise fine-tunes like FT-old. The threshold is the mean signal over the first
-  rounds where the signal is defined (during which it refreshes every round); it is
-  stated in the results;
+- **Triggered** refreshes like Aligned when a staleness signal reaches a threshold;
+  below it, it codes part r's new items into the SIDs it serves and fine-tunes (like
+  Incremental, with the tokenizer of its last refresh, relabelled by the alignment) when
+  part r has events on items it does not code, and does nothing when it has none. The
+  threshold is the mean signal over the first rounds where the signal is defined (during
+  which it refreshes every round); it is stated in the results;
 - **MostPop** trains nothing: items ranked by their count in part r (any item seen in
   [0, r+1) may be returned), the reference line every strategy should clear.
 
@@ -70,6 +72,7 @@ ALIGNMENT = "hungarian"
 REFERENCES = ("Incremental", "FT-old")  # each round's paired intervals: every strategy minus these
 SID_COMPUTE = ("embedding_flops", "embedding_seconds", "tokenizer_flops", "tokenizer_seconds")
 COMPUTE = ("retriever_flops", "retriever_seconds", *SID_COMPUTE)
+TRIGGER_ACTIONS = {"R": "refresh", "I": "incremental", "": "nothing"}  # what Triggered did in a round, by step letter
 
 
 def sid_compute(table: SidTable) -> dict[str, float]:
@@ -82,8 +85,9 @@ class State:
 
     ``path``: the actions since the initial build ("" for the initial build itself);
     ``sids``: the served table with the embeddings it was coded from; ``build``: the
-    unaligned build a warm recipe continues (its table holds the tokenizer state; for
-    Incremental, the served table, which keeps the initial tokenizer's);
+    unaligned build a warm recipe continues and whose SASRec incremental coding continues
+    (its table holds the tokenizer state, as the served table does: relabelled after an
+    aligned refresh, the initial tokenizer's for Incremental);
     ``model``: the checkpoint's stage; ``coverage``: the window whose items are coded."""
 
     path: str
@@ -343,10 +347,12 @@ class Rolling:
                         if len(calibration) == cfg.calibration_rounds:
                             threshold = float(np.mean(calibration))
                     refresh_now = calibrating or value is None or value >= threshold
-                    after = self.step(before, "R" if refresh_now else "F", r)
+                    action = "R" if refresh_now else "I" if signal["unseen"] > 0 else ""
+                    after = self.step(before, action, r) if action else before
                     cost = signal.pop("cost")
                     record["signals"] = {**signal, "used": cfg.signal, "threshold": None if calibrating else threshold,
-                                         "refreshed": refresh_now, "calibrating": calibrating}
+                                         "refreshed": refresh_now, "action": TRIGGER_ACTIONS[action],
+                                         "calibrating": calibrating}
                 states[name] = after
                 compute = self.compute(before, after)
                 if name == "Triggered" and not refresh_now:

@@ -60,15 +60,20 @@ def report_markdown(results: dict[str, Any], ks: list[int]) -> str:
             lines.append(f"| {rec['round']} | {n} | {fmt(e['kept'])} | {fmt(e['kept_since_start'])} | "
                          f"{fmt(e['utilisation'])} | {e['items']:,} | {e['items_added']:,} | {e['duplicate_sids']} |")
     if any("signals" in rec for rec in results["rounds"]):
-        lines += ["", "## Trigger", "", "| round | churn | unseen | decay | threshold | refreshed |", "|---:|---:|---:|---:|---:|---|"]
+        lines += ["", "## Trigger", "", "| round | churn | unseen | decay | threshold | action |", "|---:|---:|---:|---:|---:|---|"]
         for rec in results["rounds"]:
             s = rec.get("signals")
             if s:
                 show = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
                 lines.append(f"| {rec['round']} | {show(s['churn'])} | {show(s['unseen'])} | {show(s['decay'])} | "
-                             f"{'calibrating' if s['calibrating'] else show(s['threshold'])} | {'yes' if s['refreshed'] else 'no'} |")
+                             f"{'calibrating' if s['calibrating'] else show(s['threshold'])} | {_action(s)} |")
     lines += ["", "Plots: recall_by_round.png, compute_vs_quality.png, codes_over_rounds.png.", ""]
     return "\n".join(lines)
+
+
+def _action(signals: dict[str, Any]) -> str:
+    """What Triggered did (runs made before it could code new items fine-tuned when it did not refresh)."""
+    return signals.get("action") or ("refresh" if signals["refreshed"] else "fine-tune")
 
 
 def _interval_lines(results: dict[str, Any]) -> list[str]:

@@ -13,12 +13,12 @@
      carries (the unaligned build its table came from), and the candidate carries the
      refreshed build in turn.
    - ``incremental`` (a frozen vocabulary): the release's SIDs unchanged, and the items
-     first seen since coded by the build's tokenizer as it is
+     first seen since coded by the served SIDs' tokenizer as it is
      (:func:`freshsid.sid.refresh.code_new_items`), from the build's SASRec continued on
-     the logs, so that their embeddings live in the space that tokenizer reads. Sound
-     only while the served table is the one that tokenizer wrote or extended: a release
-     created with its build, or refreshed incrementally since; after an aligned refresh
-     the served codes are relabelled and the tokenizer's codes would mean other things.
+     the logs, so that their embeddings live in the space that tokenizer reads. After an
+     aligned refresh the served table keeps the refreshed tokenizer with its codebooks
+     relabelled as the codes were (:func:`freshsid.sid.align.align`), and that one codes
+     them; a table an older version aligned has none, and is refused.
 
    A refresh that continues the build keeps its SASRec's shape and its tokenizer's kind
    (the weights and state fit no other); the preset and the recipe give the schedules.
@@ -200,9 +200,10 @@ def _continuing(config: ExperimentConfig, current: Release, mode: Mode, how: Rec
         raise FreshsidError(f"Release {current.id} carries no SID build (SASRec weights and tokenizer) for {what} to "
                             "continue; create releases with `freshsid release create --embeddings`, or refresh with "
                             "--mode aligned --recipe cold.")
-    if mode == "incremental" and build.table.content_hash != current.table.content_hash:
-        raise FreshsidError(f"Release {current.id} serves SIDs an aligned refresh relabelled, so its build's tokenizer "
-                            "cannot code new items among them; refresh it with --mode aligned.")
+    if mode == "incremental" and _coder(current) is None:
+        raise FreshsidError(f"Release {current.id} serves SIDs an aligned refresh relabelled without keeping its "
+                            "tokenizer (an older version made it), so no tokenizer can code new items among them; "
+                            "refresh it with --mode aligned.")
     assert build.embeddings is not None  # a carried build always holds its embeddings
     shape = {name: build.embeddings.config[name] for name in SASREC_SHAPE}
     kind = build.table.meta["tokenizer"]["kind"]
@@ -225,17 +226,27 @@ def _aligned(train: TemporalSplit, current: Release, how: Recipe, config: Experi
 
 def _incremental(train: TemporalSplit, current: Release, how: Recipe, config: ExperimentConfig,
                  progress: bool) -> NewSids:
-    """The served SIDs unchanged (the build's table, code for code), and the items they lack
-    coded by the build's tokenizer as it is, from the build's SASRec continued on the logs
-    (the recipe's refresh schedule)."""
+    """The served SIDs unchanged (code for code), and the items they lack coded by their
+    tokenizer as it is (:func:`_coder`), from the build's SASRec continued on the logs (the
+    recipe's refresh schedule)."""
     build = current.build
     assert build is not None and build.embeddings is not None  # (_continuing refused a release without one)
     sasrec, sid = how.refresh_configs(config.sasrec, config.sid)
     embeddings, _ = collab_embeddings(train.logs, train.events(ALL), window=str(ALL), config=sasrec, seed=config.seed,
                                       progress=progress, init_state=build.embeddings.state)
-    table = code_new_items(build.table, embeddings, train.allowed_items(ALL), train.logs.item_ids, sid)
+    table = code_new_items(_coder(current), embeddings, train.allowed_items(ALL), train.logs.item_ids, sid)
     # No legacy code moved: the fine-tune has nothing to carry over.
     return NewSids(table, CollabSids(embeddings, table), None, [1.0] * table.n_levels)
+
+
+def _coder(current: Release) -> SidTable | None:
+    """The table whose tokenizer codes new items among the served SIDs: the served table
+    (an aligned one keeps its tokenizer, relabelled), else the build's when it is the
+    served one; None when neither can."""
+    if current.table.tokenizer_state is not None:
+        return current.table
+    build = current.build
+    return build.table if build is not None and build.table.content_hash == current.table.content_hash else None
 
 
 def _held_out_users(logs: Interactions, until: int, share: float, seed: int) -> np.ndarray:

@@ -159,9 +159,9 @@ def carried_build(embeddings: Path, table: SidTable) -> CollabSids:
     (``freshsid embed collab``, SASRec weights included) and ``table``, which a tokenizer
     coded from them (its state kept)."""
     if table.tokenizer_state is None:
-        raise FreshsidError("The --sids table holds no tokenizer state (an aligned table, or one built by an older "
-                            "version), so a release cannot carry it as its build; pass the table `freshsid sids build` "
-                            "wrote, or drop --embeddings.")
+        raise FreshsidError("The --sids table holds no tokenizer state (an older version built or aligned it), so a "
+                            "release cannot carry it as its build; pass the table `freshsid sids build` wrote, or drop "
+                            "--embeddings.")
     loaded = Embeddings.load(embeddings)
     if loaded.kind != "collab" or loaded.state is None:
         raise FreshsidError(f"{embeddings} holds no SASRec weights to continue (content embeddings, or an older "

@@ -11,7 +11,8 @@ every item of the refreshed table, items new since the legacy table included.
 Relabelling each level by a permutation maps distinct prefixes to distinct
 prefixes, so collision groups are unchanged; the suffix level is then
 re-resolved so that an item whose aligned prefix equals its legacy prefix keeps
-its legacy suffix.
+its legacy suffix. The refreshed tokenizer's codebook rows move with their labels,
+so the aligned table codes items it has not seen in its own (aligned) vocabulary.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def align(legacy: SidTable, refreshed: SidTable, *, method: Method = "hungarian"
         raise FreshsidError("The legacy and refreshed tables share no items, so there is nothing to align on.")
     old = legacy.codes[in_old].astype(np.int64)
     codes = refreshed.codes.astype(np.int64).copy()
-    levels = []
+    levels, perms = [], []
     for level in range(refreshed.n_levels):
         size = refreshed.codebook_sizes[level]
         counts = cooccurrence(codes[in_new, level], old[:, level], size)
@@ -81,6 +82,7 @@ def align(legacy: SidTable, refreshed: SidTable, *, method: Method = "hungarian"
         before = float(np.trace(counts)) / len(common)
         matched = int(counts[np.arange(size), perm].sum())
         codes[:, level] = perm[codes[:, level]]
+        perms.append(perm)
         levels.append({"level": level, "kept_before": before, "kept_after": matched / len(common), "matched": matched})
 
     codes[:, -1] = resolve_suffix(codes, in_new, old)
@@ -94,7 +96,20 @@ def align(legacy: SidTable, refreshed: SidTable, *, method: Method = "hungarian"
     }
     # The parent is the legacy table's content hash: stable whether or not it was ever saved.
     meta = {**refreshed.meta, "parent": legacy.content_hash, "stats": {**refreshed.meta.get("stats", {}), "alignment": report}}
-    return replace(refreshed, codes=codes.astype(np.int32), meta=meta, tokenizer_state=None), report
+    return replace(refreshed, codes=codes.astype(np.int32), meta=meta,
+                   tokenizer_state=relabel_state(refreshed.tokenizer_state, perms)), report
+
+
+def relabel_state(state: dict[str, np.ndarray] | None, perms: list[np.ndarray]) -> dict[str, np.ndarray] | None:
+    """A tokenizer's state (``codebooks`` (L, K, d), RQ-KMeans' or RQ-VAE's) with the row of
+    code ``a`` at level ``l`` moved to label ``perms[l][a]``: it then assigns every vector
+    the relabelled codes (the encoder and decoder do not depend on labels)."""
+    if state is None:
+        return None
+    codebooks = np.array(state["codebooks"], copy=True)
+    for level, perm in enumerate(perms):
+        codebooks[level, perm] = state["codebooks"][level]
+    return {**state, "codebooks": codebooks}
 
 
 def stick(legacy: SidTable, aligned: SidTable, keep: np.ndarray) -> SidTable:

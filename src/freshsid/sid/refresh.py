@@ -96,8 +96,8 @@ def code_items(embeddings: Embeddings, split: TemporalSplit, window: Window, con
     init = None
     if warm_from is not None:
         if warm_from.tokenizer_state is None:
-            raise FreshsidError("The table to continue from holds no tokenizer state (an aligned table, or one built "
-                                "by an older version); pass a table that `freshsid sids build` wrote.")
+            raise FreshsidError("The table to continue from holds no tokenizer state (an older version built or "
+                                "aligned it); pass a table that `freshsid sids build` wrote.")
         init = warm_from.tokenizer_state
     logs = split.logs
     items = split.allowed_items(window)
@@ -146,8 +146,8 @@ def code_new_items(legacy: SidTable, embeddings: Embeddings, items: np.ndarray, 
     result keeps the legacy tokenizer's state, so that it codes the next items in turn.
     """
     if legacy.tokenizer_state is None:
-        raise FreshsidError("The legacy table holds no tokenizer state (an aligned table, or one built by an older "
-                            "version); pass the table `freshsid sids build` wrote.")
+        raise FreshsidError("The legacy table holds no tokenizer state (an older version built or aligned it); pass the "
+                            "table `freshsid sids build` wrote.")
     new = np.setdiff1d(np.asarray(items, dtype=np.int64), legacy.items)
     sizes = legacy.codebook_sizes
     config = config.model_copy(update={"n_levels": legacy.n_levels, "codebook_size": sizes[0], "suffix_size": sizes[-1],
