@@ -34,7 +34,7 @@ def rolling(
     max_eval_users: Annotated[int | None, typer.Option("--max-eval-users", min=1, help="Score a random sample of this many users per part.")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Refresh after refresh: Frozen, FT-old, an aligned chain, Full rebuilds and a triggered refresh, round by round.
+    """Refresh after refresh: Frozen, FT-old, incremental coding, an aligned chain, Full rebuilds, a trigger and MostPop.
 
     Round r uses part r and is scored on part r+1. Stages are cached in --out, so a rerun resumes. Writes results.json,
     report.md and plots (recall by round, compute against quality, codes over rounds).
