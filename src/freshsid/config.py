@@ -175,7 +175,7 @@ class Recipe(BaseModel):
     # each by its events in the fine-tune's window plus one ("events": a code that merged
     # items leans towards the ones users pick).
     remap_weight: Literal["items", "events"] = "items"
-    # The first optimiser steps of a fine-tune on refreshed codes update the token embeddings
+    # The first optimiser steps of a remapping fine-tune (above) update the token embeddings
     # only (within the same budget): the carried rows settle before the network moves.
     embedding_steps: int = Field(0, ge=0)
 
