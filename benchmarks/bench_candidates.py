@@ -19,6 +19,7 @@ Refuses a run of the standard split: candidates are chosen without reading its t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -60,12 +61,18 @@ def scores_of(build: Path, candidates: list[str], logs: Interactions | None = No
     config = load_config(build / "results.json")
     check_build(build, config, results["policies"], candidates)
     frames = read_scores(build, {label: results["policies"][label] for label in REFERENCES})
-    logs = logs or load_dataset(results["dataset"]["name"])
+    logs = logs or _dataset(results["dataset"]["name"])
     for name in candidates:
         study = config.model_copy(update={"recipe": name, "policies": REFRESH})
         variant = Experiment(logs, study, build, variant=name).run()
         frames |= {f"{label} [{name}]": frame for label, frame in read_scores(build, variant["policies"]).items()}
     return frames
+
+
+@functools.cache
+def _dataset(name: str) -> Interactions:
+    """A named dataset, loaded once for all the builds of a study."""
+    return load_dataset(name)
 
 
 def main() -> None:
