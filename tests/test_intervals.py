@@ -55,6 +55,21 @@ def test_nested_over_builds_averages_builds_and_widens_with_their_spread():
     assert spread["low"] < 0.01 and spread["high"] > 0.035
 
 
+
+def test_fixed_strata_resample_users_only():
+    # rounds of a rolling run: each round's difference is constant, so only resampling
+    # the rounds themselves could make the interval wider than a point
+    b1, b2, b3 = _scores(1000, 3), _scores(1000, 4), _scores(1000, 5)
+    users = np.arange(1000)
+    rounds = [{"ref": pl.DataFrame({"user": users, "recall@10": b}), "A": pl.DataFrame({"user": users, "recall@10": b + d})}
+              for b, d in ((b1, 0.00), (b2, 0.01), (b3, 0.05))]
+    rounds = [{k: f.with_columns(pl.col("recall@10").alias("ndcg@10")) for k, f in r.items()} for r in rounds]
+    fixed = compare(rounds, ["ref"], (10,), resample_builds=False)["ref"]["A"]["recall@10"]
+    assert fixed["diff"] == pytest.approx(0.02)
+    assert fixed["low"] == pytest.approx(0.02) and fixed["high"] == pytest.approx(0.02)
+    drawn = compare(rounds, ["ref"], (10,))["ref"]["A"]["recall@10"]
+    assert drawn["high"] - drawn["low"] > 0.02
+
 def test_compare_pairs_every_policy_with_each_reference_present():
     users = np.arange(500)
     frame = lambda shift: pl.DataFrame({"user": users, "recall@10": _scores(500) + shift,  # noqa: E731

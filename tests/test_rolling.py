@@ -49,6 +49,12 @@ def test_every_strategy_is_scored_on_the_part_after_the_one_it_used(run):
     summary = results["summary"]["strategies"]
     assert summary["Frozen"]["flops"] == 0 < summary["FT-old"]["flops"] < summary["Full"]["flops"]
     assert summary["MostPop"]["flops"] == 0 < summary["Incremental"]["flops"] < summary["Full"]["flops"]
+    for name, row in summary.items():  # times less than Full, from the summed retriever FLOPs of the rounds
+        spent = sum(r["strategies"][name]["compute"]["retriever_flops"] for r in results["rounds"])
+        assert row["retriever_flops"] == pytest.approx(spent)
+        ratio = row["less_than_full"]["retriever_flops"]
+        assert ratio is None if spent == 0 else ratio == pytest.approx(summary["Full"]["retriever_flops"] / spent)
+    assert summary["Full"]["less_than_full"] == {"retriever_flops": 1.0, "flops": 1.0}
     assert all(x == 1.0 for r in results["rounds"] for x in r["strategies"]["FT-old"]["kept_since_start"])
     for name in ("Aligned", "Incremental"):
         assert sum(r["strategies"][name]["items_added"] for r in results["rounds"]) > 0
@@ -135,7 +141,14 @@ def test_mostpop_ranks_by_the_rounds_part_and_each_round_has_paired_intervals(ru
                 cell = cells["recall@20"]
                 assert cell["diff"] == pytest.approx(metrics[name]["recall@20"] - metrics[ref]["recall@20"])
                 assert cell["low"] <= cell["diff"] <= cell["high"] and cell["users"] == len(examples)
-    assert "Paired differences by round" in (out / "report.md").read_text()
+    # the mean over rounds: the rounds' differences averaged, users resampled within each round
+    for ref, rows in results["over_rounds"].items():
+        for name, cells in rows.items():
+            cell = cells["recall@20"]
+            per_round = [r["intervals"][ref][name]["recall@20"]["diff"] for r in results["rounds"]]
+            assert cell["diff"] == pytest.approx(np.mean(per_round)) and cell["low"] <= cell["diff"] <= cell["high"]
+    report = (out / "report.md").read_text()
+    assert "Paired differences by round" in report and "Mean over rounds 3–5" in report
 
 
 def test_the_trigger_calibrates_on_the_first_rounds_then_decides_by_its_threshold(run):

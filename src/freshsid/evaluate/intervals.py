@@ -85,17 +85,19 @@ def paired_bootstrap(builds: Sequence[tuple[np.ndarray, np.ndarray]], *, n_resam
             "users": int(sum(len(d) for d in diffs)), "resamples": n_resamples}
 
 
-def _bootstrap(diffs: Sequence[np.ndarray], *, n_resamples: int, seed: int, level: float
+def _bootstrap(diffs: Sequence[np.ndarray], *, n_resamples: int, seed: int, level: float, resample_builds: bool = True
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`paired_bootstrap` of c comparisons at once: ``diffs`` holds one (n_b, c) per
-    build; returns the estimate, low and high, each (c,)."""
+    build; returns the estimate, low and high, each (c,). Without ``resample_builds`` the
+    builds are fixed strata (every resample takes each once, with its users resampled)."""
     if not diffs or any(len(d) == 0 for d in diffs):
         raise ValueError("every build needs at least one user")
     if n_resamples < 1:
         raise ValueError("n_resamples must be positive")
     rng = np.random.default_rng(seed)
     n_builds = len(diffs)
-    picks = rng.integers(0, n_builds, size=(n_resamples, n_builds))
+    picks = (rng.integers(0, n_builds, size=(n_resamples, n_builds)) if resample_builds
+             else np.tile(np.arange(n_builds), (n_resamples, 1)))
     total = np.zeros((n_resamples, diffs[0].shape[1]))
     for b, d in enumerate(diffs):
         times = (picks == b).sum(axis=1)  # how often each resample drew build b
@@ -116,13 +118,16 @@ def interval_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 
 def compare(builds: Sequence[dict[str, pl.DataFrame]], references: Sequence[str], ks: Sequence[int], *,
-            n_resamples: int = RESAMPLES, seed: int = 0) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+            n_resamples: int = RESAMPLES, seed: int = 0, resample_builds: bool = True
+            ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """Every policy against each reference present, at ``ks``, Recall and nDCG.
 
     ``builds``: per build, policy label -> its per-user scores (:func:`user_scores`, the
     same users in the same order for every policy of a build). A policy is compared on the
     builds that have both it and the reference. Every comparison over the same builds uses
-    the same resampled builds and users. Returns
+    the same resampled builds and users. With ``resample_builds=False`` the builds are
+    fixed strata, such as the rounds of a rolling run: the estimate is the mean over them of
+    the mean difference, and only users are resampled, within each. Returns
     ``{reference: {policy: {"recall@100": {"diff", "low", "high", ...}, ...}}}``.
     """
     keys = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
@@ -140,7 +145,8 @@ def compare(builds: Sequence[dict[str, pl.DataFrame]], references: Sequence[str]
     for used, compared in pairs.items():
         diffs = [np.hstack([builds[i][label].select(keys).to_numpy() - builds[i][ref].select(keys).to_numpy()
                             for ref, label in compared]) for i in used]
-        est, low, high = _bootstrap(diffs, n_resamples=n_resamples, seed=seed, level=LEVEL)
+        est, low, high = _bootstrap(diffs, n_resamples=n_resamples, seed=seed, level=LEVEL,
+                                    resample_builds=resample_builds)
         users = int(sum(len(d) for d in diffs))
         for j, (ref, label) in enumerate(compared):
             out.setdefault(ref, {})[label] = {

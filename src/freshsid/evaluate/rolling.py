@@ -272,12 +272,14 @@ class Rolling:
         return self.cache.record(stage, build, [*key, part, cfg.ks, cfg.beam, cfg.max_eval_users, cfg.protocol.max_history,
                                                 "per-user"])
 
-    def intervals(self, record: dict[str, Any]) -> dict[str, Any]:
-        """One round's paired intervals: every strategy minus each reference present."""
-        frames = {name: pl.read_parquet(self.layout.users(self.eval_stage(entry["path"], record["scored_on"])))
-                  for name, entry in record["strategies"].items()}
-        return compare([frames], [r for r in REFERENCES if r in frames], interval_ks(self.run_config.ks),
-                       seed=self.run_config.seed)
+    def intervals(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Every strategy minus each reference present, paired over users: for one round,
+        or for the mean over several (the rounds are fixed strata; users are resampled
+        within each)."""
+        rounds = [{name: pl.read_parquet(self.layout.users(self.eval_stage(entry["path"], record["scored_on"])))
+                   for name, entry in record["strategies"].items()} for record in records]
+        return compare(rounds, [r for r in REFERENCES if r in rounds[0]], interval_ks(self.run_config.ks),
+                       seed=self.run_config.seed, resample_builds=False)
 
     def compute(self, before: State, after: State) -> dict[str, float]:
         """What the round's action cost: the retriever's training, and the SIDs (embedding
@@ -364,13 +366,14 @@ class Rolling:
                              "path": after.path, **self.codes(first, before, after)}
                 scores[name].append(entry)
                 record["strategies"][name] = entry
-            record["intervals"] = self.intervals(record)
+            record["intervals"] = self.intervals([record])
             rounds.append(record)
         results = {"dataset": {"name": self.logs.name, "n_parts": cfg.n_parts},
                    "config": cfg.model_dump(mode="json"), "rounds": rounds,
                    "trigger": {"signal": cfg.signal, "calibration_rounds": cfg.calibration_rounds,
                                "calibration_values": calibration, "threshold": threshold},
-                   "summary": summarize(scores, k), "wall_seconds": time.perf_counter() - started}
+                   "summary": summarize(scores, k), "over_rounds": self.intervals(rounds),
+                   "wall_seconds": time.perf_counter() - started}
         write_json_atomic(self.out / "results.json", results)
         write_report(results, self.out)
         return results
@@ -401,15 +404,22 @@ def kept(old: SidTable, new: SidTable) -> list[float]:
 
 
 def summarize(scores: dict[str, list[dict[str, Any]]], k: int) -> dict[str, Any]:
-    """Per strategy: mean Recall@k over the rounds and the cumulative compute; which
+    """Per strategy: mean Recall@k over the rounds, the cumulative compute (all-in and the
+    retriever's alone) and, when Full ran, how many times less of each than Full; which
     strategy is best on quality and which on quality gained over Frozen per FLOP."""
     rows = {}
     for name, entries in scores.items():
         flops = sum(e["compute"][f"{part}_flops"] for e in entries for part in ("retriever", "embedding", "tokenizer"))
         rows[name] = {f"mean_recall@{k}": float(np.mean([e["metrics"][f"recall@{k}"] for e in entries])),
                       "flops": float(flops),
+                      "retriever_flops": float(sum(e["compute"]["retriever_flops"] for e in entries)),
                       "seconds": float(sum(e["compute"][f"{part}_seconds"] for e in entries
                                            for part in ("retriever", "embedding", "tokenizer")))}
+    if "Full" in rows:
+        full = rows["Full"]
+        for row in rows.values():
+            row["less_than_full"] = {key: full[key] / row[key] if row[key] > 0 else None
+                                     for key in ("retriever_flops", "flops")}
     metric = f"mean_recall@{k}"
     best = max(rows, key=lambda n: rows[n][metric])
     per_flop = None

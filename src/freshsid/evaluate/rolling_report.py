@@ -37,20 +37,28 @@ def report_markdown(results: dict[str, Any], ks: list[int]) -> str:
                  + (f"Triggered: mean Recall@{k} {rows['Triggered'][f'mean_recall@{k}']:.4f} for {rows['Triggered']['flops']:.2e} "
                     f"FLOPs (signal {trigger['signal']}, threshold {trigger['threshold']} = mean over the first "
                     f"{trigger['calibration_rounds']} rounds)." if "Triggered" in rows else ""))
-    lines += ["", f"| strategy | mean Recall@{k} | FLOPs (all rounds) | seconds | gain over Frozen per PFLOP |",
-              "|---|---:|---:|---:|---:|"]
+    full = "less_than_full" in rows[names[0]]
+    lines += ["", f"| strategy | mean Recall@{k} | FLOPs (all rounds) | retriever FLOPs | seconds | gain over Frozen per PFLOP |"
+              + (" Full ÷ this, retriever FLOPs | Full ÷ this, all FLOPs |" if full else ""),
+              "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if full else "")]
+    show = lambda v, fmt: "—" if v is None else format(v, fmt)  # noqa: E731
     for name in names:
         row = rows[name]
-        gain = row.get("gain_per_pflop")
-        lines.append(f"| {name} | {row[f'mean_recall@{k}']:.4f} | {row['flops']:.2e} | {row['seconds']:.0f} | "
-                     + ("—" if gain is None else f"{gain:+.4f}") + " |")
+        lines.append(f"| {name} | {row[f'mean_recall@{k}']:.4f} | {row['flops']:.2e} | {show(row.get('retriever_flops'), '.2e')} | "
+                     f"{row['seconds']:.0f} | {show(row.get('gain_per_pflop'), '+.4f')} |"
+                     + (f" {show(row['less_than_full']['retriever_flops'], '.1f')} | {show(row['less_than_full']['flops'], '.1f')} |"
+                        if full else ""))
+    span = f"{results['rounds'][0]['round']}–{results['rounds'][-1]['round']}"
+    if results.get("over_rounds"):
+        lines += _interval_lines(f"## Mean over rounds {span}: paired differences", [(span, results["over_rounds"])])
     for metric in ("recall", "ndcg"):
         lines += ["", f"## {metric} by round", "", "| round | scored on | " + " | ".join(
             f"{n} @{kk}" for n in names for kk in ks) + " |", "|---:|---:|" + "---:|" * (len(names) * len(ks))]
         for rec in results["rounds"]:
             cells = [f"{rec['strategies'][n]['metrics'][f'{metric}@{kk}']:.4f}" for n in names for kk in ks]
             lines.append(f"| {rec['round']} | {rec['scored_on']} | " + " | ".join(cells) + " |")
-    lines += _interval_lines(results)
+    lines += _interval_lines("## Paired differences by round",
+                             [(str(rec["round"]), rec["intervals"]) for rec in results["rounds"] if rec.get("intervals")])
     lines += ["", "## Codes", "", "| round | strategy | kept vs previous | kept since start | utilisation | items | added |"
               " duplicates |", "|---:|---|---|---|---|---:|---:|---:|"]
     fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
@@ -76,21 +84,21 @@ def _action(signals: dict[str, Any]) -> str:
     return signals.get("action") or ("refresh" if signals["refreshed"] else "fine-tune")
 
 
-def _interval_lines(results: dict[str, Any]) -> list[str]:
-    """Per round, every strategy minus each reference at the largest cutoff, with its 95%
-    paired interval over the round's test users (* where it excludes 0)."""
-    rounds = [rec for rec in results["rounds"] if rec.get("intervals")]
-    if not rounds:
+def _interval_lines(title: str, blocks: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Per (rounds, intervals) block, every strategy minus each reference at the largest
+    cutoff, with its 95% paired interval over test users (* where it excludes 0)."""
+    if not blocks:
         return []
-    k = max(int(key.split("@")[1]) for ref in rounds[0]["intervals"].values() for cells in ref.values() for key in cells)
-    lines = ["", f"## Paired differences by round (Recall@{k} and nDCG@{k}, 95% bootstrap interval over users)", "",
+    first = blocks[0][1]
+    k = max(int(key.split("@")[1]) for rows in first.values() for cells in rows.values() for key in cells)
+    lines = ["", f"{title} (Recall@{k} and nDCG@{k}, 95% bootstrap interval over users)", "",
              "| round | strategy | reference | ΔRecall | ΔnDCG |", "|---:|---|---|---|---|"]
     cell = lambda c: f"{c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]" + (  # noqa: E731
         "*" if c["low"] > 0 or c["high"] < 0 else "")
-    for rec in rounds:
-        for ref, rows in rec["intervals"].items():
+    for label, intervals in blocks:
+        for ref, rows in intervals.items():
             for name, cells in rows.items():
-                lines.append(f"| {rec['round']} | {name} | {ref} | {cell(cells[f'recall@{k}'])} | {cell(cells[f'ndcg@{k}'])} |")
+                lines.append(f"| {label} | {name} | {ref} | {cell(cells[f'recall@{k}'])} | {cell(cells[f'ndcg@{k}'])} |")
     return lines
 
 
