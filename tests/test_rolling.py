@@ -200,3 +200,17 @@ def test_a_remapping_recipe_carries_embeddings_into_each_refresh_only(logs, tmp_
     refreshed = read_manifest(tmp_path / "run/steps/R/model").info
     assert refreshed["remapped_levels"] == 1 and refreshed["remapped_from"] == served.content_hash
     assert "remapped_levels" not in read_manifest(tmp_path / "run/steps/F/model").info
+
+
+def test_summarize_rolling_tables_the_mean_over_rounds_against_incremental(run, capsys, monkeypatch):
+    from test_experiment import benchmark_script
+
+    out, results = run
+    monkeypatch.setattr("sys.argv", ["summarize_rolling.py", str(out)])
+    benchmark_script("summarize_rolling").main()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + len(ROLLING_STRATEGIES)
+    rows = {line.split(" | ")[1]: line for line in lines[2:]}
+    aligned = results["over_rounds"]["Incremental"]["Aligned"]["recall@20"]
+    assert f"{aligned['diff']:+.4f} [{aligned['low']:+.4f}, {aligned['high']:+.4f}]" in rows["Aligned"]
+    assert "| 1.0× | 1.0× |" in rows["Full"] and rows["Incremental"].count("—") == 2
