@@ -131,9 +131,9 @@ def test_mostpop_ranks_by_the_rounds_part_and_each_round_has_paired_intervals(ru
         entry = record["strategies"]["MostPop"]
         assert entry["metrics"]["recall@20"] == pytest.approx(float(np.mean(expected["recall@20"])))
         assert not any(entry["compute"].values())
-        # every strategy against Incremental and FT-old, on the round's users
+        # every strategy against Incremental, FT-old and Full, on the round's users
         intervals = record["intervals"]
-        assert list(intervals) == ["Incremental", "FT-old"]
+        assert list(intervals) == ["Incremental", "FT-old", "Full"]
         assert list(intervals["Incremental"]) == [n for n in ROLLING_STRATEGIES if n != "Incremental"]
         metrics = {n: e["metrics"] for n, e in record["strategies"].items()}
         for ref, rows in intervals.items():

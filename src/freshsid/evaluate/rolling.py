@@ -22,9 +22,9 @@ r = s ... N-2 every strategy may use the events of part r and is scored on part 
 - **MostPop** trains nothing: items ranked by their count in part r (any item seen in
   [0, r+1) may be returned), the reference line every strategy should clear.
 
-Every evaluation keeps its per-user scores (``<stage>.users.parquet``); each round
-compares every strategy with Incremental and with FT-old, paired over the round's test
-users (:func:`freshsid.evaluate.intervals.compare`).
+Every evaluation keeps its per-user scores (``<stage>.users.parquet``); each round, and
+the mean over rounds, compares every strategy with Incremental, FT-old and Full (those
+that ran), paired over the round's test users (:func:`freshsid.evaluate.intervals.compare`).
 
 Staleness signals, from what is known at round r (never from part r+1): ``churn``,
 the mean per-level share of codes a refreshed tokenizer would change after alignment;
@@ -69,7 +69,7 @@ from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, code_ne
 from freshsid.sid.table import SidTable
 
 ALIGNMENT = "hungarian"
-REFERENCES = ("Incremental", "FT-old")  # each round's paired intervals: every strategy minus these
+REFERENCES = ("Incremental", "FT-old", "Full")  # the paired intervals: every strategy minus each of these
 SID_COMPUTE = ("embedding_flops", "embedding_seconds", "tokenizer_flops", "tokenizer_seconds")
 COMPUTE = ("retriever_flops", "retriever_seconds", *SID_COMPUTE)
 TRIGGER_ACTIONS = {"R": "refresh", "I": "incremental", "": "nothing"}  # what Triggered did in a round, by step letter
