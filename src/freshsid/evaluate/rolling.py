@@ -373,7 +373,8 @@ class Rolling:
                    "trigger": {"signal": cfg.signal, "calibration_rounds": cfg.calibration_rounds,
                                "calibration_values": calibration, "threshold": threshold},
                    "summary": summarize(scores, k), "over_rounds": self.intervals(rounds),
-                   "wall_seconds": time.perf_counter() - started}
+                   "wall_seconds": time.perf_counter() - started,
+                   "stage_seconds": dict(self.cache.seconds)}  # each stage's last build, this run's or an earlier one's
         write_json_atomic(self.out / "results.json", results)
         write_report(results, self.out)
         return results

@@ -29,7 +29,9 @@ def report_markdown(results: dict[str, Any], ks: list[int]) -> str:
     lines = [f"# freshsid rolling refresh: {results['dataset']['name']}", "",
              f"{results['dataset']['n_parts']} parts; initial build on [0, {results['config']['initial']}); "
              f"rounds {results['rounds'][0]['round']}–{results['rounds'][-1]['round']} (round r uses part r, is scored "
-             f"on part r+1). Wall time {results['wall_seconds'] / 60:.1f} min.", "", "## Verdict", ""]
+             f"on part r+1). Wall time {results['wall_seconds'] / 60:.1f} min"
+             + (f"; its stages took {sum(results['stage_seconds'].values()) / 60:.1f} min to build, in this run or "
+                "an earlier one it resumed" if results.get("stage_seconds") else "") + ".", "", "## Verdict", ""]
     rows = summary["strategies"]
     lines.append(f"Best mean Recall@{k}: **{summary['best_quality']}** ({rows[summary['best_quality']][f'mean_recall@{k}']:.4f}). "
                  + (f"Best quality gained over Frozen per FLOP: **{summary['best_per_flop']}**. "
