@@ -46,10 +46,11 @@ def report_markdown(results: dict[str, Any], ks: list[int]) -> str:
     show = lambda v, fmt: "—" if v is None else format(v, fmt)  # noqa: E731
     for name in names:
         row = rows[name]
-        lines.append(f"| {name} | {row[f'mean_recall@{k}']:.4f} | {row['flops']:.2e} | {show(row.get('retriever_flops'), '.2e')} | "
-                     f"{row['seconds']:.0f} | {show(row.get('gain_per_pflop'), '+.4f')} |"
-                     + (f" {show(row['less_than_full']['retriever_flops'], '.1f')} | {show(row['less_than_full']['flops'], '.1f')} |"
-                        if full else ""))
+        cells = [f"{row[f'mean_recall@{k}']:.4f}", f"{row['flops']:.2e}", show(row.get("retriever_flops"), ".2e"),
+                 f"{row['seconds']:.0f}", show(row.get("gain_per_pflop"), "+.4f")]
+        if full:
+            cells += [show(row["less_than_full"][key], ".1f") for key in ("retriever_flops", "flops")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     span = f"{results['rounds'][0]['round']}–{results['rounds'][-1]['round']}"
     if results.get("over_rounds"):
         lines += _interval_lines(f"## Mean over rounds {span}: paired differences", [(span, results["over_rounds"])])
