@@ -30,6 +30,10 @@ def cell(c: dict | None) -> str:
     return f"{c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]{mark}"
 
 
+def ratio(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}×"
+
+
 def rows(results: dict) -> list[str]:
     summary = results["summary"]
     k = summary["k"]
@@ -39,7 +43,6 @@ def rows(results: dict) -> list[str]:
         row = summary["strategies"][name]
         ndcg = float(np.mean([r["strategies"][name]["metrics"][f"ndcg@{k}"] for r in results["rounds"]]))
         less = row.get("less_than_full", {})
-        ratio = lambda v: "—" if v is None else f"{v:.1f}×"  # noqa: E731
         diffs = over.get(name, {})
         flops = f"{row['retriever_flops']:.2e}" if "retriever_flops" in row else "—"
         out.append(f"| {results['dataset']['name']} | {name} | {row[f'mean_recall@{k}']:.4f} | {ndcg:.4f} | "
