@@ -25,7 +25,7 @@ from freshsid.data.registry import load_dataset
 from freshsid.evaluate.experiment import Experiment
 from freshsid.evaluate.stages import StageCache
 from freshsid.policies import BASE_MODEL, policy
-from freshsid.sid.refresh import recipe
+from freshsid.recipes import recipe
 
 SHARED = ("sasrec", "sid", "retriever", "fit", "finetune", "protocol", "ks", "max_eval_users", "seed", "beam")
 

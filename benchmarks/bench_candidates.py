@@ -2,7 +2,7 @@
 
 Each build is a finished validation run (``freshsid experiment --validation``) holding
 FT-old, FT-old+new, Refresh with remap and Refresh with remap+new. A candidate is a
-recipe that builds the same SIDs as the run's (``Recipe.refresh_settings``) and starts the
+recipe that builds the same SIDs as the run's (``Recipe.recode_settings``) and starts the
 remapping fine-tune otherwise (``Recipe.finetune_start``), so only the two refresh rows
 are fine-tuned again, from the build's own Base, beside the run (``variants/<candidate>/``).
 Pooled over the builds (builds resampled, then users; 1,000 resamples), each candidate's
@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 from freshsid.artifacts import write_json_atomic
-from freshsid.config import PROTOCOL, RECIPES, ExperimentConfig, load_config
+from freshsid.config import PROTOCOL, ExperimentConfig, load_config
+from freshsid.recipes import RECIPES
 from freshsid.data.interactions import Interactions
 from freshsid.data.registry import load_dataset
 from freshsid.evaluate.experiment import Experiment
@@ -47,7 +48,7 @@ def check_build(build: Path, config: ExperimentConfig, policies: dict, candidate
     for name in candidates:
         if problem is None and name not in RECIPES:
             problem = f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}"
-        elif problem is None and RECIPES[name].refresh_settings() != RECIPES[config.recipe].refresh_settings():
+        elif problem is None and RECIPES[name].recode_settings() != RECIPES[config.recipe].recode_settings():
             problem = f"{name} builds other SIDs than {build}'s recipe {config.recipe}; a candidate may change only how the fine-tune starts"
     if problem:
         print(f"error: {problem}.", file=sys.stderr)

@@ -35,7 +35,7 @@ from freshsid.policies import BASE_MODEL
 from freshsid.evaluate.stages import RunLayout
 from freshsid.retriever import pipeline
 from freshsid.sid.align import resolve_suffix
-from freshsid.sid.refresh import CollabSids, Refresh
+from freshsid.recode import CollabSids, Recoded
 from freshsid.sid.table import SidTable
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     split = TemporalSplit(load_dataset(args.dataset), config.protocol.n_parts)
     layout = RunLayout(args.run)
     legacy = CollabSids.load(layout.path(layout.legacy)).table
-    aligned = Refresh.load(layout.path(layout.refresh), config.recipe).aligned[args.method]
+    aligned = Recoded.load(layout.path(layout.refresh), spoken=legacy, recipe=config.how).aligned[args.method]
     common = np.intersect1d(aligned.items, legacy.items)
     gap_items = np.intersect1d(np.unique(split.logs.item[split.events(config.protocol.gap)]), common)
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ from freshsid.policies import BASE_MODEL
 from freshsid.retriever.model import load_checkpoint
 from freshsid.serve.refresh import refresh_release
 from freshsid.serve.release import Releases
-from freshsid.sid.refresh import CollabSids
+from freshsid.recode import CollabSids
 
 
 def main() -> None:

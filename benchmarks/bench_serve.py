@@ -41,7 +41,7 @@ from freshsid.retriever.model import load_checkpoint
 from freshsid.retriever.pipeline import trained_span
 from freshsid.serve.batch import recommend_batch
 from freshsid.serve.release import Releases
-from freshsid.sid.refresh import CollabSids
+from freshsid.recode import CollabSids
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

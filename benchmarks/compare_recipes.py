@@ -19,7 +19,7 @@ import numpy as np
 
 from freshsid.embed.store import Embeddings
 from freshsid.evaluate.stages import RunLayout
-from freshsid.sid.refresh import NEIGHBOURS, CollabSids, neighbourhood_overlap
+from freshsid.recode import NEIGHBOURS, CollabSids, neighbourhood_overlap
 
 def neighbour_overlap(legacy: Embeddings, refreshed: Embeddings) -> float:
     """Mean share of an item's 10 nearest neighbours the two spaces agree on, over every common item."""

@@ -28,7 +28,7 @@ from freshsid.policies import BASE_MODEL
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import load_checkpoint
 from freshsid.retriever.remap import remap_code_embeddings
-from freshsid.sid.refresh import CollabSids, Refresh
+from freshsid.recode import CollabSids, Recoded
 
 KEYS = [f"{metric}@{k}" for metric in ("recall", "ndcg") for k in (100, 200, 500)]
 
@@ -44,7 +44,7 @@ def main() -> None:
     layout, protocol = RunLayout(args.run), cfg.protocol
     split = TemporalSplit(load_dataset(args.dataset), protocol.n_parts)
     legacy = CollabSids.load(layout.path(layout.legacy)).table
-    aligned = Refresh.load(layout.path(layout.refresh), cfg.recipe).aligned["hungarian"]
+    aligned = Recoded.load(layout.path(layout.refresh), spoken=legacy, recipe=cfg.how).table
     base, _ = load_checkpoint(layout.path(layout.model(BASE_MODEL)), expected_shape=legacy.codebook_sizes)
     remapped = copy.deepcopy(base)
     remap_code_embeddings(remapped, legacy, aligned, aligned.n_levels)

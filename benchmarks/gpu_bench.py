@@ -114,7 +114,7 @@ def main() -> None:
     if args.sids is not None:
         table = SidTable.load(args.sids)
     else:
-        from freshsid.sid.refresh import build_collab_sids  # (needs faiss, which --sids avoids)
+        from freshsid.recode import build_collab_sids  # (needs faiss, which --sids avoids)
 
         table = build_collab_sids(split, config.protocol.base, sasrec=config.sasrec, sid=config.sid, seed=config.seed,
                                   progress=False).table

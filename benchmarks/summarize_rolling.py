@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from freshsid.config import ROLLING_STRATEGIES
+from freshsid.evaluate.rolling_config import ROLLING_STRATEGIES
 
 REFERENCE = "Incremental"
 

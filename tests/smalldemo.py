@@ -23,7 +23,7 @@ SMALL_TINY = {
     "finetune": TrainConfig(epochs=1, batch_size=64, warmup_steps=1),
     "max_eval_users": 100,
     "threads": 1,
-    "policies": ("Base", "FT-aligned (hungarian)"),
+    "policies": ("Base", "Refresh with remap"),
 }
 
 

@@ -14,6 +14,7 @@ import pytest
 
 import freshsid
 from freshsid import api
+from freshsid.config import SASRecConfig, SidConfig
 from freshsid.data import registry
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.errors import FreshsidError
@@ -23,8 +24,8 @@ from smalldemo import shrink
 
 ROOT = Path(__file__).resolve().parents[1]
 # The docstring examples, in the order a reader runs them: each continues the last.
-EXAMPLES = (registry.load_dataset, Window, TemporalSplit, api.CollabSidBuilder, SidTable, api.refresh, api.align,
-            api.GenerativeRetriever)
+EXAMPLES = (registry.load_dataset, Window, TemporalSplit, api.CollabSidBuilder, SidTable, api.CollabSidBuilder.recode,
+            api.align, api.GenerativeRetriever)
 PUBLIC_MODULES = ("freshsid/__init__.py", "freshsid/api.py", "freshsid/data/registry.py", "freshsid/data/temporal.py",
                   "freshsid/data/layouts.py", "freshsid/sid/table.py", "freshsid/serve/release.py", "freshsid/config.py")
 
@@ -62,7 +63,7 @@ def examples(tmp_path_factory):
 def test_every_estimator_and_function_of_the_api_has_an_example(examples):
     for name in api.__all__:
         assert ">>> " in getattr(api, name).__doc__, name
-    assert examples["tuned"].table_ is examples["fresh"].aligned["hungarian"]
+    assert examples["tuned"].table_ is examples["fresh"].table_
 
 
 def test_the_estimators_learn_state_with_a_trailing_underscore_and_refuse_when_unfitted(examples):
@@ -72,7 +73,7 @@ def test_the_estimators_learn_state_with_a_trailing_underscore_and_refuse_when_u
                                                                               allowed=examples["base"]))]:
         with pytest.raises(FreshsidError, match="not fitted yet"):
             call()
-    assert examples["builder"].get_params()["recipe"] == "cold"
+    assert examples["builder"].get_params()["recipe"] == freshsid.preset("tiny").recipe
     retriever = examples["retriever"]
     assert retriever.model_ is not None and retriever.checkpoint_.is_dir() and retriever.table_ is examples["builder"].table_
 
@@ -99,9 +100,29 @@ def test_the_sid_builder_survives_save_and_load(examples, tmp_path):
     assert again.logs_fingerprint_ == examples["split"].logs.fingerprint
 
 
+def test_a_saved_and_reloaded_builder_recodes_as_the_unsaved_one_and_recodes_chain(examples, tmp_path):
+    """The configs and the recipe travel with a saved builder: a warm recode (remap-3 continues
+    the legacy SASRec and tokenizer) of the reloaded builder gives the same table, not one
+    from the default (tiny) SASRec; and a recoded builder recodes again."""
+    split = examples["split"]
+    config = freshsid.preset("cpu", sasrec=SASRecConfig(dim=48, max_epochs=1, valid_users=0),
+                             sid=SidConfig(tokenizer="rqkmeans", codebook_size=16, suffix_size=64), recipe="remap-3")
+    builder = api.CollabSidBuilder.from_config(config).fit(split, Window(start=0, stop=7))
+    again = api.CollabSidBuilder.load(builder.save(tmp_path / "legacy"))
+    assert again.get_params() == builder.get_params()
+    first, second = (b.recode(split, Window(start=0, stop=8)) for b in (builder, again))
+    assert first.table_.content_hash == second.table_.content_hash
+    assert first.plan_ is not None and first.plan_.levels == 3 and first.plan_.key() == second.plan_.key()
+    chained = api.CollabSidBuilder.load(first.save(tmp_path / "recoded")).recode(split, Window(start=0, stop=9))
+    assert chained.table_.content_hash == first.recode(split, Window(start=0, stop=9)).table_.content_hash
+    kept = first.recode(split, Window(start=0, stop=9), mode="incremental")
+    np.testing.assert_array_equal(kept.table_.codes_for(first.table_.items), first.table_.codes)
+    assert kept.plan_ is None
+
+
 def test_align_refuses_an_unknown_method(examples):
     with pytest.raises(FreshsidError, match="hungarian, greedy|greedy, hungarian"):
-        api.align(examples["builder"].table_, examples["fresh"].refreshed.table, method="nearest")
+        api.align(examples["builder"].table_, examples["fresh"].build_.table, method="nearest")
 
 
 def test_the_public_modules_pass_mypy():

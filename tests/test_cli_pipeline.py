@@ -239,10 +239,10 @@ def test_experiment_config_file_toml_json_or_a_results_json(monkeypatch, tmp_pat
     """--config takes TOML or JSON; a results.json repeats its run; flags still override the file."""
     opts, _ = data
     seen = record_runs(monkeypatch)
-    (tmp_path / "c.toml").write_text('preset = "tiny"\nbeam = 7\nrecipe = "warm"\n[sasrec]\ndim = 16\n')
+    (tmp_path / "c.toml").write_text('preset = "tiny"\nbeam = 7\nrecipe = "remap-1"\n[sasrec]\ndim = 16\n')
     invoke("experiment", *opts, "--config", tmp_path / "c.toml", "--seeds", "0,1", "--out", tmp_path / "a")
     config, tiny = seen["config"], preset("tiny")
-    assert (config.beam, config.recipe, config.finetune_seeds) == (7, "warm", (0, 1))
+    assert (config.beam, config.recipe, config.finetune_seeds) == (7, "remap-1", (0, 1))
     # the tiny preset, with the file's settings merged in key by key
     assert config.sasrec == tiny.sasrec.model_copy(update={"dim": 16}) and config.fit == tiny.fit
     (tmp_path / "results.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "policies": {}}))

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import freshsid
 from freshsid.cli import app
-from freshsid.config import RECIPES
+from freshsid.recipes import RECIPES
 from smalldemo import shrink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,10 +74,10 @@ def test_the_quick_start_gets_the_demos_metrics(tutorial):
     namespace, work = tutorial
     demo = json.loads((work / "runs" / "demo" / "results.json").read_text())["policies"]
     scores = namespace["scores"]
-    assert set(scores) == {"Base", "FT-aligned (hungarian)"}
+    assert set(scores) == {"Base", "Refresh with remap"}
     for name, metrics in scores.items():
         assert metrics == demo[name]["metrics"], name
-    assert scores["Base"] != scores["FT-aligned (hungarian)"]  # two models, not one scored twice
+    assert scores["Base"] != scores["Refresh with remap"]  # two models, not one scored twice
 
 
 def test_the_recipe_table_lists_every_recipe():

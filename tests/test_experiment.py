@@ -15,7 +15,8 @@ import pytest
 
 import freshsid.evaluate.experiment as experiment_module
 from freshsid.artifacts import read_manifest
-from freshsid.config import RECIPES, SASRecConfig, TrainConfig, preset
+from freshsid.config import SASRecConfig, TrainConfig, preset
+from freshsid.recipes import RECIPES
 from freshsid.data.registry import synthetic_dataset
 from freshsid.data.synthetic import SyntheticConfig
 from freshsid.data.temporal import Window
@@ -84,7 +85,7 @@ def violations(experiment: Experiment, results: dict) -> list[str]:
               "aligned-greedy": SidTable.load(out / "refresh/aligned-greedy"),
               "aligned-hungarian": SidTable.load(out / "refresh/aligned-hungarian")}
     if (out / "incremental").exists():
-        tables["legacy+new"] = SidTable.load(out / "incremental")
+        tables["legacy+new"] = SidTable.load(out / "incremental/sids")
     found = []
     events = lambda a, b: slice(int(split.bounds[a]), int(split.bounds[b]))  # noqa: E731
     for label, record in results["policies"].items():
@@ -118,8 +119,8 @@ def violations(experiment: Experiment, results: dict) -> list[str]:
             found.append("FT-old+new: its table does not code exactly the legacy items and the gap's new items")
         if not np.array_equal(extended.codes_for(legacy.items), legacy.codes_for(legacy.items)):
             found.append("FT-old+new: a legacy item's SID changed")
-        refreshed = np.load(out / "refresh/embeddings/embeddings.npy")
-        coded = residual_encode(refreshed[new].astype(np.float32), legacy.tokenizer_state["codebooks"])
+        vectors = np.load(out / "incremental/embeddings/embeddings.npy")  # the vectors the step coded from
+        coded = residual_encode(vectors[new].astype(np.float32), legacy.tokenizer_state["codebooks"])
         if extended.meta["stats"]["incremental"]["coded_by"] != legacy.content_hash or not np.array_equal(coded, extended.codes_for(new)[:, :-1]):
             found.append("FT-old+new: the new items are not coded by the legacy tokenizer")
         if len(np.unique(extended.codes, axis=0)) != len(extended.codes):
@@ -275,8 +276,8 @@ def test_warm_refresh_with_seeds_reuses_the_legacy_stages_and_pairs_the_seeds(ru
 
 
 def test_how_a_finetune_starts_is_no_part_of_the_refresh_and_new_only_when_set():
-    assert RECIPES["remap-3"].refresh_settings() == RECIPES["remap-3-events"].refresh_settings() \
-        == RECIPES["remap-3-emb"].refresh_settings() == RECIPES["stable"].refresh_settings()
+    assert RECIPES["remap-3"].recode_settings() == RECIPES["remap-3-events"].recode_settings() \
+        == RECIPES["remap-3-emb"].recode_settings() == RECIPES["stable"].recode_settings()
     assert RECIPES["remap-3"].finetune_start() == {}  # the keys of earlier runs stay as they were
     assert RECIPES["remap-3-events"].finetune_start() == {"weight": "events"}
     assert RECIPES["remap-3-emb"].finetune_start() == {"embedding_steps": 20}
@@ -344,17 +345,18 @@ def test_the_validation_split_never_reads_the_last_part(logs, tmp_path):
         assert strip(runs[0]) == strip(runs[1]), key
 
 
-@pytest.mark.parametrize("name", [name for name in RECIPES if name != "cold"])  # cold is the module's main run
-def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
-    config = tiny_config(policies=("Base", "FT-old", "Refresh with remap"), recipe=name)
+@pytest.mark.parametrize("name", [name for name in RECIPES if name != preset("tiny").recipe])  # (the module's main run)
+def test_each_recipe_runs_end_to_end(logs, tmp_path, name):
+    recipe = RECIPES[name]
+    recoded = "Refresh with remap" if recipe.remap_levels else "FT-aligned (hungarian)"  # (the plain alignment)
+    config = tiny_config(policies=("Base", "FT-old", recoded), recipe=name)
     experiment = Experiment(logs, config, tmp_path / "run", show_progress=False)
     experiment.log = lambda _: None
     results = experiment.run()
     assert violations(experiment, results) == []
-    recipe = RECIPES[name]
     legacy = read_manifest(experiment.out / "legacy/embeddings")
     refreshed = read_manifest(experiment.out / "refresh/embeddings")
-    sasrec, sid = recipe.refresh_configs(config.sasrec, config.sid)
+    sasrec, sid = recipe.recode_configs(config.sasrec, config.sid)
     assert refreshed.config == sasrec.model_dump() and legacy.config == recipe.legacy_configs(config.sasrec, config.sid)[0].model_dump()
     assert SidTable.load(experiment.out / "refresh/sids").meta["tokenizer"]["kind"] == sid.tokenizer
     if recipe.warm_tokenizer:  # a refresh that continues the legacy models keeps more codes than chance
@@ -365,16 +367,17 @@ def test_each_refresh_recipe_runs_end_to_end(logs, tmp_path, name):
         legacy_table, aligned = SidTable.load(experiment.out / "legacy/sids"), SidTable.load(experiment.out / "refresh/aligned-hungarian")
         assert report["sid_agreement_after"] >= report["kept_items"] / report["common_items"]
         assert len(np.unique(aligned.codes, axis=0)) == len(aligned.codes) and aligned.meta["parent"] == legacy_table.content_hash
-    # only a fine-tune on the refreshed codes carries embeddings over, and says so in its manifest
+    # only a fine-tune on the recoded SIDs carries embeddings over, as many levels as the
+    # recipe says, and says so in its manifest
     infos = {label: read_manifest(experiment.out / results["policies"][label]["model"]).info
-             for label in ("FT-old", "Refresh with remap")}
-    assert infos["Refresh with remap"]["remapped_levels"] == (recipe.remap_levels or config.sid.n_levels)
-    assert "remapped_levels" not in infos["FT-old"]  # (the plain alignment's model: the module's main run)
+             for label in ("FT-old", recoded)}
+    assert infos[recoded].get("remapped_levels", 0) == recipe.carried_levels(config.sid.n_levels)
+    assert "remapped_levels" not in infos["FT-old"]
     # and starts as the recipe says: the weighted remap and the embedding steps are recorded
     start = recipe.finetune_start()
-    assert infos["Refresh with remap"].get("remap_weight", "items") == start.get("weight", "items")
-    assert infos["Refresh with remap"].get("embedding_steps", 0) == start.get("embedding_steps", 0)
-    assert f"recipe {name}" in results["policies"]["Refresh with remap"]["description"]
+    assert infos[recoded].get("remap_weight", "items") == start.get("weight", "items")
+    assert infos[recoded].get("embedding_steps", 0) == start.get("embedding_steps", 0)
+    assert f"recipe {name}" in results["policies"][recoded]["description"]
 
 
 def test_stage_cache_builds_once_rebuilds_on_a_new_key_and_adopts_a_copied_stage(tmp_path):

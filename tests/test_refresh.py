@@ -136,7 +136,7 @@ def test_recommend_batch_streams_every_user_and_resumes(chain, tmp_path, monkeyp
 
 @contextlib.contextmanager
 def serving(root, **options):
-    from freshsid.config import ServeConfig
+    from freshsid.serve.config import ServeConfig
     from freshsid.serve.http import Service, serve_in_thread
 
     service = Service(Releases(root), ServeConfig(poll_seconds=0.2, **options))
@@ -262,7 +262,7 @@ def test_a_concurrent_refresh_is_refused_before_any_work(chain, tmp_path, monkey
     def no_work(*args, **kwargs):
         raise AssertionError("the refused refresh did work")
 
-    monkeypatch.setattr(refresh_module, "refresh", no_work)
+    monkeypatch.setattr(refresh_module, "_recode", no_work)
     monkeypatch.setattr(refresh_module.Releases, "load_current", no_work)
     path = tmp_path / "logs.parquet"
     events.write_parquet(path)
@@ -304,7 +304,7 @@ def test_refresh_if_due_exit_codes(chain, tmp_path, monkeypatch):
         raise AssertionError("a refresh that is not due trained")
 
     with monkeypatch.context() as m:
-        m.setattr(refresh_module, "refresh", no_training)
+        m.setattr(refresh_module, "_recode", no_training)
         result = runner.invoke(app, [*args, "--threshold", "1.0"])
     assert result.exit_code == 3 and "not due" in result.stdout
     assert json.loads((copy / "last-refresh.json").read_text())["outcome"] == "not_due"
@@ -355,7 +355,7 @@ def test_incremental_refreshes_keep_every_sid_and_code_the_items_first_seen_sinc
     bundles = [load_release(releases.path(i), build=True) for i in releases.ids()]
     first_time = bundles[0].manifest.info["data"]["until_time"]
     for parent, child in zip(bundles, bundles[1:]):
-        assert child.manifest.info["refresh"] == {"mode": "incremental", "recipe": "cold"}
+        assert child.manifest.info["refresh"] == {"mode": "incremental", "recipe": "cold-remap"}
         np.testing.assert_array_equal(child.table.codes_for(parent.table.items), parent.table.codes)  # no SID moved
         added = child.catalog.filter(~pl.col("item").is_in(parent.table.items.tolist()))
         assert added.height and added["first_seen"].min() >= first_time  # items first seen since the first release
@@ -368,9 +368,9 @@ def test_incremental_refreshes_keep_every_sid_and_code_the_items_first_seen_sinc
         assert "promoted (incremental refresh)" in output.stdout
         assert "codes kept per level: L1 100.0%  L2 100.0%" in output.stdout
     listed = json.loads(invoke("release", "list", root, "--json").stdout)
-    assert [r["refresh"] for r in listed["releases"]] == [None] + [{"mode": "incremental", "recipe": "cold"}] * 2
+    assert [r["refresh"] for r in listed["releases"]] == [None] + [{"mode": "incremental", "recipe": "cold-remap"}] * 2
     report = json.loads(invoke("status", root, "--json").stdout)
-    assert report["refresh"] == {"mode": "incremental", "recipe": "cold"} and report["carries_build"]
+    assert report["refresh"] == {"mode": "incremental", "recipe": "cold-remap"} and report["carries_build"]
 
 
 def test_a_warm_recipe_continues_the_build_the_release_carries(built, frozen, tmp_path):
@@ -395,7 +395,7 @@ def test_a_warm_recipe_continues_the_build_the_release_carries(built, frozen, tm
     assert candidate.table.tokenizer_state is not None
     invoke("refresh", *opts(100), "--releases", copy, "--mode", "incremental", *REFRESH, "--promote")
     after = releases.load_current(build=True)
-    assert after.id == "r0005" and after.manifest.info["refresh"] == {"mode": "incremental", "recipe": "cold"}
+    assert after.id == "r0005" and after.manifest.info["refresh"] == {"mode": "incremental", "recipe": "cold-remap"}
     assert np.array_equal(after.table.codes_for(candidate.table.items), candidate.table.codes)
     assert after.table.meta["stats"]["incremental"]["coded_by"] == candidate.table.content_hash
     # the new items' prefixes are what the refreshed tokenizer gives them, relabelled as alignment did

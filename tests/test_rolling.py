@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import freshsid.evaluate.rolling as rolling_module
-from freshsid.config import ROLLING_STRATEGIES, RollingConfig, SASRecConfig, TrainConfig, preset
+from freshsid.config import SASRecConfig, TrainConfig, preset
+from freshsid.evaluate.rolling_config import ROLLING_STRATEGIES, RollingConfig
 from freshsid.data.registry import synthetic_dataset
 from freshsid.data.synthetic import SyntheticConfig
 from freshsid.evaluate.rolling import Rolling

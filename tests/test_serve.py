@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from freshsid.config import ServeConfig
+from freshsid.serve.config import ServeConfig
 from freshsid.data.interactions import from_arrays
 from freshsid.retriever.model import Retriever, RetrieverConfig, save_checkpoint
 from freshsid.serve.http import Service, serve_in_thread
@@ -186,7 +186,7 @@ def test_metrics_parse_and_have_the_named_series(served):
 
 
 def test_the_serve_config_file_sets_limits_and_refuses_unknown_or_wrong_settings(tmp_path):
-    from freshsid.config import serve_config
+    from freshsid.serve.config import serve_config
     from freshsid.errors import FreshsidError
 
     path = tmp_path / "serve.toml"

@@ -9,8 +9,8 @@ The public API, in the order of the pipeline::
     base, gap = freshsid.Window(start=0, stop=8), freshsid.Window(start=8, stop=9)
     legacy = freshsid.CollabSidBuilder.from_config("tiny").fit(split, base)
     model = freshsid.GenerativeRetriever.from_config("tiny").fit(split, legacy.table_, window=base)
-    fresh = freshsid.refresh(split, freshsid.Window(start=0, stop=9), legacy)
-    tuned = model.finetune(split, fresh.aligned["hungarian"], window=gap)
+    fresh = legacy.recode(split, freshsid.Window(start=0, stop=9))   # aligned to legacy's vocabulary
+    tuned = model.finetune(split, fresh.table_, window=gap)
 
 Names are loaded on first use (PEP 562), so ``import freshsid`` costs no torch: the
 command line's ``--help`` and a notebook's first cell stay fast.
@@ -34,11 +34,10 @@ _EXPORTS = {
     "Window": "freshsid.data.temporal",
     "ExperimentConfig": "freshsid.config",
     "preset": "freshsid.config",
-    "RECIPES": "freshsid.config",
+    "RECIPES": "freshsid.recipes",
     "SidTable": "freshsid.sid.table",
     "CollabSidBuilder": "freshsid.api",
     "align": "freshsid.api",
-    "refresh": "freshsid.api",
     "GenerativeRetriever": "freshsid.api",
     "Experiment": "freshsid.evaluate.experiment",
     "Release": "freshsid.serve.release",
@@ -48,8 +47,9 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from freshsid.api import CollabSidBuilder, GenerativeRetriever, align, refresh
-    from freshsid.config import RECIPES, ExperimentConfig, preset
+    from freshsid.api import CollabSidBuilder, GenerativeRetriever, align
+    from freshsid.config import ExperimentConfig, preset
+    from freshsid.recipes import RECIPES
     from freshsid.data.interactions import Interactions
     from freshsid.data.logs import LogSchema
     from freshsid.data.registry import load_dataset, synthetic_dataset

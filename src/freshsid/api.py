@@ -1,13 +1,15 @@
 """The estimators of the public API: thin scikit-learn-style wrappers over the pipeline.
 
 :class:`CollabSidBuilder` builds collaborative SIDs (SASRec embeddings quantized into a
-:class:`~freshsid.sid.table.SidTable`), :func:`refresh` rebuilds them on later logs and
-aligns them to the legacy vocabulary, :class:`GenerativeRetriever` trains, fine-tunes,
-evaluates and queries the retriever. Each wraps the functions the CLI and the
-experiment runner call (:mod:`freshsid.sid.refresh`, :mod:`freshsid.retriever.pipeline`),
-so the three cannot drift apart. Hyper-parameters go to ``__init__``, ``fit`` returns
-``self``, what was learnt ends with ``_``, and a method that needs a fitted estimator
-raises :class:`~freshsid.errors.FreshsidError` on an unfitted one.
+:class:`~freshsid.sid.table.SidTable`) and recodes them on later logs (aligned to its
+vocabulary, or incrementally), returning a new builder, so recodes chain;
+:func:`align` relabels one table onto another's vocabulary; :class:`GenerativeRetriever`
+trains, fine-tunes, evaluates and queries the retriever. Each wraps the functions the
+CLI, the experiment and the production refresh call (:mod:`freshsid.recode`,
+:mod:`freshsid.retriever.pipeline`), so they cannot drift apart. Hyper-parameters go to
+``__init__``, ``fit`` returns ``self``, what was learnt ends with ``_``, and a method
+that needs a fitted estimator raises :class:`~freshsid.errors.FreshsidError` on an
+unfitted one.
 
 This module imports torch (through the pipeline); ``import freshsid`` does not, it
 loads this module the first time one of these names is used.
@@ -15,28 +17,33 @@ loads this module the first time one of these names is used.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from freshsid.artifacts import Manifest, artifact_dir, read_manifest
-from freshsid.config import ExperimentConfig, SASRecConfig, SidConfig, TrainConfig, preset
+from freshsid.artifacts import Manifest, artifact_dir, read_manifest, write_json_atomic
+from freshsid.config import RETRIEVER_SIZES, ExperimentConfig, SASRecConfig, SidConfig, TrainConfig, preset
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
 from freshsid.metrics import DEFAULT_KS
+from freshsid.recipes import recipe as find_recipe
+from freshsid.recode import CollabSids, aligned, build_collab_sids, incremental, remap
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import Retriever, RetrieverConfig, load_checkpoint
-from freshsid.retriever.remap import remap_plan
-from freshsid.sid import refresh as sid_refresh
+from freshsid.retriever.remap import RemapPlan
 from freshsid.sid.align import METHODS, align as align_tables
 from freshsid.sid.table import SidTable
 
-__all__ = ["CollabSidBuilder", "GenerativeRetriever", "align", "refresh"]
+__all__ = ["CollabSidBuilder", "GenerativeRetriever", "align"]
+PARAMS_FILE = "builder.json"  # a saved builder's constructor arguments
+BUILD = "build"  # where a saved builder keeps the build it continues, when not the served one
+RETRIEVER_PARAMS = "retriever.json"  # a saved retriever's constructor arguments
 
 
 def _config(config: str | ExperimentConfig) -> ExperimentConfig:
@@ -52,19 +59,23 @@ def _fitted(estimator: object, attribute: str) -> Any:
 
 class CollabSidBuilder:
     """Collaborative Semantic IDs: SASRec item embeddings on a window of the logs, quantized
-    into a :class:`~freshsid.sid.table.SidTable` (:func:`freshsid.sid.refresh.build_collab_sids`).
+    into a :class:`~freshsid.sid.table.SidTable` (:func:`freshsid.build_collab_sids`),
+    and recoded on later logs (:meth:`recode`).
 
     Args:
         sasrec: the embedding model's config (default: the ``tiny`` preset's).
         sid: the tokenizer's config: levels, codebook size, suffix size.
-        recipe: the refresh recipe (:data:`freshsid.config.RECIPES`); it may change the
-            legacy build's settings too, and :func:`refresh` follows it.
+        recipe: the recipe (:data:`freshsid.recipes.RECIPES`); it may change the legacy
+            build's settings too, and :meth:`recode` follows it.
         random_state: seed of the embedding model and the tokenizer.
 
-    Attributes (after :meth:`fit`):
-        table_: the SidTable of the items seen in the window.
-        embeddings_: (n_items, dim) item embeddings, with the SASRec weights.
-        build_: both, as the :class:`~freshsid.sid.refresh.CollabSids` the pipeline passes on.
+    Attributes (after :meth:`fit`, :meth:`recode` or :meth:`load`):
+        table_: the SidTable served (after an aligned recode, the aligned one).
+        embeddings_: (n_items, dim) item embeddings the table was coded from, with the SASRec weights.
+        build_: the build a later recode continues (:class:`~freshsid.CollabSids`;
+            after an aligned recode, the refreshed build before alignment).
+        plan_: after :meth:`recode`, what a fine-tune of a checkpoint that speaks the
+            parent's table carries over first (None: nothing).
         logs_fingerprint_: the logs they were learnt from.
 
     Examples:
@@ -82,7 +93,9 @@ class CollabSidBuilder:
         self.sid = sid
         self.recipe = recipe
         self.random_state = random_state
-        self.build_: sid_refresh.CollabSids | None = None
+        self.sids_: CollabSids | None = None
+        self.build_: CollabSids | None = None
+        self.plan_: RemapPlan | None = None
         self.logs_fingerprint_: str | None = None
 
     @classmethod
@@ -102,35 +115,80 @@ class CollabSidBuilder:
 
     def fit(self, split: TemporalSplit, window: Window, *, progress: bool = False) -> CollabSidBuilder:
         """Train SASRec on the events of ``window`` and code the window's items."""
-        how = sid_refresh.recipe(self.recipe)
-        sasrec, sid = how.legacy_configs(*self.configs())
-        self.build_ = sid_refresh.build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=self.random_state,
-                                                    progress=progress)
-        self.logs_fingerprint_ = split.logs.fingerprint
+        sasrec, sid = find_recipe(self.recipe).legacy_configs(*self.configs())
+        built = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=self.random_state, progress=progress)
+        self._learnt(built, built, None, split.logs.fingerprint)
         return self
+
+    def recode(self, split: TemporalSplit, window: Window, *, mode: Literal["aligned", "incremental"] = "aligned",
+               progress: bool = False) -> CollabSidBuilder:
+        """A new builder with this one's SIDs recoded on the events of ``window`` as the recipe
+        says: ``aligned`` rebuilds them and aligns them to this table
+        (:func:`freshsid.recode.aligned`), ``incremental`` keeps every SID and codes the items
+        this table lacks (:func:`freshsid.recode.incremental`). This one is left as it was.
+
+        Examples:
+            >>> fresh = builder.recode(split, freshsid.Window(start=0, stop=9))
+            >>> fresh.table_.codebook_sizes == builder.table_.codebook_sizes
+            True
+        """
+        served, build = _fitted(self, "sids_"), _fitted(self, "build_")
+        sasrec, sid = self.configs()
+        how, seed = find_recipe(self.recipe), self.random_state
+        if mode == "aligned":
+            result = aligned(split, window, served, continued=build, recipe=how, sasrec=sasrec, sid=sid, seed=seed,
+                             progress=progress)
+        elif mode == "incremental":
+            result = incremental(split, window, served.table, build, recipe=how, sasrec=sasrec, sid=sid, seed=seed,
+                                 progress=progress)
+        else:
+            raise FreshsidError(f"Unknown recode mode {mode!r}; use aligned or incremental.")
+        recoded = CollabSidBuilder(**self.get_params())
+        recoded._learnt(result.sids, result.build, result.plan, split.logs.fingerprint)
+        return recoded
+
+    def _learnt(self, sids: CollabSids, build: CollabSids, plan: RemapPlan | None,
+                logs_fingerprint: str | None) -> None:
+        self.sids_, self.build_, self.plan_, self.logs_fingerprint_ = sids, build, plan, logs_fingerprint
 
     @property
     def table_(self) -> SidTable:
-        return _fitted(self, "build_").table
+        return _fitted(self, "sids_").table
 
     @property
     def embeddings_(self) -> Embeddings:
-        return _fitted(self, "build_").embeddings
+        return _fitted(self, "sids_").embeddings
 
     def save(self, folder: str | Path) -> Path:
-        """Write the embeddings and the table as artifacts under ``folder``."""
-        build = _fitted(self, "build_")
-        build.save(Path(folder), self.logs_fingerprint_)
-        return Path(folder)
+        """Write the embeddings, the table, the build a recode continues (when another) and
+        the constructor's arguments under ``folder``."""
+        sids, build = _fitted(self, "sids_"), _fitted(self, "build_")
+        folder = Path(folder)
+        sids.save(folder, self.logs_fingerprint_)
+        if build.table.content_hash != sids.table.content_hash:
+            build.save(folder / BUILD, self.logs_fingerprint_)
+        params = {k: v.model_dump(mode="json") if v is not None and hasattr(v, "model_dump") else v
+                  for k, v in self.get_params().items()}
+        write_json_atomic(folder / PARAMS_FILE, params)
+        return folder
 
     @classmethod
-    def load(cls, folder: str | Path, *, recipe: str = "cold") -> CollabSidBuilder:
-        """A fitted builder from a folder :meth:`save` wrote (the SASRec weights come with
-        the embeddings; the model itself is not rebuilt)."""
-        build = sid_refresh.CollabSids.load(Path(folder))
-        builder = cls(sid=None, recipe=recipe, random_state=int(build.table.meta.get("seed", 0)))
-        builder.build_ = build
-        builder.logs_fingerprint_ = read_manifest(Path(folder) / build.EMBEDDINGS).inputs.get("logs")
+    def load(cls, folder: str | Path) -> CollabSidBuilder:
+        """A fitted builder from a folder :meth:`save` wrote, with the configs and the recipe it
+        was built with (the SASRec weights come with the embeddings; the model itself is not
+        rebuilt)."""
+        folder = Path(folder)
+        sids = CollabSids.load(folder)
+        build = CollabSids.load(folder / BUILD) if (folder / BUILD).exists() else sids
+        try:
+            params = json.loads((folder / PARAMS_FILE).read_text())
+        except (OSError, ValueError):
+            raise FreshsidError(f"{folder} holds no readable {PARAMS_FILE}; save the builder again with this version "
+                                "of freshsid.") from None
+        builder = cls(sasrec=None if params["sasrec"] is None else SASRecConfig(**params["sasrec"]),
+                      sid=None if params["sid"] is None else SidConfig(**params["sid"]), recipe=params["recipe"],
+                      random_state=int(params["random_state"]))
+        builder._learnt(sids, build, None, read_manifest(folder / sids.EMBEDDINGS).inputs.get("logs"))
         return builder
 
 
@@ -139,7 +197,7 @@ def align(legacy: SidTable, refreshed: SidTable, *, method: str = "hungarian") -
     (``method``: ``hungarian`` or ``greedy``); diagnostics in ``meta["stats"]["alignment"]``.
 
     Examples:
-        >>> aligned = freshsid.align(builder.table_, fresh.refreshed.table)
+        >>> aligned = freshsid.align(builder.table_, fresh.build_.table, method="greedy")
         >>> aligned.codebook_sizes == builder.table_.codebook_sizes
         True
         >>> len(aligned.meta["stats"]["alignment"]["levels"]) == aligned.n_levels
@@ -148,25 +206,6 @@ def align(legacy: SidTable, refreshed: SidTable, *, method: str = "hungarian") -
     if method not in METHODS:
         raise FreshsidError(f"Unknown alignment method {method!r}; use one of {', '.join(METHODS)}.")
     return align_tables(legacy, refreshed, method=method)[0]  # type: ignore[arg-type]
-
-
-def refresh(split: TemporalSplit, window: Window, legacy: CollabSidBuilder, *,
-            methods: tuple[str, ...] = METHODS, progress: bool = False) -> sid_refresh.Refresh:
-    """Rebuild ``legacy``'s collaborative SIDs on ``window`` as its recipe says and align
-    them to its table (:func:`freshsid.sid.refresh.refresh`).
-
-    Returns a :class:`~freshsid.sid.refresh.Refresh`: ``.refreshed.table`` (the new codes)
-    and ``.aligned[method]`` (the same items, relabelled onto the legacy vocabulary).
-
-    Examples:
-        >>> fresh = freshsid.refresh(split, freshsid.Window(start=0, stop=9), builder)
-        >>> sorted(fresh.aligned)
-        ['greedy', 'hungarian']
-    """
-    build = _fitted(legacy, "build_")
-    sasrec, sid = legacy.configs()
-    return sid_refresh.refresh(split, window, build, recipe=sid_refresh.recipe(legacy.recipe), sasrec=sasrec, sid=sid,
-                               seed=legacy.random_state, methods=methods, progress=progress)
 
 
 class GenerativeRetriever:
@@ -178,8 +217,8 @@ class GenerativeRetriever:
         fit_config: schedule of :meth:`fit` (from scratch); finetune_config: of :meth:`finetune`.
         max_history: items of history the model reads.
         beam: beam width of the decoding (default: ``k`` of each call).
-        recipe: the refresh recipe; its ``remap_levels`` says whether :meth:`finetune` onto
-            another table first carries the code embeddings over.
+        recipe: the recipe; its ``remap_levels`` say whether :meth:`finetune` onto another
+            table first carries the code embeddings over (:func:`freshsid.recode.remap`).
         threads: torch intra-op threads while training (default: leave torch's setting).
 
     Attributes (after :meth:`fit`, :meth:`finetune` or :meth:`load`):
@@ -189,7 +228,7 @@ class GenerativeRetriever:
     Examples:
         >>> base, gap, test = (freshsid.Window(start=a, stop=b) for a, b in ((0, 8), (8, 9), (9, 10)))
         >>> retriever = freshsid.GenerativeRetriever.from_config("tiny").fit(split, builder.table_, window=base)
-        >>> tuned = retriever.finetune(split, fresh.aligned["hungarian"], window=gap)
+        >>> tuned = retriever.finetune(split, fresh.table_, window=gap)
         >>> sorted(tuned.evaluate(split, test=test, allowed=base, ks=(10,)))
         ['ndcg@10', 'recall@10']
         >>> items, scores = tuned.recommend(split.examples(test).inputs[:2], split.examples(test).users[:2], k=5)
@@ -251,11 +290,10 @@ class GenerativeRetriever:
         checkpoint, spoken = _fitted(self, "checkpoint_"), _fitted(self, "table_")
         base = self.finetune_config or preset("tiny").finetune
         train_config = base.model_copy(update={"seed": base.seed + seed})
-        how = sid_refresh.recipe(self.recipe)
-        remap = remap_plan(spoken, table, how.remap_levels, **how.finetune_start())
+        plan = remap(spoken, table, find_recipe(self.recipe))
         folder = self._out(out)
         result = pipeline.finetune(checkpoint, split, table, target=window, train_config=train_config, out=folder,
-                                   show_progress=progress, remap=remap)
+                                   show_progress=progress, remap=plan)
         tuned = GenerativeRetriever(**self.get_params())
         tuned._learnt(result, table, folder)
         return tuned
@@ -277,20 +315,35 @@ class GenerativeRetriever:
                                  max_users=max_users)
 
     def save(self, folder: str | Path) -> Path:
-        """Copy the checkpoint artifact to ``folder`` (atomically)."""
+        """Copy the checkpoint artifact to ``folder`` (atomically), with the constructor's
+        arguments, which :meth:`load` restores."""
         source = _fitted(self, "checkpoint_")
+        params = {k: v.model_dump(mode="json") if isinstance(v, TrainConfig) else v for k, v in self.get_params().items()}
         with artifact_dir(Path(folder)) as tmp:
             shutil.copytree(source, tmp, dirs_exist_ok=True)
+            write_json_atomic(tmp / RETRIEVER_PARAMS, params)
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | Path, table: SidTable, *, beam: int | None = None,
-             recipe: str = "cold") -> GenerativeRetriever:
-        """A fitted retriever from a checkpoint folder and the table it speaks."""
+    def load(cls, folder: str | Path, table: SidTable, *, beam: int | None = None) -> GenerativeRetriever:
+        """A fitted retriever from a checkpoint folder and the table it speaks, with the
+        settings :meth:`save` kept (a checkpoint the CLI wrote: its size, the ``tiny``
+        schedules, the ``cold`` recipe). ``beam``: overrides the kept one."""
         model, manifest = load_checkpoint(Path(folder), expected_shape=table.codebook_sizes)
         if manifest.info.get("sid_table") not in (None, table.content_hash):
             raise FreshsidError(f"{folder} was trained on another SID table; pass the table it was trained on.")
-        retriever = cls(max_history=model.config.max_history, beam=beam, recipe=recipe)
+        kept = Path(folder) / RETRIEVER_PARAMS
+        if kept.exists():
+            params = json.loads(kept.read_text())
+            for name in ("fit_config", "finetune_config"):
+                params[name] = None if params[name] is None else TrainConfig(**params[name])
+        else:
+            size = {k: getattr(model.config, k) for k in RETRIEVER_SIZES["tiny"]}
+            params = {"model": next((n for n, sizes in RETRIEVER_SIZES.items() if sizes == size), "tiny"),
+                      "max_history": model.config.max_history}
+        params["max_history"] = model.config.max_history
+        if beam is not None:
+            params["beam"] = beam
+        retriever = cls(**params)
         retriever.model_, retriever.manifest_, retriever.table_, retriever.checkpoint_ = model, manifest, table, Path(folder)
         return retriever
-

@@ -1,6 +1,8 @@
 """Every setting of a run, defined once: the temporal protocol, one frozen config per
-stage (SASRec, tokenizer, retriever sizes, training schedule, refresh recipe), the
-presets, the experiment's configuration, and loading it from a file.
+stage (SASRec, tokenizer, retriever sizes, training schedule), the presets, the
+experiment's configuration, and loading it from a file. The recipes are beside the step
+that follows them (:mod:`freshsid.recipes`); the service's and rolling's configs beside
+their code (:mod:`freshsid.serve.config`, :mod:`freshsid.evaluate.rolling_config`).
 
 Only pydantic and the data layer's ``Window`` are imported here, so the CLI's
 defaults read these objects (never a retyped ``"0:8"`` or ``20``) without loading
@@ -19,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from freshsid.data.temporal import Window
 from freshsid.errors import FreshsidError
-from freshsid.policies import ABLATIONS, POLICIES
 from freshsid.metrics import DEFAULT_KS
+from freshsid.policies import ABLATIONS, POLICIES
+from freshsid.recipes import RECIPES, Recipe
 
 PresetName = Literal["tiny", "cpu", "paper"]
 WindowName = Literal["base", "gap", "base+gap", "test"]
@@ -150,117 +153,6 @@ class TrainConfig(BaseModel):
     seed: int = 0
 
 
-class Recipe(BaseModel):
-    """How collaborative SIDs are built and refreshed: settings over the run's SASRec and
-    tokenizer configs (for the legacy build and the refresh alike), what the refresh
-    continues from the legacy build, and settings for the refresh alone."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
-    description: str
-    sasrec: dict[str, Any] = {}
-    sid: dict[str, Any] = {}
-    warm_embeddings: bool = False  # the refreshed SASRec starts from the legacy SASRec's weights
-    warm_tokenizer: bool = False  # the refreshed tokenizer starts from the legacy tokenizer's state
-    refresh_sasrec: dict[str, Any] = {}
-    refresh_sid: dict[str, Any] = {}
-    # Share of the items both tables code that take their refreshed (aligned) code: those whose
-    # neighbourhood in the embedding space moved most; the others keep their legacy SID.
-    # 1 moves every item (the paper's alignment).
-    move_share: float = Field(1.0, gt=0.0, le=1.0)
-    # Levels whose code embeddings a fine-tune on the refreshed table first carries over from
-    # the legacy codes of each code's items (freshsid.retriever.remap); 0 keeps the checkpoint's rows.
-    remap_levels: int = Field(0, ge=0)
-    # How a remapped code's row mixes the legacy rows: each of its items once ("items"), or
-    # each by its events in the fine-tune's window plus one ("events": a code that merged
-    # items leans towards the ones users pick).
-    remap_weight: Literal["items", "events"] = "items"
-    # The first optimiser steps of a remapping fine-tune (above) update the token embeddings
-    # only (within the same budget): the carried rows settle before the network moves.
-    embedding_steps: int = Field(0, ge=0)
-
-    def refresh_settings(self) -> dict[str, Any]:
-        """What a refresh's SIDs depend on (a cache key): recipes that differ only in their
-        name or in how the fine-tune starts share one refresh."""
-        return self.model_dump(exclude={"name", "description", *FINETUNE_START})
-
-    def finetune_start(self) -> dict[str, Any]:
-        """How a remapping fine-tune on this recipe's refreshed codes starts, beyond the levels
-        it carries, as ``freshsid.retriever.remap.RemapPlan``'s keyword arguments: only the
-        settings that differ from the defaults (none for the recipes that predate them)."""
-        start = self.model_dump(include={"remap_weight", "embedding_steps"}, exclude_defaults=True)
-        return {"weight" if name == "remap_weight" else name: value for name, value in start.items()}
-
-    def legacy_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
-        """The SASRec and tokenizer configs of the legacy build under this recipe."""
-        return _override(sasrec, self.sasrec), _override(sid, self.sid)
-
-    def refresh_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
-        """The SASRec and tokenizer configs of the refresh under this recipe."""
-        legacy_sasrec, legacy_sid = self.legacy_configs(sasrec, sid)
-        return _override(legacy_sasrec, self.refresh_sasrec), _override(legacy_sid, self.refresh_sid)
-
-
-FINETUNE_START = ("remap_levels", "remap_weight", "embedding_steps")  # Recipe fields no refresh depends on
-
-
-def _override(config: BaseModel, changes: dict[str, Any]) -> Any:
-    return type(config).model_validate({**config.model_dump(), **changes}) if changes else config
-
-
-# Beyond the paper: move codes only where behaviour moved. The SASRec continues for a
-# fixed small budget (no early stopping into a weaker model), the tokenizer continues
-# from the legacy codebooks, then alignment.
-_STABLE = Recipe(name="stable", warm_embeddings=True, warm_tokenizer=True,
-                 refresh_sasrec={"max_epochs": 3, "valid_users": 0}, refresh_sid={"warm_epochs": 10},
-                 description="SASRec continues 3 epochs from the legacy one, the tokenizer 10 epochs from the legacy "
-                             "codebooks")
-
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        Recipe(name="cold", description="a new SASRec and a new tokenizer on the refresh window (the reference protocol)"),
-        Recipe(name="warm", warm_embeddings=True, warm_tokenizer=True,
-               description="SASRec continues from the legacy one (early-stopped), the legacy tokenizer codes its "
-                           "vectors (sid.warm_epochs of further fitting)"),
-        _STABLE,
-        # Further: after the stable refresh only the share of items whose 10 nearest
-        # neighbours changed most take their aligned code; the others keep their legacy SID.
-        *(_STABLE.model_copy(update={"name": f"sticky-{round(share * 100)}", "move_share": share,
-                                     "description": f"stable, then only the {share:.0%} of items whose neighbourhood "
-                                                    "moved most take their new code"})
-          for share in (0.25, 0.5)),
-        # Further: the warm start's code embeddings follow the items onto their refreshed codes.
-        *(_STABLE.model_copy(update={"name": f"remap-{levels}", "remap_levels": levels,
-                                     "description": f"stable, then the fine-tune starts with the code embeddings of "
-                                                    f"the first {levels} level(s) carried from the legacy codes of "
-                                                    "their items"})
-          for levels in (1, 3)),
-        # Issue 23's candidates: remap-3 with a merged code leaning to its busy items, or
-        # with the carried rows settling alone before the network moves (the cpu preset's
-        # learning-rate warm-up is 10 steps).
-        _STABLE.model_copy(update={"name": "remap-3-events", "remap_levels": 3, "remap_weight": "events",
-                                   "description": "remap-3, each item weighted by its events in the fine-tune's "
-                                                  "window (plus one) when a code's row is carried"}),
-        _STABLE.model_copy(update={"name": "remap-3-emb", "remap_levels": 3, "embedding_steps": 20,
-                                   "description": "remap-3, the fine-tune's first 20 optimiser steps updating the token "
-                                                  "embeddings only"}),
-        # Both: only the items whose neighbourhood moved most change code, and the
-        # embeddings follow them.
-        _STABLE.model_copy(update={"name": "sticky-25-remap-3", "move_share": 0.25, "remap_levels": 3,
-                                   "description": "sticky-25, then the fine-tune starts with every level's code "
-                                                  "embeddings carried as in remap-3"}),
-        # The reference implementation's embeddings and tokenizer (sizes stay the preset's).
-        Recipe(name="paper", sasrec={"loss": "bce", "sequences": "last", "learning_rate": 1e-4, "n_layers": 2,
-                                     "n_heads": 2, "dropout": 0.3, "max_length": 20, "valid_users": 0,
-                                     "max_epochs": 200},
-               sid={"tokenizer": "rqkmeans", "epochs": None},
-               description="SASRec with BCE and one negative on each user's last 21 items, 200 epochs at lr 1e-4; "
-                           "residual k-means on the raw vectors; a cold refresh"),
-    )
-}
-
-
 # Retriever sizes by preset (freshsid.retriever.model.RetrieverConfig.preset); the SID
 # shape always comes from the SidTable.
 RETRIEVER_SIZES: dict[str, dict[str, int]] = {
@@ -288,8 +180,8 @@ class ExperimentConfig(BaseModel):
     seed: int = 0
     threads: int = Field(2, gt=0)
     device: str = Field("auto", pattern=DEVICE_PATTERN)
-    # How collaborative SIDs are built and refreshed: a name in RECIPES. remap-3 was chosen
-    # on Beauty's validation split (benchmarks/RESULTS.md, issue 10).
+    # How collaborative SIDs are built and recoded: a name in RECIPES. remap-3 was chosen
+    # on Beauty's validation split (benchmarks/RESULTS.md).
     recipe: str = "remap-3"
     # Every fine-tuned policy is trained and scored once per seed (the same seeds for all,
     # so comparisons between them are paired); its metrics are the mean over seeds.
@@ -310,16 +202,21 @@ class ExperimentConfig(BaseModel):
     @classmethod
     def _known_recipe(cls, name: str) -> str:
         if name not in RECIPES:
-            raise ValueError(f"unknown refresh recipe {name!r}; choose from {', '.join(RECIPES)}")
+            raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
         return name
 
     @model_validator(mode="after")
     def _remap_within_levels(self) -> ExperimentConfig:
-        levels = RECIPES[self.recipe].remap_levels
+        levels = self.how.carried_levels(self.sid.n_levels)
         if levels > self.sid.n_levels:
             raise ValueError(f"recipe {self.recipe!r} carries {levels} levels of code embeddings but the SIDs have "
                              f"{self.sid.n_levels}; choose a recipe that carries fewer (remap-1) or build more levels")
         return self
+
+    @property
+    def how(self) -> Recipe:
+        """The recipe named by ``recipe``."""
+        return RECIPES[self.recipe]
 
     @field_validator("finetune_seeds")
     @classmethod
@@ -347,8 +244,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         beam=50,
         ks=(1, 5, 10, 20, 50),
         max_eval_users=300,
-        # The demo's synthetic drift was chosen on its validation split with a cold refresh.
-        recipe="cold",
+        # The demo's synthetic drift was chosen on its validation split with a cold recode.
+        recipe="cold-remap",
     ),
     # Sized so that Beauty trains in well under an hour on 2 cores (benchmarks/RESULTS.md).
     # Every test user is scored: with a 2,000-user sample the standard error of R@500
@@ -366,61 +263,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         threads=16,
     ),
 }
-
-
-# The rolling protocol's strategies (freshsid.evaluate.rolling), all from one initial build.
-ROLLING_STRATEGIES = ("Frozen", "FT-old", "Incremental", "Aligned", "Full", "Triggered", "MostPop")
-SIGNALS = ("churn", "unseen", "decay")
-
-
-class RollingConfig(BaseModel):
-    """Many refreshes in a row: the logs cut into ``n_parts`` equal-count parts, an initial
-    build on parts [0, initial), then one round per part r = initial ... n_parts - 2, where a
-    strategy may use part r and is scored on part r + 1. ``run`` gives every size and
-    training setting (an experiment config; its protocol's windows are not used)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    n_parts: int = Field(10, ge=4)
-    initial: int = Field(5, ge=1)
-    strategies: tuple[str, ...] = ROLLING_STRATEGIES
-    # Triggered refreshes when this staleness signal reaches the threshold chosen on the
-    # first ``calibration_rounds`` rounds (during which it refreshes every round); below
-    # it, it codes the round's new items incrementally, or does nothing when there are none.
-    signal: Literal["churn", "unseen", "decay"] = "decay"
-    calibration_rounds: int = Field(2, ge=1)
-    run: ExperimentConfig = Field(default_factory=lambda: preset("cpu"))
-
-    @model_validator(mode="after")
-    def _rounds(self) -> RollingConfig:
-        if self.initial > self.n_parts - 2:
-            raise ValueError(f"initial ({self.initial}) must leave at least one round: at most n_parts - 2 = {self.n_parts - 2}")
-        unknown = [s for s in self.strategies if s not in ROLLING_STRATEGIES]
-        if unknown or not self.strategies:
-            raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(ROLLING_STRATEGIES)}")
-        return self
-
-    @property
-    def rounds(self) -> range:
-        return range(self.initial, self.n_parts - 1)
-
-
-class ServeConfig(BaseModel):
-    """The HTTP service: decoding, micro-batching, the release watcher, and the bounds on
-    what a request may be (larger bodies get 413, longer histories and ids 422; a client
-    that sends its headers or body slower than the timeouts is cut off)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    beam: int = Field(100, ge=1)
-    max_batch: int = Field(32, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0.0)  # how long the first request of a batch waits for company
-    batching: bool = True
-    poll_seconds: float = Field(1.0, gt=0.0)
-    max_body_bytes: int = Field(65_536, ge=64)
-    max_history: int = Field(1_000, ge=1)
-    max_id_chars: int = Field(256, ge=1)
-    header_timeout_s: float = Field(10.0, gt=0.0)
-    body_timeout_s: float = Field(10.0, gt=0.0)
-    keep_alive_s: float = Field(120.0, gt=0.0)  # idle pooled connections: well past a starved machine's pauses
 
 
 def preset(name: str, **overrides: Any) -> ExperimentConfig:
@@ -461,27 +303,6 @@ def load_config(path: Path) -> ExperimentConfig:
         return ExperimentConfig.model_validate(_merge(preset(name).model_dump(mode="json"), data))
     except ValidationError as exc:
         raise FreshsidError(f"Invalid setting in {path}: {describe(exc)}; fix the file.") from None
-
-
-def serve_config(path: Path | None, **overrides: Any) -> ServeConfig:
-    """A :class:`ServeConfig` from a JSON or TOML file of its fields (or the defaults), with
-    the given fields overridden (the CLI's options; None: not given)."""
-    from freshsid.data.tables import check_readable
-
-    data: Any = {}
-    if path is not None:
-        check_readable(Path(path))
-        try:
-            text = Path(path).read_text()
-            data = tomllib.loads(text) if Path(path).suffix.lower() == ".toml" else json.loads(text)
-        except (OSError, UnicodeDecodeError, ValueError):
-            raise FreshsidError(f"Cannot read the serve config {path}; pass a JSON or TOML file of settings.") from None
-        if not isinstance(data, dict):
-            raise FreshsidError(f"{path} does not hold a table of settings; pass a JSON object or a TOML document.")
-    try:
-        return ServeConfig.model_validate({**data, **{k: v for k, v in overrides.items() if v is not None}})
-    except ValidationError as exc:
-        raise FreshsidError(f"Invalid serve setting: {describe(exc)}; fix {path or 'the option'}.") from None
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

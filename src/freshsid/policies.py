@@ -56,7 +56,7 @@ class ModelSpec:
     start: Start
     train: WindowName  # fit window (from scratch) or target window (fine-tune)
     # A fine-tune that first carries the checkpoint's code embeddings onto the new codes
-    # (freshsid.retriever.remap; the recipe's remap_levels, every level when it names none).
+    # (freshsid.retriever.remap; the recipe's remap_levels, which must name some: freshsid.recode.remap).
     remap: bool = False
 
     @property

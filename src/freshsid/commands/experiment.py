@@ -27,7 +27,8 @@ from freshsid.commands.common import (
     show_progress,
     use_device,
 )
-from freshsid.config import DEFAULT_BEAM, DEVICE_HELP, PRESETS, RECIPES, preset as preset_config
+from freshsid.config import DEFAULT_BEAM, DEVICE_HELP, PRESETS, preset as preset_config
+from freshsid.recipes import RECIPES
 from freshsid.errors import FreshsidError
 
 if TYPE_CHECKING:  # kept out of module import so that --help never loads torch or polars

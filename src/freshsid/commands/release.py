@@ -320,7 +320,7 @@ def serve(
     """
     import uvicorn
 
-    from freshsid.config import serve_config
+    from freshsid.serve.config import serve_config
     from freshsid.serve.http import Service, server_config
     from freshsid.serve.release import Releases
 

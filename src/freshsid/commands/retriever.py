@@ -109,7 +109,8 @@ def finetune(
         "--remap-from", help="The checkpoint's own SID table: first carry its code embeddings onto the codes of --sids "
                              "(each new code starts as the mean of its items' old codes).")] = None,
     remap_levels: Annotated[int | None, typer.Option(
-        "--remap-levels", min=1, help="Levels carried with --remap-from (default: every semantic level).")] = None,
+        "--remap-levels", min=1, help="Levels carried with --remap-from (default: the preset's recipe's, every "
+                                      "semantic level when it carries none); the recipe's mixing applies.")] = None,
 ) -> None:
     """Warm-start from --checkpoint and train on the events of --parts, over the SIDs of --sids.
 
@@ -119,8 +120,8 @@ def finetune(
 
     Carry the code embeddings over first (the remap recipes): ... --sids runs/beauty/sids-aligned --remap-from runs/beauty/sids-0-8 --out runs/beauty/ft-remapped
     """
+    from freshsid import recode
     from freshsid.retriever.pipeline import finetune as warm_start
-    from freshsid.retriever.remap import RemapPlan
     from freshsid.sid.table import SidTable
 
     if remap_levels is not None and remap_from is None:
@@ -132,7 +133,9 @@ def finetune(
     remap = None
     if remap_from is not None:
         spoken = SidTable.load(remap_from)
-        remap = RemapPlan(spoken, remap_levels or spoken.n_levels)
+        how = experiment_preset(preset).how
+        levels = remap_levels or how.carried_levels(spoken.n_levels) or spoken.n_levels
+        remap = recode.remap(spoken, table, how.model_copy(update={"remap_levels": levels}))
     split = load_split(data, table)
     result = warm_start(checkpoint, split, table, target=window, train_config=train_config, out=out,
                         show_progress=show_progress(), remap=remap)

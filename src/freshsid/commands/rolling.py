@@ -17,7 +17,8 @@ from freshsid.commands.common import (
     show_progress,
     use_device,
 )
-from freshsid.config import RECIPES, ROLLING_STRATEGIES, SIGNALS, RollingConfig
+from freshsid.evaluate.rolling_config import ROLLING_STRATEGIES, SIGNALS, RollingConfig
+from freshsid.recipes import RECIPES
 
 
 @data_options()

@@ -72,7 +72,7 @@ def build(
 
     Warm refresh: freshsid sids build --dataset amazon-beauty --parts 0:9 --embeddings runs/beauty/embed-0-9 --warm-from runs/beauty/sids-0-8 --out runs/beauty/sids-0-9
     """
-    from freshsid.sid.refresh import code_items
+    from freshsid.recode import code_items
     from freshsid.sid.table import SidTable
 
     use_device(device)
@@ -212,10 +212,10 @@ def align_tables(
 
     Example: freshsid sids align runs/beauty/sids-0-8 runs/beauty/sids-0-9 --method hungarian --out runs/beauty/sids-aligned
     """
-    from freshsid.sid.refresh import align_to_legacy
+    from freshsid.api import align
     from freshsid.sid.table import SidTable
 
-    table = align_to_legacy(SidTable.load(legacy), SidTable.load(refreshed), methods=(method,))[method]
+    table = align(SidTable.load(legacy), SidTable.load(refreshed), method=method)
     report = table.meta["stats"]["alignment"]
     table.save(out)
     if as_json:

@@ -2,8 +2,9 @@
 
 The runner builds what the policy rows ask for, sharing stages where rows share
 them: one legacy build on base (SASRec embeddings + the legacy SidTable), one
-refresh on base+gap (:func:`freshsid.sid.refresh.refresh`: the refreshed table and
-its aligned versions), the legacy table extended by incremental coding, one model
+aligned recode on base+gap (:func:`freshsid.recode.aligned`: the refreshed table, its
+aligned versions and the remap plan), one incremental recode on base+gap
+(:func:`freshsid.recode.incremental`: the legacy table extended), one model
 per distinct :class:`ModelSpec` (and fine-tuning seed). Stages are cached
 (:class:`StageCache`), so a rerun resumes where a run stopped. Every checkpoint
 records the windows it trained on and the table it used; every evaluation records
@@ -30,6 +31,7 @@ from freshsid.data.temporal import Examples, TemporalSplit, Window, kcore_before
 from freshsid.embed.collab import SASRec
 from freshsid.embed.store import Embeddings
 from freshsid.policies import BASE_MODEL, FULL_MODEL, INCREMENTAL, STALE, Baseline, ModelSpec, Policy, Start, Tokenizer, policy
+from freshsid.errors import FreshsidError
 from freshsid.evaluate.intervals import compare, interval_ks, read_scores, sensitivity, user_scores, write_scores
 from freshsid.evaluate.popularity import most_popular
 from freshsid.evaluate.report_plots import write_report
@@ -37,9 +39,10 @@ from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.evaluate.staleness import recall_by_part, sid_churn
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import Retriever, RetrieverConfig, load_checkpoint
-from freshsid.retriever.remap import remap_plan
+from freshsid import recode
+from freshsid.recode import CollabSids, Recoded
 from freshsid.runtime import repeatable
-from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, code_new_items, recipe, refresh
+from freshsid.sid.align import METHODS
 from freshsid.sid.table import SidTable
 
 NO_SID_COMPUTE = {"embedding_seconds": 0.0, "embedding_flops": 0.0, "tokenizer_seconds": 0.0, "tokenizer_flops": 0.0}
@@ -55,7 +58,11 @@ class Experiment:
 
     def __init__(self, logs: Interactions, config: ExperimentConfig, out: Path, *, show_progress: bool = True,
                  variant: str | None = None) -> None:
-        self.config, self.protocol = config, config.protocol
+        self.config, self.protocol, self.how = config, config.protocol, config.how
+        remapped = [label for label in config.policies if getattr(policy(label).model, "remap", False)]
+        if remapped and not self.how.carried_levels(config.sid.n_levels):
+            raise FreshsidError(f"Recipe {self.how.name!r} carries no code embeddings, so {remapped[0]!r} would be the "
+                                "plain alignment; choose a remap recipe (remap-3, cold-remap) or leave the policy out.")
         self.split = TemporalSplit(logs, config.protocol.n_parts)
         if self.protocol.kcore:
             self.split = kcore_before(self.split, self.protocol.test, self.protocol.kcore)
@@ -71,10 +78,11 @@ class Experiment:
     def legacy(self) -> CollabSids:
         """SASRec embeddings and the legacy SidTable, both on base (with the recipe's settings)."""
         cfg, base = self.config, self.protocol.base
-        sasrec, sid = recipe(cfg.recipe).legacy_configs(cfg.sasrec, cfg.sid)
+        sasrec, sid = self.how.legacy_configs(cfg.sasrec, cfg.sid)
 
         def build(folder: Path) -> CollabSids:
-            built = build_collab_sids(self.split, base, sasrec=sasrec, sid=sid, seed=cfg.seed, progress=self.progress)
+            built = recode.build_collab_sids(self.split, base, sasrec=sasrec, sid=sid, seed=cfg.seed,
+                                             progress=self.progress)
             built.save(folder, self.logs.fingerprint)
             return built
 
@@ -82,14 +90,15 @@ class Experiment:
         # (earlier versions scored the SASRec while building, so the test users were in the key)
         return self.cache.get(self.layout.legacy, key, build, CollabSids.load, former=[[*key, self._eval_key()]])
 
-    def refreshed(self) -> Refresh:
-        """SIDs rebuilt on base+gap with the configured recipe, and aligned to the legacy table."""
+    def refreshed(self) -> Recoded:
+        """SIDs rebuilt on base+gap with the configured recipe, and aligned to the legacy table
+        (every alignment method, for the ablation rows)."""
         cfg, window = self.config, self.protocol.window("base+gap")
-        legacy, how = self.legacy(), recipe(cfg.recipe)
+        legacy, how = self.legacy(), self.how
 
-        def build(folder: Path) -> Refresh:
-            result = refresh(self.split, window, legacy, recipe=how, sasrec=cfg.sasrec, sid=cfg.sid, seed=cfg.seed,
-                             progress=self.progress)
+        def build(folder: Path) -> Recoded:
+            result = recode.aligned(self.split, window, legacy, recipe=how, sasrec=cfg.sasrec, sid=cfg.sid,
+                                    seed=cfg.seed, methods=METHODS, progress=self.progress)
             result.save(folder, self.logs.fingerprint)
             return result
 
@@ -99,26 +108,24 @@ class Experiment:
                     *self._split_key()]
 
         # (earlier versions keyed it by the test users too, and before that by the whole recipe)
-        return self.cache.get(self.layout.refresh, key(how.refresh_settings()), build,
-                              lambda folder: Refresh.load(folder, how.name),
-                              former=[key(how.refresh_settings(), self._eval_key()), key(how, self._eval_key())])
+        return self.cache.get(self.layout.refresh, key(how.recode_settings()), build,
+                              lambda folder: Recoded.load(folder, spoken=legacy.table, recipe=how))
 
     def incremental(self) -> SidTable:
         """The legacy table plus the items first seen in the gap, coded by the legacy tokenizer
-        from their refreshed-SASRec embeddings (:func:`freshsid.sid.refresh.code_new_items`)."""
-        cfg, gap = self.config, self.protocol.gap
-        legacy, embeddings = self.legacy().table, self.refreshed().refreshed.embeddings
-        _, sid = recipe(cfg.recipe).legacy_configs(cfg.sasrec, cfg.sid)
+        (:func:`freshsid.recode.incremental`)."""
+        cfg, window = self.config, self.protocol.window("base+gap")
+        legacy = self.legacy()
 
-        def build(folder: Path) -> SidTable:
-            table = code_new_items(legacy, embeddings, self.split.new_items(gap), self.logs.item_ids, sid)
-            table.meta["stats"]["incremental"]["new_items_window"] = str(gap)
-            table.save(folder)
-            return table
+        def build(folder: Path) -> CollabSids:
+            result = recode.incremental(self.split, window, legacy.table, legacy, recipe=self.how, sasrec=cfg.sasrec,
+                                        sid=cfg.sid, seed=cfg.seed, progress=self.progress)
+            result.build.save(folder, self.logs.fingerprint)
+            return result.build
 
-        key = [legacy.content_hash, self._fingerprint(f"{self.layout.refresh}/{CollabSids.EMBEDDINGS}"), sid, str(gap),
-               *self._split_key()]
-        return self.cache.get(self.layout.incremental, key, build, SidTable.load)
+        key = [legacy.table.content_hash, self._fingerprint(f"{self.layout.legacy}/{CollabSids.EMBEDDINGS}"),
+               self.how.recode_settings(), cfg.sasrec, cfg.sid, cfg.seed, str(window), *self._split_key()]
+        return self.cache.get(self.layout.incremental, key, build, CollabSids.load).table
 
     def table(self, tokenizer: Tokenizer) -> SidTable:
         if tokenizer is Tokenizer.LEGACY:
@@ -126,7 +133,7 @@ class Experiment:
         if tokenizer is Tokenizer.LEGACY_NEW:
             return self.incremental()
         refreshed = self.refreshed()
-        return refreshed.refreshed.table if tokenizer.alignment is None else refreshed.aligned[tokenizer.alignment]
+        return refreshed.build.table if tokenizer.alignment is None else refreshed.aligned[tokenizer.alignment]
 
     # ------------------------------------------------------------ models
 
@@ -153,8 +160,7 @@ class Experiment:
             self.model(start)
             parent = self.layout.model(start)
             if spec.remap:
-                remap = remap_plan(self.table(start.tokenizer), table, self.remap_levels(table),
-                                   **recipe(cfg.recipe).finetune_start())
+                remap = self.refreshed().plan
 
             def build(folder: Path) -> tuple[Retriever, Manifest]:
                 result = pipeline.finetune(self.layout.path(parent), self.split, table, target=window, out=folder,
@@ -168,10 +174,6 @@ class Experiment:
         key += self._split_key()
         return self.cache.get(self.layout.model(spec, seed), key, build,
                               lambda folder: load_checkpoint(folder, expected_shape=table.codebook_sizes))
-
-    def remap_levels(self, table: SidTable) -> int:
-        """Levels a "refresh with remap" carries: the recipe's, every semantic level when it names none."""
-        return recipe(self.config.recipe).remap_levels or table.n_levels
 
     def _fingerprint(self, stage: str) -> str:
         """Content fingerprint of a built artifact (its manifest's), for the keys of the stages
@@ -269,18 +271,19 @@ class Experiment:
         return self.cache.get(stage, key, build, load)
 
     def sasrec_embeddings(self, window: str) -> Embeddings:
-        return (self.refreshed().refreshed if window == "base+gap" else self.legacy()).embeddings
+        return (self.refreshed().build if window == "base+gap" else self.legacy()).embeddings
 
     def describe(self, row: Policy) -> str:
         """The row's description, with what this run's recipe made of it: how refreshed SIDs
         were built (cold, or continued from the legacy models) and what a remap carried."""
-        how = recipe(self.config.recipe)
+        how = self.how
         text = row.description
         refreshed = row.baseline and row.model.kind == "sasrec" and row.model.train == "base+gap"
         if isinstance(row.model, ModelSpec):
             refreshed = row.model.tokenizer is not Tokenizer.LEGACY
             if row.model.remap:
-                text += f" (code embeddings of {f'the first {how.remap_levels} level(s)' if how.remap_levels else 'every level'} carried)"
+                levels = how.carried_levels(self.config.sid.n_levels)
+                text += f" (code embeddings of the first {levels} level(s) carried)"
         if refreshed:
             continued = [name for name, on in (("SASRec", how.warm_embeddings), ("tokenizer", how.warm_tokenizer)) if on]
             built = (f"continued from the legacy {' and '.join(continued)}" if continued
@@ -296,7 +299,7 @@ class Experiment:
         starting checkpoint's: ``embedding_*`` and ``tokenizer_*``), ``cumulative_*`` (plus
         everything the checkpoint it starts from cost, and the legacy build a warm recipe's
         refresh continues from)."""
-        how = recipe(self.config.recipe)
+        how = self.how
         warm = how.warm_embeddings or how.warm_tokenizer
         legacy = lambda: _sids(self.legacy().table)  # noqa: E731
         if isinstance(model, Baseline):
@@ -342,7 +345,7 @@ class Experiment:
         """SID churn per level (legacy vs refreshed) and Base's decay on each part after
         the window its manifest says it trained on, up to the end of the test window."""
         cfg = self.config
-        legacy, refreshed = self.legacy().table, self.refreshed().refreshed.table
+        legacy, refreshed = self.legacy().table, self.refreshed().build.table
         model, manifest = self.model(BASE_MODEL)
         trained = pipeline.trained_span(manifest)
 

@@ -52,23 +52,22 @@ import polars as pl
 import torch
 
 from freshsid.artifacts import output_lock, read_manifest, write_json_atomic
-from freshsid.config import RollingConfig
+from freshsid import recode
 from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import Examples, TemporalSplit, Window
-from freshsid.embed.collab import collab_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.intervals import compare, interval_ks, user_scores, write_scores
 from freshsid.evaluate.popularity import most_popular
+from freshsid.evaluate.rolling_config import RollingConfig
 from freshsid.evaluate.rolling_report import write_report
 from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import RetrieverConfig, load_checkpoint
-from freshsid.retriever.remap import remap_plan
+from freshsid.recode import CollabSids, Recoded
+from freshsid.retriever.remap import RemapPlan
 from freshsid.runtime import repeatable
-from freshsid.sid.refresh import CollabSids, Refresh, build_collab_sids, code_new_items, recipe, refresh
 from freshsid.sid.table import SidTable
 
-ALIGNMENT = "hungarian"
 REFERENCES = ("Incremental", "FT-old", "Full")  # the paired intervals: every strategy minus each of these
 SID_COMPUTE = ("embedding_flops", "embedding_seconds", "tokenizer_flops", "tokenizer_seconds")
 COMPUTE = ("retriever_flops", "retriever_seconds", *SID_COMPUTE)
@@ -102,7 +101,7 @@ class Rolling:
     """Runs the strategies of ``config`` over the rounds of the rolling protocol into ``out``."""
 
     def __init__(self, logs: Interactions, config: RollingConfig, out: Path, *, show_progress: bool = True) -> None:
-        self.logs, self.config, self.run_config = logs, config, config.run
+        self.logs, self.config, self.run_config, self.how = logs, config, config.run, config.run.how
         self.split = TemporalSplit(logs, config.n_parts)
         self.layout = RunLayout(out)
         self.out = self.layout.root
@@ -112,57 +111,37 @@ class Rolling:
 
     # ------------------------------------------------------------ builds
 
-    def _collab(self, stage: str, window: Window, warm: tuple[CollabSids, CollabSids] | None = None) -> Any:
-        """SIDs on ``window``: a fresh build, or (``warm`` = (served, continued build)) a
-        refresh aligned to the served table."""
+    def _build(self, stage: str, window: Window) -> CollabSids:
+        """SIDs built afresh on ``window`` (the recipe's legacy build)."""
         cfg = self.run_config
-        if warm is None:
-            sasrec, sid = recipe(cfg.recipe).legacy_configs(cfg.sasrec, cfg.sid)
-
-            def build(folder: Path) -> CollabSids:
-                built = build_collab_sids(self.split, window, sasrec=sasrec, sid=sid, seed=cfg.seed,
-                                          progress=self.progress)
-                built.save(folder, self.logs.fingerprint)
-                return built
-
-            key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(window), self.config.n_parts]
-            return self.cache.get(stage, key, build, CollabSids.load)
-        served, continued = warm
-        how = recipe(cfg.recipe)
-
-        def build_refresh(folder: Path) -> Refresh:
-            result = refresh(self.split, window, served, recipe=how, sasrec=cfg.sasrec, sid=cfg.sid, seed=cfg.seed,
-                             methods=(ALIGNMENT,), progress=self.progress, warm_from=continued)
-            result.save(folder, self.logs.fingerprint)
-            return result
-
-        def key(settings: Any) -> list[Any]:
-            return [cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), settings, served.table.content_hash,
-                    continued.table.content_hash, self.config.n_parts]
-
-        # (runs made before recipes that differ only in remap shared a refresh keyed it by the whole recipe)
-        return self.cache.get(stage, key(how.refresh_settings()), build_refresh,
-                              lambda folder: Refresh.load(folder, how.name), former=[key(how)])
-
-    def _incremental(self, stage: str, state: State, window: Window) -> CollabSids:
-        """``state``'s table plus the items seen in ``window`` it lacks, coded by the tokenizer
-        it holds (never refit), from the embeddings of its SASRec continued on ``window``."""
-        cfg = self.run_config
-        how = recipe(cfg.recipe)
-        sasrec, _ = how.refresh_configs(cfg.sasrec, cfg.sid)
-        _, sid = how.legacy_configs(cfg.sasrec, cfg.sid)
+        sasrec, sid = self.how.legacy_configs(cfg.sasrec, cfg.sid)
 
         def build(folder: Path) -> CollabSids:
-            embeddings, _ = collab_embeddings(self.logs, self.split.events(window), window=str(window), config=sasrec,
-                                              seed=cfg.seed, progress=self.progress, init_state=state.build.embeddings.state)
-            table = code_new_items(state.sids.table, embeddings, self.split.allowed_items(window), self.logs.item_ids, sid)
-            built = CollabSids(embeddings, table)
+            built = recode.build_collab_sids(self.split, window, sasrec=sasrec, sid=sid, seed=cfg.seed,
+                                             progress=self.progress)
             built.save(folder, self.logs.fingerprint)
             return built
 
-        key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(window), state.path, state.sids.table.content_hash,
-               self.config.n_parts]
+        key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(window), self.config.n_parts]
         return self.cache.get(stage, key, build, CollabSids.load)
+
+    def _recode(self, stage: str, state: State, window: Window, mode: str) -> Recoded:
+        """The recode step on ``window`` from what ``state`` serves: ``aligned``
+        (:func:`freshsid.recode.aligned`) or ``incremental`` (:func:`freshsid.recode.incremental`)."""
+        cfg, how = self.run_config, self.how
+        settings = dict(sasrec=cfg.sasrec, sid=cfg.sid, seed=cfg.seed, recipe=how, progress=self.progress)
+
+        def build(folder: Path) -> Recoded:
+            if mode == "aligned":
+                result = recode.aligned(self.split, window, state.sids, continued=state.build, **settings)
+            else:
+                result = recode.incremental(self.split, window, state.sids.table, state.build, **settings)
+            result.save(folder, self.logs.fingerprint)
+            return result
+
+        key = [mode, cfg.sasrec, cfg.sid, cfg.seed, self.logs.fingerprint, str(window), how.recode_settings(),
+               state.sids.table.content_hash, state.build.table.content_hash, self.config.n_parts]
+        return self.cache.get(stage, key, build, lambda folder: Recoded.load(folder, spoken=state.sids.table, recipe=how))
 
     def _fit(self, stage: str, table: SidTable, window: Window) -> None:
         cfg = self.run_config
@@ -177,12 +156,9 @@ class Rolling:
         key = [table.content_hash, cfg.retriever, cfg.protocol.max_history, cfg.fit, str(window)]
         self.cache.get(stage, key, build, _checked)
 
-    def _finetune(self, stage: str, parent: str, table: SidTable, target: Window, spoken: SidTable) -> None:
-        """Fine-tune ``parent`` (which speaks ``spoken``) on ``table``; the recipe's remap
-        applies when the table changed."""
+    def _finetune(self, stage: str, parent: str, table: SidTable, target: Window, remap: RemapPlan | None) -> None:
+        """Fine-tune ``parent`` on ``table``, carrying ``remap`` over first (the step's plan)."""
         cfg = self.run_config
-        how = recipe(cfg.recipe)
-        remap = remap_plan(spoken, table, how.remap_levels, **how.finetune_start())
 
         def build(folder: Path) -> str:
             pipeline.finetune(self.layout.path(parent), self.split, table, target=target, out=folder,
@@ -197,7 +173,7 @@ class Rolling:
     def initial(self) -> State:
         """Embeddings, SIDs and retriever on [0, initial): where every strategy starts."""
         window = Window(start=0, stop=self.config.initial)
-        sids = self._collab("initial/sids", window)
+        sids = self._build("initial/sids", window)
         self._fit("initial/model", sids.table, window)
         return State("", sids, sids, "initial/model", window, self.config.initial - 1)
 
@@ -207,21 +183,17 @@ class Rolling:
         SIDs on [0, r+1), aligns them and fine-tunes on part r."""
         path, part = state.path + action, Window(start=r, stop=r + 1)
         if action == "F":
-            self._finetune(f"steps/{path}/model", state.model, state.sids.table, part, state.sids.table)
+            self._finetune(f"steps/{path}/model", state.model, state.sids.table, part, None)
             return State(path, state.sids, state.build, f"steps/{path}/model", state.coverage, state.refreshed_at)
         window = Window(start=0, stop=r + 1)
-        if action == "I":
-            sids = self._incremental(f"steps/{path}/sids", state, window)
-            self._finetune(f"steps/{path}/model", state.model, sids.table, part, state.sids.table)
-            return State(path, sids, sids, f"steps/{path}/model", window, state.refreshed_at)
-        result = self._collab(f"steps/{path}/sids", window, warm=(state.sids, state.build))
-        served = CollabSids(result.refreshed.embeddings, result.aligned[ALIGNMENT])
-        self._finetune(f"steps/{path}/model", state.model, served.table, part, state.sids.table)
-        return State(path, served, result.refreshed, f"steps/{path}/model", window, r)
+        result = self._recode(f"steps/{path}/sids", state, window, "incremental" if action == "I" else "aligned")
+        self._finetune(f"steps/{path}/model", state.model, result.table, part, result.plan)
+        return State(path, result.sids, result.build, f"steps/{path}/model", window,
+                     state.refreshed_at if action == "I" else r)
 
     def full(self, r: int) -> State:
         window = Window(start=0, stop=r + 1)
-        sids = self._collab(f"full/r{r}/sids", window)
+        sids = self._build(f"full/r{r}/sids", window)
         self._fit(f"full/r{r}/model", sids.table, window)
         return State(f"X{r}", sids, sids, f"full/r{r}/model", window, r)
 
@@ -303,10 +275,10 @@ class Rolling:
         decay = 1.0 - newest / before if before > 0 else None
         churn, cost = None, dict.fromkeys(SID_COMPUTE, 0.0)
         if self.config.signal == "churn":  # a refreshed tokenizer is built to measure it: its cost is the signal's
-            candidate = self._collab(f"steps/{state.path}R/sids", Window(start=0, stop=r + 1), warm=(state.sids, state.build))
-            levels = candidate.aligned[ALIGNMENT].meta["stats"]["alignment"]["levels"]
+            candidate = self._recode(f"steps/{state.path}R/sids", state, Window(start=0, stop=r + 1), "aligned")
+            levels = candidate.table.meta["stats"]["alignment"]["levels"]
             churn = float(np.mean([1.0 - lv["kept_after"] for lv in levels]))
-            cost = sid_compute(candidate.aligned[ALIGNMENT])
+            cost = sid_compute(candidate.table)
         return {"churn": churn, "unseen": unseen, "decay": decay, "cost": cost}
 
     # ------------------------------------------------------------ the run

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from freshsid.artifacts import write_bytes_atomic
-from freshsid.config import ROLLING_STRATEGIES
+from freshsid.evaluate.rolling_config import ROLLING_STRATEGIES
 from freshsid.evaluate.figures import new_figure, png_bytes
 
 

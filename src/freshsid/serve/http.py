@@ -33,7 +33,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from freshsid.config import ServeConfig
+from freshsid.serve.config import ServeConfig
 from freshsid.errors import FreshsidError
 from freshsid.serve import journal
 from freshsid.serve.engine import ANONYMOUS, Engine, UnknownUser

@@ -7,18 +7,17 @@
 2. New SIDs from every other event, by mode:
 
    - ``aligned``: new collaborative embeddings and tokenizer, aligned to the current
-     release's SidTable (:func:`freshsid.sid.refresh.refresh`, the same function the
-     experiment runs); items first seen since the release get codes. A recipe that
+     release's SidTable (:func:`freshsid.recode.aligned`, the step the experiment and
+     rolling run); items first seen since the release get codes. A recipe that
      continues the legacy SASRec or tokenizer continues the SID build the release
      carries (the unaligned build its table came from), and the candidate carries the
      refreshed build in turn.
    - ``incremental`` (a frozen vocabulary): the release's SIDs unchanged, and the items
      first seen since coded by the served SIDs' tokenizer as it is
-     (:func:`freshsid.sid.refresh.code_new_items`), from the build's SASRec continued on
-     the logs, so that their embeddings live in the space that tokenizer reads. After an
-     aligned refresh the served table keeps the refreshed tokenizer with its codebooks
-     relabelled as the codes were (:func:`freshsid.sid.align.align`), and that one codes
-     them; a table an older version aligned has none, and is refused.
+     (:func:`freshsid.recode.incremental`). After an aligned refresh the served table
+     keeps the refreshed tokenizer with its codebooks relabelled as the codes were
+     (:func:`freshsid.sid.align.align`), and that one codes them; a table an older
+     version aligned has none, and is refused.
 
    A refresh that continues the build keeps its SASRec's shape and its tokenizer's kind
    (the weights and state fit no other); the preset and the recipe give the schedules.
@@ -40,21 +39,21 @@ from typing import Literal
 import numpy as np
 import torch
 
+from freshsid import recode
 from freshsid.artifacts import output_lock
-from freshsid.config import ExperimentConfig, Recipe
+from freshsid.config import ExperimentConfig
 from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import Examples, TemporalSplit, Window
-from freshsid.embed.collab import collab_embeddings
 from freshsid.errors import FreshsidError
 from freshsid.metrics import recall_ndcg
 from freshsid.retriever import pipeline
 from freshsid.retriever.pipeline import Recommender
-from freshsid.retriever.remap import RemapPlan, remap_plan
+from freshsid.recipes import Recipe
 from freshsid.serve import journal
 from freshsid.serve.events import new_events
 from freshsid.serve.ops import record_refresh, share_uncoded
 from freshsid.serve.release import RETRIEVER, Release, Releases
-from freshsid.sid.refresh import CollabSids, code_new_items, recipe, refresh
+from freshsid.recode import CollabSids, Recoded
 from freshsid.sid.table import SidTable
 
 NEW, ALL = Window(start=1, stop=2), Window(start=0, stop=2)
@@ -123,25 +122,11 @@ def refresh_release(releases: Releases, logs: Interactions, config: ExperimentCo
         return outcome
 
 
-@dataclass(frozen=True)
-class NewSids:
-    """What a refresh mode hands the fine-tune and the candidate release."""
-
-    table: SidTable  # the candidate's
-    build: CollabSids  # the build the candidate carries, for the next refresh to continue
-    remap: RemapPlan | None  # what the fine-tune carries over (remap_plan)
-    codes_kept: list[float]
-
-
 def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *, mode: Mode, holdout: float,
              metric: str, tolerance: float, promote: bool, if_due: float | None,
              progress: bool) -> RefreshOutcome | NotDue:
     current = releases.load_current(build=True)
-    how = recipe(config.recipe)
-    if mode == "aligned" and how.remap_levels > current.table.n_levels:
-        raise FreshsidError(f"Recipe {how.name!r} carries {how.remap_levels} levels of code embeddings but release "
-                            f"{current.id}'s SIDs have {current.table.n_levels}; refresh with a recipe that carries "
-                            "fewer (remap-1) or none (cold).")
+    how = config.how
     if mode == "incremental" or how.warm_embeddings or how.warm_tokenizer or how.move_share < 1:
         config = _continuing(config, current, mode, how)
     current.table.check_item_ids(logs.item_ids, logs_name=logs.name)
@@ -159,14 +144,14 @@ def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *
     train = TemporalSplit.at(replace(logs, user=logs.user[keep], item=logs.item[keep], ts=logs.ts[keep]), [until])
     torch.set_num_threads(config.threads)
 
-    sids = (_incremental if mode == "incremental" else _aligned)(train, current, how, config, progress)
+    sids = _recode(train, current, mode, config, progress)
     work = releases.root / "work"
     work.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work, prefix="refresh-"))
     try:
         tuned = pipeline.finetune(releases.path(current.id) / RETRIEVER, train, sids.table, target=NEW,
                                   train_config=config.finetune, out=scratch / "model", show_progress=progress,
-                                  remap=sids.remap)
+                                  remap=sids.plan)
         examples = TemporalSplit.at(logs, [until]).examples(NEW, max_history=current.model.config.max_history)
         examples = examples.subset(np.flatnonzero(np.isin(examples.users, held)))
         scores = {name: _score(Recommender(model, table), examples, metric, config.beam) for name, model, table in
@@ -185,7 +170,7 @@ def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *
         journal.record("candidate_refused", release=release_id, serving=current.id, metric=metric,
                        current=scores["current"], candidate=scores["candidate"], tolerance=tolerance)
     return RefreshOutcome(release_id, mode, passes, promote and passes, metric, scores["current"],
-                          scores["candidate"], new.taken, new.late, signal, len(held), sids.codes_kept,
+                          scores["candidate"], new.taken, new.late, signal, len(held), _codes_kept(sids),
                           len(np.setdiff1d(sids.table.items, current.table.items)), {**tuned.compute, **sid_compute})
 
 
@@ -211,32 +196,23 @@ def _continuing(config: ExperimentConfig, current: Release, mode: Mode, how: Rec
                                      "sid": config.sid.model_copy(update={"tokenizer": kind})})
 
 
-def _aligned(train: TemporalSplit, current: Release, how: Recipe, config: ExperimentConfig,
-             progress: bool) -> NewSids:
-    """SIDs rebuilt as ``how`` says, continuing the release's build where it says so, and
-    aligned to the served table (whose embeddings are the build's)."""
+def _recode(train: TemporalSplit, current: Release, mode: Mode, config: ExperimentConfig, progress: bool) -> Recoded:
+    """The recode step on every event but the held-out users' new ones, from the served table
+    and the build the release carries."""
+    settings = dict(recipe=config.how, sasrec=config.sasrec, sid=config.sid, seed=config.seed, progress=progress)
     build = current.build
+    if mode == "incremental":
+        assert build is not None  # (_continuing refused a release without one)
+        return recode.incremental(train, ALL, _coder(current), build, **settings)
     served = CollabSids(build.embeddings if build is not None else None, current.table)
-    result = refresh(train, ALL, served, recipe=how, sasrec=config.sasrec, sid=config.sid, seed=config.seed,
-                     methods=("hungarian",), progress=progress, warm_from=build)
-    aligned = result.aligned["hungarian"]
-    return NewSids(aligned, result.refreshed, remap_plan(current.table, aligned, how.remap_levels, **how.finetune_start()),
-                   [lv["kept_after"] for lv in aligned.meta["stats"]["alignment"]["levels"]])
+    return recode.aligned(train, ALL, served, continued=build, **settings)
 
 
-def _incremental(train: TemporalSplit, current: Release, how: Recipe, config: ExperimentConfig,
-                 progress: bool) -> NewSids:
-    """The served SIDs unchanged (code for code), and the items they lack coded by their
-    tokenizer as it is (:func:`_coder`), from the build's SASRec continued on the logs (the
-    recipe's refresh schedule)."""
-    build = current.build
-    assert build is not None and build.embeddings is not None  # (_continuing refused a release without one)
-    sasrec, sid = how.refresh_configs(config.sasrec, config.sid)
-    embeddings, _ = collab_embeddings(train.logs, train.events(ALL), window=str(ALL), config=sasrec, seed=config.seed,
-                                      progress=progress, init_state=build.embeddings.state)
-    table = code_new_items(_coder(current), embeddings, train.allowed_items(ALL), train.logs.item_ids, sid)
-    # No legacy code moved: the fine-tune has nothing to carry over.
-    return NewSids(table, CollabSids(embeddings, table), None, [1.0] * table.n_levels)
+def _codes_kept(sids: Recoded) -> list[float]:
+    """Per level, the share of the items both tables code that keep their code (all, incrementally)."""
+    if not sids.aligned:
+        return [1.0] * sids.table.n_levels
+    return [level["kept_after"] for level in sids.table.meta["stats"]["alignment"]["levels"]]
 
 
 def _coder(current: Release) -> SidTable | None:

@@ -46,7 +46,7 @@ from freshsid.errors import FreshsidError
 from freshsid.retriever.model import Retriever, load_checkpoint, save_checkpoint
 from freshsid.serve import journal
 from freshsid.serve.events import seen_record
-from freshsid.sid.refresh import CollabSids
+from freshsid.recode import CollabSids
 from freshsid.sid.table import SidTable
 
 KIND = "release"

@@ -21,7 +21,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from freshsid.config import ServeConfig
+from freshsid.serve.config import ServeConfig
 from freshsid.errors import FreshsidError
 
 

@@ -1,14 +1,19 @@
-"""The refresh: collaborative SIDs rebuilt on recent logs and aligned to the legacy vocabulary.
+"""The recode step: new SIDs for a legacy build from the logs up to now, and the remap plan
+the fine-tune on them needs. The experiment, rolling, the production refresh and the
+Python API call this module and nothing else to change SIDs.
 
-This is the method's core step (Baikalov et al., SIGIR 2026): a SASRec-style model
-gives item embeddings on a window of the logs, a tokenizer quantizes them into a
-SidTable, and alignment relabels that table's codes, level by level, onto the
-legacy table's so that a checkpoint trained on the legacy SIDs stays meaningful.
-A *recipe* (:data:`freshsid.config.RECIPES`) sets the SASRec and tokenizer of both
-builds and says what the refresh continues from the legacy build (its SASRec
-weights, its tokenizer) instead of starting afresh. The experiment, the CLI, the
-production refresh and the benchmarks all build and refresh SIDs through the
-functions here.
+Two modes, one function each:
+
+- :func:`aligned` (Baikalov et al., SIGIR 2026): a SASRec-style model gives item
+  embeddings on a window of the logs, a tokenizer quantizes them into a SidTable, and
+  alignment relabels that table's codes, level by level, onto the served table's so that
+  a checkpoint trained on the legacy SIDs stays meaningful. The recipe
+  (:mod:`freshsid.recipes`) says what the recode continues from the legacy build (its
+  SASRec weights, its tokenizer) and how many levels of code embeddings the fine-tune
+  carries over (:func:`remap`).
+- :func:`incremental` (a frozen vocabulary): every served SID kept, the items the served
+  table lacks coded by its tokenizer as it is, from the build's SASRec continued on the
+  window (so their vectors live in the space that tokenizer reads).
 
 Compute convention: every table built here records in ``meta["compute"]`` the
 tokenizer fit (``tokenizer_seconds``, ``tokenizer_flops``) and, separately, the
@@ -25,24 +30,20 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from freshsid.config import RECIPES, Recipe, SASRecConfig, SidConfig
+from freshsid.config import SASRecConfig, SidConfig
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.embed.collab import SASRec, collab_embeddings
 from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
+from freshsid.recipes import Recipe
+from freshsid.retriever.remap import RemapPlan, extends
 from freshsid.sid.align import METHODS, align, resolve_suffix, stick
 from freshsid.sid.build import build_table, make_tokenizer
 from freshsid.sid.table import SidTable
 
 
 NEIGHBOURS = 10  # neighbours compared per item when deciding whether its behaviour moved
-
-
-def recipe(name: str) -> Recipe:
-    """The named recipe."""
-    if name not in RECIPES:
-        raise FreshsidError(f"Unknown refresh recipe {name!r}; use one of {', '.join(RECIPES)}.")
-    return RECIPES[name]
+SERVED = "hungarian"  # the alignment whose table is served and fine-tuned on
 
 
 @dataclass(frozen=True)
@@ -69,23 +70,41 @@ class CollabSids:
 
 
 @dataclass(frozen=True)
-class Refresh:
-    """A refresh's outputs: the refreshed build and its alignments (method -> aligned table;
-    each table's ``meta["stats"]["alignment"]`` holds the diagnostics)."""
+class Recoded:
+    """What the recode step hands the fine-tune and the next step.
 
-    recipe: Recipe
-    refreshed: CollabSids
+    ``build``: the new build, whose SASRec and tokenizer the next step continues (for
+    :func:`aligned` the refreshed build before alignment, for :func:`incremental` the
+    served table extended); ``aligned``: method -> the refreshed table relabelled onto the
+    served vocabulary (each with ``meta["stats"]["alignment"]``), empty for incremental;
+    ``plan``: what the fine-tune on :attr:`table` carries over first (None: nothing)."""
+
+    build: CollabSids
     aligned: dict[str, SidTable]
+    plan: RemapPlan | None
+
+    @property
+    def table(self) -> SidTable:
+        """The SIDs to fine-tune on and serve."""
+        return self.aligned[SERVED] if self.aligned else self.build.table
+
+    @property
+    def sids(self) -> CollabSids:
+        """:attr:`table` with the embeddings it was coded from."""
+        return CollabSids(self.build.embeddings, self.table)
 
     def save(self, folder: Path, logs_fingerprint: str) -> None:
-        self.refreshed.save(folder, logs_fingerprint)
+        self.build.save(folder, logs_fingerprint)
         for method, table in self.aligned.items():
             table.save(Path(folder) / f"aligned-{method}")
 
     @classmethod
-    def load(cls, folder: Path, recipe_name: str) -> Refresh:
+    def load(cls, folder: Path, *, spoken: SidTable, recipe: Recipe) -> Recoded:
+        """A saved step; ``spoken`` and ``recipe`` as the step was given them (the plan is
+        derived again from them)."""
         aligned = {m: SidTable.load(Path(folder) / f"aligned-{m}") for m in METHODS if (Path(folder) / f"aligned-{m}").exists()}
-        return cls(recipe(recipe_name), CollabSids.load(folder), aligned)
+        build = CollabSids.load(folder)
+        return cls(build, aligned, remap(spoken, aligned.get(SERVED, build.table), recipe))
 
 
 def code_items(embeddings: Embeddings, split: TemporalSplit, window: Window, config: SidConfig, *,
@@ -176,11 +195,6 @@ def code_new_items(legacy: SidTable, embeddings: Embeddings, items: np.ndarray, 
                     item_ids=np.asarray(item_ids)[all_items[order]], meta=meta, tokenizer_state=legacy.tokenizer_state)
 
 
-def align_to_legacy(legacy: SidTable, refreshed: SidTable, methods: tuple[str, ...] = METHODS) -> dict[str, SidTable]:
-    """``refreshed`` relabelled onto ``legacy``'s vocabulary by each method."""
-    return {method: align(legacy, refreshed, method=method)[0] for method in methods}  # type: ignore[arg-type]
-
-
 def neighbourhood_overlap(legacy: Embeddings, refreshed: Embeddings, items: np.ndarray, *, k: int = NEIGHBOURS) -> np.ndarray:
     """(len(items),) the share of each item's ``k`` nearest neighbours (cosine, among
     ``items``) that the legacy and the refreshed embedding spaces agree on: 1 where its
@@ -218,23 +232,60 @@ def unmoved_items(legacy: CollabSids, refreshed: CollabSids, move_share: float) 
     return common[order[int(round(move_share * len(common))):]]
 
 
-def refresh(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe: Recipe, sasrec: SASRecConfig,
-            sid: SidConfig, seed: int, methods: tuple[str, ...] = METHODS, progress: bool = True,
-            warm_from: CollabSids | None = None) -> Refresh:
-    """Rebuild collaborative SIDs on ``window`` as ``recipe`` says and align them to ``legacy``.
-    ``sasrec`` and ``sid`` are the run's configs; the recipe's settings for the refresh apply over
-    them, and the SID shape is the legacy table's (alignment needs the same shape).
-    ``warm_from``: the build a warm recipe continues (default ``legacy``; in a chain of
-    refreshes, the previous unaligned build, whose table holds the tokenizer state)."""
-    sasrec, sid = recipe.refresh_configs(sasrec, sid)
+def remap(spoken: SidTable, table: SidTable, recipe: Recipe) -> RemapPlan | None:
+    """What a fine-tune on ``table`` of a checkpoint that speaks ``spoken`` carries over
+    first: the recipe's levels of code embeddings, or nothing when it carries none or
+    ``table`` keeps every SID the checkpoint speaks (its own table, or one that only adds
+    items)."""
+    levels = recipe.carried_levels(spoken.n_levels)
+    if not levels or extends(table, spoken):
+        return None
+    return RemapPlan(spoken, levels, **recipe.finetune_start())
+
+
+def aligned(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe: Recipe, sasrec: SASRecConfig,
+            sid: SidConfig, seed: int, methods: tuple[str, ...] = (SERVED,), continued: CollabSids | None = None,
+            progress: bool = True) -> Recoded:
+    """Rebuild collaborative SIDs on ``window`` as ``recipe`` says and align them to
+    ``legacy`` (the served embeddings and table).
+
+    ``sasrec`` and ``sid`` are the run's configs; the recipe's settings for the recode
+    apply over them, and the SID shape is the legacy table's (alignment needs the same
+    shape). ``continued``: the build a warm recipe continues (default ``legacy``; in a chain
+    of recodes, the previous step's :attr:`Recoded.build`). ``methods``: the alignments
+    made (the served one, ``hungarian``, always)."""
+    if recipe.carried_levels(legacy.table.n_levels) > legacy.table.n_levels:
+        raise FreshsidError(f"Recipe {recipe.name!r} carries {recipe.remap_levels} levels of code embeddings but the "
+                            f"SIDs have {legacy.table.n_levels}; use a recipe that carries fewer (remap-1) or none (cold).")
+    sasrec, sid = recipe.recode_configs(sasrec, sid)
     sizes = legacy.table.codebook_sizes
     if len(set(sizes[:-1])) != 1:
         raise FreshsidError(f"The legacy table's levels differ in size ({list(sizes)}); freshsid refits one size per level.")
     sid = sid.model_copy(update={"n_levels": len(sizes) - 1, "codebook_size": sizes[0], "suffix_size": sizes[-1]})
-    refreshed = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=seed, warm_from=warm_from or legacy,
+    refreshed = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=seed, warm_from=continued or legacy,
                                   recipe=recipe, progress=progress)
-    aligned = align_to_legacy(legacy.table, refreshed.table, methods)
+    tables = {method: align(legacy.table, refreshed.table, method=method)[0]
+              for method in dict.fromkeys((SERVED, *methods))}  # type: ignore[arg-type]
     if recipe.move_share < 1:
         keep = unmoved_items(legacy, refreshed, recipe.move_share)
-        aligned = {m: stick(legacy.table, table, keep) for m, table in aligned.items()}
-    return Refresh(recipe, refreshed, aligned)
+        tables = {m: stick(legacy.table, table, keep) for m, table in tables.items()}
+    return Recoded(refreshed, tables, remap(legacy.table, tables[SERVED], recipe))
+
+
+def incremental(split: TemporalSplit, window: Window, served: SidTable, continued: CollabSids, *, recipe: Recipe,
+                sasrec: SASRecConfig, sid: SidConfig, seed: int, progress: bool = True) -> Recoded:
+    """``served`` unchanged, code for code, plus the items seen in ``window`` it lacks,
+    coded by its tokenizer as it is (:func:`code_new_items`), from the embeddings of
+    ``continued``'s SASRec continued on ``window`` (the recipe's recode schedule).
+
+    ``served`` must hold its tokenizer's state (a table this module built or extended, or
+    one it aligned); ``continued`` must hold its SASRec's weights."""
+    if continued.embeddings is None or continued.embeddings.state is None:
+        raise FreshsidError("Incremental coding continues the build's SASRec, whose weights are not at hand (an old "
+                            "build saved none); rebuild the SIDs, or recode them with a cold recipe.")
+    continuing, _ = recipe.recode_configs(sasrec, sid)
+    _, coding = recipe.legacy_configs(sasrec, sid)
+    embeddings, _ = collab_embeddings(split.logs, split.events(window), window=str(window), config=continuing,
+                                      seed=seed, progress=progress, init_state=continued.embeddings.state)
+    table = code_new_items(served, embeddings, split.allowed_items(window), split.logs.item_ids, coding)
+    return Recoded(CollabSids(embeddings, table), {}, None)  # no served SID moved: nothing to carry over

@@ -1,0 +1,146 @@
+"""Recipes: how collaborative SIDs are built and recoded, one row each.
+
+A recipe gives settings over a run's SASRec and tokenizer configs (for the legacy build
+and the recode alike), says what a recode continues from the legacy build (its SASRec
+weights, its tokenizer) instead of starting afresh, and how the fine-tune on the recoded
+SIDs starts. :mod:`freshsid.recode` is the step that follows them; only pydantic is
+imported here, so configs and the command line's help read the catalogue without torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from freshsid.errors import FreshsidError
+
+if TYPE_CHECKING:
+    from freshsid.config import SASRecConfig, SidConfig
+
+
+class Recipe(BaseModel):
+    """How collaborative SIDs are built and recoded: settings over the run's SASRec and
+    tokenizer configs (for the legacy build and the recode alike), what the recode
+    continues from the legacy build, settings for the recode alone, and how the fine-tune
+    on recoded SIDs starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    description: str
+    sasrec: dict[str, Any] = {}
+    sid: dict[str, Any] = {}
+    warm_embeddings: bool = False  # the recode's SASRec starts from the legacy SASRec's weights
+    warm_tokenizer: bool = False  # the recode's tokenizer starts from the legacy tokenizer's state
+    recode_sasrec: dict[str, Any] = {}
+    recode_sid: dict[str, Any] = {}
+    # Share of the items both tables code that take their refreshed (aligned) code: those whose
+    # neighbourhood in the embedding space moved most; the others keep their legacy SID.
+    # 1 moves every item (the paper's alignment).
+    move_share: float = Field(1.0, gt=0.0, le=1.0)
+    # Levels whose code embeddings a fine-tune on recoded SIDs first carries over from the
+    # legacy codes of each code's items (freshsid.retriever.remap): the first N, or "all"
+    # semantic levels; 0 carries none (the paper's plain alignment).
+    remap_levels: Annotated[int, Field(ge=0)] | Literal["all"] = 0
+    # How a remapped code's row mixes the legacy rows: each of its items once ("items"), or
+    # each by its events in the fine-tune's window plus one ("events": a code that merged
+    # items leans towards the ones users pick).
+    remap_weight: Literal["items", "events"] = "items"
+    # The first optimiser steps of a remapping fine-tune (above) update the token embeddings
+    # only (within the same budget): the carried rows settle before the network moves.
+    embedding_steps: int = Field(0, ge=0)
+
+    def recode_settings(self) -> dict[str, Any]:
+        """What a recode's SIDs depend on (a cache key): recipes that differ only in their
+        name or in how the fine-tune starts share one recode."""
+        return self.model_dump(exclude={"name", "description", *FINETUNE_START})
+
+    def carried_levels(self, n_levels: int) -> int:
+        """How many levels of code embeddings a remap carries on SIDs of ``n_levels`` semantic levels."""
+        return n_levels if self.remap_levels == "all" else self.remap_levels
+
+    def finetune_start(self) -> dict[str, Any]:
+        """How a remapping fine-tune on this recipe's recoded SIDs starts, beyond the levels
+        it carries, as ``freshsid.retriever.remap.RemapPlan``'s keyword arguments: only the
+        settings that differ from the defaults (none for the recipes that predate them)."""
+        start = self.model_dump(include={"remap_weight", "embedding_steps"}, exclude_defaults=True)
+        return {"weight" if name == "remap_weight" else name: value for name, value in start.items()}
+
+    def legacy_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
+        """The SASRec and tokenizer configs of the legacy build under this recipe."""
+        return _override(sasrec, self.sasrec), _override(sid, self.sid)
+
+    def recode_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
+        """The SASRec and tokenizer configs of the recode under this recipe."""
+        legacy_sasrec, legacy_sid = self.legacy_configs(sasrec, sid)
+        return _override(legacy_sasrec, self.recode_sasrec), _override(legacy_sid, self.recode_sid)
+
+
+FINETUNE_START = ("remap_levels", "remap_weight", "embedding_steps")  # Recipe fields no recode depends on
+
+
+def _override(config: BaseModel, changes: dict[str, Any]) -> Any:
+    return type(config).model_validate({**config.model_dump(), **changes}) if changes else config
+
+
+# Beyond the paper: move codes only where behaviour moved. The SASRec continues for a
+# fixed small budget (no early stopping into a weaker model), the tokenizer continues
+# from the legacy codebooks, then alignment.
+_STABLE = Recipe(name="stable", warm_embeddings=True, warm_tokenizer=True,
+                 recode_sasrec={"max_epochs": 3, "valid_users": 0}, recode_sid={"warm_epochs": 10},
+                 description="SASRec continues 3 epochs from the legacy one, the tokenizer 10 epochs from the legacy "
+                             "codebooks")
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(name="cold", description="a new SASRec and a new tokenizer on the recode's window (the reference protocol)"),
+        Recipe(name="cold-remap", remap_levels="all",
+               description="cold, then the fine-tune starts with the code embeddings of every level carried from "
+                           "the legacy codes of their items"),
+        Recipe(name="warm", warm_embeddings=True, warm_tokenizer=True,
+               description="SASRec continues from the legacy one (early-stopped), the legacy tokenizer codes its "
+                           "vectors (sid.warm_epochs of further fitting)"),
+        _STABLE,
+        # Further: after the stable recode only the share of items whose 10 nearest
+        # neighbours changed most take their aligned code; the others keep their legacy SID.
+        *(_STABLE.model_copy(update={"name": f"sticky-{round(share * 100)}", "move_share": share,
+                                     "description": f"stable, then only the {share:.0%} of items whose neighbourhood "
+                                                    "moved most take their new code"})
+          for share in (0.25, 0.5)),
+        # Further: the warm start's code embeddings follow the items onto their recoded SIDs.
+        *(_STABLE.model_copy(update={"name": f"remap-{levels}", "remap_levels": levels,
+                                     "description": f"stable, then the fine-tune starts with the code embeddings of "
+                                                    f"the first {levels} level(s) carried from the legacy codes of "
+                                                    "their items"})
+          for levels in (1, 3)),
+        # remap-3 with a merged code leaning to its busy items, or with the carried rows
+        # settling alone before the network moves (the cpu preset's learning-rate warm-up
+        # is 10 steps).
+        _STABLE.model_copy(update={"name": "remap-3-events", "remap_levels": 3, "remap_weight": "events",
+                                   "description": "remap-3, each item weighted by its events in the fine-tune's "
+                                                  "window (plus one) when a code's row is carried"}),
+        _STABLE.model_copy(update={"name": "remap-3-emb", "remap_levels": 3, "embedding_steps": 20,
+                                   "description": "remap-3, the fine-tune's first 20 optimiser steps updating the token "
+                                                  "embeddings only"}),
+        # Both: only the items whose neighbourhood moved most change code, and the
+        # embeddings follow them.
+        _STABLE.model_copy(update={"name": "sticky-25-remap-3", "move_share": 0.25, "remap_levels": 3,
+                                   "description": "sticky-25, then the fine-tune starts with every level's code "
+                                                  "embeddings carried as in remap-3"}),
+        # The reference implementation's embeddings and tokenizer (sizes stay the preset's).
+        Recipe(name="paper", sasrec={"loss": "bce", "sequences": "last", "learning_rate": 1e-4, "n_layers": 2,
+                                     "n_heads": 2, "dropout": 0.3, "max_length": 20, "valid_users": 0,
+                                     "max_epochs": 200},
+               sid={"tokenizer": "rqkmeans", "epochs": None},
+               description="SASRec with BCE and one negative on each user's last 21 items, 200 epochs at lr 1e-4; "
+                           "residual k-means on the raw vectors; a cold recode"),
+    )
+}
+
+
+def recipe(name: str) -> Recipe:
+    """The named recipe."""
+    if name not in RECIPES:
+        raise FreshsidError(f"Unknown recipe {name!r}; use one of {', '.join(RECIPES)}.")
+    return RECIPES[name]
