@@ -63,6 +63,35 @@ def tutorial(tmp_path_factory):
     return namespace, work
 
 
+def run_blocks(text: str, where: str, namespace: dict) -> None:
+    """Run a page's python and bash (freshsid command lines) blocks; ``shell`` blocks are shown only."""
+    runner = CliRunner()
+    for number, (language, code) in enumerate(FENCE.findall(text), 1):
+        if language == "python":
+            exec(compile(code, f"{where}, block {number}", "exec"), namespace)  # noqa: S102 - the docs' own code
+        elif language == "bash":
+            for argv in commands(code):
+                assert argv[0] == "freshsid", f"{where}, block {number}: {argv[0]} is not a freshsid command"
+                result = runner.invoke(app, argv[1:])
+                verdicts = (0, 4) if argv[1] == "refresh" else (0,)  # 4: the gate refused the candidate, not an error
+                assert result.exit_code in verdicts, f"{where}, block {number}: {' '.join(argv)}\n{result.output}"
+        else:
+            assert language == "shell", f"{where}, block {number}: a block is python, bash or shell, not {language!r}"
+
+
+def test_the_readme_is_a_front_door_whose_code_runs(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 120
+    assert not re.search(r"[Ii]ssue \d", text)  # no tracker numbers in user-facing text
+    namespace: dict = {"__name__": "readme"}
+    with pytest.MonkeyPatch.context() as mp:
+        shrink(mp, tmp_path)
+        run_blocks(text, "README.md", namespace)
+    assert set(namespace["tuned"].evaluate(namespace["split"], test=namespace["config"].protocol.test,
+                                           allowed=namespace["config"].protocol.base, ks=(10,))) == {"recall@10", "ndcg@10"}
+    assert freshsid.Releases(tmp_path / "runs" / "cli" / "releases").ids() == ["r0001", "r0002"]
+
+
 def test_every_tutorial_block_runs(tutorial):
     namespace, work = tutorial
     assert sum(len(blocks(page)) for page in TUTORIAL) >= 20

@@ -284,20 +284,20 @@ def test_how_a_finetune_starts_is_no_part_of_the_refresh_and_new_only_when_set()
 
 
 def test_recipes_that_differ_only_in_the_remap_share_one_refresh(run, tmp_path):
-    """stable and remap-1 build the same SIDs: switching between them refits only the
-    remapped fine-tune (FT-old, the plain alignment and the refresh come from the cache)."""
+    """remap-1 and remap-3 build the same SIDs: switching between them refits only the
+    remapped fine-tune (FT-old, the plain alignment and the recode come from the cache)."""
     experiment, _ = run
     shutil.copytree(experiment.out, tmp_path / "run")
     policies = ("Base", "FT-old", "FT-aligned (hungarian)", "Refresh with remap")
     built = {}
-    for name in ("stable", "remap-1"):
+    for name in ("remap-1", "remap-3"):
         config = experiment.config.model_copy(update={"recipe": name, "policies": policies})
         again = Experiment(experiment.logs, config, tmp_path / "run", show_progress=False)
         built[name] = lines = []
         again.log = lines.append
         again.run()
-    stages = {line.split("] ")[1] for line in built["remap-1"]}
-    assert "refresh" in {line.split("] ")[1] for line in built["stable"]}
+    stages = {line.split("] ")[1] for line in built["remap-3"]}
+    assert "refresh" in {line.split("] ")[1] for line in built["remap-1"]}
     # the plain alignment (the paper's, no remap) is the same model under both recipes
     assert not {"legacy", "refresh", "models/base-legacy-gap", "models/base-aligned-hungarian-gap"} & stages
     assert "models/base-aligned-hungarian-gap-remap" in stages
