@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freshsid.serve.metrics import ServiceMetrics
-from freshsid.serve.ops import OUTCOMES
+from freshsid.serve.metrics import RELOAD_OUTCOMES, ServiceMetrics
+from freshsid.serve.ops import OUTCOMES, STATES
 
 from clirun import invoke
 
@@ -43,7 +43,7 @@ def test_the_alert_rules_name_series_the_service_exports(tmp_path):
     series = exported_series(tmp_path)
     assert used and used <= series, used - series
     outcomes = {o for rule in listed for o in re.findall(r'outcome="([a-z_]+)"', rule["expr"])}
-    assert outcomes <= set(OUTCOMES) | {"refused", "swapped"}
+    assert outcomes <= set(STATES) | set(RELOAD_OUTCOMES)
 
 
 def test_the_systemd_units_call_the_cli_as_documented():

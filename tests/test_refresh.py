@@ -213,7 +213,7 @@ def test_the_service_swaps_releases_under_load_without_failing_a_request(chain, 
         assert sum(n for (status, _), n in answered.items() if status == "200") == 2001
         assert {release for _, release in answered} == {"r0001", "r0002", "r0003"}
         reloads = {s.labels["outcome"]: s.value for s in families["freshsid_reloads"].samples if s.name.endswith("_total")}
-        assert reloads == {"swapped": 2, "refused": 1}
+        assert reloads == {"swapped": 2, "refused": 1, "error": 0}
         assert [s.labels["release"] for s in families["freshsid_release_info"].samples] == ["r0003"]
         batches = {s.name: s.value for s in families["freshsid_batch_size"].samples}
         assert batches["freshsid_batch_size_sum"] > batches["freshsid_batch_size_count"]  # requests were decoded together
