@@ -117,7 +117,7 @@ def status(releases: Releases, logs: Interactions | None = None) -> dict[str, An
     if current not in infos:
         raise FreshsidError(f"{releases.root / POINTER} names release {current}, which is not there; promote another.")
     try:
-        read_manifest(releases.path(current), KIND)  # every file against its hash
+        releases.check(current)  # every file of it and of its inner artifacts against its hash, as a load would
         files = "ok"
     except FreshsidError as exc:
         files = f"damaged: {exc}"
