@@ -7,7 +7,6 @@ import socket
 import time
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -178,7 +177,8 @@ def test_the_serve_config_file_sets_limits_and_refuses_unknown_or_wrong_settings
 def test_a_fresh_server_exports_the_series_its_alerts_read_at_zero(tiny):
     """increase() of a series that appears at its first count is 0: the refusal and 5xx
     counters exist, at 0, from the start."""
-    families = {f.name: f for f in text_string_to_metric_families(Service(tiny.releases, LIMITS).metrics.text().decode())}
+    text = Service(tiny.releases, LIMITS).metrics.text().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
     for outcome in ("refused", "swapped", "error"):
         assert sample(families, "freshsid_reloads_total", outcome=outcome) == 0
     assert sample(families, "freshsid_requests_total", status="500", release="r0002") == 0

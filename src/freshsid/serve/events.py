@@ -111,8 +111,8 @@ def _late(logs: Interactions, span: slice, seen: dict[str, Any], until_time: int
         have, have_digest = days.pop(day, (0, 0))
         if have < count or (have == count and f"{have_digest:016x}" != digest):
             what = f"lacks {count - have:,} of the {count:,}" if have < count else f"holds other {count:,}"
-            raise FreshsidError(f"{logs.name} {what} distinct events of {_day(day * DAY)[:10]} that release {release_id} "
-                                f"saw: {changed}")
+            raise FreshsidError(f"{logs.name} {what} distinct events of {_day(day * DAY)[:10]} that release "
+                                f"{release_id} saw: {changed}")
         late += have - count
     return late + sum(count for count, _ in days.values())
 

@@ -120,8 +120,9 @@ def refresh_release(releases: Releases, logs: Interactions, config: ExperimentCo
     (:func:`freshsid.serve.ops.record_refresh`), a failure included."""
     busy = f"Another refresh of {releases.root} is running; wait for it to finish."
     with output_lock(releases.root / REFRESH_LOCK, busy=busy):
-        last, stale = last_refresh(releases), clean_scratch(releases)  # we hold the lock: no scratch is in use
-        if last is not None and last.get("outcome") == "running":  # (as read by us, its holder): that one was killed
+        # we hold the lock: no scratch is in use, and a refresh left "running" was killed
+        last, stale = last_refresh(releases), clean_scratch(releases)
+        if last is not None and last.get("outcome") == "running":
             record_refresh(releases, "interrupted", started=last.get("time"), pid=last.get("pid"), scratch_removed=stale)
         record_refresh(releases, "running", pid=os.getpid())
         try:

@@ -71,7 +71,8 @@ def _check_depth(body: bytes) -> None:
     for byte in _STRING.sub(b"", body).translate(None, delete=_NOT_BRACKETS):
         depth += 1 if byte in b"[{" else -1
         if depth > MAX_DEPTH:
-            raise BadRequest(400, f"The body nests arrays or objects more than {MAX_DEPTH} deep; send a flat JSON object.")
+            raise BadRequest(400, f"The body nests arrays or objects more than {MAX_DEPTH} deep; send a flat JSON "
+                                  "object.")
 
 
 
