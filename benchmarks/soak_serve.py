@@ -1,13 +1,17 @@
-"""Soak: `freshsid serve` under steady traffic through scheduled refreshes and a rollback.
+"""Soak: `freshsid serve` under steady traffic through scheduled refreshes, operators' hands and rollbacks.
 
 A synthetic log grows in slices; release r0001 is built on the first one (tiny preset),
 then `freshsid refresh --if-due --threshold 0 --promote` runs on each later slice at its
-scheduled time (a real refresh in its own process, as a timer would start it), and at
-the end `freshsid release rollback`. All the while a client sends POST /recommend at a
-steady rate to a `freshsid serve` subprocess on 127.0.0.1. Reported: requests sent and
-failed, the releases that answered, the server's RSS after warm-up and at the end, and
-the swap lines the server logged (one per promotion and one for the rollback). Bounded:
-the whole run stops after --max-seconds.
+scheduled time (a real refresh in its own process, as a timer would start it). While the
+last one trains, an operator runs `freshsid release rollback`: the refresh must end
+superseded (exit 5), its candidate unpromoted, the rollback kept. Then an operator
+hand-edits CURRENT.json into something that is not a pointer (`{"current": 5}`) and
+restores it: the server must refuse it once and keep serving. At the end `freshsid
+release rollback` again. All the while a client sends POST /recommend at a steady rate
+to a `freshsid serve` subprocess on 127.0.0.1. Reported: requests sent and failed, the
+releases that answered, the server's RSS after warm-up and at the end, the swap lines
+the server logged (one per promotion and one per rollback) and its refusals (one for
+the hand-edited pointer). Bounded: the whole run stops after --max-seconds.
 
     python benchmarks/soak_serve.py --out runs/soak --rate 40
 
@@ -40,7 +44,7 @@ def freshsid(*args: object) -> str:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "freshsid", "--no-progress", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=1800)
-    if done.returncode not in (0, 3, 4):
+    if done.returncode not in (0, 3, 4, 5):
         raise RuntimeError(f"freshsid {args[0]} failed: {done.stderr[-2000:]}")
     return done.stdout
 
@@ -100,10 +104,25 @@ async def soak(root: Path, logs: dict[int, Path], items: Path, args: argparse.Na
         if time.monotonic() > deadline:
             break
         await asyncio.sleep(args.every)
-        out = await asyncio.to_thread(freshsid, "refresh", "--logs", logs[share], "--items", items, "--drop-duplicates",
-                                      "--releases", root, "--preset", "tiny", "--metric", "recall@20", "--tolerance",
-                                      "1.0", "--promote", "--if-due", "--threshold", "0")
-        schedule.append({"refresh": share, "current": Releases(root).current, "said": out.splitlines()[0]})
+        refresh = asyncio.create_task(asyncio.to_thread(
+            freshsid, "refresh", "--logs", logs[share], "--items", items, "--drop-duplicates", "--releases", root,
+            "--preset", "tiny", "--metric", "recall@20", "--tolerance", "1.0", "--promote", "--if-due", "--threshold",
+            "0"))
+        step: dict = {"refresh": share}
+        if share == SLICES[-1]:  # an operator rolls back while it trains
+            while _last_refresh(root) != "running" and not refresh.done():
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            step["rollback_while_training"] = (await asyncio.to_thread(freshsid, "release", "rollback", root)).strip()
+        step.update(said=(await refresh).splitlines()[0], outcome=_last_refresh(root), current=Releases(root).current)
+        schedule.append(step)
+    await asyncio.sleep(args.every)
+    pointer = root / "CURRENT.json"  # an operator's hand edit, then the pointer restored
+    saved = pointer.read_bytes()
+    pointer.write_text('{"current": 5, "previous": []}')
+    await asyncio.sleep(args.every)
+    pointer.write_bytes(saved)
+    schedule.append({"hand_edited_pointer": '{"current": 5}', "restored": Releases(root).current})
     await asyncio.sleep(args.every)
     schedule.append({"rollback": (await asyncio.to_thread(freshsid, "release", "rollback", root)).strip()})
     await asyncio.sleep(args.every)
@@ -113,6 +132,13 @@ async def soak(root: Path, logs: dict[int, Path], items: Path, args: argparse.Na
             "answered_by": sorted({release for status, release in log if status == 200}),
             "rss_mb_after_warmup": round(rss_before, 1), "rss_mb_at_end": round(rss_mb(server.proc.pid), 1),
             "schedule": schedule}
+
+
+def _last_refresh(root: Path) -> str | None:
+    try:
+        return json.loads((root / "last-refresh.json").read_text()).get("outcome")
+    except (OSError, ValueError):
+        return None
 
 
 def main() -> None:
@@ -130,7 +156,8 @@ def main() -> None:
         root, logs, items = build(args.out)
     else:  # a rerun: back to r0001 and its releases only
         subprocess.run(["rm", "-rf", *[str(Releases(root).path(i)) for i in Releases(root).ids()[1:]]], check=True)
-        (root / "CURRENT.json").unlink()
+        for name in ("CURRENT.json", "last-refresh.json"):
+            (root / name).unlink(missing_ok=True)
         Releases(root).promote("r0001")
     server_log = args.out / "server.log"
     server = Server(root, beam=20, batching=True, log=server_log, poll=0.5)
@@ -140,6 +167,7 @@ def main() -> None:
         server.stop()
     lines = [json.loads(line) for line in server_log.read_text().splitlines() if line.startswith("{")]
     summary["swaps_logged"] = [(e["previous"], e["release"]) for e in lines if e.get("event") == "swap"]
+    summary["refusals_logged"] = [e["reason"][:60] for e in lines if e.get("event") == "release_refused"]
     summary["rss_change"] = round(summary["rss_mb_at_end"] / summary["rss_mb_after_warmup"] - 1, 4)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(summary), flush=True)

@@ -1,7 +1,9 @@
 """The shipped operations files: the alert rules are valid and name series the service
-exports; the systemd units call options the CLI has, with the exit codes it documents."""
+exports; the Grafana dashboard's panels query series the service exports; the systemd
+units call options the CLI has, with the exit codes it documents."""
 
 import configparser
+import json
 import re
 import shutil
 import subprocess
@@ -10,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freshsid.serve.metrics import ServiceMetrics
-from freshsid.serve.ops import OUTCOMES
+from freshsid.serve.metrics import RELOAD_OUTCOMES, ServiceMetrics
+from freshsid.serve.ops import OUTCOMES, STATES
 
 from clirun import invoke
 
@@ -43,7 +45,25 @@ def test_the_alert_rules_name_series_the_service_exports(tmp_path):
     series = exported_series(tmp_path)
     assert used and used <= series, used - series
     outcomes = {o for rule in listed for o in re.findall(r'outcome="([a-z_]+)"', rule["expr"])}
-    assert outcomes <= set(OUTCOMES) | {"refused", "swapped"}
+    assert outcomes <= set(STATES) | set(RELOAD_OUTCOMES)
+
+
+def test_every_grafana_panel_queries_series_the_service_exports(tmp_path):
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    panels = dashboard["panels"]
+    series = exported_series(tmp_path)
+    for panel in panels:
+        exprs = [target["expr"] for target in panel["targets"]]
+        named = {name for expr in exprs for name in re.findall(r"freshsid_[a-z_]+", expr)}
+        assert exprs and named and named <= series, (panel["title"], named - series)
+        labels = {value for expr in exprs for value in re.findall(r'outcome="([a-z_]+)"', expr)}
+        assert labels <= set(STATES) | set(RELOAD_OUTCOMES)
+    queried = " ".join(target["expr"] for panel in panels for target in panel["targets"])
+    for watched in ("freshsid_requests_total", "freshsid_request_duration_seconds_bucket", "freshsid_batch_size",
+                    "freshsid_release_age_seconds", "freshsid_release_info", "freshsid_reloads_total",
+                    "freshsid_last_refresh_outcome", "freshsid_uncoded_history_share", "freshsid_recommended_items"):
+        assert watched in queried, watched
+    assert len({panel["id"] for panel in panels}) == len(panels)
 
 
 def test_the_systemd_units_call_the_cli_as_documented():

@@ -213,7 +213,7 @@ def test_the_service_swaps_releases_under_load_without_failing_a_request(chain, 
         assert sum(n for (status, _), n in answered.items() if status == "200") == 2001
         assert {release for _, release in answered} == {"r0001", "r0002", "r0003"}
         reloads = {s.labels["outcome"]: s.value for s in families["freshsid_reloads"].samples if s.name.endswith("_total")}
-        assert reloads == {"swapped": 2, "refused": 1}
+        assert reloads == {"swapped": 2, "refused": 1, "error": 0}
         assert [s.labels["release"] for s in families["freshsid_release_info"].samples] == ["r0003"]
         batches = {s.name: s.value for s in families["freshsid_batch_size"].samples}
         assert batches["freshsid_batch_size_sum"] > batches["freshsid_batch_size_count"]  # requests were decoded together
@@ -316,6 +316,43 @@ def test_refresh_if_due_exit_codes(chain, tmp_path, monkeypatch):
     assert Releases(copy).current == "r0002" and "r0004" in Releases(copy).ids()
     last = json.loads((copy / "last-refresh.json").read_text())
     assert (last["outcome"], last["release"], last["promoted"]) == ("refused_by_gate", "r0004", False)
+
+
+def test_a_rollback_while_a_refresh_trains_supersedes_it_and_a_shuffled_export_changes_nothing(chain, tmp_path,
+                                                                                              monkeypatch):
+    """Two operators' stories on one refresh. It trains from r0002; meanwhile an operator
+    rolls back (to r0003, promoted before r0002 here): the candidate, passing the gate, is
+    not promoted over the rollback but ends "superseded" (exit 5), its parent r0002. Its
+    logs are r0003's events exported in another row order (a warehouse export without
+    ORDER BY; many events share a second): no event is refused, and every user and item
+    keeps the index, hence the user token, that r0003 gave it from the ordered export."""
+    import freshsid.serve.refresh as refresh_module
+
+    root, _, events = chain
+    copy = tmp_path / "releases"
+    shutil.copytree(root, copy)
+    releases = Releases(copy)
+    releases.promote("r0002")
+    shuffled = tmp_path / "shuffled.parquet"
+    events.sample(fraction=1.0, shuffle=True, seed=0).write_parquet(shuffled)
+
+    def scored_while_an_operator_rolls_back(*args, **kwargs):
+        if releases.current == "r0002":
+            assert invoke("release", "rollback", copy).stdout.strip() == "current: r0003"
+        return 0.5
+
+    monkeypatch.setattr(refresh_module, "_score", scored_while_an_operator_rolls_back)
+    result = runner.invoke(app, ["refresh", "--logs", str(shuffled), "--drop-duplicates", "--releases", str(copy),
+                                 *REFRESH, "--promote"])
+    assert result.exit_code == 5 and "superseded by r0003" in result.stdout, result.output
+    assert releases.current == "r0003" and releases.ids()[-1] == "r0004"
+    candidate, served = (load_release(releases.path(i)) for i in ("r0004", "r0003"))
+    assert candidate.manifest.info["parent_release"] == "r0002"  # the release its checkpoint came from
+    last = json.loads((copy / "last-refresh.json").read_text())
+    assert (last["outcome"], last["promoted"], last["superseded_by"], last["late_events"]) == ("superseded", False,
+                                                                                                "r0003", 0)
+    assert candidate.histories.select("user", "user_id").equals(served.histories.select("user", "user_id"))
+    assert candidate.catalog.select("item", "item_id").equals(served.catalog.select("item", "item_id"))
 
 
 def test_prune_keeps_the_current_release_its_parent_and_the_rollback(chain, tmp_path):

@@ -7,46 +7,19 @@ import socket
 import time
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from freshsid.serve.config import ServeConfig
-from freshsid.data.interactions import from_arrays
-from freshsid.retriever.model import Retriever, RetrieverConfig, save_checkpoint
 from freshsid.serve.http import Service, serve_in_thread
-from freshsid.serve.release import Releases
-from freshsid.sid.table import SidTable
 
 LIMITS = ServeConfig(beam=20, max_body_bytes=2048, max_history=50, max_id_chars=32, header_timeout_s=0.5,
                      body_timeout_s=0.5, poll_seconds=0.2)
-N_ITEMS, CODED = 50, 40  # the release codes the first 40 items; histories also hold the others
-
-
-def tiny_release(root, seed=0):
-    """A release of an untrained model whose table codes CODED of the log's items."""
-    import torch
-
-    rng = np.random.default_rng(seed)
-    n = 3000
-    logs = from_arrays(rng.integers(0, 60, n).astype(str), rng.integers(0, N_ITEMS, n).astype(str),
-                       np.sort(rng.integers(0, 400 * 86_400, n)))
-    order = np.argsort(logs.item_ids.astype(int))  # dense items in id order: items 0..39 coded
-    items = np.sort(order[:CODED])
-    codes = np.array([[c // 16, (c // 4) % 4, c % 4] for c in range(CODED)], dtype=np.int32)
-    table = SidTable(items=items, codes=codes, codebook_sizes=(4, 4, 4), item_ids=logs.item_ids[items])
-    torch.manual_seed(seed)
-    model = Retriever(RetrieverConfig(codebook_sizes=(4, 4, 4), width=16, n_layers=1, n_heads=2, ffn=32,
-                                      user_buckets=8, max_history=8, dropout=0.0)).eval()
-    checkpoint = save_checkpoint(root / "checkpoint", model)
-    releases = Releases(root / "releases")
-    releases.promote(releases.create(model, checkpoint, table, logs, until_event=n))
-    return releases
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    releases = tiny_release(tmp_path_factory.mktemp("serve"))
+def served(tmp_path_factory, tiny_factory):
+    releases = tiny_factory(tmp_path_factory.mktemp("serve")).releases
     service = Service(releases, LIMITS)
     with serve_in_thread(service) as base, httpx.Client(base_url=base, timeout=30) as client:
         yield base, client, service, releases
@@ -87,6 +60,8 @@ BAD = [
     (b'{"k": 3}', 422, "exactly one"),
     (b'{"user_id": "1", "exclude_seen": "yes"}', 422, "exclude_seen"),
     (b'{"user_id": "1", "extra": 1}', 422, "extra"),
+    (b"[" * 1100, 400, "nests"),  # the parser's recursion limit, reached before any check: a 500 once
+    (b'{"history": ["1"], "x": ' + b'{"a": ' * 9 + b"1" + b"}" * 9 + b"}", 400, "nests"),
 ]
 
 
@@ -197,3 +172,66 @@ def test_the_serve_config_file_sets_limits_and_refuses_unknown_or_wrong_settings
         path.write_text(text)
         with pytest.raises(FreshsidError, match="serve"):
             serve_config(path)
+
+
+def test_a_fresh_server_exports_the_series_its_alerts_read_at_zero(tiny):
+    """increase() of a series that appears at its first count is 0: the refusal and 5xx
+    counters exist, at 0, from the start."""
+    text = Service(tiny.releases, LIMITS).metrics.text().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for outcome in ("refused", "swapped", "error"):
+        assert sample(families, "freshsid_reloads_total", outcome=outcome) == 0
+    assert sample(families, "freshsid_requests_total", status="500", release="r0002") == 0
+
+
+def test_release_shows_counts_and_times_never_which_user_touched_which_item(served):
+    _, client, service, _ = served
+    shown = client.get("/release").json()
+    recorded = service.engine.release.manifest.info["data"]
+    assert recorded["last_second"] and "last_second" not in shown["data"] and "days" not in shown["data"]
+    assert shown["data"]["last_second_events"] == len(recorded["last_second"])
+    assert shown["data"]["until_time"] == recorded["until_time"] and shown["release"] == service.engine.release_id
+    assert not any(isinstance(v, list) for v in shown["data"].values())
+
+
+def test_a_pointer_that_is_not_one_is_refused_once_and_the_next_promote_swaps_in(tiny, caplog):
+    """``{"current": 5}`` once killed the watcher silently: later promotions were never
+    swapped in. Now: one refusal line and one count per change of the pointer, the old
+    release serving, and the next valid promote swapped in by the watcher."""
+    import asyncio
+    import json
+
+    caplog.set_level("INFO", logger="freshsid.events")
+    tiny.releases.rollback()  # r0001 in service, r0002 to promote later
+    service = Service(tiny.releases, LIMITS.model_copy(update={"poll_seconds": 0.05}))
+    pointer = tiny.releases.root / "CURRENT.json"
+
+    async def operate():
+        async with service.running():
+            for text in ('{"current": 5, "previous": []}', "not json"):
+                pointer.write_text(text)
+                await asyncio.sleep(0.4)  # eight polls
+            tiny.releases.root.joinpath("CURRENT.json").write_text(json.dumps({"current": "r0001", "previous": []}))
+            tiny.releases.promote("r0002")
+            for _ in range(40):
+                await asyncio.sleep(0.05)
+                if service.engine.release_id == "r0002":
+                    break
+
+    asyncio.run(operate())
+    assert service.engine.release_id == "r0002"
+    families = {f.name: f for f in text_string_to_metric_families(service.metrics.text().decode())}
+    assert sample(families, "freshsid_reloads_total", outcome="refused") == 2  # once per pointer, not per poll
+    assert sample(families, "freshsid_reloads_total", outcome="swapped") == 1
+    assert sample(families, "freshsid_reloads_total", outcome="error") == 0
+    refused = [json.loads(r.getMessage()) for r in caplog.records if '"release_refused"' in r.getMessage()]
+    assert len(refused) == 2 and all("is not a release pointer" in e["reason"] for e in refused)
+
+
+def test_ids_longer_than_the_request_bound_are_served_and_accepted_back(tmp_path, tiny_factory):
+    releases = tiny_factory(tmp_path, item_prefix="i" * 40).releases  # 41- and 42-character item ids; the bound says 32
+    with serve_in_thread(Service(releases, LIMITS)) as base, httpx.Client(base_url=base, timeout=30) as client:
+        items = [x["item_id"] for x in client.post("/recommend", json={"user_id": "1", "k": 3}).json()["items"]]
+        assert max(map(len, items)) > LIMITS.max_id_chars
+        assert client.post("/recommend", json={"history": items, "k": 3}).status_code == 200
+        assert client.post("/recommend", json={"history": ["j" * 60], "k": 3}).status_code == 422

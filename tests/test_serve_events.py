@@ -95,3 +95,19 @@ def test_a_release_without_the_record_falls_back_to_its_last_time():
     logs = from_arrays(*_log(rng, 500))
     new = new_events(logs, {"until_event": 100, "until_time": int(logs.ts[99])}, release_id="r0001")
     assert new.taken == int((logs.ts > logs.ts[99]).sum())
+
+
+@pytest.mark.parametrize("late_on", ["the same day", "another day"])
+def test_a_removed_event_balanced_by_a_late_one_is_refused_naming_the_day(late_on):
+    """Counts alone saw nothing here: one trained-on event removed, one late event added."""
+    rng = np.random.default_rng(5)
+    u, i, t = _log(rng, 1000, seconds=20 * 86_400)
+    logs = from_arrays(u, i, t)
+    until = int(np.searchsorted(logs.ts, 15 * 86_400))
+    seen = seen_record(logs, until)
+    gone = int(np.argmin(t))  # the first event, on day 0
+    late_at = t[gone] + 1 if late_on == "the same day" else 86_400 * 3 + 5
+    keep = np.arange(len(t)) != gone
+    edited = from_arrays(np.append(u[keep], "late-user"), np.append(i[keep], "0"), np.append(t[keep], late_at))
+    with pytest.raises(FreshsidError, match="1970-01-01 that release r0001 saw"):
+        new_events(edited, seen, release_id="r0001")

@@ -151,13 +151,33 @@ def check_writable(folder: Path) -> None:
         raise FreshsidError(f"Cannot write in {place} (permission denied); choose another --out.")
 
 
+def _lock_path(out: Path) -> Path:
+    return Path(out).parent / f".{Path(out).name}.lock"
+
+
+def lock_held(out: Path) -> bool:
+    """Whether a process holds the lock of ``out`` now (:func:`output_lock`); a lock file a
+    killed holder left is not held. Creates nothing."""
+    try:
+        fd = os.open(_lock_path(out), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (releases the probe's lock)
+    return False
+
+
 @contextlib.contextmanager
 def output_lock(out: Path, *, busy: str | None = None) -> Iterator[None]:
     """Hold the lock of ``out`` (a hidden file beside it): a second writer is refused (with
     ``busy`` as the message, if given)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = out.parent / f".{out.name}.lock"
+    path = _lock_path(out)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666 & ~_UMASK)
     try:
         try:

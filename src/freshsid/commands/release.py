@@ -92,14 +92,18 @@ def list_releases(root: RootArg, as_json: JsonOpt = False) -> None:
 
     Example: freshsid release list releases
     """
-    from freshsid.artifacts import read_manifest
-    from freshsid.serve.release import KIND, Releases
+    from freshsid.serve.ops import manifests
+    from freshsid.serve.release import Releases
 
     releases = Releases(root)
     current = releases.current
+    infos, damaged = manifests(releases)
     rows = []
     for release_id in releases.ids():
-        info = read_manifest(releases.path(release_id), KIND, verify=False).info
+        if release_id in damaged:
+            rows.append({"id": release_id, "current": release_id == current, "damaged": damaged[release_id]})
+            continue
+        info = infos[release_id].info
         rows.append({"id": release_id, "current": release_id == current, "parent": info.get("parent_release"),
                      "items": info.get("n_items"), "history": info["data"].get("history_window"),
                      "target": info["data"].get("target_window"), "refresh": info.get("refresh"),
@@ -110,10 +114,14 @@ def list_releases(root: RootArg, as_json: JsonOpt = False) -> None:
     table = Table("id", "parent", "items", "trained on (history / targets)", "refresh", "metrics",
                   title=f"releases in {root}")
     for row in rows:
+        name = row["id"] + (" *" if row["current"] else "")
+        if "damaged" in row:
+            table.add_row(name, "—", "—", "damaged", "—", row["damaged"])
+            continue
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items())
         made = f"{row['refresh']['mode']} ({row['refresh']['recipe']})" if row["refresh"] else "—"
-        table.add_row(row["id"] + (" *" if row["current"] else ""), row["parent"] or "—", f"{row['items']:,}",
-                      f"{row['history']} / {row['target']}", made, metrics or "—")
+        table.add_row(name, row["parent"] or "—", f"{row['items']:,}", f"{row['history']} / {row['target']}", made,
+                      metrics or "—")
     Console().print(table)
 
 
@@ -131,7 +139,7 @@ def promote(root: RootArg, release_id: Annotated[str, typer.Argument(help="The r
 
 @app.command("rollback")
 def rollback(root: RootArg) -> None:
-    """Make the release promoted before the current one current again.
+    """Make the release promoted before the current one current again (its files are checked first).
 
     Example: freshsid release rollback releases
     """
@@ -209,8 +217,10 @@ def refresh(
 
     The events since the release are found by time against what it saw; events dated before its last second that it
     never saw are refused (counted, kept as history). Exit codes, for a timer: 0 refreshed (the candidate passes the
-    gate), 3 not due (--if-due), 4 refused by the gate, 2 an error. The outcome is left in RELEASES/last-refresh.json
-    and logged as one JSON line on stderr.
+    gate), 3 not due (--if-due), 4 refused by the gate, 5 superseded (with --promote: an operator promoted or rolled
+    back while it trained, so the candidate was kept unpromoted), 2 an error. The outcome is left in
+    RELEASES/last-refresh.json and logged as one JSON line on stderr; a refresh that was killed reads "interrupted"
+    there, and the next one removes its scratch.
 
     Example: freshsid refresh --releases releases --logs logs-until-today.parquet --items items.parquet --promote --if-due
 
@@ -231,7 +241,9 @@ def refresh(
         typer.echo(f"not due: {outcome.signal:.1%} of the {outcome.new_events:,} events since release "
                    f"{outcome.release_id} are on items it cannot code (threshold {outcome.threshold:.1%})")
         raise typer.Exit(OUTCOMES["not_due"])
-    verdict = "promoted" if outcome.promoted else "passes the gate" if outcome.passes else "fails the gate"
+    verdict = ("promoted" if outcome.promoted else f"passes the gate, not promoted: superseded by "
+               f"{outcome.superseded_by}, made current while it trained" if outcome.superseded_by else
+               "passes the gate" if outcome.passes else "fails the gate")
     typer.echo(f"{outcome.release_id}: {verdict} ({outcome.mode} refresh)")
     typer.echo(f"staleness: {outcome.signal:.1%} of the new events on items the release cannot code")
     typer.echo(f"new events: {outcome.new_events:,} taken, {outcome.late_events:,} refused (late: dated before the "
@@ -243,6 +255,8 @@ def refresh(
     c = outcome.compute
     typer.echo(f"compute: fine-tune {c.get('retriever_flops', 0) / 1e12:.3g} TFLOPs in {c.get('retriever_seconds', 0):.1f} s; "
                f"SASRec {c.get('embedding_seconds', 0):.1f} s, tokenizer {c.get('tokenizer_seconds', 0):.1f} s")
+    if outcome.superseded_by:
+        raise typer.Exit(OUTCOMES["superseded"])
     if not outcome.passes:
         raise typer.Exit(OUTCOMES["refused_by_gate"])
 

@@ -187,12 +187,18 @@ def hash_user(user_ids: torch.Tensor | np.ndarray, buckets: int) -> torch.Tensor
     x = np.asarray(user_ids.cpu() if as_torch else user_ids)
     if not np.issubdtype(x.dtype, np.integer):
         raise FreshsidError(f"user ids must be integers, got {x.dtype}; map users to dense ids first.")
-    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    out = (z % np.uint64(buckets)).astype(np.int64)
+    out = (splitmix64(x.astype(np.uint64)) % np.uint64(buckets)).astype(np.int64)
     return torch.from_numpy(out).to(user_ids.device) if as_torch else out
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser of each uint64 of ``x`` (wrapping arithmetic): a well-mixed,
+    platform-independent 64-bit hash."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 # ---------------------------------------------------------------- the network

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,21 @@ class Engine:
     @property
     def release_id(self) -> str:
         return self.release.id
+
+    @property
+    def longest_id(self) -> int:
+        """Characters of the longest user or item id the release serves."""
+        return max((len(i) for i in (*self._row, *self._item)), default=0)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /release`` shows: lineage, what the release saw as counts and times
+        (never the (user, item) pairs it records), recipe, gate figures."""
+        info = self.release.manifest.info
+        data = {k: v for k, v in info.get("data", {}).items() if k not in ("last_second", "days")}
+        data["last_second_events"] = len(info.get("data", {}).get("last_second", []))
+        return {"release": self.release_id, "created": self.release.manifest.created,
+                "parent_release": info.get("parent_release"), "data": data,
+                **{k: info.get(k) for k in ("recipe", "refresh", "metrics", "n_items")}}
 
     def user_ids(self) -> list[str]:
         return list(self._row)

@@ -8,9 +8,14 @@ together, up to ``max_batch`` at a time, in one beam search (see :class:`Service
 Hot-swap: a watcher polls the releases root's pointer (and ``POST /admin/reload`` checks at
 once); a new current release is loaded and checked off the event loop, then swapped in
 by one assignment. A request keeps the engine it started with, so in-flight requests
-finish on their release; a release that fails to load is refused, logged and counted,
-and the old one keeps serving. Swaps and refusals are one JSON line each
-(:mod:`freshsid.serve.journal`).
+finish on their release; a release that fails to load, or a pointer that is not one, is
+refused, logged and counted once (not again at every poll until it changes), and the old
+release keeps serving. The watcher outlives any error of its own, counted as
+``outcome="error"``. Swaps and refusals are one JSON line each (:mod:`freshsid.serve.journal`).
+
+``GET /release`` says what the release in service is (lineage, windows, counts and times
+of the data it saw, recipe, gate figures), never which user touched which item. Ids up to
+the longest the release serves are accepted back, whatever ``max_id_chars`` says.
 
 Requests are bounded (:mod:`freshsid.serve.requests`: size, fields, lengths, slow
 clients); what is refused gets a 4xx with a message. An unexpected error gets 500 and is
@@ -39,7 +44,7 @@ from freshsid.serve import journal
 from freshsid.serve.engine import ANONYMOUS, Engine, UnknownUser
 from freshsid.serve.metrics import ServiceMetrics
 from freshsid.serve.requests import BadRequest, BoundedH11Protocol, RecommendRequest, parse_request, read_body
-from freshsid.serve.release import Releases, load_release
+from freshsid.serve.release import POINTER, Releases, load_release
 
 log = logging.getLogger("freshsid.serve")
 
@@ -71,7 +76,8 @@ class Service:
         self.releases, self.config = releases, config or ServeConfig()
         self.metrics = ServiceMetrics(releases.root)
         self._use(Engine(releases.load_current(), beam=self.config.beam))
-        self._refused: str | None = None
+        self._refused: str | None = None  # what was refused last: a release id, or a pointer's stamp
+        self._error: str | None = None  # the watcher's last error, logged once
         self._waiting: deque[_Pending] = deque()
         self._ready: asyncio.Event | None = None
         self._arriving = 0  # requests being read or parsed: about to queue
@@ -80,6 +86,9 @@ class Service:
 
     def _use(self, engine: Engine) -> None:
         self.engine = engine
+        # an id the release serves is accepted back, even one longer than the configured bound
+        self.limits = self.config.model_copy(update={"max_id_chars": max(self.config.max_id_chars,
+                                                                         engine.longest_id)})
         manifest = engine.release.manifest
         self.metrics.serving(engine.release_id, manifest.created, manifest.info.get("data", {}).get("until_time"))
 
@@ -98,7 +107,7 @@ class Service:
         try:
             self._arriving += 1
             try:
-                body = parse_request(await read_body(request, self.config), self.config)
+                body = parse_request(await read_body(request, self.limits), self.limits)
             finally:
                 self._arriving -= 1  # recommend() queues it before anything else can run
             return 200, await self.recommend(body)
@@ -165,23 +174,31 @@ class Service:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.config.poll_seconds)
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception as exc:  # noqa: BLE001 - the watcher outlives any bug: counted, logged once
+                self.metrics.reloads.labels("error").inc()
+                if repr(exc) != self._error:
+                    self._error = repr(exc)
+                    log.exception("the release watcher failed; it keeps watching")
 
     async def reload(self) -> dict[str, Any]:
-        """Swap in the pointer's release if it changed and loads; refuse it otherwise."""
+        """Swap in the pointer's release if it changed and loads; refuse it (once) otherwise."""
         async with self._reload_lock:
             try:
                 current = self.releases.current
             except FreshsidError as exc:
-                return self._refuse(None, str(exc))
-            if current is None or current == self.engine.release_id or current == self._refused:
-                reply = {"release": self.engine.release_id, "changed": False}
-                return {**reply, "refused": self._refused} if self._refused else reply
+                return self._refuse(None, str(exc), key=f"pointer {self._pointer_stamp()}")
+            if current is None or current == self.engine.release_id:
+                self._refused = None
+                return {"release": self.engine.release_id, "changed": False}
+            if current == self._refused:
+                return {"release": self.engine.release_id, "changed": False, "refused": current}
             try:
                 engine = await asyncio.to_thread(lambda: Engine(load_release(self.releases.path(current)),
                                                                 beam=self.config.beam))
-            except FreshsidError as exc:
-                return self._refuse(current, str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever a release fails with, the old one keeps serving
+                return self._refuse(current, str(exc) if isinstance(exc, FreshsidError) else repr(exc), key=current)
             before = self.engine.release_id
             self._use(engine)
             self._refused = None
@@ -189,11 +206,21 @@ class Service:
             journal.record("swap", release=current, previous=before)
             return {"release": current, "changed": True}
 
-    def _refuse(self, release_id: str | None, reason: str) -> dict[str, Any]:
-        self._refused = release_id
-        self.metrics.reloads.labels("refused").inc()
-        journal.record("release_refused", release=release_id, serving=self.engine.release_id, reason=reason)
+    def _refuse(self, release_id: str | None, reason: str, *, key: str) -> dict[str, Any]:
+        """Refuse ``release_id`` (None: the pointer itself); counted and logged once per ``key``."""
+        if key != self._refused:
+            self._refused = key
+            self.metrics.reloads.labels("refused").inc()
+            journal.record("release_refused", release=release_id, serving=self.engine.release_id, reason=reason)
         return {"release": self.engine.release_id, "changed": False, "refused": release_id, "reason": reason}
+
+    def _pointer_stamp(self) -> str:
+        """Which version of the pointer file this is: a hand edit or a rename changes it."""
+        try:
+            st = (self.releases.root / POINTER).stat()
+        except OSError:
+            return "absent"
+        return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
 
 
 def create_app(service: Service) -> FastAPI:
@@ -218,9 +245,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/release")
     async def release() -> dict[str, Any]:
-        manifest = service.engine.release.manifest
-        return {"release": service.engine.release_id, **{k: manifest.info.get(k) for k in
-                                                        ("parent_release", "data", "recipe", "metrics", "n_items")}}
+        return service.engine.describe()
 
     @app.get("/metrics")
     async def metrics() -> Response:

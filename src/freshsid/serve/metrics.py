@@ -10,7 +10,6 @@ release cannot code, and recommended items counted by how long they have been kn
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from pathlib import Path
@@ -24,6 +23,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 DAY = 86_400
 AGE_BUCKETS = ((1, "1d"), (7, "7d"), (30, "30d"), (90, "90d"), (365, "365d"))  # (days, label): age at most that
 STALENESS_WINDOW = 1_000  # requests behind the uncoded-history share
+RELOAD_OUTCOMES = ("swapped", "refused", "error")
 
 
 def item_age_labels(first_seen: np.ndarray, until_time: int) -> list[str]:
@@ -49,8 +49,11 @@ class ServiceMetrics:
                                     "decoding.", buckets=LATENCY_BUCKETS, registry=registry)
         self.decode = Histogram("freshsid_decode_seconds", "Time one batch spent decoding.", buckets=LATENCY_BUCKETS,
                                 registry=registry)
-        self.reloads = Counter("freshsid_reloads", "Releases swapped in or refused by the service.", ["outcome"],
-                               registry=registry)
+        self.reloads = Counter("freshsid_reloads", "Checks of the current release: swapped in, refused (a release that "
+                               "does not load, a pointer that is not one) or failed (an error of the check itself).",
+                               ["outcome"], registry=registry)
+        for outcome in RELOAD_OUTCOMES:  # at 0 from the start, so that increase() sees the first one
+            self.reloads.labels(outcome)
         self.release = Gauge("freshsid_release_info", "The release in service (value 1).", ["release"],
                              registry=registry)
         self.release_created = Gauge("freshsid_release_created_timestamp_seconds", "When the release in service was "
@@ -72,6 +75,8 @@ class ServiceMetrics:
     def serving(self, release_id: str, created: float, until_time: int | None) -> None:
         self.release.clear()
         self.release.labels(release_id).set(1)
+        for status in ("200", "500"):  # at 0 from the start: the error alerts read the rate of 5xx
+            self.requests.labels(status, release_id)
         self.release_created.set(created)
         self._created = created
         self.release_until.set(until_time or 0)
@@ -98,17 +103,16 @@ class _LastRefresh:
         self.root = root
 
     def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
-        from freshsid.serve.ops import LAST_REFRESH, OUTCOMES
+        from freshsid.serve.ops import STATES, last_refresh
+        from freshsid.serve.release import Releases
 
         outcome = GaugeMetricFamily("freshsid_last_refresh_outcome", "The last refresh of the releases root: 1 for its "
-                                    "outcome, 0 for the others.", labels=["outcome"])
+                                    "outcome (running while one runs; interrupted: killed), 0 for the others.",
+                                    labels=["outcome"])
         when = GaugeMetricFamily("freshsid_last_refresh_timestamp_seconds", "When the last refresh of the releases root "
-                                 "finished (0: none recorded).")
-        try:
-            last = json.loads((self.root / LAST_REFRESH).read_text())
-        except (OSError, ValueError):
-            last = {}
-        for name in OUTCOMES:
+                                 "finished, or started while one runs (0: none recorded).")
+        last = last_refresh(Releases(self.root)) or {}
+        for name in STATES:
             outcome.add_metric([name], 1.0 if last.get("outcome") == name else 0.0)
         when.add_metric([], float(last.get("time", 0)))
         yield outcome

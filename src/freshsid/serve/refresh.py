@@ -24,12 +24,19 @@
 3. The current checkpoint is fine-tuned on the new window over the new SIDs.
 4. The gate: both releases scored on the held-out users (history before the new window,
    labels their items in it). The candidate is written as a new release with both
-   scores; it is promoted when asked and not worse than the current one by more than
-   ``tolerance`` (relative).
+   scores, its parent the release it was trained from; it is promoted when asked and not
+   worse than the current one by more than ``tolerance`` (relative), and only if that
+   release is still current: if an operator promoted or rolled back meanwhile, the
+   candidate stays unpromoted and the outcome is "superseded".
+
+A refresh leaves "running" in ``last-refresh.json`` while it works; one that is killed
+reads "interrupted" from then on (:func:`freshsid.serve.ops.last_refresh`), and the next
+refresh records it and removes its scratch folder.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -50,14 +57,20 @@ from freshsid.retriever import pipeline
 from freshsid.retriever.pipeline import Recommender
 from freshsid.recipes import Recipe
 from freshsid.serve import journal
-from freshsid.serve.events import new_events
-from freshsid.serve.ops import record_refresh, share_uncoded
-from freshsid.serve.release import RETRIEVER, Release, Releases
+from freshsid.serve.ops import (
+    REFRESH_LOCK,
+    WORK,
+    clean_scratch,
+    events_since,
+    last_refresh,
+    record_refresh,
+    share_uncoded,
+)
+from freshsid.serve.release import RETRIEVER, Release, Releases, Superseded
 from freshsid.recode import CollabSids, Recoded
 from freshsid.sid.table import SidTable
 
 NEW, ALL = Window(start=1, stop=2), Window(start=0, stop=2)
-REFRESH_LOCK = "refresh"  # root/.refresh.lock, held for a whole refresh
 Mode = Literal["aligned", "incremental"]
 SASREC_SHAPE = ("dim", "n_layers", "n_heads", "ffn_dim", "max_length")  # what a fitted SASRec's weights fix
 
@@ -70,6 +83,7 @@ class RefreshOutcome:
     mode: Mode
     passes: bool  # the candidate is not worse than the current release by more than the tolerance
     promoted: bool
+    superseded_by: str | None  # the release an operator made current while the refresh trained (then not promoted)
     metric: str
     current_score: float
     candidate_score: float
@@ -105,20 +119,29 @@ def refresh_release(releases: Releases, logs: Interactions, config: ExperimentCo
     (:func:`freshsid.serve.ops.record_refresh`), a failure included."""
     busy = f"Another refresh of {releases.root} is running; wait for it to finish."
     with output_lock(releases.root / REFRESH_LOCK, busy=busy):
+        # we hold the lock: no scratch is in use, and a refresh left "running" was killed
+        last, stale = last_refresh(releases), clean_scratch(releases)
+        if last is not None and last.get("outcome") == "running":
+            record_refresh(releases, "interrupted", started=last.get("time"), pid=last.get("pid"), scratch_removed=stale)
+        record_refresh(releases, "running", pid=os.getpid())
         try:
             outcome = _refresh(releases, logs, config, mode=mode, holdout=holdout, metric=metric, tolerance=tolerance,
                                promote=promote, if_due=if_due, progress=progress)
         except FreshsidError as exc:
             record_refresh(releases, "failed", reason=str(exc))
             raise
+        except BaseException as exc:  # a bug or Ctrl-C: said as such, never left "running"
+            record_refresh(releases, "failed", reason=f"{type(exc).__name__}: {exc}")
+            raise
         if isinstance(outcome, NotDue):
             record_refresh(releases, "not_due", release=outcome.release_id, signal=outcome.signal,
                            threshold=outcome.threshold, new_events=outcome.new_events)
         else:
-            record_refresh(releases, "refreshed" if outcome.passes else "refused_by_gate", release=outcome.release_id,
-                           mode=outcome.mode, promoted=outcome.promoted, signal=outcome.signal,
-                           new_events=outcome.new_events, late_events=outcome.late_events, metric=outcome.metric,
-                           current=outcome.current_score, candidate=outcome.candidate_score)
+            verdict = ("superseded" if outcome.superseded_by else "refreshed" if outcome.passes else "refused_by_gate")
+            record_refresh(releases, verdict, release=outcome.release_id, mode=outcome.mode, promoted=outcome.promoted,
+                           superseded_by=outcome.superseded_by, signal=outcome.signal, new_events=outcome.new_events,
+                           late_events=outcome.late_events, metric=outcome.metric, current=outcome.current_score,
+                           candidate=outcome.candidate_score)
         return outcome
 
 
@@ -129,8 +152,7 @@ def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *
     how = config.how
     if mode == "incremental" or how.warm_embeddings or how.warm_tokenizer or how.move_share < 1:
         config = _continuing(config, current, mode, how)
-    current.table.check_item_ids(logs.item_ids, logs_name=logs.name)
-    new = new_events(logs, current.manifest.info["data"], release_id=current.id)
+    new = events_since(current, logs)
     signal = share_uncoded(new, current.table)
     if if_due is not None and (new.taken == 0 or signal < if_due):
         return NotDue(current.id, signal, if_due, new.taken)
@@ -145,7 +167,7 @@ def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *
     torch.set_num_threads(config.threads)
 
     sids = _recode(train, current, mode, config, progress)
-    work = releases.root / "work"
+    work = releases.root / WORK
     work.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work, prefix="refresh-"))
     try:
@@ -159,18 +181,23 @@ def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *
         release_id = releases.create(tuned.model, tuned.manifest, sids.table, logs, until_event=logs.n_events,
                                      metrics={f"current {metric}": scores["current"],
                                               f"candidate {metric}": scores["candidate"]},
-                                     build=sids.build, refresh={"mode": mode, "recipe": how.name})
+                                     parent=current.id, build=sids.build, refresh={"mode": mode, "recipe": how.name})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     passes = scores["candidate"] >= scores["current"] * (1 - tolerance)
+    superseded_by = None
     if promote and passes:
-        releases.promote(release_id)
+        try:
+            releases.promote(release_id, expected=current.id)  # only over the release it was trained from
+        except Superseded as exc:
+            superseded_by = exc.found
     sid_compute = {k: float(v) for k, v in sids.table.meta["compute"].items()}
     if promote and not passes:
         journal.record("candidate_refused", release=release_id, serving=current.id, metric=metric,
                        current=scores["current"], candidate=scores["candidate"], tolerance=tolerance)
-    return RefreshOutcome(release_id, mode, passes, promote and passes, metric, scores["current"],
-                          scores["candidate"], new.taken, new.late, signal, len(held), _codes_kept(sids),
+    return RefreshOutcome(release_id, mode, passes, promote and passes and superseded_by is None, superseded_by,
+                          metric, scores["current"], scores["candidate"], new.taken, new.late, signal, len(held),
+                          _codes_kept(sids),
                           len(np.setdiff1d(sids.table.items, current.table.items)), {**tuned.compute, **sid_compute})
 
 

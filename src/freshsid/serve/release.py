@@ -15,20 +15,26 @@ validation metrics, compute, and the fingerprints of the inner artifacts, so a b
 whose files do not match is refused on load.
 
 A releases root holds the bundles under ``releases/<id>/`` and a pointer file,
-``CURRENT.json`` (the current id and the ids promoted before it), replaced
-atomically: promoting or rolling back is one rename.
+``CURRENT.json`` (the current id and the ids promoted before it, :class:`Pointer`),
+replaced atomically: promoting or rolling back is one rename. Every change of the
+pointer is a compare-and-swap under the pointer's lock: it names the release it expects
+to replace, so that a refresh trained from a release an operator has since rolled back
+is not promoted over the rollback (:class:`Superseded`). A target is checked (its files
+against its manifest) before the pointer moves. Ids are numbered (r0001, ..., r10000:
+ordered by number, not as strings) and a new one is created exclusively.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import polars as pl
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from freshsid.artifacts import (
     Manifest,
@@ -55,6 +61,24 @@ BUILD = "build"
 BUILD_EMBEDDINGS, BUILD_TABLE = f"{BUILD}/{CollabSids.EMBEDDINGS}", f"{BUILD}/{CollabSids.TABLE}"  # manifest inputs
 POINTER = "CURRENT.json"
 RELEASE_ID = re.compile(r"^r[0-9]{4,}$")
+ReleaseId = Annotated[str, StringConstraints(strict=True, pattern=RELEASE_ID.pattern)]
+
+
+class Pointer(BaseModel):
+    """``CURRENT.json``: the release in service and the ones promoted before it, oldest first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    current: ReleaseId | None
+    previous: list[ReleaseId]
+
+
+class Superseded(FreshsidError):
+    """The pointer no longer names the release a change expected to replace."""
+
+    def __init__(self, expected: str | None, found: str | None) -> None:
+        super().__init__(f"The current release is {found}, not {expected} as expected (an operator promoted or rolled "
+                         "back meanwhile); nothing was changed.")
+        self.expected, self.found = expected, found
 
 
 @dataclass(frozen=True)
@@ -180,66 +204,89 @@ class Releases:
         self.root = Path(root)
 
     def path(self, release_id: str) -> Path:
-        if not RELEASE_ID.match(release_id):
+        if not isinstance(release_id, str) or not RELEASE_ID.match(release_id):
             raise FreshsidError(f"{release_id!r} is not a release id (r0001, r0002, ...); see `freshsid release list`.")
         return self.root / "releases" / release_id
 
     def ids(self) -> list[str]:
+        """The release ids, oldest (lowest number) first."""
         folder = self.root / "releases"
-        return sorted(p.name for p in folder.iterdir() if RELEASE_ID.match(p.name)) if folder.is_dir() else []
+        found = [p.name for p in folder.iterdir() if RELEASE_ID.match(p.name)] if folder.is_dir() else []
+        return sorted(found, key=lambda i: int(i[1:]))
 
     def pointer(self) -> dict[str, Any]:
-        """``{"current": id or None, "previous": [ids promoted before it, oldest first]}``."""
+        """``{"current": id or None, "previous": [ids promoted before it, oldest first]}``; a
+        pointer that is not a :class:`Pointer` is refused."""
         path = self.root / POINTER
-        if not path.exists():
-            return {"current": None, "previous": []}
         try:
-            data = json.loads(path.read_text())
-            current, previous = data["current"], list(data["previous"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise FreshsidError(f"{path} is not a release pointer; restore it or promote a release again.") from None
-        return {"current": current, "previous": previous}
+            return Pointer.model_validate_json(path.read_bytes()).model_dump()
+        except FileNotFoundError:
+            return {"current": None, "previous": []}
+        except (OSError, ValidationError):
+            raise FreshsidError(f"{path} is not a release pointer ({{\"current\": \"r0001\", \"previous\": []}}); restore "
+                                "it or promote a release again.") from None
 
     @property
     def current(self) -> str | None:
         return self.pointer()["current"]
 
     def create(self, model: Retriever, checkpoint: Manifest, table: SidTable, logs: Interactions, *,
-               until_event: int, metrics: dict[str, float] | None = None, build: CollabSids | None = None,
-               refresh: dict[str, str] | None = None) -> str:
-        """Write a new release (its parent: the current one); it is not promoted."""
+               until_event: int, parent: str | None = None, metrics: dict[str, float] | None = None,
+               build: CollabSids | None = None, refresh: dict[str, str] | None = None) -> str:
+        """Write a new release, not promoted; its parent: ``parent`` (the release the
+        checkpoint came from), by default the current one. The id is one past the highest,
+        reserved by an exclusive mkdir: an existing release is never written over."""
         with output_lock(self.root / "releases"):
             existing = self.ids()
             release_id = f"r{int(existing[-1][1:]) + 1 if existing else 1:04d}"
-            write_release(self.path(release_id), model, checkpoint, table, logs, release_id=release_id,
-                          parent=self.current, until_event=until_event, metrics=metrics, build=build, refresh=refresh)
+            folder = self.path(release_id)
+            folder.mkdir(parents=True, exist_ok=False)  # FileExistsError is a bug: ids() saw every release
+            try:
+                write_release(folder, model, checkpoint, table, logs, release_id=release_id,
+                              parent=self.current if parent is None else parent, until_event=until_event,
+                              metrics=metrics, build=build, refresh=refresh)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only the empty reservation; a written release is never removed here
+                raise
         return release_id
 
-    def promote(self, release_id: str) -> None:
-        """Make ``release_id`` current (after checking its bundle loads)."""
+    def check(self, release_id: str) -> None:
+        """Refuse a release that is not there or does not load (its files against its manifest)."""
         if not self.path(release_id).is_dir():
             raise FreshsidError(f"{self.root} has no release {release_id}; see `freshsid release list {self.root}`.")
-        load_release(self.path(release_id), build=True)  # a broken bundle is refused here, before the pointer moves
+        load_release(self.path(release_id), build=True)
+
+    def promote(self, release_id: str, *, expected: str | None = None) -> None:
+        """Make ``release_id`` current (after checking its bundle loads). ``expected``: the
+        release the caller expects to replace; if another is current, :class:`Superseded`
+        is raised and nothing changes. Promoting the current release changes nothing."""
+        self.check(release_id)  # a broken bundle is refused here, before the pointer moves
         with output_lock(self.root / POINTER):
             pointer = self.pointer()
+            if expected is not None and pointer["current"] != expected:
+                raise Superseded(expected, pointer["current"])
+            if pointer["current"] == release_id:
+                return
             previous = pointer["previous"] + ([pointer["current"]] if pointer["current"] else [])
             write_json_atomic(self.root / POINTER, {"current": release_id, "previous": previous})
         journal.record("promote", root=str(self.root), release=release_id, previous=pointer["current"])
 
     def rollback(self) -> str:
-        """Make the release promoted before the current one current again; returns its id."""
-        self._earlier()  # refuse before taking the lock, which would touch the root
-        with output_lock(self.root / POINTER):
-            *previous, back = self._earlier()
-            write_json_atomic(self.root / POINTER, {"current": back, "previous": previous})
-        journal.record("rollback", root=str(self.root), release=back)
-        return back
-
-    def _earlier(self) -> list[str]:
-        previous = self.pointer()["previous"]
-        if not previous:
+        """Make the release promoted before the current one current again (after checking
+        its bundle loads); returns its id."""
+        seen = self.pointer()
+        if not seen["previous"]:  # refused before taking the lock, which would touch the root
             raise FreshsidError(f"{self.root} has no earlier release to roll back to.")
-        return previous
+        *previous, back = seen["previous"]
+        self.check(back)
+        with output_lock(self.root / POINTER):
+            now = self.pointer()
+            if now != seen:
+                raise Superseded(seen["current"], now["current"])
+            write_json_atomic(self.root / POINTER, {"current": back, "previous": previous})
+        journal.record("rollback", root=str(self.root), release=back, previous=seen["current"])
+        return back
 
     def load_current(self, *, build: bool = False) -> Release:
         current = self.current

@@ -3,8 +3,9 @@
 The bounds come from :class:`~freshsid.config.ServeConfig`. :func:`read_body` and
 :func:`parse_request` turn anything else into a :class:`BadRequest` with its HTTP status
 and a message: 413 for a body over ``max_body_bytes``, 408 for one slower than
-``body_timeout_s``, 400 for what is not JSON (non-finite numbers included), 422 for a
-JSON document that is not a request (``k`` not a positive integer, ``true`` included;
+``body_timeout_s``, 400 for what is not JSON (non-finite numbers included) or is nested
+deeper than :data:`MAX_DEPTH` (refused before parsing), 422 for a JSON document that is
+not a request (``k`` not a positive integer, ``true`` included;
 a history over ``max_history`` items; an id over ``max_id_chars``).
 :class:`BoundedH11Protocol` cuts off a client slower than ``header_timeout_s`` to send
 its request head, which uvicorn itself would wait for forever.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 
 import h11
 from fastapi import Request
@@ -58,8 +60,25 @@ def _finite(text: str) -> float:
     return value
 
 
+MAX_DEPTH = 8  # nesting of arrays and objects; a request needs 2
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _check_depth(body: bytes) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_DEPTH` before parsing it (the parser recurses)."""
+    depth = 0
+    for byte in _STRING.sub(b"", body).translate(None, delete=_NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > MAX_DEPTH:
+            raise BadRequest(400, f"The body nests arrays or objects more than {MAX_DEPTH} deep; send a flat JSON "
+                                  "object.")
+
+
+
 def parse_request(body: bytes, limits: ServeConfig) -> RecommendRequest:
     """The request in ``body``, or :class:`BadRequest` saying what is wrong with it."""
+    _check_depth(body)
     try:
         data = json.loads(body, parse_constant=_not_finite, parse_float=_finite)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
