@@ -23,7 +23,7 @@ from freshsid.data.temporal import TemporalSplit
 from freshsid.evaluate.stages import RunLayout
 from freshsid.policies import BASE_MODEL
 from freshsid.retriever.model import load_checkpoint
-from freshsid.serve.refresh import refresh_release
+from freshsid.serve.refresh import refresh
 from freshsid.serve.release import Releases
 from freshsid.recode import CollabSids
 
@@ -49,7 +49,7 @@ def main() -> None:
     end = int(split.bounds[protocol.gap.stop])
     upto_gap = replace(logs, user=logs.user[:end], item=logs.item[:end], ts=logs.ts[:end])
     started = time.perf_counter()
-    outcome = refresh_release(releases, upto_gap, config, progress=False)
+    outcome = refresh(releases, upto_gap, config, progress=False)
     wall = time.perf_counter() - started
 
     full = results["policies"]["Full"]["compute"]

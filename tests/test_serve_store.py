@@ -106,7 +106,7 @@ def test_a_killed_refresh_reads_interrupted_and_its_scratch_is_cleaned(tiny, mon
     pid = os.fork()
     if pid == 0:  # the refresh process
         try:
-            refresh_module.refresh_release(releases, None, None)
+            refresh_module.refresh(releases, None, None)
         finally:
             os._exit(1)
     try:
@@ -126,7 +126,7 @@ def test_a_killed_refresh_reads_interrupted_and_its_scratch_is_cleaned(tiny, mon
     monkeypatch.setattr(refresh_module, "_refresh", lambda *a, **k: refresh_module.NotDue("r0002", 0.0, 1.0, 0))
     caplog.set_level("INFO", logger="freshsid.events")
     caplog.clear()
-    refresh_module.refresh_release(releases, None, None)
+    refresh_module.refresh(releases, None, None)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "freshsid.events"]
     assert [(e["outcome"], len(e.get("scratch_removed", []))) for e in lines] == [("interrupted", 1), ("not_due", 0)]
     assert not list(work.glob("refresh-*")) and ops.last_refresh(releases)["outcome"] == "not_due"
@@ -140,7 +140,7 @@ def test_a_refresh_that_raises_is_never_left_running(tiny, monkeypatch):
 
     monkeypatch.setattr(refresh_module, "_refresh", bug)
     with pytest.raises(RuntimeError):
-        refresh_module.refresh_release(tiny.releases, None, None)
+        refresh_module.refresh(tiny.releases, None, None)
     assert ops.last_refresh(tiny.releases)["outcome"] == "failed"
     with pytest.raises(FreshsidError, match="not a release pointer"):
         (tiny.releases.root / "CURRENT.json").write_text('{"current": 5, "previous": []}')

@@ -42,6 +42,7 @@ _EXPORTS = {
     "Experiment": "freshsid.evaluate.experiment",
     "Release": "freshsid.serve.release",
     "Releases": "freshsid.serve.release",
+    "refresh": "freshsid.serve.refresh",
     "FreshsidError": "freshsid.errors",
 }
 __all__ = ["__version__", *_EXPORTS]
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from freshsid.data.temporal import TemporalSplit, Window
     from freshsid.errors import FreshsidError
     from freshsid.evaluate.experiment import Experiment
+    from freshsid.serve.refresh import refresh
     from freshsid.serve.release import Release, Releases
     from freshsid.sid.table import SidTable
 

@@ -9,14 +9,14 @@ imported here, so configs and the command line's help read the catalogue without
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from freshsid.errors import FreshsidError
 
-if TYPE_CHECKING:
-    from freshsid.config import SASRecConfig, SidConfig
+S = TypeVar("S", bound=BaseModel)  # a SASRecConfig (freshsid.config)
+T = TypeVar("T", bound=BaseModel)  # a SidConfig
 
 
 class Recipe(BaseModel):
@@ -66,11 +66,11 @@ class Recipe(BaseModel):
         start = self.model_dump(include={"remap_weight", "embedding_steps"}, exclude_defaults=True)
         return {"weight" if name == "remap_weight" else name: value for name, value in start.items()}
 
-    def legacy_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
+    def legacy_configs(self, sasrec: S, sid: T) -> tuple[S, T]:
         """The SASRec and tokenizer configs of the legacy build under this recipe."""
         return _override(sasrec, self.sasrec), _override(sid, self.sid)
 
-    def recode_configs(self, sasrec: SASRecConfig, sid: SidConfig) -> tuple[SASRecConfig, SidConfig]:
+    def recode_configs(self, sasrec: S, sid: T) -> tuple[S, T]:
         """The SASRec and tokenizer configs of the recode under this recipe."""
         legacy_sasrec, legacy_sid = self.legacy_configs(sasrec, sid)
         return _override(legacy_sasrec, self.recode_sasrec), _override(legacy_sid, self.recode_sid)

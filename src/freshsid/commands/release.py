@@ -226,17 +226,18 @@ def refresh(
 
     Frozen vocabulary: freshsid refresh --mode incremental --releases releases --logs logs-until-today.parquet --items items.parquet --promote
     """
+    import freshsid
     from freshsid.serve.ops import OUTCOMES
-    from freshsid.serve.refresh import NotDue, refresh_release
+    from freshsid.serve.refresh import NotDue
     from freshsid.serve.release import Releases
 
     if not re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", metric):
         raise FreshsidError(f"--metric {metric!r} is not recall@K or ndcg@K, e.g. recall@100.")
     config = configure(experiment_preset(preset), recipe=recipe, device=device)
     use_device(device)
-    outcome = refresh_release(Releases(releases_root), data.load(), config, mode=mode, holdout=holdout, metric=metric,
-                              tolerance=tolerance, promote=promote, if_due=threshold if if_due else None,
-                              progress=show_progress())
+    outcome = freshsid.refresh(Releases(releases_root), data.load(), config, mode=mode, holdout=holdout,
+                               metric=metric, tolerance=tolerance, promote=promote,
+                               if_due=threshold if if_due else None, progress=show_progress())
     if isinstance(outcome, NotDue):
         typer.echo(f"not due: {outcome.signal:.1%} of the {outcome.new_events:,} events since release "
                    f"{outcome.release_id} are on items it cannot code (threshold {outcome.threshold:.1%})")

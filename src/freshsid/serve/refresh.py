@@ -106,9 +106,9 @@ class NotDue:
     new_events: int
 
 
-def refresh_release(releases: Releases, logs: Interactions, config: ExperimentConfig, *, mode: Mode = "aligned",
-                    holdout: float = 0.1, metric: str = "recall@100", tolerance: float = 0.01, promote: bool = False,
-                    if_due: float | None = None, progress: bool = True) -> RefreshOutcome | NotDue:
+def refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *, mode: Mode = "aligned",
+            holdout: float = 0.1, metric: str = "recall@100", tolerance: float = 0.01, promote: bool = False,
+            if_due: float | None = None, progress: bool = True) -> RefreshOutcome | NotDue:
     """One production refresh of the current release of ``releases`` on ``logs`` (the logs
     up to now, extending the ones the release was built from), in ``mode`` (see the module
     docstring). With ``if_due``, only when the share of the new events on items the
