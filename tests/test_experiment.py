@@ -125,6 +125,12 @@ def violations(experiment: Experiment, results: dict) -> list[str]:
             found.append("FT-old+new: the new items are not coded by the legacy tokenizer")
         if len(np.unique(extended.codes, axis=0)) != len(extended.codes):
             found.append("FT-old+new: two items share a SID")
+        # incremental coding at its strongest: the vectors it codes with are those the legacy
+        # tokenizer read, so it gives every legacy SID back from them; its manifest names how
+        method = read_manifest(out / "incremental/sids").info["stats"]["incremental"]["vectors"]
+        again = residual_encode(vectors[legacy.items].astype(np.float32), legacy.tokenizer_state["codebooks"])
+        if method != experiment.how.incremental or not np.array_equal(again, legacy.codes[:, :-1]):
+            found.append(f"FT-old+new: its {method} vectors do not give the legacy SIDs back")
     if tables["legacy"].meta["window"] != "0:8" or tables["refreshed"].meta["window"] != "0:9":
         found.append("the legacy table is not fit on base or the refreshed one not on base+gap")
     # The decay table scores Base on every part after base, and never on a part it trained on.

@@ -49,6 +49,13 @@ class Recipe(BaseModel):
     # The first optimiser steps of a remapping fine-tune (above) update the token embeddings
     # only (within the same budget): the carried rows settle before the network moves.
     embedding_steps: int = Field(0, ge=0)
+    # Incremental coding (a frozen vocabulary): where the vectors of the new items come from,
+    # so that the frozen tokenizer reads them in the space it was fit on. "fold-in": the
+    # build's SASRec frozen, only the new items' rows trained on the window; "procrustes":
+    # the SASRec continued on the window, its vectors mapped onto the build's space by the
+    # orthogonal map fit on the items both code; "continued": the continued SASRec's vectors
+    # as they are (the space drifts away from the tokenizer's: the weak reference).
+    incremental: Literal["fold-in", "procrustes", "continued"] = "fold-in"
 
     def recode_settings(self) -> dict[str, Any]:
         """What a recode's SIDs depend on (a cache key): recipes that differ only in their

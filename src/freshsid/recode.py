@@ -24,7 +24,7 @@ aligned table keeps its refreshed table's figures.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import faiss
@@ -176,6 +176,9 @@ def code_new_items(legacy: SidTable, embeddings: Embeddings, items: np.ndarray, 
     # the legacy items' rows for their width, and moves nothing).
     tokenizer = make_tokenizer(config, init_state=legacy.tokenizer_state).fit(embeddings.vectors[legacy.items])
     prefix = tokenizer.transform(embeddings.vectors[new]) if len(new) else np.zeros((0, legacy.n_levels), np.int32)
+    # Code consistency: how many legacy SIDs the tokenizer gives back from the vectors used
+    # (1 when they are the vectors it was fit on; a drifted space gives fewer).
+    again = tokenizer.transform(embeddings.vectors[legacy.items]) == legacy.codes[:, :-1]
     all_items = np.concatenate([legacy.items, new])
     order = np.argsort(all_items, kind="stable")
     codes = np.concatenate([legacy.codes, np.column_stack([prefix, np.zeros(len(new), np.int64)])]).astype(np.int64)[order]
@@ -186,7 +189,8 @@ def code_new_items(legacy: SidTable, embeddings: Embeddings, items: np.ndarray, 
                             "suffix size.")
     seconds = time.perf_counter() - started
     # (under stats, which the table's manifest keeps: the legacy table that coded the new items)
-    incremental = {"coded_by": legacy.content_hash, "new_items": int(len(new)), "embeddings_window": embeddings.window}
+    incremental = {"coded_by": legacy.content_hash, "new_items": int(len(new)), "embeddings_window": embeddings.window,
+                   "consistency": {"levels": again.mean(axis=0).tolist(), "prefix": float(again.all(axis=1).mean())}}
     meta = {**legacy.meta, "parent": legacy.content_hash, "stats": {**legacy.meta.get("stats", {}), "incremental": incremental},
             "compute": {"embedding_seconds": float(embeddings.compute.get("seconds", 0.0)),
                         "embedding_flops": float(embeddings.compute.get("flops", 0.0)), "tokenizer_seconds": seconds,
@@ -275,8 +279,9 @@ def aligned(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe:
 def incremental(split: TemporalSplit, window: Window, served: SidTable, continued: CollabSids, *, recipe: Recipe,
                 sasrec: SASRecConfig, sid: SidConfig, seed: int, progress: bool = True) -> Recoded:
     """``served`` unchanged, code for code, plus the items seen in ``window`` it lacks,
-    coded by its tokenizer as it is (:func:`code_new_items`), from the embeddings of
-    ``continued``'s SASRec continued on ``window`` (the recipe's recode schedule).
+    coded by its tokenizer as it is (:func:`code_new_items`), from vectors in the space of
+    ``continued``'s SASRec, the space that tokenizer read (``recipe.incremental`` says how:
+    fold-in, a Procrustes map, or the continued SASRec as it is).
 
     ``served`` must hold its tokenizer's state (a table this module built or extended, or
     one it aligned); ``continued`` must hold its SASRec's weights."""
@@ -285,7 +290,24 @@ def incremental(split: TemporalSplit, window: Window, served: SidTable, continue
                             "build saved none); rebuild the SIDs, or recode them with a cold recipe.")
     continuing, _ = recipe.recode_configs(sasrec, sid)
     _, coding = recipe.legacy_configs(sasrec, sid)
+    items = split.allowed_items(window)
+    new = np.setdiff1d(items, served.items)
     embeddings, _ = collab_embeddings(split.logs, split.events(window), window=str(window), config=continuing,
-                                      seed=seed, progress=progress, init_state=continued.embeddings.state)
-    table = code_new_items(served, embeddings, split.allowed_items(window), split.logs.item_ids, coding)
+                                      seed=seed, progress=progress, init_state=continued.embeddings.state,
+                                      fold_in=new if recipe.incremental == "fold-in" else None)
+    if recipe.incremental == "procrustes":
+        embeddings = mapped_onto(embeddings, continued.embeddings, served.items)
+    table = code_new_items(served, embeddings, items, split.logs.item_ids, coding)
+    table.meta["stats"]["incremental"]["vectors"] = recipe.incremental
     return Recoded(CollabSids(embeddings, table), {}, None)  # no served SID moved: nothing to carry over
+
+
+def mapped_onto(moved: Embeddings, anchor: Embeddings, common: np.ndarray) -> Embeddings:
+    """``moved``'s vectors mapped onto ``anchor``'s space (orthogonal Procrustes, centred,
+    fit on the ``common`` items); the common items take their ``anchor`` vectors."""
+    source, target = moved.vectors[common].astype(np.float64), anchor.vectors[common].astype(np.float64)
+    mu_s, mu_t = source.mean(axis=0), target.mean(axis=0)
+    u, _, vt = np.linalg.svd((source - mu_s).T @ (target - mu_t))
+    vectors = ((moved.vectors - mu_s) @ (u @ vt) + mu_t).astype(np.float32)
+    vectors[common] = anchor.vectors[common]
+    return replace(moved, vectors=vectors)

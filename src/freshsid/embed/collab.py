@@ -64,6 +64,7 @@ class SASRec:
         random_state: int = 0,
         progress: bool = True,
         init_state: Mapping[str, np.ndarray] | None = None,
+        fold_in: np.ndarray | None = None,
     ) -> None:
         self.config = config if config is not None else SASRecConfig()
         self.random_state = random_state
@@ -73,10 +74,16 @@ class SASRec:
         # continues from it and moves item embeddings where behaviour moved instead of
         # learning a new space.
         self.init_state = init_state
+        # Fold-in: only these items' rows train; every other weight keeps its init_state value,
+        # so new items are placed in the space of the model they are folded into.
+        if fold_in is not None and init_state is None:
+            raise ValueError("folding items in needs the weights to fold them into (init_state)")
+        self.fold_in = None if fold_in is None else np.unique(np.asarray(fold_in, dtype=np.int64))
 
     def get_params(self) -> dict:
         return {"config": self.config.model_dump(), "random_state": self.random_state,
-                "init_state": state_fingerprint(self.init_state)}
+                "init_state": state_fingerprint(self.init_state),
+                "fold_in": None if self.fold_in is None else len(self.fold_in)}
 
     def state(self) -> dict[str, np.ndarray]:
         """The fitted model's weights as numpy arrays (what ``init_state`` takes)."""
@@ -173,7 +180,7 @@ class SASRec:
         cfg, model, rt = self.config, self.model_, current()
         model.to(rt.device)
         # Plain Adam, no weight decay: a row with no gradient then never moves, so untrained items keep their init.
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        optimizer = torch.optim.Adam(self._trainable(model), lr=cfg.learning_rate)
         net: nn.Module = SummedLoss(model, cfg)
         if rt.distributed:
             net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.on_gpu else None)
@@ -216,6 +223,20 @@ class SASRec:
         if best_state is not None:
             model.load_state_dict(best_state)
         model.eval()
+
+    def _trainable(self, model: SASRecModel) -> list[nn.Parameter]:
+        """Every weight, or under fold-in the item table alone with every row but the
+        folded-in items' masked out of its gradient (Adam then never moves them)."""
+        if self.fold_in is None:
+            return list(model.parameters())
+        for param in model.parameters():
+            param.requires_grad_(False)
+        table = model.item.weight
+        table.requires_grad_(True)
+        rows = torch.zeros(len(table), 1, device=table.device)
+        rows[torch.from_numpy(self.fold_in)] = 1.0
+        table.register_hook(lambda grad: grad * rows)
+        return [table]
 
     def _step(
         self,
@@ -360,11 +381,13 @@ def collab_embeddings(
     seed: int,
     progress: bool = True,
     init_state: Mapping[str, np.ndarray] | None = None,
+    fold_in: np.ndarray | None = None,
 ) -> tuple[Embeddings, SASRec]:
-    """Fit SASRec on ``events`` (optionally continuing from ``init_state``) and return its
-    item table as :class:`Embeddings` (rows of items it trained on are the covered ones,
-    the model's weights ride along), with the fitted model."""
-    model = SASRec(config, random_state=seed, progress=progress, init_state=init_state)
+    """Fit SASRec on ``events`` (optionally continuing from ``init_state``, or training only
+    the ``fold_in`` items' rows of it) and return its item table as :class:`Embeddings`
+    (rows of items it trained on are the covered ones, the model's weights ride along),
+    with the fitted model."""
+    model = SASRec(config, random_state=seed, progress=progress, init_state=init_state, fold_in=fold_in)
     model.fit(logs, events)
     emb = Embeddings(model.item_embeddings_, np.flatnonzero(model.trained_items_), "collab", config.model_dump(),
                      seed, {"seconds": model.fit_seconds_, "flops": model.flops_}, window, state=model.state())
