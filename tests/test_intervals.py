@@ -112,8 +112,8 @@ def test_fixed_strata_resample_users_only():
     assert fixed["low"] == pytest.approx(0.02) and fixed["high"] == pytest.approx(0.02)
     drawn = compare(rounds, ["ref"], (10,))["ref"]["A"]["recall@10"]
     assert drawn["high"] - drawn["low"] > 0.02
-    # the same users in every round, so the crossed interval exists; 3 of 3 rounds ahead
-    # but builds this far apart leave the t interval around 0: level
+    # the same users in every round, so the crossed interval exists; two of three rounds
+    # above 0 (the first is exactly 0), and builds this far apart leave the t interval around 0
     assert drawn["crossed_low"] is not None and drawn["positive"] == 2 and drawn["t_low"] < 0
     assert verdict(drawn) == "level (2 of 3 builds > 0)"
     assert "crossed_low" not in fixed

@@ -111,17 +111,22 @@ def _cells(diffs: Sequence[np.ndarray], *, n_resamples: int, seed: int, level: f
     est = means.mean(axis=0)
     low, high = _percentiles(_nested(diffs, n_resamples, seed, resample_builds), level)
     common = {"builds": len(diffs), "users": int(sum(len(d) for d in diffs)), "resamples": n_resamples}
-    cells = [{"diff": float(est[c]), "low": float(low[c]), "high": float(high[c]), **common} for c in range(len(est))]
+    cells: list[dict[str, Any]] = [{"diff": float(est[c]), "low": float(low[c]), "high": float(high[c]), **common}
+                                   for c in range(len(est))]
     if not resample_builds:
         return cells
-    # With one build the crossed bootstrap is the nested one: resample its users.
-    crossed = ((low, high) if len(diffs) == 1 else _percentiles(_crossed(diffs, n_resamples, seed), level)
-               if same_users else None)
+    crossed: tuple[np.ndarray, np.ndarray] | None
+    if len(diffs) == 1:  # the crossed bootstrap of one build is the nested one: resample its users
+        crossed = low, high
+    elif same_users:
+        crossed = _percentiles(_crossed(diffs, n_resamples, seed), level)
+    else:
+        crossed = None
     t = t_interval(means, level=level)
     for c, cell in enumerate(cells):
-        cell["crossed_low"], cell["crossed_high"] = (None, None) if crossed is None else map(float, (crossed[0][c],
-                                                                                                     crossed[1][c]))
-        cell["t_low"], cell["t_high"] = (None, None) if t is None else (float(t[0][c]), float(t[1][c]))
+        for name, bounds in (("crossed", crossed), ("t", t)):
+            cell[f"{name}_low"], cell[f"{name}_high"] = ((None, None) if bounds is None
+                                                         else (float(bounds[0][c]), float(bounds[1][c])))
         cell["positive"] = int((means[:, c] > 0).sum())
     return cells
 
@@ -149,9 +154,10 @@ def _crossed(diffs: Sequence[np.ndarray], n_resamples: int, seed: int) -> np.nda
     scores in two builds are not independent), and the builds drawn with replacement."""
     rng = np.random.default_rng(seed)
     n_builds, n_users = len(diffs), len(diffs[0])
-    users = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=n_resamples)  # (n_resamples, n_users)
+    users = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=n_resamples).astype(np.float64)
     picks = rng.integers(0, n_builds, size=(n_resamples, n_builds))
     times = (picks[:, :, None] == np.arange(n_builds)).sum(axis=1)  # (n_resamples, n_builds): draws of each build
+    # users: (n_resamples, n_users), how often each resample drew each user
     total = sum(times[:, b, None] * (users @ d) for b, d in enumerate(diffs))
     return total / (n_builds * n_users)
 
@@ -180,16 +186,21 @@ def t_interval(means: np.ndarray, *, level: float = LEVEL) -> tuple[np.ndarray, 
 def verdict(cell: dict[str, Any]) -> str:
     """``ahead`` or ``behind`` only when the crossed and the t intervals both exclude 0 on
     that side; otherwise ``level``, with the sign count and, where an interval is missing, why."""
-    crossed, t = (cell.get("crossed_low"), cell.get("crossed_high")), (cell.get("t_low"), cell.get("t_high"))
-    if None not in crossed and None not in t:
+    crossed, t = _bounds(cell, "crossed"), _bounds(cell, "t")
+    if crossed and t:
         if crossed[0] > 0 and t[0] > 0:
             return "ahead"
         if crossed[1] < 0 and t[1] < 0:
             return "behind"
-    why = [reason for reason, missing in (("builds scored different users: no crossed interval", None in crossed),
-                                          ("one build: no t interval", None in t)) if missing]
+    why = [reason for reason, missing in (("builds scored different users: no crossed interval", crossed is None),
+                                          ("one build: no t interval", t is None)) if missing]
     signs = f"{cell['positive']} of {cell['builds']} builds > 0" if "positive" in cell else "no sign count"
     return f"level ({'; '.join([*why, signs])})"
+
+
+def _bounds(cell: dict[str, Any], name: str) -> tuple[float, float] | None:
+    low, high = cell.get(f"{name}_low"), cell.get(f"{name}_high")
+    return None if low is None or high is None else (low, high)
 
 
 def interval_ks(ks: Sequence[int]) -> tuple[int, ...]:
