@@ -11,7 +11,7 @@ and Base's decay by part; then one summary row per run. Reads only results.json.
 dataset, every policy's difference from each reference with its 95% interval (paired
 bootstrap over test users, nested over builds: builds resampled, then users), then the
 verdicts of issue 22 at the pre-registered cell (``--metric``, default recall@500) and
-its nDCG beside it, each with the nested, crossed (one user resample shared by every
+its nDCG beside it (then at the other cutoffs), each with the nested, crossed (one user resample shared by every
 build) and t (over build means) intervals and the sign count; a verdict is ahead or
 behind only when the crossed and t intervals both exclude 0. Reads results.json and the
 per-user scores the runs wrote.
@@ -73,6 +73,10 @@ def pool(runs: list[Path], metric: str, refresh: str, resamples: int) -> None:
         beside = metric.replace("recall", "ndcg") if metric.startswith("recall") else metric.replace("ndcg", "recall")
         print(f"Verdicts at {metric} (registered), {beside} beside it:\n")
         print(verdict_table(intervals, verdicts(refresh), [metric, beside]) + "\n")
+        others = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg") if f"{m}@{k}" not in (metric, beside)]
+        if others:
+            print(f"The same comparisons at the other cutoffs (not registered):\n\n"
+                  f"{verdict_table(intervals, verdicts(refresh), others)}\n")
 
 def cutoffs(results: dict) -> tuple[int, ...]:
     """K >= 100 where the run has them (the paper's high cutoffs), else its three largest."""
