@@ -9,9 +9,12 @@ and Base's decay by part; then one summary row per run. Reads only results.json.
 
 ``--pool``: the runs of one dataset are builds of it (same data, another seed); per
 dataset, every policy's difference from each reference with its 95% interval (paired
-bootstrap over test users, nested over builds: builds resampled, then users) and the
-verdicts of issue 22 at the pre-registered cell (``--metric``, default recall@500).
-Reads results.json and the per-user scores the runs wrote.
+bootstrap over test users, nested over builds: builds resampled, then users), then the
+verdicts of issue 22 at the pre-registered cell (``--metric``, default recall@500) and
+its nDCG beside it (then at the other cutoffs), each with the nested, crossed (one user resample shared by every
+build) and t (over build means) intervals and the sign count; a verdict is ahead or
+behind only when the crossed and t intervals both exclude 0. Reads results.json and the
+per-user scores the runs wrote.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from freshsid.evaluate.intervals import compare, interval_ks, read_scores
+from freshsid.evaluate.intervals import compare, interval_ks, read_scores, verdict
 from freshsid.evaluate.report import headline_table, interval_sections, paired_section, policies_of
 from freshsid.policies import STALE, aligned_variants
 
@@ -33,15 +36,25 @@ def verdicts(refresh: str) -> list[tuple[str, str]]:
     return [(refresh, "FT-old"), (new, "FT-old+new"), (new, "MostPop(gap)+new"), (new, "Full"), (new, "Full+FT")]
 
 
-def verdict(cell: dict | None) -> str:
-    if not cell:
-        return "not in these runs"
-    text = f"{cell['diff']:+.4f} [{cell['low']:+.4f}, {cell['high']:+.4f}]"
-    if cell["low"] > 0:
-        return f"ahead: {text}"
-    if cell["high"] < 0:
-        return f"behind: {text}"
-    return f"no difference shown (the interval holds 0): {text}"
+def _span(low: float | None, high: float | None) -> str:
+    return "—" if low is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def verdict_table(intervals: dict, pairs: list[tuple[str, str]], cells: list[str]) -> str:
+    """One row per (policy, reference) and cell: the difference, its nested, crossed and t
+    intervals, the sign count and the verdict (ahead/behind only when crossed and t agree)."""
+    lines = ["| comparison | cell | difference | nested | crossed | t (n−1 dof) | builds > 0 | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for policy, reference in pairs:
+        for key in cells:
+            cell = intervals.get(reference, {}).get(policy, {}).get(key)
+            if not cell:
+                lines.append(f"| {policy} − {reference} | {key} | not in these runs | | | | | |")
+                continue
+            lines.append(f"| {policy} − {reference} | {key} | {cell['diff']:+.4f} | {_span(cell['low'], cell['high'])} | "
+                         f"{_span(cell['crossed_low'], cell['crossed_high'])} | {_span(cell['t_low'], cell['t_high'])} | "
+                         f"{cell['positive']}/{cell['builds']} | {verdict(cell)} |")
+    return "\n".join(lines)
 
 
 def pool(runs: list[Path], metric: str, refresh: str, resamples: int) -> None:
@@ -57,10 +70,13 @@ def pool(runs: list[Path], metric: str, refresh: str, resamples: int) -> None:
         print(f"### {name}: {len(found)} build(s) ({', '.join(str(run) for run, _ in found)})\n")
         for reference, table in interval_sections({"intervals": intervals, "policies": found[0][1]["policies"]}).items():
             print(f"#### Against {reference}\n\n{table}\n")
-        print(f"Verdicts at {metric}:\n")
-        for policy, reference in verdicts(refresh):
-            print(f"- {policy} vs {reference}: {verdict(intervals.get(reference, {}).get(policy, {}).get(metric))}")
-        print()
+        beside = metric.replace("recall", "ndcg") if metric.startswith("recall") else metric.replace("ndcg", "recall")
+        print(f"Verdicts at {metric} (registered), {beside} beside it:\n")
+        print(verdict_table(intervals, verdicts(refresh), [metric, beside]) + "\n")
+        others = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg") if f"{m}@{k}" not in (metric, beside)]
+        if others:
+            print(f"The same comparisons at the other cutoffs (not registered):\n\n"
+                  f"{verdict_table(intervals, verdicts(refresh), others)}\n")
 
 def cutoffs(results: dict) -> tuple[int, ...]:
     """K >= 100 where the run has them (the paper's high cutoffs), else its three largest."""

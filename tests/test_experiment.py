@@ -445,9 +445,12 @@ def test_summarize_runs_pools_builds_into_intervals_and_verdicts_and_a_kept_run_
     out = capsys.readouterr().out
     assert "2 build(s)" in out and "over 2 builds (builds resampled, then users)" in out
     cell = results["intervals"]["FT-old"]["Refresh with remap"]["recall@20"]
-    assert f"- Refresh with remap vs FT-old: " in out and f"{cell['diff']:+.4f}" in out.split("Refresh with remap vs FT-old:")[1]
+    row = next(line for line in out.splitlines() if line.startswith("| Refresh with remap − FT-old | recall@20 |"))
+    # the kept copy is the same build twice: no spread between build means, a t interval of one point
+    assert f"| {cell['diff']:+.4f} |" in row and f"[{cell['diff']:+.4f}, {cell['diff']:+.4f}]" in row
+    assert row.split("|")[-2].strip().split(" ")[0] in ("ahead", "behind", "level")
     for reference in ("FT-old+new", "MostPop(gap)+new", "Full", "Full+FT"):
-        assert f"- Refresh with remap+new vs {reference}: " in out
+        assert f"| Refresh with remap+new − {reference} | recall@20 |" in out
     # a run whose per-user file is gone: exit 2, nothing kept
     shutil.copytree(experiment.out, tmp_path / "broken")
     next((tmp_path / "broken" / "eval").glob("*.users.parquet")).unlink()

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from freshsid.data.temporal import Examples
-from freshsid.evaluate.intervals import compare, paired_bootstrap, sensitivity, user_scores
+from freshsid.evaluate.intervals import compare, paired_bootstrap, sensitivity, t_interval, user_scores, verdict
 from freshsid.metrics import recall_ndcg
 
 
@@ -55,6 +55,49 @@ def test_nested_over_builds_averages_builds_and_widens_with_their_spread():
     assert spread["low"] < 0.01 and spread["high"] > 0.035
 
 
+def test_identical_policies_over_builds_contain_zero_in_every_interval_and_are_level():
+    builds = [(b, b.copy()) for b in (_scores(800, 3), _scores(800, 4), _scores(800, 5))]
+    got = paired_bootstrap(builds, n_resamples=200)
+    for side in ("", "crossed_", "t_"):
+        assert got[f"{side}low"] <= 0 <= got[f"{side}high"]
+    assert got["positive"] == 0 and verdict(got) == "level (0 of 3 builds > 0)"
+
+
+@pytest.mark.parametrize("shift, expected", [(0.01, "ahead"), (-0.01, "behind")])
+def test_a_constant_shift_centres_the_crossed_and_t_intervals_on_it(shift, expected):
+    builds = [(b + shift, b) for b in (_scores(800, 3), _scores(800, 4), _scores(800, 5))]
+    got = paired_bootstrap(builds, n_resamples=200)
+    for side in ("crossed_", "t_"):
+        assert got[f"{side}low"] == pytest.approx(shift) and got[f"{side}high"] == pytest.approx(shift)
+    assert got["positive"] == (3 if shift > 0 else 0) and verdict(got) == expected
+
+
+def test_the_crossed_bootstrap_keeps_a_users_lean_across_builds():
+    # the same users in every build and the same per-user difference each time: the builds
+    # add nothing, so the crossed interval is one build's; the nested one treats them as
+    # 3 x 1,000 independent users and comes out about sqrt(3) narrower
+    rng = np.random.default_rng(6)
+    b, d = _scores(1000, 7), rng.normal(0.01, 0.1, 1000)
+    one = paired_bootstrap([(b + d, b)], n_resamples=400)
+    three = paired_bootstrap([(b + d, b)] * 3, n_resamples=400)
+    width = lambda cell, side="": cell[f"{side}high"] - cell[f"{side}low"]  # noqa: E731
+    assert width(three, "crossed_") == pytest.approx(width(one), rel=0.15)
+    assert width(three) == pytest.approx(width(one) / np.sqrt(3), rel=0.15)
+    # builds identical: no spread between build means, the t interval is a point
+    assert three["t_low"] == pytest.approx(three["t_high"])
+
+
+def test_the_t_interval_is_students_over_build_means_and_undefined_for_one_build():
+    means = np.array([0.01, 0.02, 0.06])
+    low, high = t_interval(means)
+    # mean 0.03, sd 0.0265, t(0.975, 2 dof) = 4.303
+    assert (low + high) / 2 == pytest.approx(0.03)
+    assert (high - low) / 2 == pytest.approx(4.303 * np.std(means, ddof=1) / np.sqrt(3), rel=1e-3)
+    assert t_interval(means[:1]) is None
+    one = paired_bootstrap([(_scores(500) + 0.05, _scores(500))], n_resamples=200)
+    assert one["low"] > 0 and one["t_low"] is None
+    assert verdict(one) == "level (one build: no t interval; 1 of 1 builds > 0)"
+
 
 def test_fixed_strata_resample_users_only():
     # rounds of a rolling run: each round's difference is constant, so only resampling
@@ -69,6 +112,14 @@ def test_fixed_strata_resample_users_only():
     assert fixed["low"] == pytest.approx(0.02) and fixed["high"] == pytest.approx(0.02)
     drawn = compare(rounds, ["ref"], (10,))["ref"]["A"]["recall@10"]
     assert drawn["high"] - drawn["low"] > 0.02
+    # the same users in every round, so the crossed interval exists; two of three rounds
+    # above 0 (the first is exactly 0), and builds this far apart leave the t interval around 0
+    assert drawn["crossed_low"] is not None and drawn["positive"] == 2 and drawn["t_low"] < 0
+    assert verdict(drawn) == "level (2 of 3 builds > 0)"
+    assert "crossed_low" not in fixed
+    moved = [{k: f.with_columns(pl.col("user") + 1) for k, f in r.items()} if i else r for i, r in enumerate(rounds)]
+    apart = compare(moved, ["ref"], (10,))["ref"]["A"]["recall@10"]
+    assert apart["crossed_low"] is None and verdict(apart).startswith("level (builds scored different users")
 
 def test_compare_pairs_every_policy_with_each_reference_present():
     users = np.arange(500)

@@ -190,6 +190,13 @@ def test_plus_new_is_reported_beside_the_claim_not_as_it(results):
     assert "FT-aligned+new beats FT-old" in beside
 
 
+def test_one_runs_headline_says_it_gives_no_verdict_over_builds(results):
+    cell = {"diff": 0.012, "low": 0.004, "high": 0.02, "builds": 1, "users": 5517, "resamples": 1000,
+            "crossed_low": 0.004, "crossed_high": 0.02, "t_low": None, "t_high": None, "positive": 1}
+    results["intervals"] = {"FT-old": {"FT-aligned (hungarian)": {"recall@500": cell}}}
+    assert "excludes 0; over builds: level (one build: no t interval; 1 of 1 builds > 0))" in headline_paragraph(results)
+
+
 def test_intervals_sensitivity_and_compute_three_ways_are_printed(results):
     cell = lambda d, lo, hi: {"diff": d, "low": lo, "high": hi, "builds": 1, "users": 5517, "resamples": 1000}  # noqa: E731
     results["intervals"] = {"FT-old": {

@@ -8,6 +8,14 @@ user by user: :func:`paired_bootstrap` resamples the users (the same resampled u
 on both sides), nested over builds when several runs are pooled (resample builds,
 then users within each), and gives the mean difference with its percentile interval.
 
+The nested bootstrap treats each build's users as a fresh sample; but every build scores
+the same test users, so a user who favours one policy does so in every build. Pooled
+builds therefore also get the *crossed* bootstrap (one user resample shared by every
+build, builds resampled), the Student t interval over the build means (n_builds - 1
+degrees of freedom; none with one build) and the sign count (builds whose difference is
+above 0). :func:`verdict` calls a policy ahead or behind only when the crossed and the t
+intervals both exclude 0.
+
 With 2,000 users a policy's R@500 has a standard error near 0.008 (per-user standard
 deviation ~0.35); pairing removes the part of that spread both policies share, which
 is most of it, so differences of 0.005 become readable.
@@ -18,9 +26,11 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy import stats
 
 from freshsid.artifacts import write_bytes_atomic
 from freshsid.data.temporal import Examples
@@ -64,36 +74,66 @@ def write_scores(path: Path, frame: pl.DataFrame) -> None:
 
 
 def paired_bootstrap(builds: Sequence[tuple[np.ndarray, np.ndarray]], *, n_resamples: int = RESAMPLES, seed: int = 0,
-                     level: float = LEVEL) -> dict[str, float]:
-    """Mean difference ``a - b`` and its percentile interval, paired over users.
+                     level: float = LEVEL) -> dict[str, Any]:
+    """Mean difference ``a - b`` and its intervals, paired over users.
 
     Args:
         builds: one ``(a, b)`` per build: (n_users,) per-user scores of the two policies on
-            that build's test users, in the same user order.
+            that build's test users, in the same user order. Builds of equal length are
+            taken to score the same users in the same order (what the crossed interval needs).
         n_resamples: bootstrap resamples (>= 1,000 for a 95% interval worth reading).
 
-    One resample draws the builds with replacement (when there are several), then, for each
-    drawn build, its users with replacement, the same users for ``a`` and ``b``; its value
-    is the mean over drawn builds of the mean difference over drawn users. The estimate is
-    the mean over builds of each build's mean difference.
-
-    Returns ``{"diff", "low", "high", "builds", "users", "resamples"}``.
+    Returns one cell of :func:`compare`: the estimate (the mean over builds of each
+    build's mean difference) with the nested, crossed and t intervals and the sign count.
     """
     diffs = [(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))[:, None] for a, b in builds]
-    est, low, high = _bootstrap(diffs, n_resamples=n_resamples, seed=seed, level=level)
-    return {"diff": float(est[0]), "low": float(low[0]), "high": float(high[0]), "builds": len(diffs),
-            "users": int(sum(len(d) for d in diffs)), "resamples": n_resamples}
+    same_users = len({len(d) for d in diffs}) == 1
+    return _cells(diffs, n_resamples=n_resamples, seed=seed, level=level, same_users=same_users)[0]
 
 
-def _bootstrap(diffs: Sequence[np.ndarray], *, n_resamples: int, seed: int, level: float, resample_builds: bool = True
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`paired_bootstrap` of c comparisons at once: ``diffs`` holds one (n_b, c) per
-    build; returns the estimate, low and high, each (c,). Without ``resample_builds`` the
-    builds are fixed strata (every resample takes each once, with its users resampled)."""
+def _cells(diffs: Sequence[np.ndarray], *, n_resamples: int, seed: int, level: float, same_users: bool,
+           resample_builds: bool = True) -> list[dict[str, Any]]:
+    """The statistics of c comparisons at once: ``diffs`` holds one (n_b, c) per build;
+    returns one dict per comparison.
+
+    ``diff``, ``low``, ``high``: the estimate and the nested bootstrap (builds resampled,
+    then users within each drawn build, independently); without ``resample_builds`` the
+    builds are fixed strata (every resample takes each once, with its users resampled) and
+    nothing else is given. With builds resampled, also: ``crossed_low`` / ``crossed_high``
+    (None unless ``same_users``), ``t_low`` / ``t_high`` (None with one build) and
+    ``positive``, the builds whose mean difference is above 0, of ``builds``.
+    """
     if not diffs or any(len(d) == 0 for d in diffs):
         raise ValueError("every build needs at least one user")
     if n_resamples < 1:
         raise ValueError("n_resamples must be positive")
+    means = np.stack([d.mean(axis=0) for d in diffs])  # (n_builds, c)
+    est = means.mean(axis=0)
+    low, high = _percentiles(_nested(diffs, n_resamples, seed, resample_builds), level)
+    common = {"builds": len(diffs), "users": int(sum(len(d) for d in diffs)), "resamples": n_resamples}
+    cells: list[dict[str, Any]] = [{"diff": float(est[c]), "low": float(low[c]), "high": float(high[c]), **common}
+                                   for c in range(len(est))]
+    if not resample_builds:
+        return cells
+    crossed: tuple[np.ndarray, np.ndarray] | None
+    if len(diffs) == 1:  # the crossed bootstrap of one build is the nested one: resample its users
+        crossed = low, high
+    elif same_users:
+        crossed = _percentiles(_crossed(diffs, n_resamples, seed), level)
+    else:
+        crossed = None
+    t = t_interval(means, level=level)
+    for c, cell in enumerate(cells):
+        for name, bounds in (("crossed", crossed), ("t", t)):
+            cell[f"{name}_low"], cell[f"{name}_high"] = ((None, None) if bounds is None
+                                                         else (float(bounds[0][c]), float(bounds[1][c])))
+        cell["positive"] = int((means[:, c] > 0).sum())
+    return cells
+
+
+def _nested(diffs: Sequence[np.ndarray], n_resamples: int, seed: int, resample_builds: bool) -> np.ndarray:
+    """(n_resamples, c) resampled estimates: builds drawn with replacement (or each once),
+    then, per drawn build, its users with replacement, afresh for every draw."""
     rng = np.random.default_rng(seed)
     n_builds = len(diffs)
     picks = (rng.integers(0, n_builds, size=(n_resamples, n_builds)) if resample_builds
@@ -105,10 +145,62 @@ def _bootstrap(diffs: Sequence[np.ndarray], *, n_resamples: int, seed: int, leve
         # m * n draws, divided by n.
         counts = rng.multinomial(times * len(d), np.full(len(d), 1.0 / len(d)))
         total += counts @ d / len(d)
-    values = total / n_builds
+    return total / n_builds
+
+
+def _crossed(diffs: Sequence[np.ndarray], n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, c) resampled estimates when every build scored the same users in the
+    same order: one draw of the users per resample, shared by every build (a user's
+    scores in two builds are not independent), and the builds drawn with replacement."""
+    rng = np.random.default_rng(seed)
+    n_builds, n_users = len(diffs), len(diffs[0])
+    users = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=n_resamples).astype(np.float64)
+    picks = rng.integers(0, n_builds, size=(n_resamples, n_builds))
+    times = (picks[:, :, None] == np.arange(n_builds)).sum(axis=1)  # (n_resamples, n_builds): draws of each build
+    # users: (n_resamples, n_users), how often each resample drew each user
+    total = sum(times[:, b, None] * (users @ d) for b, d in enumerate(diffs))
+    return total / (n_builds * n_users)
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     tail = (1 - level) / 2
     low, high = np.quantile(values, [tail, 1 - tail], axis=0)
-    return np.mean([d.mean(axis=0) for d in diffs], axis=0), low, high
+    return low, high
+
+
+def t_interval(means: np.ndarray, *, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray] | None:
+    """Student t interval (n_builds - 1 degrees of freedom) around the mean of build means.
+
+    ``means``: (n_builds,) or (n_builds, c), each build's mean difference. Returns
+    ``(low, high)`` shaped like one row, or None with one build (no spread to read).
+    """
+    means = np.asarray(means, dtype=np.float64)
+    n = len(means)
+    if n < 2:
+        return None
+    half = stats.t.ppf((1 + level) / 2, n - 1) * means.std(axis=0, ddof=1) / np.sqrt(n)
+    centre = means.mean(axis=0)
+    return centre - half, centre + half
+
+
+def verdict(cell: dict[str, Any]) -> str:
+    """``ahead`` or ``behind`` only when the crossed and the t intervals both exclude 0 on
+    that side; otherwise ``level``, with the sign count and, where an interval is missing, why."""
+    crossed, t = _bounds(cell, "crossed"), _bounds(cell, "t")
+    if crossed and t:
+        if crossed[0] > 0 and t[0] > 0:
+            return "ahead"
+        if crossed[1] < 0 and t[1] < 0:
+            return "behind"
+    why = [reason for reason, missing in (("builds scored different users: no crossed interval", crossed is None),
+                                          ("one build: no t interval", t is None)) if missing]
+    signs = f"{cell['positive']} of {cell['builds']} builds > 0" if "positive" in cell else "no sign count"
+    return f"level ({'; '.join([*why, signs])})"
+
+
+def _bounds(cell: dict[str, Any], name: str) -> tuple[float, float] | None:
+    low, high = cell.get(f"{name}_low"), cell.get(f"{name}_high")
+    return None if low is None or high is None else (low, high)
 
 
 def interval_ks(ks: Sequence[int]) -> tuple[int, ...]:
@@ -119,7 +211,7 @@ def interval_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 def compare(builds: Sequence[dict[str, pl.DataFrame]], references: Sequence[str], ks: Sequence[int], *,
             n_resamples: int = RESAMPLES, seed: int = 0, resample_builds: bool = True
-            ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+            ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """Every policy against each reference present, at ``ks``, Recall and nDCG.
 
     ``builds``: per build, policy label -> its per-user scores (:func:`user_scores`, the
@@ -128,7 +220,9 @@ def compare(builds: Sequence[dict[str, pl.DataFrame]], references: Sequence[str]
     the same resampled builds and users. With ``resample_builds=False`` the builds are
     fixed strata, such as the rounds of a rolling run: the estimate is the mean over them of
     the mean difference, and only users are resampled, within each. Returns
-    ``{reference: {policy: {"recall@100": {"diff", "low", "high", ...}, ...}}}``.
+    ``{reference: {policy: {"recall@100": cell, ...}}}``, a cell as :func:`_cells` gives it:
+    ``diff``, ``low``, ``high`` (nested), and with builds resampled the crossed and t
+    intervals and the sign count that :func:`verdict` reads.
     """
     keys = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
     labels = list(dict.fromkeys(label for build in builds for label in build))
@@ -141,18 +235,16 @@ def compare(builds: Sequence[dict[str, pl.DataFrame]], references: Sequence[str]
                     if not np.array_equal(builds[i][label]["user"].to_numpy(), builds[i][ref]["user"].to_numpy()):
                         raise ValueError(f"{label} and {ref} were not scored on the same users")
                 pairs.setdefault(both, []).append((ref, label))
-    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for used, compared in pairs.items():
         diffs = [np.hstack([builds[i][label].select(keys).to_numpy() - builds[i][ref].select(keys).to_numpy()
                             for ref, label in compared]) for i in used]
-        est, low, high = _bootstrap(diffs, n_resamples=n_resamples, seed=seed, level=LEVEL,
-                                    resample_builds=resample_builds)
-        users = int(sum(len(d) for d in diffs))
+        users = [builds[i][compared[0][0]]["user"].to_numpy() for i in used]
+        same_users = all(np.array_equal(u, users[0]) for u in users)
+        cells = _cells(diffs, n_resamples=n_resamples, seed=seed, level=LEVEL, same_users=same_users,
+                       resample_builds=resample_builds)
         for j, (ref, label) in enumerate(compared):
-            out.setdefault(ref, {})[label] = {
-                key: {"diff": float(est[c]), "low": float(low[c]), "high": float(high[c]), "builds": len(used),
-                      "users": users, "resamples": n_resamples}
-                for key, c in zip(keys, range(j * len(keys), (j + 1) * len(keys)), strict=True)}
+            out.setdefault(ref, {})[label] = dict(zip(keys, cells[j * len(keys):(j + 1) * len(keys)], strict=True))
     # in the order of the references, then of the policies
     return {ref: {label: out[ref][label] for label in labels if label in out.get(ref, {})} for ref in references
             if ref in out}

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from freshsid.evaluate.intervals import verdict as verdict_over_builds
 from freshsid.policies import ABLATIONS, POLICIES, STALE, aligned_variants
 
 METRICS = ("recall", "ndcg")
@@ -274,6 +275,8 @@ def _quality_sentences(policies: dict, variants: list[str], intervals: dict | No
     cell = ((intervals or {}).get(STALE.label) or {}).get(best, {}).get(f"recall@{k_last}")
     if cell:
         holds = "holds 0: not a finding" if cell["low"] <= 0 <= cell["high"] else "excludes 0"
+        if "positive" in cell:  # runs made before the crossed and t intervals lack them
+            holds += f"; over builds: {verdict_over_builds(cell)}"
         caveat = (f"Paired over test users, {best} − FT-old at Recall@{k_last} is {_interval_cell(cell).rstrip(' *')} "
                   f"(95% interval; it {holds}); every difference's interval is below.")
     else:
