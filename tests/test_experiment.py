@@ -15,7 +15,7 @@ import pytest
 
 import freshsid.evaluate.experiment as experiment_module
 from freshsid.artifacts import read_manifest
-from freshsid.config import SASRecConfig, TrainConfig, preset
+from freshsid.config import SASRecConfig, TrainConfig, load_config, preset
 from freshsid.recipes import RECIPES
 from freshsid.data.registry import synthetic_dataset
 from freshsid.data.synthetic import SyntheticConfig
@@ -509,3 +509,22 @@ def test_bench_candidates_finetunes_only_the_refresh_rows_of_a_validation_run_an
     with pytest.raises(SystemExit) as stop:
         bench.scores_of(run[0].out, ["remap-3-events"], logs)
     assert stop.value.code == 2 and "standard split" in capsys.readouterr().err
+
+
+def test_two_builds_differ_in_every_stage_seed(logs, tmp_path):
+    """One build seed: the SASRec's, the tokenizer's, Base's and the fine-tune's all follow it,
+    read back from the manifests of two builds."""
+    seeds = []
+    for build in (1, 2):
+        experiment = Experiment(logs, tiny_config(policies=("Base", "FT-old"), seed=build), tmp_path / f"b{build}",
+                                show_progress=False)
+        experiment.log = lambda _: None
+        results = experiment.run()
+        out = experiment.out
+        seeds.append({stage: read_manifest(out / folder).seed for stage, folder in
+                      (("sasrec", "legacy/embeddings"), ("tokenizer", "legacy/sids"),
+                       ("base", results["policies"]["Base"]["model"]), ("finetune", results["policies"]["FT-old"]["model"]))})
+        assert seeds[-1]["sasrec"] == build
+    assert all(seeds[0][stage] != seeds[1][stage] for stage in seeds[0]), seeds
+    again = load_config(out / "results.json")
+    assert again == experiment.config and again.reseeded(1).fit.seed == seeds[0]["base"]

@@ -12,6 +12,7 @@ and :func:`load_config` reads it back from there, or from a JSON or TOML file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 from pathlib import Path
@@ -232,6 +233,36 @@ class ExperimentConfig(BaseModel):
             raise ValueError("cutoffs K must be positive integers")
         return tuple(sorted(set(ks)))
 
+    @model_validator(mode="after")
+    def _stage_seeds(self) -> ExperimentConfig:
+        """One build seed (``seed``: the SASRec's) from which every other stochastic stage
+        derives its own, unless its config sets one: builds of different seeds are
+        independent in every stage. (Test users are one fixed sample for every build, so
+        that builds stay paired.)"""
+        for stage in SEEDED_STAGES:
+            config = getattr(self, stage)
+            if "seed" not in config.model_fields_set:
+                object.__setattr__(self, stage, config.model_copy(update={"seed": stage_seed(self.seed, stage)}))
+        return self
+
+    def reseeded(self, seed: int) -> ExperimentConfig:
+        """This config as the build of ``seed``: every stage's seed derived from it again."""
+        values = self.model_dump()
+        for stage in SEEDED_STAGES:
+            values[stage].pop("seed")
+        return ExperimentConfig.model_validate({**values, "seed": seed})
+
+
+SEEDED_STAGES = ("sid", "fit", "finetune")  # configs whose seed derives from the build seed
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A stage's seed in the build of ``seed``: 0 in build 0 (the seeds every earlier run
+    used), else a hash of both (31 bits)."""
+    if seed == 0:
+        return 0
+    return int.from_bytes(hashlib.sha256(f"{seed}/{stage}".encode()).digest()[:4], "little") >> 1
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -300,7 +331,10 @@ def load_config(path: Path) -> ExperimentConfig:
     if not isinstance(name, str) or name not in PRESETS:
         raise FreshsidError(f"Invalid setting in {path}: preset {name!r} is not one of {', '.join(PRESETS)}; fix the file.")
     try:
-        return ExperimentConfig.model_validate(_merge(preset(name).model_dump(mode="json"), data))
+        start = preset(name).model_dump(mode="json")
+        for stage in SEEDED_STAGES:  # derived from the file's build seed unless the file sets them
+            start[stage].pop("seed")
+        return ExperimentConfig.model_validate(_merge(start, data))
     except ValidationError as exc:
         raise FreshsidError(f"Invalid setting in {path}: {describe(exc)}; fix the file.") from None
 

@@ -101,6 +101,7 @@ def experiment(
     max_eval_users: MaxEvalUsersOpt = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help=f"How SIDs are built and refreshed: {'; '.join(f'{r.name} ({r.description})' for r in RECIPES.values())}. Default: the preset's ({_PRESET_RECIPES}).")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds; every fine-tuned policy runs once per seed and reports the mean (default: 0).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="The build's seed, from which every stage's (SASRec, tokenizer, Base and Full, fine-tunes) derives: builds of different seeds are independent (default: the config's, 0).")] = None,
     validation: Annotated[bool, typer.Option("--validation", help="Run on the validation split (every window one part earlier: base [0, 7), gap [7, 8), scored on part 8), where settings are chosen; the last part is never read.")] = False,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP + " Default: the config's (auto).")] = None,
     kcore: Annotated[int | None, typer.Option("--kcore", min=2, help="Keep only the k-core of the events before the test part (users and items with at least N events there); the test part is never filtered.")] = None,
@@ -117,6 +118,8 @@ def experiment(
 
     Choose settings on the validation split: freshsid experiment --dataset amazon-beauty --validation --out runs/beauty-val
 
+    The third of five independent builds: freshsid experiment --dataset amazon-beauty --seed 2 --out runs/beauty-b2
+
     A 5-core filter that knows nothing of the test part: freshsid experiment --dataset my-logs --kcore 5 --out runs/mine-5core
     """
     from freshsid.config import load_config
@@ -127,6 +130,8 @@ def experiment(
     if chosen == ():
         raise FreshsidError("--policies names no policy; pass a comma-separated list such as Base,FT-old,Full.")
     base = load_config(config_file) if config_file is not None else experiment_preset(preset or "cpu")
+    if seed is not None:
+        base = base.reseeded(seed)
     protocol = base.protocol.validation() if validation else base.protocol
     if kcore is not None:
         protocol = protocol.model_copy(update={"kcore": kcore})

@@ -125,7 +125,7 @@ class Experiment:
 
         key = [legacy.table.content_hash, self._fingerprint(f"{self.layout.legacy}/{CollabSids.EMBEDDINGS}"),
                self.how.recode_settings(), cfg.sasrec, cfg.sid, cfg.seed, str(window), *self._split_key()]
-        return self.cache.get(self.layout.incremental, key, build, CollabSids.load).table
+        return self.cache.get(self.layout.coded(self.how.incremental), key, build, CollabSids.load).table
 
     def table(self, tokenizer: Tokenizer) -> SidTable:
         if tokenizer is Tokenizer.LEGACY:

@@ -49,6 +49,11 @@ class RunLayout:
         """The per-user scores an evaluation writes beside its record (``<stage>.users.parquet``)."""
         return self.path(evaluation).with_suffix(".users.parquet")
 
+    def coded(self, vectors: str) -> str:
+        """The incremental coding stage of a way of placing new items' vectors (the
+        default's is :attr:`incremental`; a study of the others keeps each beside it)."""
+        return self.incremental if vectors == "fold-in" else f"{self.incremental}-{vectors}"
+
     def _varied(self, stage: str, finetuned: bool) -> str:
         return f"{stage}@{self.variant}" if finetuned and self.variant else stage
 
