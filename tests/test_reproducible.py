@@ -3,7 +3,9 @@
 Each run is its own process, with a different ``PYTHONHASHSEED``, so nothing may
 depend on set or dict order of strings, on addresses or on the clock. The config is
 the one that once gave Base R@50 0.135 one run and 0.155 the next: the tiny preset
-with the RQ-VAE tokenizer and the ``remap-3`` recipe, on the bundled synthetic data.
+with the RQ-VAE tokenizer and the ``remap-3`` recipe, on the tests' small synthetic
+catalog, with a policy of every kind of stage (SIDs built, recoded both ways, trained
+from scratch, fine-tuned with and without a remap, a rebuild).
 """
 
 import hashlib
@@ -13,16 +15,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONFIG = {"preset": "tiny", "recipe": "remap-3", "sid": {"tokenizer": "rqvae", "codebook_size": 16, "suffix_size": 64}}
+from freshsid.data.synthetic import write_synthetic
+from smalldemo import SMALL_SYNTHETIC
+
+CONFIG = {"preset": "tiny", "recipe": "remap-3", "sid": {"tokenizer": "rqvae", "codebook_size": 16, "suffix_size": 64},
+          "policies": ["MostPop(gap)+new", "Base", "FT-old", "FT-old+new", "FT-aligned (hungarian)",
+                       "Refresh with remap", "Full", "Full+FT"]}
 
 
 def _run(tmp_path: Path, name: str, hash_seed: str) -> Path:
     config = tmp_path / "config.json"
     config.write_text(json.dumps(CONFIG))
+    files = write_synthetic(SMALL_SYNTHETIC, tmp_path / "logs")
     out = tmp_path / name
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    result = subprocess.run([sys.executable, "-m", "freshsid", "--no-progress", "experiment", "--dataset", "synthetic",
-                             "--config", str(config), "--device", "cpu", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "freshsid", "--no-progress", "experiment", "--logs",
+                             str(files.interactions), "--items", str(files.items), "--drop-duplicates", "--config", str(config),
+                             "--device", "cpu", "--out", str(out)],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     return out
