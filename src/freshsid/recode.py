@@ -154,8 +154,9 @@ def code_new_items(legacy: SidTable, embeddings: Embeddings, items: np.ndarray, 
 
     Args:
         legacy: a table a tokenizer wrote (it carries the tokenizer's state).
-        embeddings: vectors of the new items in the space the legacy tokenizer reads
-            (the refreshed SASRec's; under a warm recipe that space continues the legacy one).
+        embeddings: vectors in the space the legacy tokenizer reads (:func:`incremental`
+            places the new items there); its rows of the legacy items measure the code
+            consistency recorded in the table's stats.
         items: dense items to add (those already coded are ignored); item_ids: (n_items,)
             the logs' original ids in dense order.
         config: the legacy build's tokenizer config (kind and settings; the shape is the table's).
