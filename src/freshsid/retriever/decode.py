@@ -59,18 +59,13 @@ def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid
     n_users, n_beams = nodes.shape
     device = nodes.device
     # Every child edge of every beam, beam-major, codes ascending within a beam.
-    indptr = trie.indptr[level]
-    if len(indptr) == 1:  # a trie without items: nothing to return
+    if trie.n_items == 0:  # a trie without items: nothing to return
         return (torch.full((n_users, 1), -1, dtype=torch.long, device=device),
                 torch.full((n_users, 1), float("-inf"), device=device))
     flat = nodes.reshape(-1).to(trie.device)
-    valid = flat >= 0
-    safe = torch.where(valid, flat, 0)
-    first = indptr[safe]
-    count = torch.where(valid, indptr[safe + 1] - first, 0)
-    n_edges = int(count.sum())
-    beam_of = torch.repeat_interleave(torch.arange(len(flat), device=trie.device), count, output_size=n_edges)
-    leaf = first[beam_of] + torch.arange(n_edges, device=trie.device) - (torch.cumsum(count, 0) - count)[beam_of]
+    beam_of, leaf = trie.children(level, flat)
+    n_edges = len(leaf)
+    count = torch.bincount(beam_of, minlength=len(flat))
     beam_of, leaf, count = beam_of.to(device), leaf.to(device), count.to(device)
     logp = torch.zeros(n_edges, device=device)
     need = (count > 1).view(n_users, n_beams)
