@@ -1,0 +1,247 @@
+"""Beam-search decode cost against the CPU's bound: analytic FLOPs per level, achieved GFLOP/s
+as a share of the fp32 peak measured in the same run, and where the time of a decode goes.
+
+The model is a release's retriever and trie (``--releases``), or by default a randomly
+initialised ``cpu``-preset retriever (width 128, 4 layers, 2,000 user buckets, 20 items
+of history) over a synthetic 4-level trie the size of Beauty's release: 11,776 items,
+256 codes a level, the first three levels drawn at random and the last a collision
+suffix (a second item on 3% of the prefixes). Weights do not change the arithmetic; a
+trained model's beams spread differently over the trie, which moves the last level's
+share only (its beams with a single child cost nothing).
+
+For each beam and batch size: one decode of that many users (median of ``--repeats``),
+its FLOPs counted from the shapes the model was actually called with (prefill over the
+histories, then each level's step over its beams and the head over that level's codes;
+attention counted over the context each token sees), and the same decode by the code at
+``--baseline`` (a git revision's ``decode.py``, run on this checkout's model), timed
+alternately with it. ``--profile`` adds torch.profiler tables of a batch-1 and a
+batch-32 decode at beam 100.
+
+    python benchmarks/bench_decode.py --baseline 78e1f7c --profile
+    python benchmarks/bench_decode.py --releases runs/beauty-release --beams 100 --batches 1,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freshsid.retriever import decode
+from freshsid.retriever.model import Retriever, RetrieverConfig
+from freshsid.sid.trie import SidTrie
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ITEMS, SIZES, HISTORY = 11_776, (256, 256, 256, 256), 20
+
+
+def synthetic(seed: int = 0) -> tuple[Retriever, np.ndarray, SidTrie]:
+    """A random ``cpu``-preset retriever over a Beauty-sized 4-level trie (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    prefixes = np.unique(rng.integers(0, SIZES[0], (N_ITEMS, 3)), axis=0)
+    twice = rng.random(len(prefixes)) < 0.03
+    codes = np.concatenate([np.c_[prefixes, np.zeros(len(prefixes), dtype=np.int64)],
+                            np.c_[prefixes[twice], np.ones(int(twice.sum()), dtype=np.int64)]])
+    codes = codes[rng.permutation(len(codes))][:N_ITEMS]
+    torch.manual_seed(seed)
+    model = Retriever(RetrieverConfig.preset("cpu", codebook_sizes=SIZES, max_history=HISTORY)).eval()
+    return model, codes, SidTrie(codes, SIZES)
+
+
+def from_release(root: Path) -> tuple[Retriever, np.ndarray, SidTrie]:
+    from freshsid.serve.release import Releases
+
+    release = Releases(root).load_current()
+    table = release.table
+    return release.model.eval(), table.lookup_table(int(table.items.max()) + 1), table.trie()
+
+
+def baseline_decode(revision: str):
+    """``decode.py`` as it was at ``revision``, imported beside this checkout's."""
+    text = subprocess.run(["git", "show", f"{revision}:src/freshsid/retriever/decode.py"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"decode_{revision}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FlopCount:
+    """Counts the FLOPs of the calls a decode makes to ``model`` (a multiply-add is 2), per level.
+
+    Per token and layer: 2 (4C^2 + 2CF) for the projections and the MLP, and 4C per
+    position attended to (scores and values). Prefill tokens attend causally (position p
+    sees p + 1); a step's token sees the padded history and the generated tokens. The head
+    is 2C per code of the level scored; the last level's per-child head (a few edges) is
+    left out. Embeddings, norms and softmax are ignored."""
+
+    def __init__(self, model: Retriever) -> None:
+        self.model, self.cfg = model, model.config
+        self.tokens, self.linear, self.attention, self.head = Counter(), Counter(), Counter(), Counter()
+        self._calls = (model.encode, model.step, model.level_logits)
+
+    def __enter__(self) -> FlopCount:
+        encode, step, level_logits = self._calls
+        c, f, layers = self.cfg.width, self.cfg.ffn, self.cfg.n_layers
+        per_token = layers * 2 * (4 * c * c + 2 * c * f)
+
+        def counted_encode(tokens):
+            n, length = tokens.shape
+            self.tokens[0] += n * length
+            self.linear[0] += n * length * per_token
+            self.attention[0] += n * layers * 4 * c * length * (length + 1) / 2
+            return encode(tokens)
+
+        def counted_step(tokens, positions, prefix, prefix_valid, generated):
+            done = 0 if generated is None else generated[0][0].shape[3]
+            level, rows, context = done + 1, tokens.numel(), prefix[0][0].shape[2] + done + 1
+            self.tokens[level] += rows
+            self.linear[level] += rows * per_token
+            self.attention[level] += rows * layers * 4 * c * context
+            return step(tokens, positions, prefix, prefix_valid, generated)
+
+        def counted_logits(hidden, level):
+            self.head[level] += hidden.numel() // c * self.cfg.codebook_sizes[level] * 2 * c
+            return level_logits(hidden, level)
+
+        self.model.encode, self.model.step, self.model.level_logits = counted_encode, counted_step, counted_logits
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in ("encode", "step", "level_logits"):
+            vars(self.model).pop(name, None)
+
+    @property
+    def total(self) -> float:
+        return sum(self.linear.values()) + sum(self.attention.values()) + sum(self.head.values())
+
+    def levels(self) -> list[dict[str, float]]:
+        return [{"level": d, "tokens": self.tokens[d], "linear_mflop": self.linear[d] / 1e6,
+                 "attention_mflop": self.attention[d] / 1e6, "head_mflop": self.head[d] / 1e6}
+                for d in range(self.cfg.n_levels)]
+
+
+def peak_gflops(threads: int, n: int = 2048) -> float:
+    """fp32 matmul GFLOP/s of an n x n x n product (best of 5) at ``threads``: the bound we compare with."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(6):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def profile(fn, title: str) -> None:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    fn()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()  # inside: the profiler's own start-up is not a decode's
+        for _ in range(3):
+            fn()
+        wall = (time.perf_counter() - started) / 3 * 1e6
+    events = prof.key_averages()
+    ops = sum(e.self_cpu_time_total for e in events) / 3
+    print(f"\n### {title}: {wall / 1000:.1f} ms a decode under the profiler, {ops / 1000:.1f} ms of it inside "
+          f"torch ops, {(wall - ops) / 1000:.1f} ms outside (Python, dispatch); ops by self time:\n")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=48))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--releases", type=Path, help="decode this releases root's current release (default: synthetic)")
+    parser.add_argument("--beams", default="100,500")
+    parser.add_argument("--batches", default="1,8,32,128")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the process and the peak matmul")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--baseline", help="a git revision whose decode.py is timed alongside (e.g. 78e1f7c)")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of batch-1 and batch-32 decodes")
+    args = parser.parse_args()
+
+    print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads}",
+          flush=True)
+    peak = peak_gflops(args.threads)
+    print(f"fp32 peak (2048^3 matmul, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
+    model, codes, trie = from_release(args.releases) if args.releases else synthetic()
+    old = baseline_decode(args.baseline) if args.baseline else None
+    rng = np.random.default_rng(1)
+    rows = []
+    for beam in map(int, args.beams.split(",")):
+        for batch in map(int, args.batches.split(",")):
+            hist = torch.as_tensor(rng.integers(0, len(codes), (batch, HISTORY)))
+            users = torch.as_tensor(rng.integers(0, model.config.user_buckets, batch))
+
+            def run(module=decode):
+                module.beam_search(model, hist, users, codes, trie, beam=beam, top_k=args.top_k, batch_size=batch)
+
+            with FlopCount(model) as count:
+                run()
+            repeats = max(2, min(args.repeats, int(20 * args.repeats / batch)))
+            row = {"beam": beam, "batch": batch, "gflop": count.total / 1e9, "levels": count.levels()}
+            # old and new alternate, so that a change in the machine's load hits both
+            for round_ in range(2 if old else 1):
+                row["ms"] = min(row.get("ms", float("inf")), 1000 * timed(run, repeats))
+                if old:
+                    row["old_ms"] = min(row.get("old_ms", float("inf")), 1000 * timed(lambda: run(old), repeats))
+            row["gflops"] = row["gflop"] / row["ms"] * 1000
+            row["peak_share"] = row["gflops"] / peak
+            row["load"] = os.getloadavg()[0]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+
+    print(f"\nfp32 peak {peak:.0f} GFLOP/s ({args.threads} threads); load average at the end {os.getloadavg()}\n")
+    print("| beam | users | GFLOP | ms a decode | ms a user | GFLOP/s | share of peak |"
+          + (" baseline ms a user | baseline share | speed-up |" if old else ""))
+    print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if old else ""))
+    for r in rows:
+        line = (f"| {r['beam']} | {r['batch']} | {r['gflop']:.2f} | {r['ms']:.1f} | {r['ms'] / r['batch']:.2f} | "
+                f"{r['gflops']:.0f} | {100 * r['peak_share']:.0f}% |")
+        if old:
+            line += (f" {r['old_ms'] / r['batch']:.2f} | {100 * r['gflop'] / r['old_ms'] * 1000 / peak:.0f}% | "
+                     f"{r['old_ms'] / r['ms']:.2f}x |")
+        print(line)
+    first = rows[0]["levels"]
+    print("\nFLOPs of one user's decode at beam", rows[0]["beam"], "(MFLOP; tokens = rows the model ran):\n")
+    print("| level | tokens | linear | attention | head |\n|---:|---:|---:|---:|---:|")
+    for lv in first:
+        print(f"| {lv['level']} | {lv['tokens'] / rows[0]['batch']:.0f} | {lv['linear_mflop'] / rows[0]['batch']:.1f} | "
+              f"{lv['attention_mflop'] / rows[0]['batch']:.1f} | {lv['head_mflop'] / rows[0]['batch']:.1f} |")
+
+    if args.profile:
+        for batch in (1, 32):
+            hist = torch.as_tensor(rng.integers(0, len(codes), (batch, HISTORY)))
+            users = torch.as_tensor(rng.integers(0, model.config.user_buckets, batch))
+            versions = [("this checkout", decode)] + ([(f"baseline {args.baseline}", old)] if old else [])
+            for name, module in versions:
+                profile(lambda m=module: m.beam_search(model, hist, users, codes, trie, beam=100, top_k=args.top_k,
+                                                       batch_size=batch), f"{name}, batch {batch}, beam 100")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
