@@ -10,27 +10,24 @@ trained model's beams spread differently over the trie, which moves the last lev
 share only (its beams with a single child cost nothing).
 
 For each beam and batch size: one decode of that many users (median of ``--repeats``),
-its FLOPs counted from the shapes the model was actually called with (prefill over the
-histories, then each level's step over its beams and the head over that level's codes;
-attention counted over the context each token sees), and the same decode by the code at
-``--baseline`` (a git revision's ``decode.py``, run on this checkout's model), timed
+its FLOPs counted from the shapes the model was called with (prefill over the histories,
+then each level's step over its beams and the head over that level's codes; attention
+counted over the context each token sees), and the same decode by the code before this
+rewrite (``tests/reference_decode.py``, which the tests hold the decode equal to), timed
 alternately with it. ``--profile`` adds torch.profiler tables of a batch-1 and a
 batch-32 decode at beam 100.
 
-    python benchmarks/bench_decode.py --baseline 78e1f7c --profile
+    python benchmarks/bench_decode.py --profile
     python benchmarks/bench_decode.py --releases runs/beauty-release --beams 100 --batches 1,32
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -67,20 +64,17 @@ def from_release(root: Path) -> tuple[Retriever, np.ndarray, SidTrie]:
     return release.model.eval(), table.lookup_table(int(table.items.max()) + 1), table.trie()
 
 
-def baseline_decode(revision: str):
-    """``decode.py`` as it was at ``revision``, imported beside this checkout's."""
-    text = subprocess.run(["git", "show", f"{revision}:src/freshsid/retriever/decode.py"], cwd=ROOT, check=True,
-                          capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"decode_{revision}.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def reference():
+    """Today's decode before this rewrite, as the tests keep it (``tests/reference_decode.py``)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import reference_decode
+
+    return reference_decode
 
 
 class FlopCount:
-    """Counts the FLOPs of the calls a decode makes to ``model`` (a multiply-add is 2), per level.
+    """Counts the FLOPs of the calls the reference decode makes to ``model`` (a multiply-add is 2), per
+    level: the same arithmetic as this checkout's decode, whose steps are laid out differently.
 
     Per token and layer: 2 (4C^2 + 2CF) for the projections and the MLP, and 4C per
     position attended to (scores and values). Prefill tokens attend causally (position p
@@ -88,10 +82,10 @@ class FlopCount:
     is 2C per code of the level scored; the last level's per-child head (a few edges) is
     left out. Embeddings, norms and softmax are ignored."""
 
-    def __init__(self, model: Retriever) -> None:
-        self.model, self.cfg = model, model.config
+    def __init__(self, model: Retriever, module) -> None:
+        self.model, self.cfg, self.module = model, model.config, module
         self.tokens, self.linear, self.attention, self.head = Counter(), Counter(), Counter(), Counter()
-        self._calls = (model.encode, model.step, model.level_logits)
+        self._calls = (model.encode, module._step, model.level_logits)
 
     def __enter__(self) -> FlopCount:
         encode, step, level_logits = self._calls
@@ -105,23 +99,24 @@ class FlopCount:
             self.attention[0] += n * layers * 4 * c * length * (length + 1) / 2
             return encode(tokens)
 
-        def counted_step(tokens, positions, prefix, prefix_valid, generated):
+        def counted_step(model, tokens, positions, prefix, prefix_valid, generated):
             done = 0 if generated is None else generated[0][0].shape[3]
             level, rows, context = done + 1, tokens.numel(), prefix[0][0].shape[2] + done + 1
             self.tokens[level] += rows
             self.linear[level] += rows * per_token
             self.attention[level] += rows * layers * 4 * c * context
-            return step(tokens, positions, prefix, prefix_valid, generated)
+            return step(model, tokens, positions, prefix, prefix_valid, generated)
 
         def counted_logits(hidden, level):
             self.head[level] += hidden.numel() // c * self.cfg.codebook_sizes[level] * 2 * c
             return level_logits(hidden, level)
 
-        self.model.encode, self.model.step, self.model.level_logits = counted_encode, counted_step, counted_logits
+        self.model.encode, self.module._step, self.model.level_logits = counted_encode, counted_step, counted_logits
         return self
 
     def __exit__(self, *exc) -> None:
-        for name in ("encode", "step", "level_logits"):
+        self.module._step = self._calls[1]
+        for name in ("encode", "level_logits"):
             vars(self.model).pop(name, None)
 
     @property
@@ -180,7 +175,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the process and the peak matmul")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--top-k", type=int, default=100)
-    parser.add_argument("--baseline", help="a git revision whose decode.py is timed alongside (e.g. 78e1f7c)")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the decode before this rewrite (tests/reference_decode.py) alongside")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of batch-1 and batch-32 decodes")
     args = parser.parse_args()
 
@@ -189,7 +185,7 @@ def main() -> None:
     peak = peak_gflops(args.threads)
     print(f"fp32 peak (2048^3 matmul, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
     model, codes, trie = from_release(args.releases) if args.releases else synthetic()
-    old = baseline_decode(args.baseline) if args.baseline else None
+    old = reference()
     rng = np.random.default_rng(1)
     rows = []
     for beam in map(int, args.beams.split(",")):
@@ -200,15 +196,18 @@ def main() -> None:
             def run(module=decode):
                 module.beam_search(model, hist, users, codes, trie, beam=beam, top_k=args.top_k, batch_size=batch)
 
-            with FlopCount(model) as count:
-                run()
+            def run_old():
+                old.reference_beam_search(model, hist, users, codes, trie, beam=beam, top_k=args.top_k)
+
+            with FlopCount(model, old) as count:
+                run_old()
             repeats = max(2, min(args.repeats, int(20 * args.repeats / batch)))
             row = {"beam": beam, "batch": batch, "gflop": count.total / 1e9, "levels": count.levels()}
             # old and new alternate, so that a change in the machine's load hits both
-            for round_ in range(2 if old else 1):
+            for _ in range(2 if args.baseline else 1):
                 row["ms"] = min(row.get("ms", float("inf")), 1000 * timed(run, repeats))
-                if old:
-                    row["old_ms"] = min(row.get("old_ms", float("inf")), 1000 * timed(lambda: run(old), repeats))
+                if args.baseline:
+                    row["old_ms"] = min(row.get("old_ms", float("inf")), 1000 * timed(run_old, repeats))
             row["gflops"] = row["gflop"] / row["ms"] * 1000
             row["peak_share"] = row["gflops"] / peak
             row["load"] = os.getloadavg()[0]
@@ -217,12 +216,12 @@ def main() -> None:
 
     print(f"\nfp32 peak {peak:.0f} GFLOP/s ({args.threads} threads); load average at the end {os.getloadavg()}\n")
     print("| beam | users | GFLOP | ms a decode | ms a user | GFLOP/s | share of peak |"
-          + (" baseline ms a user | baseline share | speed-up |" if old else ""))
-    print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if old else ""))
+          + (" before: ms a user | before: share | speed-up |" if args.baseline else ""))
+    print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.baseline else ""))
     for r in rows:
         line = (f"| {r['beam']} | {r['batch']} | {r['gflop']:.2f} | {r['ms']:.1f} | {r['ms'] / r['batch']:.2f} | "
                 f"{r['gflops']:.0f} | {100 * r['peak_share']:.0f}% |")
-        if old:
+        if args.baseline:
             line += (f" {r['old_ms'] / r['batch']:.2f} | {100 * r['gflop'] / r['old_ms'] * 1000 / peak:.0f}% | "
                      f"{r['old_ms'] / r['ms']:.2f}x |")
         print(line)
@@ -237,10 +236,11 @@ def main() -> None:
         for batch in (1, 32):
             hist = torch.as_tensor(rng.integers(0, len(codes), (batch, HISTORY)))
             users = torch.as_tensor(rng.integers(0, model.config.user_buckets, batch))
-            versions = [("this checkout", decode)] + ([(f"baseline {args.baseline}", old)] if old else [])
-            for name, module in versions:
-                profile(lambda m=module: m.beam_search(model, hist, users, codes, trie, beam=100, top_k=args.top_k,
-                                                       batch_size=batch), f"{name}, batch {batch}, beam 100")
+            profile(lambda: decode.beam_search(model, hist, users, codes, trie, beam=100, top_k=args.top_k,
+                                               batch_size=batch), f"after, batch {batch}, beam 100")
+            if args.baseline:
+                profile(lambda: old.reference_beam_search(model, hist, users, codes, trie, beam=100, top_k=args.top_k),
+                        f"before, batch {batch}, beam 100")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,49 @@
 """Today's trie-constrained beam search (as of 78e1f7c), kept verbatim as the reference the
 faster decode must equal: the same items, the same scores to 1e-5.
 
-It calls the model's public steps (``encode``, ``step``, ``level_logits``) and the trie's
-``allowed_mask``, ``child`` and ``item_of``; everything the decode itself adds over them
-(masks, beam bookkeeping, the last level's child scoring) is copied here unchanged.
+It calls the model's ``encode`` and ``level_logits`` and the trie's ``allowed_mask``,
+``child`` and ``item_of``; the cached decoding step (``Retriever.step`` and the blocks'
+``step`` then) and everything the decode adds (masks, beam bookkeeping, the last level's
+child scoring) are copied here unchanged.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from freshsid.retriever.model import Retriever, build_tokens
+
+
+def _attention_step(attn, x, prefix, prefix_valid, generated):
+    q, k, v = (t.transpose(1, 2) for t in attn._split(x))  # (B, H, W, hd)
+    k, v = k.unsqueeze(3), v.unsqueeze(3)
+    if generated is not None:
+        k, v = torch.cat([generated[0], k], dim=3), torch.cat([generated[1], v], dim=3)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s_prefix = torch.matmul(q, prefix[0].transpose(-1, -2)) * scale  # (B, H, W, Lp)
+    s_prefix = s_prefix.masked_fill(~prefix_valid[:, None, None, :], float("-inf"))
+    s_gen = torch.matmul(q.unsqueeze(3), k.transpose(-1, -2)).squeeze(3) * scale  # (B, H, W, s+1)
+    att = torch.cat([s_prefix, s_gen], dim=-1).softmax(dim=-1)
+    n_prefix = s_prefix.shape[-1]
+    y = torch.matmul(att[..., :n_prefix], prefix[1])
+    y = y + torch.matmul(att[..., n_prefix:].unsqueeze(3), v).squeeze(3)
+    y = y.transpose(1, 2).reshape(x.shape)
+    return attn.proj(y), (k, v)
+
+
+def _step(model, tokens, positions, prefix, prefix_valid, generated):
+    """Retriever.step: tokens (B, W) -> hidden (B, W, C), the generated cache (B, H, W, s, hd) per layer."""
+    x = model.tok_emb(tokens) + model.pos_emb(positions)[:, None, :]
+    new_cache = []
+    for i, block in enumerate(model.blocks):
+        a, kv = _attention_step(block.attn, block.ln_1(x), prefix[i], prefix_valid,
+                                None if generated is None else generated[i])
+        x = x + a
+        x = x + block.mlp(block.ln_2(x))
+        new_cache.append(kv)
+    return model.ln_f(x), new_cache
 
 
 def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +94,7 @@ def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid
             for k, v in generated
         ] if generated is not None else None
         step_tokens = codes.gather(1, beams) + cfg.level_offsets[level - 1]
-        hidden, _ = model.step(step_tokens, lengths + level - 1, prefix, prefix_valid, sub_cache)  # (B, width, C)
+        hidden, _ = _step(model, step_tokens, lengths + level - 1, prefix, prefix_valid, sub_cache)  # (B, width, C)
         row = torch.full((n_users, n_beams), -1, dtype=torch.long, device=device)
         row.scatter_(1, beams, torch.arange(width, device=device).expand(n_users, width))
         chosen = need.reshape(-1)[beam_of]
@@ -117,7 +150,7 @@ def _search(
             logits = model.level_logits(last, 0)[:, None, :]  # (B, 1, K_0)
         else:
             step_tokens = codes + cfg.level_offsets[level - 1]
-            h, generated = model.step(step_tokens, lengths + level - 1, prefix, prefix_valid, generated)
+            h, generated = _step(model, step_tokens, lengths + level - 1, prefix, prefix_valid, generated)
             logits = model.level_logits(h, level)  # (B, W, K)
         total = (scores[..., None] + _masked_log_softmax(logits.float(), mask)).view(n_users, -1)
         # Never keep more beams than any user has valid continuations.

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from freshsid.errors import FreshsidError
-from freshsid.retriever.model import Retriever, build_tokens
+from freshsid.retriever.model import KV, Retriever, build_tokens
 from freshsid.runtime import current
 from freshsid.sid.trie import SidTrie
 
@@ -42,7 +42,7 @@ def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return logp.masked_fill(~mask, float("-inf"))  # all-masked rows give NaN above
 
 
-def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid, generated, top_k):
+def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_bias, generated, top_k):
     """Items and scores (B, <= top_k) of the last level, scoring each beam's children only.
 
     The last level is the collision suffix: its codebook is as wide as the largest
@@ -72,14 +72,10 @@ def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid
     width = int(need.sum(1).max()) if need.numel() else 0
     if width > 0:
         beams = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :width]  # needing beams first
-        index = beams[:, None, :, None, None]
-        sub_cache = [
-            (k.gather(2, index.expand(-1, k.shape[1], -1, k.shape[3], k.shape[4])),
-             v.gather(2, index.expand(-1, v.shape[1], -1, v.shape[3], v.shape[4])))
-            for k, v in generated
-        ] if generated is not None else None
         step_tokens = codes.gather(1, beams) + cfg.level_offsets[level - 1]
-        hidden, _ = model.step(step_tokens, lengths + level - 1, prefix, prefix_valid, sub_cache)  # (B, width, C)
+        sub_cache = (model.generated_cache(n_users, width, like=prefix_bias) if generated is None
+                     else _pick(generated, beams))
+        hidden = model.step(step_tokens, lengths + level - 1, prefix, prefix_bias, sub_cache, level - 1)  # (B, width, C)
         row = torch.full((n_users, n_beams), -1, dtype=torch.long, device=device)
         row.scatter_(1, beams, torch.arange(width, device=device).expand(n_users, width))
         chosen = need.reshape(-1)[beam_of]
@@ -108,6 +104,13 @@ def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid
     return items, best
 
 
+def _pick(generated: list[KV], beams: torch.Tensor) -> list[KV]:
+    """Each user's ``beams`` (B, W') of the per-beam cache (B, W, ...), as a new cache (B, W', ...)."""
+    n_users, n_beams = generated[0][0].shape[:2]
+    rows = (beams + n_beams * torch.arange(n_users, device=beams.device)[:, None]).reshape(-1)
+    return [tuple(t.flatten(0, 1).index_select(0, rows).unflatten(0, beams.shape) for t in kv) for kv in generated]
+
+
 @torch.inference_mode()
 def _search(
     model: Retriever, tokens: torch.Tensor, lengths: torch.Tensor, trie: SidTrie, beam: int, top_k: int
@@ -120,8 +123,8 @@ def _search(
     cfg = model.config
     device = tokens.device
     n_users, n_levels = tokens.shape[0], cfg.n_levels
-    hidden, prefix = model.encode(tokens)
-    prefix_valid = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
+    hidden, cache = model.encode(tokens)
+    prefix, prefix_bias = model.decoding_prefix(cache, lengths)
     last = hidden[torch.arange(n_users, device=device), lengths - 1]  # (B, C)
 
     nodes = torch.full((n_users, 1), trie.root, dtype=torch.long, device=device)
@@ -129,14 +132,16 @@ def _search(
     codes = generated = None
     for level in range(n_levels):
         if level > 0 and level == n_levels - 1:
-            return _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid, generated, top_k)
+            return _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_bias, generated, top_k)
         n_beams, n_codes = nodes.shape[1], cfg.codebook_sizes[level]
         mask = trie.allowed_mask(level, nodes.reshape(-1)).to(device).view(n_users, n_beams, n_codes)
         if level == 0:
             logits = model.level_logits(last, 0)[:, None, :]  # (B, 1, K_0)
         else:
+            if generated is None:
+                generated = model.generated_cache(n_users, n_beams, like=prefix_bias)
             step_tokens = codes + cfg.level_offsets[level - 1]
-            h, generated = model.step(step_tokens, lengths + level - 1, prefix, prefix_valid, generated)
+            h = model.step(step_tokens, lengths + level - 1, prefix, prefix_bias, generated, level - 1)
             logits = model.level_logits(h, level)  # (B, W, K)
         total = (scores[..., None] + _masked_log_softmax(logits.float(), mask)).view(n_users, -1)
         # Never keep more beams than any user has valid continuations.
@@ -149,11 +154,7 @@ def _search(
         nodes = torch.where(torch.isfinite(scores), nodes, -1)
         scores = torch.where(nodes >= 0, scores, float("-inf"))
         if generated is not None:
-            index = parent[:, None, :, None, None]
-            generated = [
-                tuple(t.gather(2, index.expand(-1, t.shape[1], -1, t.shape[3], t.shape[4])) for t in kv)
-                for kv in generated
-            ]
+            generated = _pick(generated, parent)
     items = trie.item_of(nodes.reshape(-1).to(trie.device)).to(device).view(n_users, -1)
     return items, scores
 
