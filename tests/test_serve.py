@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from freshsid.config import ServeConfig
 from freshsid.data.interactions import from_arrays
 from freshsid.retriever.model import Retriever, RetrieverConfig, save_checkpoint
-from freshsid.serve.http import Service, serve_in_thread
+from freshsid.serve.http import DecodeCost, Service, serve_in_thread
 from freshsid.serve.release import Releases
 from freshsid.sid.table import SidTable
 
@@ -197,3 +197,26 @@ def test_the_serve_config_file_sets_limits_and_refuses_unknown_or_wrong_settings
         path.write_text(text)
         with pytest.raises(FreshsidError, match="serve"):
             serve_config(path)
+
+
+def test_decoding_runs_on_one_thread_with_the_process_torch_threads(served):
+    import torch
+
+    _, _, service, _ = served
+    assert service._decoder._max_workers == 1
+    assert service._decoder.submit(torch.get_num_threads).result() == torch.get_num_threads()  # conftest: 1
+
+
+def test_decode_cost_splits_what_a_batch_shares_from_what_each_request_adds():
+    cost = DecodeCost()
+    assert cost.fixed == 0.0
+    cost.observe(1, 0.02)
+    cost.observe(1, 0.02)
+    assert cost.fixed == pytest.approx(0.02)  # one batch size: the split is unknown, a batch costs 20 ms
+    for n in (1, 4, 8, 16, 32, 8):
+        cost.observe(n, 0.007 + 0.004 * n)
+    assert cost.fixed < 0.02
+    recent = DecodeCost(halflife=1)
+    for n in (1, 4, 8, 16, 32) * 20:
+        recent.observe(n, 0.007 + 0.004 * n)
+    assert recent.fixed == pytest.approx(0.007, rel=1e-3)

@@ -96,10 +96,11 @@ class Engine:
                exclude_seen: list[bool]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(dense items (<= ks[i],), scores) for each row, all rows in one beam search; with
         ``exclude_seen[i]`` the row's history items are left out, and the search is widened
-        by the history's length so that ``ks[i]`` items remain whenever the catalog has them."""
+        by the number of distinct items in the history so that ``ks[i]`` items remain whenever
+        the catalog has them."""
         if max(ks) > self.beam:
             raise FreshsidError(f"k = {max(ks)} is more than the service's beam width {self.beam}; ask for fewer items.")
-        seen = [int((row >= 0).sum()) if exclude else 0 for row, exclude in zip(histories, exclude_seen, strict=True)]
+        seen = [len(np.unique(row[row >= 0])) if exclude else 0 for row, exclude in zip(histories, exclude_seen, strict=True)]
         width = min(len(self._ids), max(k + n for k, n in zip(ks, seen, strict=True)))
         items, scores = self.recommender(histories, users, top_k=width, beam=max(self.beam, width),
                                          batch_size=max(1, len(histories)))
