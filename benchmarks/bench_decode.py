@@ -24,6 +24,7 @@ batch-32 decode at beam 100.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -177,6 +178,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="time the decode before this rewrite (tests/reference_decode.py) alongside")
+    parser.add_argument("--compile", action="store_true", help="also time the decode with the step compiled")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of batch-1 and batch-32 decodes")
     args = parser.parse_args()
 
@@ -186,61 +188,70 @@ def main() -> None:
     print(f"fp32 peak (2048^3 matmul, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
     model, codes, trie = from_release(args.releases) if args.releases else synthetic()
     old = reference()
+    versions = {"after": lambda m, h, u, beam, batch: decode.beam_search(m, h, u, codes, trie, beam=beam, top_k=args.top_k,
+                                                                      batch_size=batch)}
+    if args.baseline:
+        versions["before"] = lambda m, h, u, beam, batch: old.reference_beam_search(m, h, u, codes, trie, beam=beam,
+                                                                                     top_k=args.top_k)
+    models = {name: model for name in versions}
+    if args.compile:
+        versions["compiled"], models["compiled"] = versions["after"], copy.deepcopy(model)
+        models["compiled"].compile_step()
+        started = time.perf_counter()
+        versions["compiled"](models["compiled"], torch.zeros(1, HISTORY, dtype=torch.long), torch.zeros(1), 8, 1)
+        print(f"compiling the step: {time.perf_counter() - started:.0f} s", flush=True)
     rng = np.random.default_rng(1)
     rows = []
     for beam in map(int, args.beams.split(",")):
         for batch in map(int, args.batches.split(",")):
             hist = torch.as_tensor(rng.integers(0, len(codes), (batch, HISTORY)))
             users = torch.as_tensor(rng.integers(0, model.config.user_buckets, batch))
-
-            def run(module=decode):
-                module.beam_search(model, hist, users, codes, trie, beam=beam, top_k=args.top_k, batch_size=batch)
-
-            def run_old():
-                old.reference_beam_search(model, hist, users, codes, trie, beam=beam, top_k=args.top_k)
-
             with FlopCount(model, old) as count:
-                run_old()
-            repeats = max(2, min(args.repeats, int(20 * args.repeats / batch)))
+                reference_items, reference_scores = old.reference_beam_search(model, hist, users, codes, trie,
+                                                                              beam=beam, top_k=args.top_k)
             row = {"beam": beam, "batch": batch, "gflop": count.total / 1e9, "levels": count.levels()}
-            # old and new alternate, so that a change in the machine's load hits both
-            for _ in range(2 if args.baseline else 1):
-                row["ms"] = min(row.get("ms", float("inf")), 1000 * timed(run, repeats))
-                if args.baseline:
-                    row["old_ms"] = min(row.get("old_ms", float("inf")), 1000 * timed(run_old, repeats))
-            row["gflops"] = row["gflop"] / row["ms"] * 1000
-            row["peak_share"] = row["gflops"] / peak
+            for name, run in versions.items():  # the same items as the reference, scores to 1e-5
+                items, scores = run(models[name], hist, users, beam, batch)
+                finite = torch.isfinite(reference_scores)
+                row[f"{name}_same"] = bool(torch.equal(items, reference_items)
+                                           and (scores[finite] - reference_scores[finite]).abs().max() <= 1e-5)
+            repeats = max(2, min(args.repeats, int(20 * args.repeats / batch)))
+            for _ in range(2):  # the versions alternate, so that a change in the machine's load hits each
+                for name, run in versions.items():
+                    ms = 1000 * timed(lambda: run(models[name], hist, users, beam, batch), repeats)
+                    row[f"{name}_ms"] = min(row.get(f"{name}_ms", float("inf")), ms)
             row["load"] = os.getloadavg()[0]
             print(json.dumps(row), flush=True)
             rows.append(row)
 
     print(f"\nfp32 peak {peak:.0f} GFLOP/s ({args.threads} threads); load average at the end {os.getloadavg()}\n")
-    print("| beam | users | GFLOP | ms a decode | ms a user | GFLOP/s | share of peak |"
-          + (" before: ms a user | before: share | speed-up |" if args.baseline else ""))
-    print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.baseline else ""))
+    print("| beam | users | GFLOP | " + " | ".join(f"{n}: ms a user | {n}: share of peak" for n in versions)
+          + " | same items and scores as before |")
+    print("|---:|---:|---:|" + "---:|---:|" * len(versions) + "---|")
     for r in rows:
-        line = (f"| {r['beam']} | {r['batch']} | {r['gflop']:.2f} | {r['ms']:.1f} | {r['ms'] / r['batch']:.2f} | "
-                f"{r['gflops']:.0f} | {100 * r['peak_share']:.0f}% |")
-        if args.baseline:
-            line += (f" {r['old_ms'] / r['batch']:.2f} | {100 * r['gflop'] / r['old_ms'] * 1000 / peak:.0f}% | "
-                     f"{r['old_ms'] / r['ms']:.2f}x |")
-        print(line)
-    first = rows[0]["levels"]
-    print("\nFLOPs of one user's decode at beam", rows[0]["beam"], "(MFLOP; tokens = rows the model ran):\n")
-    print("| level | tokens | linear | attention | head |\n|---:|---:|---:|---:|---:|")
-    for lv in first:
-        print(f"| {lv['level']} | {lv['tokens'] / rows[0]['batch']:.0f} | {lv['linear_mflop'] / rows[0]['batch']:.1f} | "
-              f"{lv['attention_mflop'] / rows[0]['batch']:.1f} | {lv['head_mflop'] / rows[0]['batch']:.1f} |")
+        cells = " | ".join(f"{r[f'{n}_ms'] / r['batch']:.2f} | {100 * r['gflop'] / r[f'{n}_ms'] * 1000 / peak:.0f}%"
+                           for n in versions)
+        same = ", ".join(n for n in versions if r[f"{n}_same"]) or "none"
+        print(f"| {r['beam']} | {r['batch']} | {r['gflop']:.2f} | {cells} | {same} |")
+    print("\nA lone user's decode over the per-user cost in a batch of 32 (the goal: at most 2):\n")
+    for beam in sorted({r["beam"] for r in rows}):
+        by_batch = {r["batch"]: r for r in rows if r["beam"] == beam}
+        if 1 in by_batch and 32 in by_batch:
+            print(f"beam {beam}: " + ", ".join(f"{n} {by_batch[1][f'{n}_ms'] / (by_batch[32][f'{n}_ms'] / 32):.2f}"
+                                               for n in versions))
+    for first in (r for r in rows if r["batch"] == 1):
+        print(f"\nFLOPs of one user's decode at beam {first['beam']} (MFLOP; tokens: rows the model ran):\n")
+        print("| level | tokens | linear | attention | head |\n|---:|---:|---:|---:|---:|")
+        for lv in first["levels"]:
+            print(f"| {lv['level']} | {lv['tokens']:.0f} | {lv['linear_mflop']:.1f} | {lv['attention_mflop']:.1f} | "
+                  f"{lv['head_mflop']:.1f} |")
 
     if args.profile:
         for batch in (1, 32):
             hist = torch.as_tensor(rng.integers(0, len(codes), (batch, HISTORY)))
             users = torch.as_tensor(rng.integers(0, model.config.user_buckets, batch))
-            profile(lambda: decode.beam_search(model, hist, users, codes, trie, beam=100, top_k=args.top_k,
-                                               batch_size=batch), f"after, batch {batch}, beam 100")
-            if args.baseline:
-                profile(lambda: old.reference_beam_search(model, hist, users, codes, trie, beam=100, top_k=args.top_k),
-                        f"before, batch {batch}, beam 100")
+            for name, run in versions.items():
+                profile(lambda: run(models[name], hist, users, 100, batch), f"{name}, batch {batch}, beam 100")
 
 
 if __name__ == "__main__":

@@ -196,3 +196,18 @@ def test_decode_equals_the_reference_on_a_one_item_catalog(sizes):
     items = assert_same_as_reference(model, hist, np.arange(2), codes, SidTrie.from_codes(codes, sizes), beam=7,
                                      top_k=3)
     assert items.tolist() == [[0, -1, -1], [0, -1, -1]]
+
+
+def test_a_step_that_fails_to_compile_falls_back_to_eager_with_the_same_results(monkeypatch):
+    def failing(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: failing)
+    sizes = (4, 4, 3)
+    codes = with_collisions(np.random.default_rng(0), sizes, 12, 3)
+    model = make_model(sizes, seed=1)
+    model.compile_step()
+    hist = np.array([[0, 1, -1, -1], [2, -1, -1, -1]])
+    with pytest.warns(RuntimeWarning, match="decoding eagerly"):
+        assert_same_as_reference(model, hist, np.arange(2), codes, SidTrie.from_codes(codes, sizes), beam=5, top_k=6)
+    assert model._compiled_step is None

@@ -415,6 +415,7 @@ class ServeConfig(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0.0)  # how long the first request of a batch waits for company
     batching: bool = True
     threads: int = Field(0, ge=0)  # torch threads of the decoding thread; 0: the process's own setting
+    compile: bool = False  # torch.compile the decoding step when a release loads (tens of seconds; eager if it fails)
     poll_seconds: float = Field(1.0, gt=0.0)
     max_body_bytes: int = Field(65_536, ge=64)
     max_history: int = Field(1_000, ge=1)

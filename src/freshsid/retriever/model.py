@@ -23,6 +23,7 @@ a full-vocabulary head would be over 10x wider than the slice it needs.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -414,6 +415,14 @@ class Retriever(nn.Module):
         shape = (n_users, n_beams, cfg.n_heads, cfg.n_levels - 1, cfg.width // cfg.n_heads)
         return [(like.new_empty(shape), like.new_empty(shape)) for _ in self.blocks]
 
+    def compile_step(self) -> None:
+        """Run :meth:`step` through ``torch.compile`` from now on, with dynamic shapes (one graph
+        for every batch and beam width): on the CPU it fuses the norms, GELU and attention's
+        elementwise work around the matmuls. It compiles at the next step, which then takes
+        tens of seconds; if compiling fails (no C++ compiler, say), the step stays eager and a
+        warning says why."""
+        self._compiled_step = torch.compile(self._eager_step, dynamic=True)
+
     def step(
         self,
         tokens: torch.Tensor,
@@ -425,6 +434,17 @@ class Retriever(nn.Module):
     ) -> torch.Tensor:
         """Cached decoding step: tokens (B, W) at positions (B,) -> hidden (B, W, C); the
         tokens' keys and values go to ``slot`` of ``generated`` (see :meth:`CausalSelfAttention.step`)."""
+        compiled = getattr(self, "_compiled_step", None)
+        if compiled is not None:
+            try:
+                return compiled(tokens, positions, prefix, prefix_bias, generated, slot)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, once
+                warnings.warn(f"torch.compile of the decoding step failed ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); decoding eagerly.", RuntimeWarning, stacklevel=2)
+                self._compiled_step = None
+        return self._eager_step(tokens, positions, prefix, prefix_bias, generated, slot)
+
+    def _eager_step(self, tokens, positions, prefix, prefix_bias, generated, slot):  # noqa: ANN001, ANN202
         x = self.tok_emb(tokens) + self.pos_emb(positions)[:, None, :]
         for i, block in enumerate(self.blocks):
             x = block.step(x, prefix[i], prefix_bias, generated[i], slot)

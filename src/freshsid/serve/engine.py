@@ -34,7 +34,7 @@ class Recommendation:
 class Engine:
     """Recommendations from one release, by original user and item ids."""
 
-    def __init__(self, release: Release, *, beam: int) -> None:
+    def __init__(self, release: Release, *, beam: int, compile_step: bool = False) -> None:
         self.release, self.beam = release, beam
         self.recommender = Recommender(release.model, release.table)
         length = release.model.config.max_history
@@ -58,6 +58,10 @@ class Engine:
         until = release.manifest.info.get("data", {}).get("until_time")
         self._age = (dict(zip(catalog["item"].to_list(), item_age_labels(catalog["first_seen"].to_numpy(), until)))
                      if "first_seen" in catalog.columns and until is not None else {})
+        if compile_step:  # compiled here, by one decode, rather than on a request
+            release.model.compile_step()
+            if len(self._users):
+                self.decode(self._histories[:1], self._users[:1], [1], [False])
 
     @property
     def release_id(self) -> str:

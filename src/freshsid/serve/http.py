@@ -76,7 +76,7 @@ class Service:
     def __init__(self, releases: Releases, config: ServeConfig | None = None) -> None:
         self.releases, self.config = releases, config or ServeConfig()
         self.metrics = ServiceMetrics(releases.root)
-        self._use(Engine(releases.load_current(), beam=self.config.beam))
+        self._use(Engine(releases.load_current(), beam=self.config.beam, compile_step=self.config.compile))
         self._refused: str | None = None
         self._waiting: deque[_Pending] = deque()
         self._ready: asyncio.Event | None = None
@@ -194,7 +194,7 @@ class Service:
                 return {**reply, "refused": self._refused} if self._refused else reply
             try:
                 engine = await asyncio.to_thread(lambda: Engine(load_release(self.releases.path(current)),
-                                                                beam=self.config.beam))
+                                                                beam=self.config.beam, compile_step=self.config.compile))
             except FreshsidError as exc:
                 return self._refuse(current, str(exc))
             before = self.engine.release_id
