@@ -243,8 +243,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--server-src", type=Path, default=SRC, help="the src folder whose code serves")
     parser.add_argument("--old-src", type=Path, help="also serve this src folder's code, setting by setting (old vs new)")
-    parser.add_argument("--new-options", default="", help="more `freshsid serve` options for --server-src's code only, "
-                        "e.g. '--compile --threads 1'")
+    parser.add_argument("--new-options", default="", help="`freshsid serve` options for --server-src's code only, "
+                        "one server per ';'-separated set: e.g. --new-options=';--threads 1;--compile'")
     parser.add_argument("--open-loop", default="", help="shares of capacity for Poisson arrivals, e.g. 0.25,0.5,0.8")
     parser.add_argument("--open-requests", type=int, default=300, help="requests per open-loop setting")
     args = parser.parse_args()
@@ -256,7 +256,8 @@ def main() -> None:
         releases = synthetic_release(args.out) if args.synthetic else make_release(args.run, args.dataset, args.out)
     users = releases.load_current().histories["user_id"].to_list()
     users = list(np.random.default_rng(0).permutation(users))
-    codes = [("new", args.server_src, tuple(args.new_options.split()))]
+    codes = [(f"new {options}".strip(), args.server_src, tuple(options.split()))
+             for options in args.new_options.split(";")]
     codes += [("old", args.old_src, ())] if args.old_src else []
     rows = []
     for beam in map(int, args.beams.split(",")):
@@ -268,7 +269,7 @@ def main() -> None:
                     rows += measure(server, users, args, code=code, beam=beam, batching=batching)
                 finally:
                     server.stop()
-    print("\n| code | beam | micro-batching | load | concurrency or arrivals | p50 ms | p99 ms | requests/s | mean batch "
+    print("\n| code | beam | micro-batching | loop | concurrency or arrivals | p50 ms | p99 ms | requests/s | mean batch "
           "| decode ms a request | load average |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "—"

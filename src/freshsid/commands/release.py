@@ -308,8 +308,8 @@ def serve(
                                                   "[default: on].", show_default=False)] = None,
     poll: Annotated[float | None, typer.Option("--poll", min=0.05, help="Seconds between checks of the current release "
                                                "[default: 1].")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=0, help="Torch threads of the decoding thread (0: the "
-                                                "process's setting) [default: 0].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=0, help="Torch threads of the decoding thread (0: one "
+                                                "less than the process's, at least 1) [default: 0].")] = None,
     compile_step: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the decoding step "
                                                       "when a release loads [default: off].", show_default=False)] = None,
     device: DeviceOpt = "auto",

@@ -68,9 +68,11 @@ class Service:
     cost, which is all the wait costs the others; a lone request (none arriving) is
     decoded at once. Lookups and the JSON answer happen on the event loop.
 
-    Decoding runs on one dedicated thread whose torch thread count is set there
-    (``threads``, or the process's setting): torch's setting is per thread, and a pool of
-    threads each with its own OpenMP team would oversubscribe the cores.
+    Decoding runs on one dedicated thread whose torch thread count is set there: torch's
+    setting is per thread, and a pool of threads each with its own OpenMP team would
+    oversubscribe the cores. By default it is one less than the process's, so that the event
+    loop (reading, parsing, answering) keeps a core: on 2 shared cores a decode over both
+    waited on the loop, and a lone request took twice as long (``benchmarks/RESULTS.md``).
     """
 
     def __init__(self, releases: Releases, config: ServeConfig | None = None) -> None:
@@ -82,7 +84,8 @@ class Service:
         self._ready: asyncio.Event | None = None
         self._arriving = 0  # requests being read or parsed: about to queue
         self.decode_cost = DecodeCost()
-        self._threads = self.config.threads or torch.get_num_threads()  # read on the thread that made the service
+        # read on the thread that made the service; by default the event loop keeps a core of its own
+        self._threads = self.config.threads or max(1, torch.get_num_threads() - 1)
         self._decoder: ThreadPoolExecutor | None = None
         self._reload_lock = asyncio.Lock()
 
