@@ -74,50 +74,63 @@ def reference():
 
 
 class FlopCount:
-    """Counts the FLOPs of the calls the reference decode makes to ``model`` (a multiply-add is 2), per
-    level: the same arithmetic as this checkout's decode, whose steps are laid out differently.
+    """Counts the FLOPs of the calls a decode makes to ``model`` (a multiply-add is 2), per level:
+    this checkout's (``model.step``) or, given the reference module, the reference's (its ``_step``).
 
     Per token and layer: 2 (4C^2 + 2CF) for the projections and the MLP, and 4C per
     position attended to (scores and values). Prefill tokens attend causally (position p
     sees p + 1); a step's token sees the padded history and the generated tokens. The head
     is 2C per code of the level scored; the last level's per-child head (a few edges) is
-    left out. Embeddings, norms and softmax are ignored."""
+    left out. Embeddings, norms and softmax are ignored. A step that fills in the cache of
+    a beam that skipped it counts for the level it would have scored."""
 
-    def __init__(self, model: Retriever, module) -> None:
-        self.model, self.cfg, self.module = model, model.config, module
+    def __init__(self, model: Retriever, reference_module=None) -> None:
+        self.model, self.cfg, self.reference = model, model.config, reference_module
         self.tokens, self.linear, self.attention, self.head = Counter(), Counter(), Counter(), Counter()
-        self._calls = (model.encode, module._step, model.level_logits)
+        owner = reference_module if reference_module is not None else model
+        self._calls = (model.encode, getattr(owner, "_step" if reference_module is not None else "step"),
+                       model.level_logits)
+
+    def _step(self, rows: int, done: int, n_prefix: int) -> None:
+        c, f, layers = self.cfg.width, self.cfg.ffn, self.cfg.n_layers
+        self.tokens[done + 1] += rows
+        self.linear[done + 1] += rows * layers * 2 * (4 * c * c + 2 * c * f)
+        self.attention[done + 1] += rows * layers * 4 * c * (n_prefix + done + 1)
 
     def __enter__(self) -> FlopCount:
         encode, step, level_logits = self._calls
         c, f, layers = self.cfg.width, self.cfg.ffn, self.cfg.n_layers
-        per_token = layers * 2 * (4 * c * c + 2 * c * f)
 
         def counted_encode(tokens):
             n, length = tokens.shape
             self.tokens[0] += n * length
-            self.linear[0] += n * length * per_token
+            self.linear[0] += n * length * layers * 2 * (4 * c * c + 2 * c * f)
             self.attention[0] += n * layers * 4 * c * length * (length + 1) / 2
             return encode(tokens)
 
-        def counted_step(model, tokens, positions, prefix, prefix_valid, generated):
-            done = 0 if generated is None else generated[0][0].shape[3]
-            level, rows, context = done + 1, tokens.numel(), prefix[0][0].shape[2] + done + 1
-            self.tokens[level] += rows
-            self.linear[level] += rows * per_token
-            self.attention[level] += rows * layers * 4 * c * context
+        def counted_reference_step(model, tokens, positions, prefix, prefix_valid, generated):
+            self._step(tokens.numel(), 0 if generated is None else generated[0][0].shape[3], prefix[0][0].shape[2])
             return step(model, tokens, positions, prefix, prefix_valid, generated)
+
+        def counted_step(tokens, positions, prefix, prefix_bias, generated, slot):
+            self._step(tokens.numel(), slot, prefix[0][0].shape[-1])
+            return step(tokens, positions, prefix, prefix_bias, generated, slot)
 
         def counted_logits(hidden, level):
             self.head[level] += hidden.numel() // c * self.cfg.codebook_sizes[level] * 2 * c
             return level_logits(hidden, level)
 
-        self.model.encode, self.module._step, self.model.level_logits = counted_encode, counted_step, counted_logits
+        self.model.encode, self.model.level_logits = counted_encode, counted_logits
+        if self.reference is not None:
+            self.reference._step = counted_reference_step
+        else:
+            self.model.step = counted_step
         return self
 
     def __exit__(self, *exc) -> None:
-        self.module._step = self._calls[1]
-        for name in ("encode", "level_logits"):
+        if self.reference is not None:
+            self.reference._step = self._calls[1]
+        for name in ("encode", "step", "level_logits"):
             vars(self.model).pop(name, None)
 
     @property
@@ -206,10 +219,13 @@ def main() -> None:
         for batch in map(int, args.batches.split(",")):
             hist = torch.as_tensor(rng.integers(0, len(codes), (batch, HISTORY)))
             users = torch.as_tensor(rng.integers(0, model.config.user_buckets, batch))
-            with FlopCount(model, old) as count:
+            with FlopCount(model, old) as before:
                 reference_items, reference_scores = old.reference_beam_search(model, hist, users, codes, trie,
                                                                               beam=beam, top_k=args.top_k)
-            row = {"beam": beam, "batch": batch, "gflop": count.total / 1e9, "levels": count.levels()}
+            with FlopCount(model) as after:
+                versions["after"](model, hist, users, beam, batch)
+            row = {"beam": beam, "batch": batch, "gflop_before": before.total / 1e9, "gflop": after.total / 1e9,
+                   "levels_before": before.levels(), "levels": after.levels()}
             for name, run in versions.items():  # the same items as the reference, scores to 1e-5
                 items, scores = run(models[name], hist, users, beam, batch)
                 finite = torch.isfinite(reference_scores)
@@ -225,14 +241,17 @@ def main() -> None:
             rows.append(row)
 
     print(f"\nfp32 peak {peak:.0f} GFLOP/s ({args.threads} threads); load average at the end {os.getloadavg()}\n")
-    print("| beam | users | GFLOP | " + " | ".join(f"{n}: ms a user | {n}: share of peak" for n in versions)
-          + " | same items and scores as before |")
-    print("|---:|---:|---:|" + "---:|---:|" * len(versions) + "---|")
+    print("GFLOP: the arithmetic each version does (before: every beam steps at every level; after: only beams "
+          "with a choice). Share of peak: that arithmetic over the time, against the peak above.\n")
+    print("| beam | users | GFLOP before | GFLOP after | "
+          + " | ".join(f"{n}: ms a user | {n}: share of peak" for n in versions) + " | same items and scores as before |")
+    print("|---:|---:|---:|---:|" + "---:|---:|" * len(versions) + "---|")
     for r in rows:
-        cells = " | ".join(f"{r[f'{n}_ms'] / r['batch']:.2f} | {100 * r['gflop'] / r[f'{n}_ms'] * 1000 / peak:.0f}%"
+        cells = " | ".join(f"{r[f'{n}_ms'] / r['batch']:.2f} | "
+                           f"{100 * r['gflop_before' if n == 'before' else 'gflop'] / r[f'{n}_ms'] * 1000 / peak:.0f}%"
                            for n in versions)
         same = ", ".join(n for n in versions if r[f"{n}_same"]) or "none"
-        print(f"| {r['beam']} | {r['batch']} | {r['gflop']:.2f} | {cells} | {same} |")
+        print(f"| {r['beam']} | {r['batch']} | {r['gflop_before']:.2f} | {r['gflop']:.2f} | {cells} | {same} |")
     print("\nA lone user's decode over the per-user cost in a batch of 32 (the goal: at most 2):\n")
     for beam in sorted({r["beam"] for r in rows}):
         by_batch = {r["batch"]: r for r in rows if r["beam"] == beam}
@@ -240,11 +259,13 @@ def main() -> None:
             print(f"beam {beam}: " + ", ".join(f"{n} {by_batch[1][f'{n}_ms'] / (by_batch[32][f'{n}_ms'] / 32):.2f}"
                                                for n in versions))
     for first in (r for r in rows if r["batch"] == 1):
-        print(f"\nFLOPs of one user's decode at beam {first['beam']} (MFLOP; tokens: rows the model ran):\n")
+        print(f"\nFLOPs of one user's decode at beam {first['beam']}, before / after (MFLOP; tokens: rows the model "
+              "ran):\n")
         print("| level | tokens | linear | attention | head |\n|---:|---:|---:|---:|---:|")
-        for lv in first["levels"]:
-            print(f"| {lv['level']} | {lv['tokens']:.0f} | {lv['linear_mflop']:.1f} | {lv['attention_mflop']:.1f} | "
-                  f"{lv['head_mflop']:.1f} |")
+        for old_lv, lv in zip(first["levels_before"], first["levels"], strict=True):
+            print(f"| {lv['level']} | {old_lv['tokens']:.0f} / {lv['tokens']:.0f} | {old_lv['linear_mflop']:.1f} / "
+                  f"{lv['linear_mflop']:.1f} | {old_lv['attention_mflop']:.1f} / {lv['attention_mflop']:.1f} | "
+                  f"{old_lv['head_mflop']:.1f} / {lv['head_mflop']:.1f} |")
 
     if args.profile:
         for batch in (1, 32):

@@ -6,10 +6,14 @@ prefixes are never expanded, so every result is an allowed item.
 
 The history is run once per user; its KV cache is broadcast over that user's
 beams (see ``CausalSelfAttention.step``), and only the D-1 generated tokens are
-cached per beam. All beams of all users advance together with tensor ops.
+cached per beam. All beams of all users advance together with tensor ops. A beam
+whose prefix has a single child passes its score on to that child (log 1 = 0) and
+runs no step; its steps run later, only if a descendant has a choice to make.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,50 +46,144 @@ def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return logp.masked_fill(~mask, float("-inf"))  # all-masked rows give NaN above
 
 
-def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_bias, generated, top_k):
+@dataclass
+class _Beams:
+    """The beams of every user at one depth, and what their steps have cached.
+
+    nodes, scores: (B, W) trie nodes (-1: none) and summed log-probabilities (-inf: none);
+    paths: (B, W, d) each beam's codes so far; cache: per layer, keys and values
+    (B, W, H, D-1, hd) of each beam's generated tokens, of which the first ``filled``
+    (B, W) slots are computed: a beam that never had a choice to make skipped its steps.
+    """
+
+    nodes: torch.Tensor
+    scores: torch.Tensor
+    paths: torch.Tensor
+    cache: list[KV]
+    filled: torch.Tensor
+
+    def keep(self, parent: torch.Tensor, codes: torch.Tensor, nodes: torch.Tensor, scores: torch.Tensor) -> _Beams:
+        """The beams one level down: each a child ``codes`` (B, W') of beam ``parent`` (B, W')."""
+        paths = torch.cat([self.paths.gather(1, parent[..., None].expand(-1, -1, self.paths.shape[2])),
+                           codes[..., None]], dim=2)
+        return _Beams(nodes, scores, paths, _pick(self.cache, parent), self.filled.gather(1, parent))
+
+
+def _pick(cache: list[KV], beams: torch.Tensor) -> list[KV]:
+    """Each user's ``beams`` (B, W') of a per-beam cache (B, W, ...), as a new cache (B, W', ...)."""
+    rows = _rows(beams, cache[0][0].shape[1])
+    return [tuple(t.flatten(0, 1).index_select(0, rows).unflatten(0, beams.shape) for t in kv) for kv in cache]
+
+
+def _rows(beams: torch.Tensor, n_beams: int) -> torch.Tensor:
+    """(B, W') beam indices -> (B*W',) rows of the flattened (B*W, ...) beams."""
+    return (beams + n_beams * torch.arange(len(beams), device=beams.device)[:, None]).reshape(-1)
+
+
+def _hidden(model: Retriever, history: tuple, state: _Beams, beams: torch.Tensor, level: int) -> torch.Tensor:
+    """Hidden states (B, W', C) that predict ``level`` for each user's ``beams`` (B, W').
+
+    Runs the steps those beams lack (their slots ``filled`` .. level-1, on them alone) and
+    writes their cache back, so that a beam pays for its steps only once it has a choice
+    to make. ``history``: the prefix, its padding bias and the lengths (B,)."""
+    prefix, prefix_bias, lengths = history
+    rows = _rows(beams, state.nodes.shape[1])
+    sub = _pick(state.cache, beams)
+    paths = state.paths.flatten(0, 1).index_select(0, rows).unflatten(0, beams.shape)
+    for slot in range(int(state.filled.reshape(-1)[rows].min()), level):
+        tokens = paths[..., slot] + model.config.level_offsets[slot]
+        hidden = model.step(tokens, lengths + slot, prefix, prefix_bias, sub, slot)
+    for kv, sub_kv in zip(state.cache, sub, strict=True):
+        for t, part in zip(kv, sub_kv, strict=True):
+            t.flatten(0, 1).index_copy_(0, rows, part.flatten(0, 1))
+    state.filled.view(-1)[rows] = level
+    return hidden
+
+
+def _choosing(state: _Beams, trie: SidTrie, level: int):
+    """Every child edge of every beam, and the beams with more than one child first.
+
+    Returns beam_of (E,) flat beam, leaf (E,) edge index, count (B, W) children a beam has,
+    and beams (B, W') each user's beams with a choice (W': the most any user has), padded
+    with others."""
+    n_users, n_beams = state.nodes.shape
+    beam_of, edge = trie.children(level, state.nodes.reshape(-1).to(trie.device))
+    count = torch.bincount(beam_of, minlength=n_users * n_beams).view(n_users, n_beams)
+    device = state.nodes.device
+    beam_of, edge, count = beam_of.to(device), edge.to(device), count.to(device)
+    need = count > 1
+    width = int(need.sum(1).max()) if need.numel() else 0
+    beams = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :width]  # beams with a choice first
+    return beam_of, edge, count, beams
+
+
+def _level(model, trie, history, state: _Beams, level: int, keep: int) -> _Beams:
+    """The ``keep`` best children (of all users' beams together, per user) one level down.
+
+    A beam with one child passes its score on unchanged (log 1 = 0 whatever the logits),
+    so only beams with a choice run a step and score their codes; with 256 codes a level
+    and a catalog of ten thousands, that is most beams of the levels past the first."""
+    n_users, n_beams = state.nodes.shape
+    n_codes = model.config.codebook_sizes[level]
+    beam_of, edge, count, beams = _choosing(state, trie, level)
+    # Beams with one child: that child, at the beam's score.
+    only = (count == 1).reshape(-1)[beam_of]
+    single_code = torch.zeros(n_users * n_beams, dtype=torch.long, device=beam_of.device)
+    single_code[beam_of[only]] = trie.edge_codes[level][edge[only].to(trie.device)].to(beam_of.device)
+    candidates = [torch.where(count == 1, state.scores, float("-inf"))]
+    width = beams.shape[1]
+    if width > 0:
+        chosen = state.nodes.gather(1, beams)
+        mask = trie.allowed_mask(level, chosen.reshape(-1).to(trie.device)).to(chosen.device)
+        mask = mask.view(n_users, width, n_codes) & (count.gather(1, beams) > 1)[..., None]
+        logits = model.level_logits(_hidden(model, history, state, beams, level), level)  # (B, W', K)
+        total = state.scores.gather(1, beams)[..., None] + _masked_log_softmax(logits.float(), mask)
+        candidates.insert(0, total.view(n_users, -1))
+    table = torch.cat(candidates, dim=1)
+    # Never keep more beams than any user has valid continuations.
+    n_valid = int(torch.isfinite(table).sum(1).max()) if table.numel() else 0
+    scores, index = table.topk(max(1, min(keep, n_valid)), dim=1)
+    scored = index < width * n_codes
+    single = (index - width * n_codes).clamp(min=0)
+    parent = torch.where(scored, beams.gather(1, (index // n_codes).clamp(max=max(width - 1, 0))) if width else single,
+                         single)
+    codes = torch.where(scored, index % n_codes, single_code.view(n_users, n_beams).gather(1, single))
+    nodes = trie.child(level, state.nodes.gather(1, parent).reshape(-1).to(trie.device), codes.reshape(-1))
+    nodes = torch.where(torch.isfinite(scores), nodes.to(scores.device).view(scores.shape), -1)
+    return state.keep(parent, codes, nodes, torch.where(nodes >= 0, scores, float("-inf")))
+
+
+def _last_level(model, trie, history, state: _Beams, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Items and scores (B, <= top_k) of the last level, scoring each beam's children only.
 
     The last level is the collision suffix: its codebook is as wide as the largest
     collision group (thousands of codes in a million-item catalog), while a beam has
     few children. So logits are computed for those children alone (no dense beams x K
-    mask or logits), and only for beams with a choice to make: a beam with a single
-    child scores log 1 = 0 for it whatever the logits, and with a collision suffix that
-    is most beams (about a third less decoding work).
-
-    nodes, scores: (B, W) the beams at depth D-1; codes: (B, W) their level D-2 codes.
+    mask or logits), and only for beams with a choice to make, as at every level.
     """
     cfg = model.config
     level = cfg.n_levels - 1
+    nodes, scores = state.nodes, state.scores
     n_users, n_beams = nodes.shape
     device = nodes.device
-    # Every child edge of every beam, beam-major, codes ascending within a beam.
     if trie.n_items == 0:  # a trie without items: nothing to return
         return (torch.full((n_users, 1), -1, dtype=torch.long, device=device),
                 torch.full((n_users, 1), float("-inf"), device=device))
-    flat = nodes.reshape(-1).to(trie.device)
-    beam_of, leaf = trie.children(level, flat)
-    n_edges = len(leaf)
-    count = torch.bincount(beam_of, minlength=len(flat))
-    beam_of, leaf, count = beam_of.to(device), leaf.to(device), count.to(device)
+    beam_of, leaf, count, beams = _choosing(state, trie, level)
+    n_edges, width = len(leaf), beams.shape[1]
     logp = torch.zeros(n_edges, device=device)
-    need = (count > 1).view(n_users, n_beams)
-    width = int(need.sum(1).max()) if need.numel() else 0
     if width > 0:
-        beams = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :width]  # needing beams first
-        step_tokens = codes.gather(1, beams) + cfg.level_offsets[level - 1]
-        sub_cache = (model.generated_cache(n_users, width, like=prefix_bias) if generated is None
-                     else _pick(generated, beams))
-        hidden = model.step(step_tokens, lengths + level - 1, prefix, prefix_bias, sub_cache, level - 1)  # (B, width, C)
+        hidden = _hidden(model, history, state, beams, level)  # (B, width, C)
         row = torch.full((n_users, n_beams), -1, dtype=torch.long, device=device)
         row.scatter_(1, beams, torch.arange(width, device=device).expand(n_users, width))
-        chosen = need.reshape(-1)[beam_of]
+        chosen = (count > 1).reshape(-1)[beam_of]
         b = beam_of[chosen]
         code = trie.edge_codes[level][leaf[chosen].to(trie.device)].to(device)
         head = model.tok_emb.weight[cfg.level_offsets[level] + code]  # (E', C): the tied head's rows
         logit = (hidden[b // n_beams, row.reshape(-1)[b]] * head).sum(-1).float()
         # Log-softmax over each beam's children.
-        top = torch.full((len(flat),), float("-inf"), device=device).scatter_reduce(0, b, logit, "amax")
-        mass = torch.zeros(len(flat), device=device).index_add_(0, b, (logit - top[b]).exp())
+        top = torch.full((n_users * n_beams,), float("-inf"), device=device).scatter_reduce(0, b, logit, "amax")
+        mass = torch.zeros(n_users * n_beams, device=device).index_add_(0, b, (logit - top[b]).exp())
         logp[chosen] = logit - (top + mass.log())[b]
     candidate = scores.reshape(-1)[beam_of] + logp
     # Each user's candidates side by side, padded with -inf, then its top_k.
@@ -104,13 +202,6 @@ def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_bias,
     return items, best
 
 
-def _pick(generated: list[KV], beams: torch.Tensor) -> list[KV]:
-    """Each user's ``beams`` (B, W') of the per-beam cache (B, W, ...), as a new cache (B, W', ...)."""
-    n_users, n_beams = generated[0][0].shape[:2]
-    rows = (beams + n_beams * torch.arange(n_users, device=beams.device)[:, None]).reshape(-1)
-    return [tuple(t.flatten(0, 1).index_select(0, rows).unflatten(0, beams.shape) for t in kv) for kv in generated]
-
-
 @torch.inference_mode()
 def _search(
     model: Retriever, tokens: torch.Tensor, lengths: torch.Tensor, trie: SidTrie, beam: int, top_k: int
@@ -124,39 +215,24 @@ def _search(
     device = tokens.device
     n_users, n_levels = tokens.shape[0], cfg.n_levels
     hidden, cache = model.encode(tokens)
-    prefix, prefix_bias = model.decoding_prefix(cache, lengths)
+    history = (*model.decoding_prefix(cache, lengths), lengths)
     last = hidden[torch.arange(n_users, device=device), lengths - 1]  # (B, C)
-
-    nodes = torch.full((n_users, 1), trie.root, dtype=torch.long, device=device)
-    scores = torch.zeros(n_users, 1, device=device)
-    codes = generated = None
-    for level in range(n_levels):
-        if level > 0 and level == n_levels - 1:
-            return _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_bias, generated, top_k)
-        n_beams, n_codes = nodes.shape[1], cfg.codebook_sizes[level]
-        mask = trie.allowed_mask(level, nodes.reshape(-1)).to(device).view(n_users, n_beams, n_codes)
-        if level == 0:
-            logits = model.level_logits(last, 0)[:, None, :]  # (B, 1, K_0)
-        else:
-            if generated is None:
-                generated = model.generated_cache(n_users, n_beams, like=prefix_bias)
-            step_tokens = codes + cfg.level_offsets[level - 1]
-            h = model.step(step_tokens, lengths + level - 1, prefix, prefix_bias, generated, level - 1)
-            logits = model.level_logits(h, level)  # (B, W, K)
-        total = (scores[..., None] + _masked_log_softmax(logits.float(), mask)).view(n_users, -1)
-        # Never keep more beams than any user has valid continuations.
-        n_valid = int(torch.isfinite(total).sum(1).max()) if total.numel() else 0
-        width = max(1, min(top_k if level == n_levels - 1 else beam, n_valid))
-        scores, flat = total.topk(width, dim=1)
-        parent, codes = flat // n_codes, flat % n_codes
-        nodes = trie.child(level, nodes.gather(1, parent).reshape(-1).to(trie.device), codes.reshape(-1))
-        nodes = nodes.to(device).view(n_users, width)
-        nodes = torch.where(torch.isfinite(scores), nodes, -1)
-        scores = torch.where(nodes >= 0, scores, float("-inf"))
-        if generated is not None:
-            generated = _pick(generated, parent)
-    items = trie.item_of(nodes.reshape(-1).to(trie.device)).to(device).view(n_users, -1)
-    return items, scores
+    # Level 0: the root's codes, scored from the history's last position.
+    root = torch.full((n_users,), trie.root, dtype=torch.long, device=device)
+    mask = trie.allowed_mask(0, root.to(trie.device)).to(device)
+    total = _masked_log_softmax(model.level_logits(last, 0).float(), mask)  # (B, K_0)
+    n_valid = int(torch.isfinite(total).sum(1).max()) if total.numel() else 0
+    scores, codes = total.topk(max(1, min(top_k if n_levels == 1 else beam, n_valid)), dim=1)
+    nodes = trie.child(0, root.repeat_interleave(scores.shape[1]).to(trie.device), codes.reshape(-1))
+    nodes = torch.where(torch.isfinite(scores), nodes.to(device).view(scores.shape), -1)
+    scores = torch.where(nodes >= 0, scores, float("-inf"))
+    if n_levels == 1:
+        return trie.item_of(nodes.reshape(-1).to(trie.device)).to(device).view(n_users, -1), scores
+    state = _Beams(nodes, scores, codes[..., None], model.generated_cache(n_users, nodes.shape[1], like=history[1]),
+                   torch.zeros_like(nodes))
+    for level in range(1, n_levels - 1):
+        state = _level(model, trie, history, state, level, beam)
+    return _last_level(model, trie, history, state, top_k)
 
 
 def beam_search(
