@@ -211,3 +211,21 @@ def test_a_step_that_fails_to_compile_falls_back_to_eager_with_the_same_results(
     with pytest.warns(RuntimeWarning, match="decoding eagerly"):
         assert_same_as_reference(model, hist, np.arange(2), codes, SidTrie.from_codes(codes, sizes), beam=5, top_k=6)
     assert model._compiled_step is None
+
+
+def test_exact_ties_fall_as_in_the_reference():
+    # Codes 0 and 1 of level 0 share an embedding (and so, the head being tied, a logit):
+    # their one-child chains end in items with bitwise-equal scores.
+    sizes = (4, 3, 2)
+    codes = np.array([[0, 2, 1], [1, 2, 1], [2, 0, 0], [2, 0, 1], [2, 1, 0], [3, 1, 1]])
+    model = make_model(sizes, seed=4)
+    with torch.no_grad():
+        first = model.config.level_offsets[0]
+        model.tok_emb.weight[first + 1] = model.tok_emb.weight[first]
+    hist = np.array([[2, 3, -1, -1], [-1] * 4])
+    for beam, top_k in [(1, 2), (2, 2), (4, 6)]:
+        items, scores = beam_search(model, hist, np.arange(2), codes, SidTrie.from_codes(codes, sizes), beam=beam,
+                                    top_k=top_k)
+        assert_same_as_reference(model, hist, np.arange(2), codes, SidTrie.from_codes(codes, sizes), beam=beam,
+                                 top_k=top_k)
+    assert scores[0, items[0].tolist().index(0)] == scores[0, items[0].tolist().index(1)]  # a real tie

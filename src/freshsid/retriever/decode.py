@@ -118,36 +118,32 @@ def _choosing(state: _Beams, trie: SidTrie, level: int):
 
 
 def _level(model, trie, history, state: _Beams, level: int, keep: int) -> _Beams:
-    """The ``keep`` best children (of all users' beams together, per user) one level down.
+    """The ``keep`` best children (per user) of all the beams, one level down.
 
     A beam with one child passes its score on unchanged (log 1 = 0 whatever the logits),
     so only beams with a choice run a step and score their codes; with 256 codes a level
-    and a catalog of ten thousands, that is most beams of the levels past the first."""
+    and a catalog of ten thousands, that is most beams of the levels past the first. The
+    candidates are laid out as the dense (B, W, K) table of scores over every beam's codes,
+    as if every beam had been scored, so that ties fall as they always have."""
     n_users, n_beams = state.nodes.shape
     n_codes = model.config.codebook_sizes[level]
     beam_of, edge, count, beams = _choosing(state, trie, level)
-    # Beams with one child: that child, at the beam's score.
-    only = (count == 1).reshape(-1)[beam_of]
-    single_code = torch.zeros(n_users * n_beams, dtype=torch.long, device=beam_of.device)
-    single_code[beam_of[only]] = trie.edge_codes[level][edge[only].to(trie.device)].to(beam_of.device)
-    candidates = [torch.where(count == 1, state.scores, float("-inf"))]
-    width = beams.shape[1]
-    if width > 0:
+    total = torch.full((n_users, n_beams, n_codes), float("-inf"), device=state.scores.device)
+    if beams.shape[1] > 0:
         chosen = state.nodes.gather(1, beams)
         mask = trie.allowed_mask(level, chosen.reshape(-1).to(trie.device)).to(chosen.device)
-        mask = mask.view(n_users, width, n_codes) & (count.gather(1, beams) > 1)[..., None]
         logits = model.level_logits(_hidden(model, history, state, beams, level), level)  # (B, W', K)
-        total = state.scores.gather(1, beams)[..., None] + _masked_log_softmax(logits.float(), mask)
-        candidates.insert(0, total.view(n_users, -1))
-    table = torch.cat(candidates, dim=1)
+        scored = state.scores.gather(1, beams)[..., None] + _masked_log_softmax(logits.float(), mask.view(logits.shape))
+        total.scatter_(1, beams[..., None].expand(-1, -1, n_codes), scored)
+    # after the scored rows: the padding among them may be beams with one child
+    only = (count == 1).reshape(-1)[beam_of]
+    code = trie.edge_codes[level][edge[only].to(trie.device)].to(beam_of.device)
+    total.view(-1)[beam_of[only] * n_codes + code] = state.scores.reshape(-1)[beam_of[only]]
+    total = total.view(n_users, -1)
     # Never keep more beams than any user has valid continuations.
-    n_valid = int(torch.isfinite(table).sum(1).max()) if table.numel() else 0
-    scores, index = table.topk(max(1, min(keep, n_valid)), dim=1)
-    scored = index < width * n_codes
-    single = (index - width * n_codes).clamp(min=0)
-    parent = torch.where(scored, beams.gather(1, (index // n_codes).clamp(max=max(width - 1, 0))) if width else single,
-                         single)
-    codes = torch.where(scored, index % n_codes, single_code.view(n_users, n_beams).gather(1, single))
+    n_valid = int(torch.isfinite(total).sum(1).max()) if total.numel() else 0
+    scores, flat = total.topk(max(1, min(keep, n_valid)), dim=1)
+    parent, codes = flat // n_codes, flat % n_codes
     nodes = trie.child(level, state.nodes.gather(1, parent).reshape(-1).to(trie.device), codes.reshape(-1))
     nodes = torch.where(torch.isfinite(scores), nodes.to(scores.device).view(scores.shape), -1)
     return state.keep(parent, codes, nodes, torch.where(nodes >= 0, scores, float("-inf")))
