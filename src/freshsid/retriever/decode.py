@@ -93,10 +93,11 @@ def _hidden(model: Retriever, history: tuple, state: _Beams, beams: torch.Tensor
     for slot in range(int(state.filled.reshape(-1)[rows].min()), level):
         tokens = paths[..., slot] + model.config.level_offsets[slot]
         hidden = model.step(tokens, lengths + slot, prefix, prefix_bias, sub, slot)
-    for kv, sub_kv in zip(state.cache, sub, strict=True):
-        for t, part in zip(kv, sub_kv, strict=True):
-            t.flatten(0, 1).index_copy_(0, rows, part.flatten(0, 1))
-    state.filled.view(-1)[rows] = level
+    if level < model.config.n_levels - 1:  # the last level's steps are never read again
+        for kv, sub_kv in zip(state.cache, sub, strict=True):
+            for t, part in zip(kv, sub_kv, strict=True):
+                t.flatten(0, 1).index_copy_(0, rows, part.flatten(0, 1))
+        state.filled.view(-1)[rows] = level
     return hidden
 
 
@@ -122,7 +123,7 @@ def _level(model, trie, history, state: _Beams, level: int, keep: int) -> _Beams
 
     A beam with one child passes its score on unchanged (log 1 = 0 whatever the logits),
     so only beams with a choice run a step and score their codes; with 256 codes a level
-    and a catalog of ten thousands, that is most beams of the levels past the first. The
+    and tens of thousands of items, most beams past the first level have one child. The
     candidates are laid out as the dense (B, W, K) table of scores over every beam's codes,
     as if every beam had been scored, so that ties fall as they always have."""
     n_users, n_beams = state.nodes.shape
