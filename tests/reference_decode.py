@@ -183,3 +183,24 @@ def reference_beam_search(model: Retriever, histories, user_tokens, codes_table,
     out_scores = torch.full((len(histories), top_k), float("-inf"))
     out_items[:, : items.shape[1]], out_scores[:, : scores.shape[1]] = items, scores
     return out_items, out_scores
+
+
+def same_ranking(items, scores, ref_items, ref_scores, *, atol: float = 1e-5) -> bool:
+    """The same items as the reference, scores within ``atol`` rank by rank, and each item's
+    own score within ``atol`` of the reference's: two items may trade places only where the
+    reference scores them equal to ``atol`` (float noise decides such ties either way)."""
+    if not torch.equal(torch.isinf(scores), torch.isinf(ref_scores)):
+        return False
+    finite = torch.isfinite(ref_scores)
+    if not torch.allclose(scores[finite], ref_scores[finite], atol=atol, rtol=0):
+        return False
+    for row, ref_row, row_scores, ref_row_scores in zip(items, ref_items, scores, ref_scores, strict=True):
+        if torch.equal(row, ref_row):
+            continue
+        if sorted(row.tolist()) != sorted(ref_row.tolist()):
+            return False
+        reference = dict(zip(ref_row.tolist(), ref_row_scores.tolist(), strict=True))
+        moved = row != ref_row
+        if any(abs(reference[i] - s) > atol for i, s in zip(row[moved].tolist(), row_scores[moved].tolist(), strict=True)):
+            return False
+    return True

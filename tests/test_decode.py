@@ -14,7 +14,7 @@ from freshsid.errors import FreshsidError
 from freshsid.retriever.decode import beam_search, score_items
 from freshsid.retriever.model import Retriever, RetrieverConfig
 from freshsid.sid.trie import SidTrie
-from reference_decode import reference_beam_search
+from reference_decode import reference_beam_search, same_ranking
 
 
 def make_model(sizes, seed=0, max_history=4) -> Retriever:
@@ -131,13 +131,10 @@ def test_errors_and_mode_restored():
 # ---------------------------------------------------------------- equal to today's decode
 
 def assert_same_as_reference(model, hist, users, codes, trie, *, beam, top_k, batch_size=64):
-    """The decode returns exactly the reference's items, and its scores to 1e-5."""
+    """The decode returns the reference's items, in its order but among ties, and its scores to 1e-5."""
     items, scores = beam_search(model, hist, users, codes, trie, beam=beam, top_k=top_k, batch_size=batch_size)
     ref_items, ref_scores = reference_beam_search(model, hist, users, codes, trie, beam=beam, top_k=top_k)
-    assert torch.equal(items, ref_items)
-    assert torch.equal(torch.isinf(scores), torch.isinf(ref_scores))
-    finite = torch.isfinite(ref_scores)
-    assert torch.allclose(scores[finite], ref_scores[finite], atol=1e-5, rtol=0)
+    assert same_ranking(items, scores, ref_items, ref_scores)
     return items
 
 
@@ -226,6 +223,7 @@ def test_exact_ties_fall_as_in_the_reference():
     for beam, top_k in [(1, 2), (2, 2), (4, 6)]:
         items, scores = beam_search(model, hist, np.arange(2), codes, SidTrie.from_codes(codes, sizes), beam=beam,
                                     top_k=top_k)
-        assert_same_as_reference(model, hist, np.arange(2), codes, SidTrie.from_codes(codes, sizes), beam=beam,
-                                 top_k=top_k)
+        ref_items, _ = reference_beam_search(model, hist, np.arange(2), codes, SidTrie.from_codes(codes, sizes),
+                                             beam=beam, top_k=top_k)
+        assert torch.equal(items, ref_items)  # a bitwise tie: the order is the reference's, not noise's
     assert scores[0, items[0].tolist().index(0)] == scores[0, items[0].tolist().index(1)]  # a real tie
