@@ -88,12 +88,16 @@ def _hidden(model: Retriever, history: tuple, state: _Beams, beams: torch.Tensor
     to make. ``history``: the prefix, its padding bias and the lengths (B,)."""
     prefix, prefix_bias, lengths = history
     rows = _rows(beams, state.nodes.shape[1])
-    sub = _pick(state.cache, beams)
+    # every beam, in order (the first level past the root, as a rule): the steps write in place
+    every = beams.shape[1] == state.nodes.shape[1] and bool((rows == torch.arange(len(rows), device=rows.device)).all())
+    sub = state.cache if every else _pick(state.cache, beams)
     paths = state.paths.flatten(0, 1).index_select(0, rows).unflatten(0, beams.shape)
     for slot in range(int(state.filled.reshape(-1)[rows].min()), level):
         tokens = paths[..., slot] + model.config.level_offsets[slot]
         hidden = model.step(tokens, lengths + slot, prefix, prefix_bias, sub, slot)
-    if level < model.config.n_levels - 1:  # the last level's steps are never read again
+    if every:
+        state.filled.fill_(level)
+    elif level < model.config.n_levels - 1:  # the last level's steps are never read again
         for kv, sub_kv in zip(state.cache, sub, strict=True):
             for t, part in zip(kv, sub_kv, strict=True):
                 t.flatten(0, 1).index_copy_(0, rows, part.flatten(0, 1))
