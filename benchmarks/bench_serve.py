@@ -3,9 +3,9 @@ and batch users/s.
 
 Makes a release from a finished experiment run (Base: the legacy table and the model
 trained on it), or of a random ``cpu``-preset retriever over a Beauty-sized synthetic
-trie (``--synthetic``, see ``bench_decode.py``), or takes a releases root as it is, and serves it with the real
-`freshsid serve` in a subprocess on the loopback (so the load generator does not share
-the server's interpreter), then sends ``POST /recommend`` for known users at each
+trie (``--synthetic``, see ``bench_decode.py``), or takes a releases root as it is, and
+serves it with the real `freshsid serve` in a subprocess on the loopback (so the load
+generator does not share the server's interpreter), then sends ``POST /recommend`` for known users at each
 concurrency, for each beam width, with micro-batching on and off, all in one run so the
 ratios compare like with like. After each setting it reads the server's /metrics: the
 mean batch size and, where the server exports them, where a request's time went
@@ -21,9 +21,9 @@ The load average is printed with every row (the machine may be shared).
 
     python benchmarks/bench_serve.py --dataset amazon-beauty --run runs/fix-beauty --out runs/serve-beauty
     python benchmarks/bench_serve.py --releases runs/tiny/releases --out runs/serve-tiny --modes on --batch-users 0
-    git worktree add /tmp/old 78e1f7c
+    git archive 78e1f7c src | tar -x -C /tmp/old     # the code before the decode and serving rework
     python benchmarks/bench_serve.py --synthetic --out runs/serve-synthetic --beams 100 --modes on --batch-users 0 \
-        --old-src /tmp/old/src --open-loop 0.25,0.5,0.8
+        --old-src /tmp/old/src --open-loop 0.25,0.5,0.8 --new-options=';--threads 2'
 
 Prints one JSON line per setting and a markdown table.
 """
