@@ -1,5 +1,5 @@
-"""Today's trie-constrained beam search (as of 78e1f7c), kept verbatim as the reference the
-faster decode must equal: the same items, the same scores to 1e-5.
+"""The trie-constrained beam search as it was at 78e1f7c, kept verbatim as the reference the
+faster decode must equal (:func:`same_ranking`): the same items, the same scores to 1e-5.
 
 It calls the model's ``encode`` and ``level_logits`` and the trie's ``allowed_mask``,
 ``child`` and ``item_of``; the cached decoding step (``Retriever.step`` and the blocks'
@@ -14,6 +14,7 @@ import math
 import torch
 
 from freshsid.retriever.model import Retriever, build_tokens
+from freshsid.sid.trie import SidTrie
 
 
 def _attention_step(attn, x, prefix, prefix_valid, generated):
