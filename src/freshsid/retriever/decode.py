@@ -52,7 +52,7 @@ class _Beams:
 
     nodes, scores: (B, W) trie nodes (-1: none) and summed log-probabilities (-inf: none);
     paths: (B, W, d) each beam's codes so far; cache: per layer, keys and values
-    (B, W, H, D-1, hd) of each beam's generated tokens, of which the first ``filled``
+    (D-1, B, W, H, hd) of each beam's generated tokens, of which the first ``filled``
     (B, W) slots are computed: a beam that never had a choice to make skipped its steps.
     """
 
@@ -66,13 +66,22 @@ class _Beams:
         """The beams one level down: each a child ``codes`` (B, W') of beam ``parent`` (B, W')."""
         paths = torch.cat([self.paths.gather(1, parent[..., None].expand(-1, -1, self.paths.shape[2])),
                            codes[..., None]], dim=2)
-        return _Beams(nodes, scores, paths, _pick(self.cache, parent), self.filled.gather(1, parent))
+        return _Beams(nodes, scores, paths, _pick(self.cache, parent, paths.shape[2] - 1),
+                      self.filled.gather(1, parent))
 
 
-def _pick(cache: list[KV], beams: torch.Tensor) -> list[KV]:
-    """Each user's ``beams`` (B, W') of a per-beam cache (B, W, ...), as a new cache (B, W', ...)."""
-    rows = _rows(beams, cache[0][0].shape[1])
-    return [tuple(t.flatten(0, 1).index_select(0, rows).unflatten(0, beams.shape) for t in kv) for kv in cache]
+def _pick(cache: list[KV], beams: torch.Tensor, slots: int) -> list[KV]:
+    """Each user's ``beams`` (B, W') of a per-beam cache (S, B, W, ...), as a new cache (S, B, W', ...)
+    of which only the first ``slots`` are copied (no beam has computed the others)."""
+    rows = _rows(beams, cache[0][0].shape[2])
+    picked = []
+    for kv in cache:
+        for t in kv:
+            new = t.new_empty((t.shape[0], *beams.shape, *t.shape[3:]))
+            for slot in range(slots):
+                torch.index_select(t[slot].flatten(0, 1), 0, rows, out=new[slot].flatten(0, 1))
+            picked.append(new)
+    return [tuple(picked[i : i + 2]) for i in range(0, len(picked), 2)]
 
 
 def _rows(beams: torch.Tensor, n_beams: int) -> torch.Tensor:
@@ -90,9 +99,10 @@ def _hidden(model: Retriever, history: tuple, state: _Beams, beams: torch.Tensor
     rows = _rows(beams, state.nodes.shape[1])
     # every beam, in order (the first level past the root, as a rule): the steps write in place
     every = beams.shape[1] == state.nodes.shape[1] and bool((rows == torch.arange(len(rows), device=rows.device)).all())
-    sub = state.cache if every else _pick(state.cache, beams)
+    first = int(state.filled.reshape(-1)[rows].min())
+    sub = state.cache if every else _pick(state.cache, beams, first)
     paths = state.paths.flatten(0, 1).index_select(0, rows).unflatten(0, beams.shape)
-    for slot in range(int(state.filled.reshape(-1)[rows].min()), level):
+    for slot in range(first, level):
         tokens = paths[..., slot] + model.config.level_offsets[slot]
         hidden = model.step(tokens, lengths + slot, prefix, prefix_bias, sub, slot)
     if every:
@@ -100,7 +110,8 @@ def _hidden(model: Retriever, history: tuple, state: _Beams, beams: torch.Tensor
     elif level < model.config.n_levels - 1:  # the last level's steps are never read again
         for kv, sub_kv in zip(state.cache, sub, strict=True):
             for t, part in zip(kv, sub_kv, strict=True):
-                t.flatten(0, 1).index_copy_(0, rows, part.flatten(0, 1))
+                for slot in range(first, level):
+                    t[slot].flatten(0, 1).index_copy_(0, rows, part[slot].flatten(0, 1))
         state.filled.view(-1)[rows] = level
     return hidden
 

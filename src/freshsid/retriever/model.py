@@ -261,8 +261,8 @@ class CausalSelfAttention(nn.Module):
             prefix: keys (B*H, hd, Lp), transposed, and values (B*H, Lp, hd) of the shared
                 history (:meth:`Retriever.decoding_prefix`).
             prefix_bias: (B*H, 1, Lp), 0 at real positions and -inf at padding.
-            generated: keys, values (B, W, H, S, hd) of each beam's generated tokens; this
-                token's are written into ``slot`` (in place), slots after it are not read.
+            generated: keys, values (S, B, W, H, hd) of each beam's generated tokens, slot
+                first; this token's are written into ``slot`` (in place), later slots are not read.
             slot: how many tokens each beam has generated before this one.
 
         Returns:
@@ -271,15 +271,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self._split(x)  # (B, W, H, hd)
         n_users, n_beams, n_heads, head = q.shape
         keys, values = generated
-        keys[:, :, :, slot], values[:, :, :, slot] = k, v
+        keys[slot], values[slot] = k, v
         scale = 1.0 / math.sqrt(head)
         s_prefix = torch.baddbmm(prefix_bias, q.transpose(1, 2).reshape(-1, n_beams, head), prefix[0], alpha=scale)
-        s_gen = (q.unsqueeze(3) * keys[:, :, :, : slot + 1]).sum(-1).mul_(scale)  # (B, W, H, s+1)
-        scores = torch.cat([s_prefix, s_gen.transpose(1, 2).reshape(-1, n_beams, slot + 1)], dim=-1).softmax(dim=-1)
+        s_gen = (q * keys[: slot + 1]).sum(-1).mul_(scale)  # (s+1, B, W, H)
+        scores = torch.cat([s_prefix, s_gen.permute(1, 3, 2, 0).reshape(-1, n_beams, slot + 1)], dim=-1).softmax(dim=-1)
         n_prefix = s_prefix.shape[-1]
         y = torch.bmm(scores[..., :n_prefix], prefix[1]).view(n_users, n_heads, n_beams, head).transpose(1, 2)
-        a_gen = scores[..., n_prefix:].reshape(n_users, n_heads, n_beams, slot + 1).transpose(1, 2)  # (B, W, H, s+1)
-        y = y + (a_gen.unsqueeze(-1) * values[:, :, :, : slot + 1]).sum(3)
+        a_gen = scores[..., n_prefix:].reshape(n_users, n_heads, n_beams, slot + 1).permute(3, 0, 2, 1)  # (s+1, B, W, H)
+        y = y + (a_gen.unsqueeze(-1) * values[: slot + 1]).sum(0)
         return self.proj(y.reshape(x.shape))
 
 
@@ -410,9 +410,10 @@ class Retriever(nn.Module):
         return prefix, bias.repeat_interleave(n_heads, 0)[:, None, :].to(cache[0][0].dtype)
 
     def generated_cache(self, n_users: int, n_beams: int, *, like: torch.Tensor) -> list[KV]:
-        """Empty per-beam keys and values (B, W, H, D-1, hd) per layer, for :meth:`step` to fill."""
+        """Empty per-beam keys and values (D-1, B, W, H, hd) per layer, for :meth:`step` to fill; slot first,
+        so that one slot of every beam is one block."""
         cfg = self.config
-        shape = (n_users, n_beams, cfg.n_heads, cfg.n_levels - 1, cfg.width // cfg.n_heads)
+        shape = (cfg.n_levels - 1, n_users, n_beams, cfg.n_heads, cfg.width // cfg.n_heads)
         return [(like.new_empty(shape), like.new_empty(shape)) for _ in self.blocks]
 
     def compile_step(self) -> None:
