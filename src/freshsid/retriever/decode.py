@@ -74,14 +74,14 @@ def _pick(cache: list[KV], beams: torch.Tensor, slots: int) -> list[KV]:
     """Each user's ``beams`` (B, W') of a per-beam cache (S, B, W, ...), as a new cache (S, B, W', ...)
     of which only the first ``slots`` are copied (no beam has computed the others)."""
     rows = _rows(beams, cache[0][0].shape[2])
-    picked = []
-    for kv in cache:
-        for t in kv:
-            new = t.new_empty((t.shape[0], *beams.shape, *t.shape[3:]))
-            for slot in range(slots):
-                torch.index_select(t[slot].flatten(0, 1), 0, rows, out=new[slot].flatten(0, 1))
-            picked.append(new)
-    return [tuple(picked[i : i + 2]) for i in range(0, len(picked), 2)]
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        new = t.new_empty((t.shape[0], *beams.shape, *t.shape[3:]))
+        for slot in range(slots):
+            torch.index_select(t[slot].flatten(0, 1), 0, rows, out=new[slot].flatten(0, 1))
+        return new
+
+    return [(take(keys), take(values)) for keys, values in cache]
 
 
 def _rows(beams: torch.Tensor, n_beams: int) -> torch.Tensor:
