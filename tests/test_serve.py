@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from freshsid.serve.config import ServeConfig
-from freshsid.serve.http import Service, serve_in_thread
+from freshsid.serve.http import DecodeCost, Service, serve_in_thread
 
 LIMITS = ServeConfig(beam=20, max_body_bytes=2048, max_history=50, max_id_chars=32, header_timeout_s=0.5,
                      body_timeout_s=0.5, poll_seconds=0.2)
@@ -235,3 +235,27 @@ def test_ids_longer_than_the_request_bound_are_served_and_accepted_back(tmp_path
         assert max(map(len, items)) > LIMITS.max_id_chars
         assert client.post("/recommend", json={"history": items, "k": 3}).status_code == 200
         assert client.post("/recommend", json={"history": ["j" * 60], "k": 3}).status_code == 422
+
+
+def test_decoding_runs_on_one_thread_with_the_process_torch_threads(served):
+    import torch
+
+    _, _, service, _ = served
+    assert service._decoder._max_workers == 1
+    # conftest sets 1 thread; the default leaves the event loop one core, but never fewer than 1 thread
+    assert service._decoder.submit(torch.get_num_threads).result() == max(1, torch.get_num_threads() - 1) == 1
+
+
+def test_decode_cost_splits_what_a_batch_shares_from_what_each_request_adds():
+    cost = DecodeCost()
+    assert cost.fixed == 0.0
+    cost.observe(1, 0.02)
+    cost.observe(1, 0.02)
+    assert cost.fixed == pytest.approx(0.02)  # one batch size: the split is unknown, a batch costs 20 ms
+    for n in (1, 4, 8, 16, 32, 8):
+        cost.observe(n, 0.007 + 0.004 * n)
+    assert cost.fixed < 0.02
+    recent = DecodeCost(halflife=1)
+    for n in (1, 4, 8, 16, 32) * 20:
+        recent.observe(n, 0.007 + 0.004 * n)
+    assert recent.fixed == pytest.approx(0.007, rel=1e-3)

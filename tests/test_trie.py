@@ -48,6 +48,14 @@ def test_masks_match_brute_force_prefix_sets(case):
         mask = trie.allowed_mask(depth, nodes)
         for row, prefix in zip(mask, prefixes, strict=True):
             assert set(np.flatnonzero(row).tolist()) == children[prefix]
+        # children(): each node's edges in code order, each edge leading to the prefix one code longer
+        queried = torch.as_tensor(np.concatenate([[-1], nodes, nodes[:1]]))
+        owner, edges = trie.children(depth, queried)
+        listed = [[int(c) for c in trie.edge_codes[depth][edges[owner == i]]] for i in range(len(queried))]
+        assert listed == [[]] + [sorted(children[p]) for p in (*prefixes, prefixes[0])]
+        paths = [(*([()] + prefixes + prefixes[:1])[o], int(c))
+                 for o, c in zip(owner.tolist(), trie.edge_codes[depth][edges].tolist(), strict=True)]
+        assert trie.walk(np.array(paths, dtype=np.int64)).tolist() == edges.tolist()
     # Every SID in the space: valid exactly when chosen; leaves map back to rows.
     space = np.array(list(itertools.product(*(range(k) for k in sizes))), dtype=np.int64)
     members = {tuple(r) for r in codes.tolist()}

@@ -323,6 +323,10 @@ def serve(
                                                   "[default: on].", show_default=False)] = None,
     poll: Annotated[float | None, typer.Option("--poll", min=0.05, help="Seconds between checks of the current release "
                                                "[default: 1].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=0, help="Torch threads of the decoding thread (0: one "
+                                                "less than the process's, at least 1) [default: 0].")] = None,
+    compile_step: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the decoding step "
+                                                      "when a release loads [default: off].", show_default=False)] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve recommendations from the current release over HTTP; a newly promoted release is swapped in live.
@@ -340,7 +344,7 @@ def serve(
     from freshsid.serve.release import Releases
 
     settings = serve_config(config, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms, batching=batching,
-                            poll_seconds=poll)
+                            poll_seconds=poll, threads=threads, compile=compile_step)
     use_device(device)
     service = Service(Releases(releases_root), settings)
     uvicorn.Server(server_config(service, host=host, port=port)).run()

@@ -6,16 +6,20 @@ prefixes are never expanded, so every result is an allowed item.
 
 The history is run once per user; its KV cache is broadcast over that user's
 beams (see ``CausalSelfAttention.step``), and only the D-1 generated tokens are
-cached per beam. All beams of all users advance together with tensor ops.
+cached per beam. All beams of all users advance together with tensor ops. A beam
+whose prefix has a single child passes its score on to that child (log 1 = 0) and
+runs no step; its steps run later, only if a descendant has a choice to make.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from freshsid.errors import FreshsidError
-from freshsid.retriever.model import Retriever, build_tokens
+from freshsid.retriever.model import KV, Retriever, build_tokens
 from freshsid.runtime import current
 from freshsid.sid.trie import SidTrie
 
@@ -42,59 +46,156 @@ def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return logp.masked_fill(~mask, float("-inf"))  # all-masked rows give NaN above
 
 
-def _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid, generated, top_k):
+@dataclass
+class _Beams:
+    """The beams of every user at one depth, and what their steps have cached.
+
+    nodes, scores: (B, W) trie nodes (-1: none) and summed log-probabilities (-inf: none);
+    paths: (B, W, d) each beam's codes so far; cache: per layer, keys and values
+    (D-1, B, W, H, hd) of each beam's generated tokens, of which the first ``filled``
+    (B, W) slots are computed: a beam that never had a choice to make skipped its steps.
+    """
+
+    nodes: torch.Tensor
+    scores: torch.Tensor
+    paths: torch.Tensor
+    cache: list[KV]
+    filled: torch.Tensor
+
+    def keep(self, parent: torch.Tensor, codes: torch.Tensor, nodes: torch.Tensor, scores: torch.Tensor) -> _Beams:
+        """The beams one level down: each a child ``codes`` (B, W') of beam ``parent`` (B, W')."""
+        paths = torch.cat([self.paths.gather(1, parent[..., None].expand(-1, -1, self.paths.shape[2])),
+                           codes[..., None]], dim=2)
+        return _Beams(nodes, scores, paths, _pick(self.cache, parent, paths.shape[2] - 1),
+                      self.filled.gather(1, parent))
+
+
+def _pick(cache: list[KV], beams: torch.Tensor, slots: int) -> list[KV]:
+    """Each user's ``beams`` (B, W') of a per-beam cache (S, B, W, ...), as a new cache (S, B, W', ...)
+    of which only the first ``slots`` are copied (no beam has computed the others)."""
+    rows = _rows(beams, cache[0][0].shape[2])
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        new = t.new_empty((t.shape[0], *beams.shape, *t.shape[3:]))
+        for slot in range(slots):
+            torch.index_select(t[slot].flatten(0, 1), 0, rows, out=new[slot].flatten(0, 1))
+        return new
+
+    return [(take(keys), take(values)) for keys, values in cache]
+
+
+def _rows(beams: torch.Tensor, n_beams: int) -> torch.Tensor:
+    """(B, W') beam indices -> (B*W',) rows of the flattened (B*W, ...) beams."""
+    return (beams + n_beams * torch.arange(len(beams), device=beams.device)[:, None]).reshape(-1)
+
+
+def _hidden(model: Retriever, history: tuple, state: _Beams, beams: torch.Tensor, level: int) -> torch.Tensor:
+    """Hidden states (B, W', C) that predict ``level`` for each user's ``beams`` (B, W').
+
+    Runs the steps those beams lack (their slots ``filled`` .. level-1, on them alone) and
+    writes their cache back, so that a beam pays for its steps only once it has a choice
+    to make. ``history``: the prefix, its padding bias and the lengths (B,)."""
+    prefix, prefix_bias, lengths = history
+    rows = _rows(beams, state.nodes.shape[1])
+    # every beam, in order (the first level past the root, as a rule): the steps write in place
+    every = beams.shape[1] == state.nodes.shape[1] and bool((rows == torch.arange(len(rows), device=rows.device)).all())
+    first = int(state.filled.reshape(-1)[rows].min())
+    sub = state.cache if every else _pick(state.cache, beams, first)
+    paths = state.paths.flatten(0, 1).index_select(0, rows).unflatten(0, beams.shape)
+    for slot in range(first, level):
+        tokens = paths[..., slot] + model.config.level_offsets[slot]
+        hidden = model.step(tokens, lengths + slot, prefix, prefix_bias, sub, slot)
+    if every:
+        state.filled.fill_(level)
+    elif level < model.config.n_levels - 1:  # the last level's steps are never read again
+        for kv, sub_kv in zip(state.cache, sub, strict=True):
+            for t, part in zip(kv, sub_kv, strict=True):
+                for slot in range(first, level):
+                    t[slot].flatten(0, 1).index_copy_(0, rows, part[slot].flatten(0, 1))
+        state.filled.view(-1)[rows] = level
+    return hidden
+
+
+def _choosing(state: _Beams, trie: SidTrie, level: int):
+    """Every child edge of every beam, and the beams with more than one child first.
+
+    Returns beam_of (E,) flat beam, leaf (E,) edge index, count (B, W) children a beam has,
+    and beams (B, W') each user's beams with a choice (W': the most any user has), padded
+    with others."""
+    n_users, n_beams = state.nodes.shape
+    beam_of, edge = trie.children(level, state.nodes.reshape(-1).to(trie.device))
+    count = torch.bincount(beam_of, minlength=n_users * n_beams).view(n_users, n_beams)
+    device = state.nodes.device
+    beam_of, edge, count = beam_of.to(device), edge.to(device), count.to(device)
+    need = count > 1
+    width = int(need.sum(1).max()) if need.numel() else 0
+    beams = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :width]  # beams with a choice first
+    return beam_of, edge, count, beams
+
+
+def _level(model, trie, history, state: _Beams, level: int, keep: int) -> _Beams:
+    """The ``keep`` best children (per user) of all the beams, one level down.
+
+    A beam with one child passes its score on unchanged (log 1 = 0 whatever the logits),
+    so only beams with a choice run a step and score their codes; with 256 codes a level
+    and tens of thousands of items, most beams past the first level have one child. The
+    candidates are laid out as the dense (B, W, K) table of scores over every beam's codes,
+    as if every beam had been scored, so that ties fall as they always have."""
+    n_users, n_beams = state.nodes.shape
+    n_codes = model.config.codebook_sizes[level]
+    beam_of, edge, count, beams = _choosing(state, trie, level)
+    total = torch.full((n_users, n_beams, n_codes), float("-inf"), device=state.scores.device)
+    if beams.shape[1] > 0:
+        chosen = state.nodes.gather(1, beams)
+        mask = trie.allowed_mask(level, chosen.reshape(-1).to(trie.device)).to(chosen.device)
+        logits = model.level_logits(_hidden(model, history, state, beams, level), level)  # (B, W', K)
+        scored = state.scores.gather(1, beams)[..., None] + _masked_log_softmax(logits.float(), mask.view(logits.shape))
+        total.scatter_(1, beams[..., None].expand(-1, -1, n_codes), scored)
+    # after the scored rows: the padding among them may be beams with one child
+    only = (count == 1).reshape(-1)[beam_of]
+    code = trie.edge_codes[level][edge[only].to(trie.device)].to(beam_of.device)
+    total.view(-1)[beam_of[only] * n_codes + code] = state.scores.reshape(-1)[beam_of[only]]
+    total = total.view(n_users, -1)
+    # Never keep more beams than any user has valid continuations.
+    n_valid = int(torch.isfinite(total).sum(1).max()) if total.numel() else 0
+    scores, flat = total.topk(max(1, min(keep, n_valid)), dim=1)
+    parent, codes = flat // n_codes, flat % n_codes
+    nodes = trie.child(level, state.nodes.gather(1, parent).reshape(-1).to(trie.device), codes.reshape(-1))
+    nodes = torch.where(torch.isfinite(scores), nodes.to(scores.device).view(scores.shape), -1)
+    return state.keep(parent, codes, nodes, torch.where(nodes >= 0, scores, float("-inf")))
+
+
+def _last_level(model, trie, history, state: _Beams, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Items and scores (B, <= top_k) of the last level, scoring each beam's children only.
 
     The last level is the collision suffix: its codebook is as wide as the largest
     collision group (thousands of codes in a million-item catalog), while a beam has
     few children. So logits are computed for those children alone (no dense beams x K
-    mask or logits), and only for beams with a choice to make: a beam with a single
-    child scores log 1 = 0 for it whatever the logits, and with a collision suffix that
-    is most beams (about a third less decoding work).
-
-    nodes, scores: (B, W) the beams at depth D-1; codes: (B, W) their level D-2 codes.
+    mask or logits), and only for beams with a choice to make, as at every level.
     """
     cfg = model.config
     level = cfg.n_levels - 1
+    nodes, scores = state.nodes, state.scores
     n_users, n_beams = nodes.shape
     device = nodes.device
-    # Every child edge of every beam, beam-major, codes ascending within a beam.
-    indptr = trie.indptr[level]
-    if len(indptr) == 1:  # a trie without items: nothing to return
+    if trie.n_items == 0:  # a trie without items: nothing to return
         return (torch.full((n_users, 1), -1, dtype=torch.long, device=device),
                 torch.full((n_users, 1), float("-inf"), device=device))
-    flat = nodes.reshape(-1).to(trie.device)
-    valid = flat >= 0
-    safe = torch.where(valid, flat, 0)
-    first = indptr[safe]
-    count = torch.where(valid, indptr[safe + 1] - first, 0)
-    n_edges = int(count.sum())
-    beam_of = torch.repeat_interleave(torch.arange(len(flat), device=trie.device), count, output_size=n_edges)
-    leaf = first[beam_of] + torch.arange(n_edges, device=trie.device) - (torch.cumsum(count, 0) - count)[beam_of]
-    beam_of, leaf, count = beam_of.to(device), leaf.to(device), count.to(device)
+    beam_of, leaf, count, beams = _choosing(state, trie, level)
+    n_edges, width = len(leaf), beams.shape[1]
     logp = torch.zeros(n_edges, device=device)
-    need = (count > 1).view(n_users, n_beams)
-    width = int(need.sum(1).max()) if need.numel() else 0
     if width > 0:
-        beams = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :width]  # needing beams first
-        index = beams[:, None, :, None, None]
-        sub_cache = [
-            (k.gather(2, index.expand(-1, k.shape[1], -1, k.shape[3], k.shape[4])),
-             v.gather(2, index.expand(-1, v.shape[1], -1, v.shape[3], v.shape[4])))
-            for k, v in generated
-        ] if generated is not None else None
-        step_tokens = codes.gather(1, beams) + cfg.level_offsets[level - 1]
-        hidden, _ = model.step(step_tokens, lengths + level - 1, prefix, prefix_valid, sub_cache)  # (B, width, C)
+        hidden = _hidden(model, history, state, beams, level)  # (B, width, C)
         row = torch.full((n_users, n_beams), -1, dtype=torch.long, device=device)
         row.scatter_(1, beams, torch.arange(width, device=device).expand(n_users, width))
-        chosen = need.reshape(-1)[beam_of]
+        chosen = (count > 1).reshape(-1)[beam_of]
         b = beam_of[chosen]
         code = trie.edge_codes[level][leaf[chosen].to(trie.device)].to(device)
         head = model.tok_emb.weight[cfg.level_offsets[level] + code]  # (E', C): the tied head's rows
         logit = (hidden[b // n_beams, row.reshape(-1)[b]] * head).sum(-1).float()
         # Log-softmax over each beam's children.
-        top = torch.full((len(flat),), float("-inf"), device=device).scatter_reduce(0, b, logit, "amax")
-        mass = torch.zeros(len(flat), device=device).index_add_(0, b, (logit - top[b]).exp())
+        top = torch.full((n_users * n_beams,), float("-inf"), device=device).scatter_reduce(0, b, logit, "amax")
+        mass = torch.zeros(n_users * n_beams, device=device).index_add_(0, b, (logit - top[b]).exp())
         logp[chosen] = logit - (top + mass.log())[b]
     candidate = scores.reshape(-1)[beam_of] + logp
     # Each user's candidates side by side, padded with -inf, then its top_k.
@@ -125,42 +226,25 @@ def _search(
     cfg = model.config
     device = tokens.device
     n_users, n_levels = tokens.shape[0], cfg.n_levels
-    hidden, prefix = model.encode(tokens)
-    prefix_valid = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
+    hidden, cache = model.encode(tokens)
+    history = (*model.decoding_prefix(cache, lengths), lengths)
     last = hidden[torch.arange(n_users, device=device), lengths - 1]  # (B, C)
-
-    nodes = torch.full((n_users, 1), trie.root, dtype=torch.long, device=device)
-    scores = torch.zeros(n_users, 1, device=device)
-    codes = generated = None
-    for level in range(n_levels):
-        if level > 0 and level == n_levels - 1:
-            return _last_level(model, trie, nodes, scores, codes, lengths, prefix, prefix_valid, generated, top_k)
-        n_beams, n_codes = nodes.shape[1], cfg.codebook_sizes[level]
-        mask = trie.allowed_mask(level, nodes.reshape(-1)).to(device).view(n_users, n_beams, n_codes)
-        if level == 0:
-            logits = model.level_logits(last, 0)[:, None, :]  # (B, 1, K_0)
-        else:
-            step_tokens = codes + cfg.level_offsets[level - 1]
-            h, generated = model.step(step_tokens, lengths + level - 1, prefix, prefix_valid, generated)
-            logits = model.level_logits(h, level)  # (B, W, K)
-        total = (scores[..., None] + _masked_log_softmax(logits.float(), mask)).view(n_users, -1)
-        # Never keep more beams than any user has valid continuations.
-        n_valid = int(torch.isfinite(total).sum(1).max()) if total.numel() else 0
-        width = max(1, min(top_k if level == n_levels - 1 else beam, n_valid))
-        scores, flat = total.topk(width, dim=1)
-        parent, codes = flat // n_codes, flat % n_codes
-        nodes = trie.child(level, nodes.gather(1, parent).reshape(-1).to(trie.device), codes.reshape(-1))
-        nodes = nodes.to(device).view(n_users, width)
-        nodes = torch.where(torch.isfinite(scores), nodes, -1)
-        scores = torch.where(nodes >= 0, scores, float("-inf"))
-        if generated is not None:
-            index = parent[:, None, :, None, None]
-            generated = [
-                tuple(t.gather(2, index.expand(-1, t.shape[1], -1, t.shape[3], t.shape[4])) for t in kv)
-                for kv in generated
-            ]
-    items = trie.item_of(nodes.reshape(-1).to(trie.device)).to(device).view(n_users, -1)
-    return items, scores
+    # Level 0: the root's codes, scored from the history's last position.
+    root = torch.full((n_users,), trie.root, dtype=torch.long, device=device)
+    mask = trie.allowed_mask(0, root.to(trie.device)).to(device)
+    total = _masked_log_softmax(model.level_logits(last, 0).float(), mask)  # (B, K_0)
+    n_valid = int(torch.isfinite(total).sum(1).max()) if total.numel() else 0
+    scores, codes = total.topk(max(1, min(top_k if n_levels == 1 else beam, n_valid)), dim=1)
+    nodes = trie.child(0, root.repeat_interleave(scores.shape[1]).to(trie.device), codes.reshape(-1))
+    nodes = torch.where(torch.isfinite(scores), nodes.to(device).view(scores.shape), -1)
+    scores = torch.where(nodes >= 0, scores, float("-inf"))
+    if n_levels == 1:
+        return trie.item_of(nodes.reshape(-1).to(trie.device)).to(device).view(n_users, -1), scores
+    state = _Beams(nodes, scores, codes[..., None], model.generated_cache(n_users, nodes.shape[1], like=history[1]),
+                   torch.zeros_like(nodes))
+    for level in range(1, n_levels - 1):
+        state = _level(model, trie, history, state, level, beam)
+    return _last_level(model, trie, history, state, top_k)
 
 
 def beam_search(

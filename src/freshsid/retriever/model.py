@@ -23,6 +23,7 @@ a full-vocabulary head would be over 10x wider than the slice it needs.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,37 +254,39 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(x.shape)
         return self.resid_dropout(self.proj(y)), (k, v)
 
-    def step(
-        self, x: torch.Tensor, prefix: KV, prefix_valid: torch.Tensor, generated: KV | None
-    ) -> tuple[torch.Tensor, KV]:
+    def step(self, x: torch.Tensor, prefix: KV, prefix_bias: torch.Tensor, generated: KV, slot: int) -> torch.Tensor:
         """One decoding step for W beams per user that share a cached prefix.
 
-        The prefix cache is read once per user and broadcast over beams (no
-        per-beam copy); only the few tokens generated so far are per beam.
+        The prefix is read once per user and broadcast over beams (no per-beam copy);
+        only the few tokens generated so far are per beam. Scores over the prefix are one
+        batched matmul; over the generated tokens (at most D-1) a product and a sum, which
+        on the CPU beats a matmul per beam of a 1-row query.
 
         Args:
             x: (B, W, C) the newest token of each beam.
-            prefix: keys, values (B, H, Lp, C/H) of the shared history.
-            prefix_valid: (B, Lp) bool, False at padding.
-            generated: keys, values (B, H, W, s, C/H) of earlier generated tokens, or None.
+            prefix: keys (B*H, hd, Lp), transposed, and values (B*H, Lp, hd) of the shared
+                history (:meth:`Retriever.decoding_prefix`).
+            prefix_bias: (B*H, 1, Lp), 0 at real positions and -inf at padding.
+            generated: keys, values (S, B, W, H, hd) of each beam's generated tokens, slot
+                first; this token's are written into ``slot`` (in place), later slots are not read.
+            slot: how many tokens each beam has generated before this one.
 
         Returns:
-            y (B, W, C) and the generated cache with this token appended (B, H, W, s+1, C/H).
+            y (B, W, C).
         """
-        q, k, v = (t.transpose(1, 2) for t in self._split(x))  # (B, H, W, hd)
-        k, v = k.unsqueeze(3), v.unsqueeze(3)
-        if generated is not None:
-            k, v = torch.cat([generated[0], k], dim=3), torch.cat([generated[1], v], dim=3)
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        s_prefix = torch.matmul(q, prefix[0].transpose(-1, -2)) * scale  # (B, H, W, Lp)
-        s_prefix = s_prefix.masked_fill(~prefix_valid[:, None, None, :], float("-inf"))
-        s_gen = torch.matmul(q.unsqueeze(3), k.transpose(-1, -2)).squeeze(3) * scale  # (B, H, W, s+1)
-        attn = torch.cat([s_prefix, s_gen], dim=-1).softmax(dim=-1)
+        q, k, v = self._split(x)  # (B, W, H, hd)
+        n_users, n_beams, n_heads, head = q.shape
+        keys, values = generated
+        keys[slot], values[slot] = k, v
+        scale = 1.0 / math.sqrt(head)
+        s_prefix = torch.baddbmm(prefix_bias, q.transpose(1, 2).reshape(-1, n_beams, head), prefix[0], alpha=scale)
+        s_gen = (q * keys[: slot + 1]).sum(-1).mul_(scale)  # (s+1, B, W, H)
+        scores = torch.cat([s_prefix, s_gen.permute(1, 3, 2, 0).reshape(-1, n_beams, slot + 1)], dim=-1).softmax(dim=-1)
         n_prefix = s_prefix.shape[-1]
-        y = torch.matmul(attn[..., :n_prefix], prefix[1])
-        y = y + torch.matmul(attn[..., n_prefix:].unsqueeze(3), v).squeeze(3)
-        y = y.transpose(1, 2).reshape(x.shape)
-        return self.proj(y), (k, v)
+        y = torch.bmm(scores[..., :n_prefix], prefix[1]).view(n_users, n_heads, n_beams, head).transpose(1, 2)
+        a_gen = scores[..., n_prefix:].reshape(n_users, n_heads, n_beams, slot + 1).permute(3, 0, 2, 1)  # (s+1, B, W, H)
+        y = y + (a_gen.unsqueeze(-1) * values[: slot + 1]).sum(0)
+        return self.proj(y.reshape(x.shape))
 
 
 class Block(nn.Module):
@@ -306,12 +309,9 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.ln_2(x)), kv
 
-    def step(
-        self, x: torch.Tensor, prefix: KV, prefix_valid: torch.Tensor, generated: KV | None
-    ) -> tuple[torch.Tensor, KV]:
-        a, kv = self.attn.step(self.ln_1(x), prefix, prefix_valid, generated)
-        x = x + a
-        return x + self.mlp(self.ln_2(x)), kv
+    def step(self, x: torch.Tensor, prefix: KV, prefix_bias: torch.Tensor, generated: KV, slot: int) -> torch.Tensor:
+        x = x + self.attn.step(self.ln_1(x), prefix, prefix_bias, generated, slot)
+        return x + self.mlp(self.ln_2(x))
 
 
 class Retriever(nn.Module):
@@ -398,21 +398,64 @@ class Retriever(nn.Module):
             total = total + (w * ce).sum()
         return total
 
+    def decoding_prefix(self, cache: list[KV], lengths: torch.Tensor) -> tuple[list[KV], torch.Tensor]:
+        """The history cache of :meth:`encode` laid out for :meth:`step`, once per decode.
+
+        Args:
+            cache: per layer, keys and values (B, H, Lp, hd).
+            lengths: (B,) real tokens of each history.
+
+        Returns:
+            per layer keys (B*H, hd, Lp) and values (B*H, Lp, hd), contiguous; and the
+            bias (B*H, 1, Lp) that masks padding (0 or -inf).
+        """
+        n_users, n_heads, n_prefix, _ = cache[0][0].shape
+        prefix = [(k.transpose(-1, -2).flatten(0, 1).contiguous(), v.flatten(0, 1).contiguous()) for k, v in cache]
+        valid = torch.arange(n_prefix, device=lengths.device)[None, :] < lengths[:, None]
+        bias = torch.zeros(n_users, n_prefix, device=lengths.device).masked_fill_(~valid, float("-inf"))
+        return prefix, bias.repeat_interleave(n_heads, 0)[:, None, :].to(cache[0][0].dtype)
+
+    def generated_cache(self, n_users: int, n_beams: int, *, like: torch.Tensor) -> list[KV]:
+        """Empty per-beam keys and values (D-1, B, W, H, hd) per layer, for :meth:`step` to fill; slot first,
+        so that one slot of every beam is one block."""
+        cfg = self.config
+        shape = (cfg.n_levels - 1, n_users, n_beams, cfg.n_heads, cfg.width // cfg.n_heads)
+        return [(like.new_empty(shape), like.new_empty(shape)) for _ in self.blocks]
+
+    def compile_step(self) -> None:
+        """Run :meth:`step` through ``torch.compile`` from now on, with dynamic shapes (one graph
+        for every batch and beam width): on the CPU it fuses the norms, GELU and attention's
+        elementwise work around the matmuls. It compiles at the next step, which then takes
+        tens of seconds; if compiling fails (no C++ compiler, say), the step stays eager and a
+        warning says why."""
+        self._compiled_step = torch.compile(self._eager_step, dynamic=True)
+
     def step(
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor,
         prefix: list[KV],
-        prefix_valid: torch.Tensor,
-        generated: list[KV] | None,
-    ) -> tuple[torch.Tensor, list[KV]]:
-        """Cached decoding step: tokens (B, W) at positions (B,) -> hidden (B, W, C) and the new generated cache."""
+        prefix_bias: torch.Tensor,
+        generated: list[KV],
+        slot: int,
+    ) -> torch.Tensor:
+        """Cached decoding step: tokens (B, W) at positions (B,) -> hidden (B, W, C); the
+        tokens' keys and values go to ``slot`` of ``generated`` (see :meth:`CausalSelfAttention.step`)."""
+        compiled = getattr(self, "_compiled_step", None)
+        if compiled is not None:
+            try:
+                return compiled(tokens, positions, prefix, prefix_bias, generated, slot)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, once
+                warnings.warn(f"torch.compile of the decoding step failed ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); decoding eagerly.", RuntimeWarning, stacklevel=2)
+                self._compiled_step = None
+        return self._eager_step(tokens, positions, prefix, prefix_bias, generated, slot)
+
+    def _eager_step(self, tokens, positions, prefix, prefix_bias, generated, slot):  # noqa: ANN001, ANN202
         x = self.tok_emb(tokens) + self.pos_emb(positions)[:, None, :]
-        new_cache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block.step(x, prefix[i], prefix_valid, None if generated is None else generated[i])
-            new_cache.append(kv)
-        return self.ln_f(x), new_cache
+            x = block.step(x, prefix[i], prefix_bias, generated[i], slot)
+        return self.ln_f(x)
 
 
 def flops_per_token(config: RetrieverConfig, seq_len: int) -> float:

@@ -25,6 +25,8 @@ class ServeConfig(BaseModel):
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(5.0, ge=0.0)  # how long the first request of a batch waits for company
     batching: bool = True
+    threads: int = Field(0, ge=0)  # torch threads of the decoding thread; 0: one less than the process's (at least 1)
+    compile: bool = False  # torch.compile the decoding step when a release loads (tens of seconds; eager if it fails)
     poll_seconds: float = Field(1.0, gt=0.0)
     max_body_bytes: int = Field(65_536, ge=64)
     max_history: int = Field(1_000, ge=1)

@@ -35,7 +35,7 @@ class Recommendation:
 class Engine:
     """Recommendations from one release, by original user and item ids."""
 
-    def __init__(self, release: Release, *, beam: int) -> None:
+    def __init__(self, release: Release, *, beam: int, compile_step: bool = False) -> None:
         self.release, self.beam = release, beam
         self.recommender = Recommender(release.model, release.table)
         length = release.model.config.max_history
@@ -59,6 +59,10 @@ class Engine:
         until = release.manifest.info.get("data", {}).get("until_time")
         self._age = (dict(zip(catalog["item"].to_list(), item_age_labels(catalog["first_seen"].to_numpy(), until)))
                      if "first_seen" in catalog.columns and until is not None else {})
+        if compile_step:  # compiled here, by one decode, rather than on a request
+            release.model.compile_step()
+            if len(self._users):
+                self.decode(self._histories[:1], self._users[:1], [1], [False])
 
     @property
     def release_id(self) -> str:
@@ -112,10 +116,11 @@ class Engine:
                exclude_seen: list[bool]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(dense items (<= ks[i],), scores) for each row, all rows in one beam search; with
         ``exclude_seen[i]`` the row's history items are left out, and the search is widened
-        by the history's length so that ``ks[i]`` items remain whenever the catalog has them."""
+        by the number of distinct items in the history so that ``ks[i]`` items remain whenever
+        the catalog has them."""
         if max(ks) > self.beam:
             raise FreshsidError(f"k = {max(ks)} is more than the service's beam width {self.beam}; ask for fewer items.")
-        seen = [int((row >= 0).sum()) if exclude else 0 for row, exclude in zip(histories, exclude_seen, strict=True)]
+        seen = [len(np.unique(row[row >= 0])) if exclude else 0 for row, exclude in zip(histories, exclude_seen, strict=True)]
         width = min(len(self._ids), max(k + n for k, n in zip(ks, seen, strict=True)))
         items, scores = self.recommender(histories, users, top_k=width, beam=max(self.beam, width),
                                          batch_size=max(1, len(histories)))

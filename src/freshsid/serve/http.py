@@ -26,15 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -64,24 +67,32 @@ class Service:
     """The engine in service, the micro-batcher and the release watcher.
 
     Batching: the batcher decodes whatever has queued, all of it (up to ``max_batch``) in
-    one beam search on a worker thread. Before it starts, it waits for requests the server
-    is already reading (their body, their parsing) to join, for at most ``max_wait_ms`` or
-    a quarter of the last decode, whichever is longer: under load a decode takes tens of
-    milliseconds and a few more for company pay for themselves, while a lone request (none
-    arriving) is decoded at once. Lookups and the JSON answer happen on the event loop;
-    the worker thread only decodes.
+    one beam search. Before it starts, it waits for requests the server is already reading
+    (their body, their parsing) to join, for at most ``max_wait_ms`` or the fixed cost of a
+    decode (:class:`DecodeCost`), whichever is longer: a request that joins saves that
+    cost, which is all the wait costs the others; a lone request (none arriving) is
+    decoded at once. Lookups and the JSON answer happen on the event loop.
+
+    Decoding runs on one dedicated thread whose torch thread count is set there: torch's
+    setting is per thread, and a pool of threads each with its own OpenMP team would
+    oversubscribe the cores. By default it is one less than the process's, so that the event
+    loop (reading, parsing, answering) keeps a core: on 2 shared cores a decode over both
+    waited on the loop, and a lone request took twice as long (``benchmarks/RESULTS.md``).
     """
 
     def __init__(self, releases: Releases, config: ServeConfig | None = None) -> None:
         self.releases, self.config = releases, config or ServeConfig()
         self.metrics = ServiceMetrics(releases.root)
-        self._use(Engine(releases.load_current(), beam=self.config.beam))
+        self._use(Engine(releases.load_current(), beam=self.config.beam, compile_step=self.config.compile))
         self._refused: str | None = None  # what was refused last: a release id, or a pointer's stamp
         self._error: str | None = None  # the watcher's last error, logged once
         self._waiting: deque[_Pending] = deque()
         self._ready: asyncio.Event | None = None
         self._arriving = 0  # requests being read or parsed: about to queue
-        self._last_decode = 0.0
+        self.decode_cost = DecodeCost()
+        # read on the thread that made the service; by default the event loop keeps a core of its own
+        self._threads = self.config.threads or max(1, torch.get_num_threads() - 1)
+        self._decoder: ThreadPoolExecutor | None = None
         self._reload_lock = asyncio.Lock()
 
     def _use(self, engine: Engine) -> None:
@@ -95,12 +106,15 @@ class Service:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         self._ready = asyncio.Event()
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="freshsid-decode", initializer=torch.set_num_threads,
+                                           initargs=(self._threads,))
         tasks = [asyncio.create_task(self._batcher()), asyncio.create_task(self._watch())]
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            self._decoder.shutdown(wait=False)
 
     async def answer(self, request: Request) -> tuple[int, bytes]:
         """(status, JSON body) for one POST /recommend."""
@@ -126,8 +140,8 @@ class Service:
             raise FreshsidError(f"k = {request.k} is more than the service's beam width {engine.beam}; ask for fewer items.")
         self.metrics.observe_history(uncoded)
         if not self.config.batching:
-            ((items, scores),) = await asyncio.to_thread(engine.decode, history[None], np.array([user]), [request.k],
-                                                         [request.exclude_seen])
+            ((items, scores),) = await self._on_decoder(engine, history[None], np.array([user]), [request.k],
+                                                        [request.exclude_seen])
         else:
             done = asyncio.get_running_loop().create_future()
             self._waiting.append(_Pending(engine, history, user, request.k, request.exclude_seen, done,
@@ -142,7 +156,7 @@ class Service:
         while True:
             await self._ready.wait()
             # wait for the requests being read to join, within the window
-            deadline = loop.time() + max(self.config.max_wait_ms / 1000, self._last_decode / 4)
+            deadline = loop.time() + max(self.config.max_wait_ms / 1000, self.decode_cost.fixed)
             while len(self._waiting) < self.config.max_batch and self._arriving > 0 and (left := deadline - loop.time()) > 0:
                 self._ready.clear()
                 with contextlib.suppress(TimeoutError):
@@ -158,18 +172,22 @@ class Service:
         for p in group:
             self.metrics.queue_wait.observe(started - p.queued)
         try:
-            results = await asyncio.to_thread(engine.decode, np.stack([p.history for p in group]),
-                                              np.array([p.user for p in group]), [p.k for p in group],
-                                              [p.exclude_seen for p in group])
+            results = await self._on_decoder(engine, np.stack([p.history for p in group]),
+                                             np.array([p.user for p in group]), [p.k for p in group],
+                                             [p.exclude_seen for p in group])
         except Exception as exc:  # noqa: BLE001 - handed to the requests, which answer with it
             for p in group:
                 p.done.set_exception(exc)
             return
-        self._last_decode = time.perf_counter() - started
-        self.metrics.decode.observe(self._last_decode)
+        seconds = time.perf_counter() - started
+        self.decode_cost.observe(len(group), seconds)
+        self.metrics.decode.observe(seconds)
         self.metrics.batch_size.observe(len(group))
         for p, result in zip(group, results, strict=True):
             p.done.set_result(result)
+
+    def _on_decoder(self, engine: Engine, *args: Any) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._decoder, functools.partial(engine.decode, *args))
 
     async def _watch(self) -> None:
         while True:
@@ -196,7 +214,7 @@ class Service:
                 return {"release": self.engine.release_id, "changed": False, "refused": current}
             try:
                 engine = await asyncio.to_thread(lambda: Engine(load_release(self.releases.path(current)),
-                                                                beam=self.config.beam))
+                                                                beam=self.config.beam, compile_step=self.config.compile))
             except Exception as exc:  # noqa: BLE001 - whatever a release fails with, the old one keeps serving
                 return self._refuse(current, str(exc) if isinstance(exc, FreshsidError) else repr(exc), key=current)
             before = self.engine.release_id
@@ -221,6 +239,34 @@ class Service:
         except OSError:
             return "absent"
         return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
+class DecodeCost:
+    """What a decode of n requests costs, fitted on the recent batches as ``fixed + n * per_request``
+    seconds (least squares, each batch's weight halving every ``halflife`` batches).
+
+    ``fixed`` is what the requests of a batch share (the history prefill's overhead, the
+    per-call work of the search): what one more request saves by joining a batch rather than
+    waiting for the next. While every batch has had the same size the split is unknown and
+    ``fixed`` is their whole cost; before any batch it is 0."""
+
+    def __init__(self, halflife: float = 50.0) -> None:
+        self._decay = 0.5 ** (1 / halflife)
+        self._sums = np.zeros(5)  # weight, n, n^2, seconds, n * seconds (weighted)
+
+    def observe(self, n: int, seconds: float) -> None:
+        self._sums = self._sums * self._decay + np.array([1.0, n, n * n, seconds, n * seconds])
+
+    @property
+    def fixed(self) -> float:
+        w, n, nn, t, nt = self._sums
+        if w == 0:
+            return 0.0
+        spread = w * nn - n * n
+        if spread <= 1e-9 * w * w:  # one batch size so far
+            return t / w
+        per_request = max(0.0, (w * nt - n * t) / spread)
+        return min(t / w, max(0.0, (t - per_request * n) / w))
 
 
 def create_app(service: Service) -> FastAPI:

@@ -163,21 +163,36 @@ class SidTrie:
             (M, K_depth) bool.
         """
         t = _to_tensor(nodes, self.device)
-        indptr, edge_codes = self.indptr[depth], self.edge_codes[depth]
         mask = torch.zeros(len(t), self.codebook_sizes[depth], dtype=torch.bool, device=self.device)
-        if len(edge_codes) == 0:  # no prefix of this length: nothing is allowed anywhere
-            return _like_input(mask, nodes)
-        valid = t >= 0
-        safe = torch.where(valid, t, 0)
+        rows, edges = self.children(depth, t)
+        mask[rows, self.edge_codes[depth][edges]] = True
+        return _like_input(mask, nodes)
+
+    def children(self, depth: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every child edge of each node, node by node, codes ascending within a node.
+
+        Args:
+            depth: 0..D-1, the depth of ``nodes``.
+            nodes: (M,) long node ids on the trie's device; -1 (an invalid prefix) has none.
+
+        Returns:
+            owner (E,), the position in ``nodes`` of each edge's parent, and edge (E,), the
+            edge's index at this depth: its code is ``edge_codes[depth][edge]`` and its child
+            is node ``edge`` of depth + 1 (the leaf ``edge`` when depth = D-1).
+        """
+        indptr = self.indptr[depth]
+        if len(self.edge_codes[depth]) == 0:  # no prefix this long: no node has a child
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            return empty, empty
+        valid = nodes >= 0
+        safe = torch.where(valid, nodes, 0)
         start = indptr[safe]
         count = torch.where(valid, indptr[safe + 1] - start, 0)
         total = int(count.sum())
-        rows = torch.repeat_interleave(torch.arange(len(t), device=self.device), count, output_size=total)
-        # Position of each emitted edge inside its node's segment, then the global edge index.
+        owner = torch.repeat_interleave(torch.arange(len(nodes), device=self.device), count, output_size=total)
+        # The position of each edge inside its node's segment, plus the segment's start.
         first = torch.cumsum(count, 0) - count
-        within = torch.arange(total, device=self.device) - first[rows]
-        mask[rows, edge_codes[start[rows] + within]] = True
-        return _like_input(mask, nodes)
+        return owner, start[owner] + torch.arange(total, device=self.device) - first[owner]
 
     def child(self, depth: int, nodes: ArrayLike, codes: ArrayLike) -> ArrayLike:
         """Follow one edge per query.
