@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--epochs", default="1,2,4,8,16", help="fine-tune budgets")
     parser.add_argument("--schedules", default="cosine,constant")
     parser.add_argument("--max-eval-users", type=int, default=None)
-    parser.add_argument("--recipe", default="cold", help="refresh recipe (freshsid.config.RECIPES)")
+    parser.add_argument("--recipe", default="cold", help="refresh recipe (freshsid.recipes.RECIPES)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

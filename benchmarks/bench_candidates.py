@@ -79,7 +79,7 @@ def _dataset(name: str) -> Interactions:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("builds", nargs="+", type=Path, help="finished validation runs of one dataset, one per build")
-    parser.add_argument("--candidates", required=True, help="comma-separated recipes (freshsid.config.RECIPES)")
+    parser.add_argument("--candidates", required=True, help="comma-separated recipes (freshsid.recipes.RECIPES)")
     parser.add_argument("--resamples", type=int, default=1000)
     args = parser.parse_args()
     candidates = args.candidates.split(",")

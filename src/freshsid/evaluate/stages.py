@@ -34,8 +34,8 @@ class RunLayout:
         self.root = Path(root)
         self.variant = variant
 
-    legacy = "legacy"  # freshsid.sid.refresh.CollabSids on base: SASRec embeddings + the legacy table
-    refresh = "refresh"  # freshsid.sid.refresh.Refresh on base+gap: refreshed build + aligned tables
+    legacy = "legacy"  # freshsid.recode.CollabSids on base: SASRec embeddings + the legacy table
+    refresh = "refresh"  # freshsid.recode.Recoded on base+gap: refreshed build + aligned tables
     incremental = "incremental"  # the legacy table plus the gap's new items coded by the legacy tokenizer
     staleness = "eval/staleness"
 

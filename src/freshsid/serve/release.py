@@ -6,7 +6,7 @@ items the table codes (``catalog.parquet``: dense item, original id, title, the 
 the item's first event) and every
 user's latest items (``histories.parquet``: dense user, original id, items). It may
 also carry the SID build its table continues (``build/``, a
-:class:`~freshsid.sid.refresh.CollabSids`: the collaborative embeddings with their
+:class:`~freshsid.recode.CollabSids`: the collaborative embeddings with their
 SASRec's weights and the table their tokenizer wrote, with its state), which a refresh
 that continues the SASRec or the tokenizer needs; a release without one serves alike.
 Its manifest records the release id, the parent release, the data the model was

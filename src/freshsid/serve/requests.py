@@ -1,6 +1,6 @@
 """What a POST /recommend may be: its fields, its size, how long its client may take.
 
-The bounds come from :class:`~freshsid.config.ServeConfig`. :func:`read_body` and
+The bounds come from :class:`~freshsid.serve.config.ServeConfig`. :func:`read_body` and
 :func:`parse_request` turn anything else into a :class:`BadRequest` with its HTTP status
 and a message: 413 for a body over ``max_body_bytes``, 408 for one slower than
 ``body_timeout_s``, 400 for what is not JSON (non-finite numbers included) or is nested
