@@ -113,7 +113,6 @@ def train(
     train_seqs, valid_seqs = split_validation(seqs, cfg.valid_fraction, cfg.seed)
     codes = torch.as_tensor(codes_table, dtype=torch.long)
     lengths = (train_seqs.items >= 0).sum(1)
-    weights = np.where(train_seqs.items >= 0, train_seqs.target, 0).sum(1).astype(np.float64)  # loss weight per window
     steps_per_epoch = len(epoch_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=0))
     total_steps = steps_per_epoch * cfg.epochs
     model.to(rt.device)
@@ -125,76 +124,18 @@ def train(
     run_id = fingerprint_of([cfg.model_dump(), model.config.model_dump(mode="json"), _data_id(seqs, codes_table), parent]
                             + ([rt.world_size] if rt.distributed else [])
                             + ([["embedding_steps", embedding_steps]] if embedding_steps else []))
-    state = _load_state(work_dir, run_id)
-    if state is None:
-        torch.manual_seed(cfg.seed + rt.rank)  # dropout differs between ranks, as between rows
-        state = {"epoch": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad": 0, "history": [],
-                 "compute": {"retriever_flops": 0.0, "retriever_tokens": 0.0, "retriever_steps": 0.0,
-                             "retriever_seconds": 0.0}}
-    else:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng(state["rng"], rt)
+    state = _start_or_resume(work_dir, run_id, model, optimizer, scheduler, cfg.seed, rt)
     net: torch.nn.Module = _SummedLoss(model)
     if rt.distributed:
         net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.on_gpu else None)
-    waiting = [p for name, p in model.named_parameters() if not name.startswith("tok_emb.")] if embedding_steps else []
-    flops_token = TRAIN_FLOPS_MULTIPLIER * flops_per_token(model.config, model.config.n_positions)
+    loop = _Loop(model, net, optimizer, scheduler, train_seqs, codes, cfg, rt, embedding_steps=embedding_steps,
+                 steps_per_epoch=steps_per_epoch, state=state, on_step=on_step)
     bar = progress_bar("train", total=total_steps, enabled=show_progress and rt.is_main)
     board = SummaryWriter(str(work_dir / "tensorboard")) if rt.is_main else None
     bar.advance(state["epoch"] * steps_per_epoch + state["step"])
     while state["epoch"] < cfg.epochs and state["bad"] < cfg.patience:
         epoch = state["epoch"]
-        batches = epoch_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch)
-        model.train()
-        # Losses stay on the device and are read at the logging cadence only (no per-step sync).
-        epoch_loss, recent = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device)
-        epoch_steps, started = 0, time.perf_counter()
-        while state["step"] < steps_per_epoch:
-            rows = batches[state["step"]]
-            mine = rt.share(rows)
-            # A rank with no row of a short last batch still joins the all-reduce, with weight 0.
-            scale = rt.world_size / max(weights[rows].sum() * model.config.n_levels, 1e-12) if len(mine) else 0.0
-            tokens, weight, keep = _device_batch(train_seqs, mine if len(mine) else rows[:1], codes, model.config, rt)
-            with rt.autocast():
-                loss = net(tokens, weight, keep) * scale
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if epoch * steps_per_epoch + state["step"] < embedding_steps:
-                for param in waiting:  # AdamW leaves a weight without a gradient as it is (no decay)
-                    param.grad = None
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            state["step"] += 1
-            epoch_steps += 1
-            epoch_loss += loss.detach()
-            recent += loss.detach()
-            comp = state["compute"]
-            # Every rank's tokens (FLOPs count all ranks); a window's last token is only a target.
-            n_tokens = sum(len(part) * int(lengths[part].max()) for part in rt.shares(rows) if len(part)) * model.config.n_levels
-            comp["retriever_tokens"] += float(n_tokens)
-            comp["retriever_flops"] += flops_token * n_tokens
-            comp["retriever_steps"] += 1
-            global_step = epoch * steps_per_epoch + state["step"]
-            if state["step"] % LOG_EVERY == 0 or state["step"] == steps_per_epoch:
-                shown = float(rt.sum(recent)) / rt.world_size / (state["step"] % LOG_EVERY or LOG_EVERY)
-                recent.zero_()
-                now = time.perf_counter()
-                comp["retriever_seconds"] += now - started
-                tok_s = comp["retriever_tokens"] / max(comp["retriever_seconds"], 1e-9)
-                started = now
-                bar.update(advance=0, loss=shown, epoch=epoch, tok_s=tok_s)
-                if board is not None:
-                    board.add_scalar("train/loss", shown, global_step)
-                    board.add_scalar("train/tokens_per_second", tok_s, global_step)
-                    board.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
-            bar.advance()
-            if on_step is not None:
-                on_step(global_step)
-        # Each rank's loss is scaled by world_size (DDP averages gradients): undo it to report.
-        train_loss = float(rt.sum(epoch_loss)) / rt.world_size / max(epoch_steps, 1)
+        train_loss = loop.epoch(bar, board)
         valid = _valid_loss(model, valid_seqs, codes, cfg.batch_size, rt) if valid_seqs is not None else train_loss
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid})
         if board is not None:
@@ -225,6 +166,106 @@ def train(
     if not rt.is_main:
         manifest = read_manifest(Path(out), CHECKPOINT_KIND)
     return TrainResult(model=model, manifest=manifest, compute=compute, history=state["history"])
+
+
+def _start_or_resume(work_dir: Path, run_id: str, model: Retriever, optimizer, scheduler, seed: int,
+                     rt: Runtime) -> dict[str, Any]:
+    """The training state: the resume state of run ``run_id`` loaded into the model, the
+    optimiser, the scheduler and the random generators; or a fresh one."""
+    state = _load_state(work_dir, run_id)
+    if state is None:
+        torch.manual_seed(seed + rt.rank)  # dropout differs between ranks, as between rows
+        return {"epoch": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad": 0, "history": [],
+                "compute": {"retriever_flops": 0.0, "retriever_tokens": 0.0, "retriever_steps": 0.0,
+                            "retriever_seconds": 0.0}}
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng(state["rng"], rt)
+    return state
+
+
+class _Loop:
+    """The optimiser steps of one epoch after another, and their accounting: tokens, FLOPs,
+    steps and seconds in ``state["compute"]``, the loss read at the logging cadence only."""
+
+    def __init__(self, model: Retriever, net: torch.nn.Module, optimizer, scheduler, seqs: Sequences,
+                 codes: torch.Tensor, cfg: TrainConfig, rt: Runtime, *, embedding_steps: int, steps_per_epoch: int,
+                 state: dict[str, Any], on_step: Callable[[int], None] | None) -> None:
+        self.model, self.net, self.optimizer, self.scheduler = model, net, optimizer, scheduler
+        self.seqs, self.codes, self.cfg, self.rt, self.state, self.on_step = seqs, codes, cfg, rt, state, on_step
+        self.lengths = (seqs.items >= 0).sum(1)
+        self.weights = np.where(seqs.items >= 0, seqs.target, 0).sum(1).astype(np.float64)  # loss weight per window
+        self.steps_per_epoch, self.embedding_steps = steps_per_epoch, embedding_steps
+        self.waiting = [p for name, p in model.named_parameters() if not name.startswith("tok_emb.")] \
+            if embedding_steps else []
+        self.flops_token = TRAIN_FLOPS_MULTIPLIER * flops_per_token(model.config, model.config.n_positions)
+
+    def epoch(self, bar, board) -> float:
+        """The rest of the current epoch's steps; returns its mean training loss."""
+        state, rt, cfg = self.state, self.rt, self.cfg
+        epoch = state["epoch"]
+        batches = epoch_batches(self.lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch)
+        self.model.train()
+        # Losses stay on the device and are read at the logging cadence only (no per-step sync).
+        epoch_loss, recent = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device)
+        epoch_steps, started = 0, time.perf_counter()
+        while state["step"] < self.steps_per_epoch:
+            rows = batches[state["step"]]
+            loss = self.step(rows, epoch * self.steps_per_epoch + state["step"])
+            state["step"] += 1
+            epoch_steps += 1
+            epoch_loss += loss
+            recent += loss
+            self.count(rows)
+            global_step = epoch * self.steps_per_epoch + state["step"]
+            if state["step"] % LOG_EVERY == 0 or state["step"] == self.steps_per_epoch:
+                shown = float(rt.sum(recent)) / rt.world_size / (state["step"] % LOG_EVERY or LOG_EVERY)
+                recent.zero_()
+                now = time.perf_counter()
+                comp = state["compute"]
+                comp["retriever_seconds"] += now - started
+                tok_s = comp["retriever_tokens"] / max(comp["retriever_seconds"], 1e-9)
+                started = now
+                bar.update(advance=0, loss=shown, epoch=epoch, tok_s=tok_s)
+                if board is not None:
+                    board.add_scalar("train/loss", shown, global_step)
+                    board.add_scalar("train/tokens_per_second", tok_s, global_step)
+                    board.add_scalar("train/lr", self.scheduler.get_last_lr()[0], global_step)
+            bar.advance()
+            if self.on_step is not None:
+                self.on_step(global_step)
+        # Each rank's loss is scaled by world_size (DDP averages gradients): undo it to report.
+        return float(rt.sum(epoch_loss)) / rt.world_size / max(epoch_steps, 1)
+
+    def step(self, rows: np.ndarray, done: int) -> torch.Tensor:
+        """One optimiser step on the global batch ``rows`` (``done`` steps before it); this
+        rank's share of the loss, detached, on the device."""
+        rt, model = self.rt, self.model
+        mine = rt.share(rows)
+        # A rank with no row of a short last batch still joins the all-reduce, with weight 0.
+        scale = rt.world_size / max(self.weights[rows].sum() * model.config.n_levels, 1e-12) if len(mine) else 0.0
+        tokens, weight, keep = _device_batch(self.seqs, mine if len(mine) else rows[:1], self.codes, model.config, rt)
+        with rt.autocast():
+            loss = self.net(tokens, weight, keep) * scale
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if done < self.embedding_steps:
+            for param in self.waiting:  # AdamW leaves a weight without a gradient as it is (no decay)
+                param.grad = None
+        torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+    def count(self, rows: np.ndarray) -> None:
+        """A step's tokens and FLOPs: every rank's (a window's last token is only a target)."""
+        comp, rt = self.state["compute"], self.rt
+        n_tokens = sum(len(part) * int(self.lengths[part].max()) for part in rt.shares(rows) if len(part)) \
+            * self.model.config.n_levels
+        comp["retriever_tokens"] += float(n_tokens)
+        comp["retriever_flops"] += self.flops_token * n_tokens
+        comp["retriever_steps"] += 1
 
 
 class _SummedLoss(torch.nn.Module):
