@@ -18,22 +18,31 @@ from pathlib import Path
 from freshsid.data.synthetic import write_synthetic
 from smalldemo import SMALL_SYNTHETIC
 
-CONFIG = {"preset": "tiny", "recipe": "remap-3", "sid": {"tokenizer": "rqvae", "codebook_size": 16, "suffix_size": 64},
+CONFIG = {"preset": "tiny", "recipe": "remap-3", "threads": 1, "sid": {"tokenizer": "rqvae", "codebook_size": 16, "suffix_size": 64},
           "policies": ["MostPop(gap)+new", "Base", "FT-old", "FT-old+new", "FT-aligned (hungarian)",
                        "Refresh with remap", "Full", "Full+FT"]}
 
 
-def _run(tmp_path: Path, name: str, hash_seed: str) -> Path:
+def _start(tmp_path: Path, name: str, hash_seed: str) -> tuple[subprocess.Popen, Path]:
+    """One run in its own process, started; the two runs of the test go side by side on
+    one thread each (the thread count is part of what must be the same)."""
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(CONFIG))
-    files = write_synthetic(SMALL_SYNTHETIC, tmp_path / "logs")
+    if not config.exists():
+        config.write_text(json.dumps(CONFIG))
+        write_synthetic(SMALL_SYNTHETIC, tmp_path / "logs")
     out = tmp_path / name
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    result = subprocess.run([sys.executable, "-m", "freshsid", "--no-progress", "experiment", "--logs",
-                             str(files.interactions), "--items", str(files.items), "--drop-duplicates", "--config", str(config),
-                             "--device", "cpu", "--out", str(out)],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    process = subprocess.Popen([sys.executable, "-m", "freshsid", "--no-progress", "experiment", "--logs",
+                                str(tmp_path / "logs" / "interactions.parquet"), "--items",
+                                str(tmp_path / "logs" / "items.parquet"), "--drop-duplicates", "--config", str(config),
+                                "--device", "cpu", "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return process, out
+
+
+def _finish(process: subprocess.Popen, out: Path) -> Path:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-2000:]
     return out
 
 
@@ -56,7 +65,8 @@ def _measured(results: dict) -> dict:
 
 
 def test_two_runs_of_the_tiny_rqvae_remap_experiment_are_bit_identical(tmp_path):
-    first, second = _run(tmp_path, "a", "1"), _run(tmp_path, "b", "2")
+    started = [_start(tmp_path, "a", "1"), _start(tmp_path, "b", "2")]
+    first, second = (_finish(*run) for run in started)
     weights = _weights(first)
     assert any(name.endswith("model.safetensors") for name in weights)  # checkpoints are among them
     assert weights == _weights(second)
