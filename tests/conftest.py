@@ -1,3 +1,5 @@
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +10,22 @@ import torch
 # The suite runs on 2 shared cores and its tensors are tiny: OpenMP thread hand-off costs
 # more than the math there, so every test process uses one intra-op thread.
 torch.set_num_threads(1)
+
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of everything under ``folders``: what a refused command
+    must leave as it found it."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for f in folders for p in Path(f).rglob("*")}
+
+
+def reseal(folder: Path, change: Callable[[dict], object]) -> None:
+    """Edit an artifact's manifest as a careful tamperer would: ``change`` it, then recompute its digest."""
+    from freshsid.artifacts import Manifest
+
+    data = json.loads((Path(folder) / "manifest.json").read_text())
+    change(data)
+    data["digest"] = Manifest.model_validate(data).expected_digest
+    (Path(folder) / "manifest.json").write_text(json.dumps(data))
+
 
 N_ITEMS, CODED = 50, 40  # a tiny release codes the first 40 items; histories also hold the others
 

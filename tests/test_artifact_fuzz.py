@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freshsid.artifacts import Manifest, file_sha256
+from conftest import reseal
+from freshsid.artifacts import file_sha256
 from freshsid.config import SidConfig
 from freshsid.embed.store import Embeddings, save_embeddings
 from freshsid.errors import FreshsidError
@@ -42,13 +43,6 @@ LOADERS = {
 }
 
 
-def reseal(folder, name: str) -> None:
-    data = json.loads((folder / "manifest.json").read_text())
-    data["files"][name] = file_sha256(folder / name)
-    data["digest"] = Manifest.model_validate(data).expected_digest
-    (folder / "manifest.json").write_text(json.dumps(data))
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(sorted(LOADERS)), pick=st.integers(0, 10), cut=st.floats(0, 1),
        noise=st.binary(max_size=64), sealed=st.booleans())
@@ -60,7 +54,7 @@ def test_loaders_load_or_refuse_damaged_files(artifacts, tmp_path_factory, kind,
     raw = (folder / name).read_bytes()
     (folder / name).write_bytes(raw[: int(cut * len(raw))] + noise)
     if sealed and name != "manifest.json":
-        reseal(folder, name)
+        reseal(folder, lambda manifest: manifest["files"].update({name: file_sha256(folder / name)}))
     try:
         LOADERS[kind](folder)
     except FreshsidError as exc:

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from conftest import snapshot
 from freshsid.cli import app
 
 HEADER = "user_id,item_id,timestamp\n"
@@ -111,10 +112,6 @@ CASES = [
     ("nul-in-a-user-id", text("logs.csv", HEADER + GOOD + "u\x003,c,300\n"), "logs.csv", ["line 4", "control character"]),
     ("escape-in-an-item-id", text("logs.csv", HEADER + "u1,a\x1b[31m,100\n" + GOOD), "logs.csv", ["line 2", "item id"]),
 ]
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 @pytest.mark.parametrize(("setup", "named", "phrases"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

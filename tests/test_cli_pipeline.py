@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import freshsid.config as config_module
+from conftest import snapshot
 from freshsid.cli import app
 from freshsid.config import preset
 from freshsid.data.registry import load_dataset
@@ -429,10 +430,6 @@ def stateless(table: Path, work: Path) -> Path:
 
     dataclasses.replace(SidTable.load(table), tokenizer_state=None).save(work / "stateless")
     return work / "stateless"
-
-
-def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for f in folders for p in f.rglob("*")}
 
 
 @pytest.mark.parametrize(("make_args", "words"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])

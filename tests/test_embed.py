@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from conftest import reseal
 from freshsid.data.interactions import from_arrays
 from freshsid.embed import content
 from freshsid.data.sequences import length_batches
@@ -234,17 +235,6 @@ def test_store_round_trip(tmp_path):
     assert environment["torch"] == __import__("torch").__version__ and environment["torch_threads"] >= 1
     assert read.config["dim"] == 16 and read.inputs == {"logs": "abc"}
     assert load_embedding_items(tmp_path / "emb").tolist() == [0, 2, 5]
-
-
-def reseal(folder, change) -> None:
-    """Edit an artifact's manifest as a careful tamperer would: change it, then recompute its digest."""
-    from freshsid.artifacts import Manifest
-
-    data = json.loads((folder / "manifest.json").read_text())
-    change(data)
-    manifest = Manifest.model_validate(data)
-    data["digest"] = manifest.expected_digest
-    (folder / "manifest.json").write_text(json.dumps(data))
 
 
 def test_store_refuses_tampered_files(tmp_path):
