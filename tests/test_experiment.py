@@ -18,12 +18,12 @@ from freshsid.artifacts import read_manifest
 from freshsid.config import SASRecConfig, TrainConfig, load_config, preset
 from freshsid.recipes import RECIPES
 from freshsid.data.registry import synthetic_dataset
-from freshsid.data.synthetic import SyntheticConfig
 from freshsid.data.temporal import Window
 from freshsid.evaluate.experiment import Experiment
 from freshsid.policies import ABLATIONS, POLICIES, ModelSpec, Policy, Tokenizer, policy
 from freshsid.sid.quantize import residual_encode
 from freshsid.sid.table import SidTable
+from smalldemo import SMALL_SYNTHETIC
 
 # DESIGN.md, "Policies compared", on the default protocol (base [0,8), gap [8,9), test [9,10)):
 # (table, trained from, history window, target window, allowed items window, code embeddings remapped).
@@ -65,7 +65,7 @@ def tiny_config(**overrides):
 
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory):
-    return synthetic_dataset(SyntheticConfig(n_users=300, n_items=160, n_events=6000, n_communities=6),
+    return synthetic_dataset(SMALL_SYNTHETIC,
                              cache_dir=tmp_path_factory.mktemp("cache"))
 
 

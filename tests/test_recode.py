@@ -12,11 +12,11 @@ import pytest
 from freshsid import api
 from freshsid.config import SASRecConfig, TrainConfig, preset
 from freshsid.data.registry import synthetic_dataset
-from freshsid.data.synthetic import SyntheticConfig
 from freshsid.data.temporal import Window
 from freshsid.evaluate.experiment import Experiment
 from freshsid.evaluate.rolling import Rolling
 from freshsid.evaluate.rolling_config import RollingConfig
+from smalldemo import SMALL_SYNTHETIC
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "freshsid"
 # What only the step (src/freshsid/recode.py) may call or define: SASRec training for SIDs,
@@ -30,7 +30,7 @@ CALLERS = ("evaluate/experiment.py", "evaluate/rolling.py", "serve/refresh.py", 
 def runs(tmp_path_factory):
     """The aligned and the incremental step on parts [0, 9) from a legacy build on [0, 8),
     through the experiment, rolling and the API (a warm recipe that remaps three levels)."""
-    logs = synthetic_dataset(SyntheticConfig(n_users=300, n_items=160, n_events=6000, n_communities=6),
+    logs = synthetic_dataset(SMALL_SYNTHETIC,
                              cache_dir=tmp_path_factory.mktemp("cache"))
     config = preset("tiny", sasrec=SASRecConfig(dim=16, max_epochs=2, valid_users=50, max_length=20),
                     fit=TrainConfig(epochs=1, batch_size=64, warmup_steps=2),
