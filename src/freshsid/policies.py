@@ -121,8 +121,8 @@ POLICIES: tuple[Policy, ...] = (
     Policy("FT-old", ModelSpec(Tokenizer.LEGACY, Start.BASE, _GAP), "base", ComputeKind.FINETUNE,
            "stale legacy SIDs, Base fine-tuned on gap"),
     Policy("FT-old+new", ModelSpec(Tokenizer.LEGACY_NEW, Start.BASE, _GAP), "base+gap", ComputeKind.FINETUNE,
-           "legacy SIDs kept; items first seen in gap coded by the legacy tokenizer from their refreshed-SASRec "
-           "embeddings; Base fine-tuned on gap"),
+           "legacy SIDs kept; items first seen in gap coded by the legacy tokenizer from vectors in the legacy "
+           "space (the recipe's incremental way, fold-in by default); Base fine-tuned on gap"),
     Policy("FT-new", ModelSpec(Tokenizer.REFRESHED, Start.BASE, _GAP), "base", ComputeKind.FINETUNE,
            "SIDs refit on base+gap (unaligned, no remap), Base fine-tuned on gap"),
     Policy("FT-aligned (greedy)", ModelSpec(Tokenizer.ALIGNED_GREEDY, Start.BASE, _GAP), "base", ComputeKind.FINETUNE,

@@ -7,8 +7,9 @@ r = s ... N-2 every strategy may use the events of part r and is scored on part 
 - **Frozen** never changes;
 - **FT-old** fine-tunes its retriever on part r with the initial SIDs;
 - **Incremental** keeps every SID it serves and codes the items new in part r with the
-  initial tokenizer, frozen (what a team with a fixed vocabulary does): their embeddings
-  come from its SASRec continued on [0, r+1); then it fine-tunes on part r;
+  initial tokenizer, frozen (what a team with a fixed vocabulary does): their vectors are
+  placed in the space that tokenizer reads (:func:`freshsid.recode.incremental`: folded
+  into its SASRec by default); then it fine-tunes on part r;
 - **Aligned** refreshes the SIDs on [0, r+1), aligns them to the table it serves
   (each round's table is the next one's legacy, so items new since the last round
   get codes and become recommendable) and fine-tunes on part r;
