@@ -83,7 +83,8 @@ def test_the_retriever_is_the_pipelines_and_survives_save_and_load(examples, tmp
     direct = pipeline.evaluate(tuned.model_, tuned.table_, split, test=test, allowed=base, ks=(10,), beam=tuned.beam)
     assert tuned.evaluate(split, test=test, allowed=base, ks=(10,)) == direct
     tuned.save(tmp_path / "ft")
-    again = api.GenerativeRetriever.load(tmp_path / "ft", tuned.table_, beam=tuned.beam)
+    again = api.GenerativeRetriever.load(tmp_path / "ft", tuned.table_)
+    assert again.get_params() == tuned.get_params()  # size, schedules, recipe and beam come back with it
     ex = split.examples(test)
     first, _ = tuned.recommend(ex.inputs[:8], ex.users[:8], k=5)
     second, _ = again.recommend(ex.inputs[:8], ex.users[:8], k=5)
