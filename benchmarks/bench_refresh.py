@@ -22,7 +22,7 @@ from freshsid.data.registry import load_dataset
 from freshsid.data.temporal import TemporalSplit
 from freshsid.evaluate.stages import RunLayout
 from freshsid.policies import BASE_MODEL
-from freshsid.retriever.model import load_checkpoint
+from freshsid.api import GenerativeRetriever
 from freshsid.serve.refresh import refresh
 from freshsid.serve.release import Releases
 from freshsid.recode import CollabSids
@@ -42,10 +42,10 @@ def main() -> None:
     split = TemporalSplit(logs, protocol.n_parts)
     layout = RunLayout(args.run)
     table = CollabSids.load(layout.path(layout.legacy)).table
-    model, manifest = load_checkpoint(layout.path(layout.model(BASE_MODEL)), expected_shape=table.codebook_sizes)
+    base = GenerativeRetriever.load(layout.path(layout.model(BASE_MODEL)), table)
     releases = Releases(args.out)
     if releases.current is None:
-        releases.promote(releases.create(model, manifest, table, logs, until_event=int(split.bounds[protocol.base.stop])))
+        releases.promote(releases.create(base, logs, until_event=int(split.bounds[protocol.base.stop])))
     end = int(split.bounds[protocol.gap.stop])
     upto_gap = replace(logs, user=logs.user[:end], item=logs.item[:end], ts=logs.ts[:end])
     started = time.perf_counter()

@@ -50,7 +50,7 @@ from freshsid.data.registry import load_dataset
 from freshsid.data.temporal import TemporalSplit
 from freshsid.evaluate.stages import RunLayout
 from freshsid.policies import BASE_MODEL
-from freshsid.retriever.model import load_checkpoint
+from freshsid.api import GenerativeRetriever
 from freshsid.retriever.pipeline import trained_span
 from freshsid.serve.batch import recommend_batch
 from freshsid.serve.release import Releases
@@ -65,11 +65,11 @@ def make_release(run: Path, dataset: str, out: Path) -> Releases:
         return releases
     layout = RunLayout(run)
     table = CollabSids.load(layout.path(layout.legacy)).table
-    model, manifest = load_checkpoint(layout.path(layout.model(BASE_MODEL)), expected_shape=table.codebook_sizes)
+    base = GenerativeRetriever.load(layout.path(layout.model(BASE_MODEL)), table)
     logs = load_dataset(dataset)
     split = TemporalSplit(logs, 10)
-    until = int(split.bounds[trained_span(manifest).stop])
-    releases.promote(releases.create(model, manifest, table, logs, until_event=until))
+    until = int(split.bounds[trained_span(base.manifest_).stop])
+    releases.promote(releases.create(base, logs, until_event=until))
     return releases
 
 
@@ -92,8 +92,8 @@ def synthetic_release(out: Path, n_users: int = 20_000, n_events: int = 400_000)
     item_of_id = logs.item_ids.astype(np.int64)  # dense item -> the codes row it was drawn as
     table = SidTable(items=np.arange(logs.n_items), codes=codes[item_of_id].astype(np.int32),
                      codebook_sizes=model.config.codebook_sizes, item_ids=logs.item_ids)
-    checkpoint = save_checkpoint(out / "checkpoint", model)
-    releases.promote(releases.create(model, checkpoint, table, logs, until_event=n_events))
+    save_checkpoint(out / "checkpoint", model)
+    releases.promote(releases.create(GenerativeRetriever.load(out / "checkpoint", table), logs, until_event=n_events))
     return releases
 
 

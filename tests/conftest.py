@@ -36,14 +36,11 @@ class Tiny:
     :meth:`create` writes another from."""
 
     releases: object  # freshsid.serve.release.Releases
-    model: object
-    checkpoint: object
-    table: object
+    retriever: object  # freshsid.GenerativeRetriever
     logs: object
 
     def create(self, *, promote: bool = True) -> str:
-        release_id = self.releases.create(self.model, self.checkpoint, self.table, self.logs,
-                                          until_event=self.logs.n_events)
+        release_id = self.releases.create(self.retriever, self.logs, until_event=self.logs.n_events)
         if promote:
             self.releases.promote(release_id)
         return release_id
@@ -52,6 +49,7 @@ class Tiny:
 def make_tiny(root: Path, *, seed: int = 0, item_prefix: str = "", releases: int = 1) -> Tiny:
     """``releases`` tiny releases under ``root / "releases"``, each promoted in turn; the
     table codes CODED of the log's N_ITEMS items (ids ``item_prefix`` + a number)."""
+    from freshsid.api import GenerativeRetriever
     from freshsid.data.interactions import from_arrays
     from freshsid.retriever.model import Retriever, RetrieverConfig, save_checkpoint
     from freshsid.serve.release import Releases
@@ -69,7 +67,8 @@ def make_tiny(root: Path, *, seed: int = 0, item_prefix: str = "", releases: int
     torch.manual_seed(seed)
     model = Retriever(RetrieverConfig(codebook_sizes=(4, 4, 4), width=16, n_layers=1, n_heads=2, ffn=32,
                                       user_buckets=8, max_history=8, dropout=0.0)).eval()
-    tiny = Tiny(Releases(root / "releases"), model, save_checkpoint(root / "checkpoint", model), table, logs)
+    save_checkpoint(root / "checkpoint", model)
+    tiny = Tiny(Releases(root / "releases"), GenerativeRetriever.load(root / "checkpoint", table), logs)
     for _ in range(releases):
         tiny.create()
     return tiny

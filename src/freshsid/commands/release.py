@@ -66,19 +66,19 @@ def create(
 
     Example: freshsid release create --checkpoint runs/beauty/base --sids runs/beauty/sids-0-8 --embeddings runs/beauty/emb-0-8 --dataset amazon-beauty --out releases --promote
     """
-    from freshsid.retriever.model import load_checkpoint
+    from freshsid.api import GenerativeRetriever
     from freshsid.retriever.pipeline import trained_span
     from freshsid.serve.release import Releases, carried_build
     from freshsid.sid.table import SidTable
 
     table = SidTable.load(sids)
     build = None if embeddings is None else carried_build(embeddings, table)
-    model, manifest = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
+    retriever = GenerativeRetriever.load(checkpoint, table)
     split = load_split(data, table)
-    span = trained_span(manifest)
+    span = trained_span(retriever.manifest_)
     split.events(span)  # refuses a window past the logs' last part
     releases = Releases(out)
-    release_id = releases.create(model, manifest, table, split.logs, until_event=int(split.bounds[span.stop]),
+    release_id = releases.create(retriever, split.logs, until_event=int(split.bounds[span.stop]),
                                  build=build)
     if promote:
         releases.promote(release_id)

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from freshsid import recode
+from freshsid.api import GenerativeRetriever
 from freshsid.artifacts import output_lock
 from freshsid.config import ExperimentConfig
 from freshsid.data.interactions import Interactions
@@ -178,7 +179,8 @@ def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *
         examples = examples.subset(np.flatnonzero(np.isin(examples.users, held)))
         scores = {name: _score(Recommender(model, table), examples, metric, config.beam) for name, model, table in
                   (("current", current.model, current.table), ("candidate", tuned.model, sids.table))}
-        release_id = releases.create(tuned.model, tuned.manifest, sids.table, logs, until_event=logs.n_events,
+        candidate = GenerativeRetriever.load(scratch / "model", sids.table)
+        release_id = releases.create(candidate, logs, until_event=logs.n_events,
                                      metrics={f"current {metric}": scores["current"],
                                               f"candidate {metric}": scores["candidate"]},
                                      parent=current.id, build=sids.build, refresh={"mode": mode, "recipe": how.name})

@@ -30,7 +30,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import polars as pl
@@ -54,6 +54,9 @@ from freshsid.serve import journal
 from freshsid.serve.events import seen_record
 from freshsid.recode import CollabSids
 from freshsid.sid.table import SidTable
+
+if TYPE_CHECKING:
+    from freshsid.api import GenerativeRetriever
 
 KIND = "release"
 RETRIEVER, SIDS, CATALOG, HISTORIES = "retriever", "sids", "catalog.parquet", "histories.parquet"
@@ -230,12 +233,17 @@ class Releases:
     def current(self) -> str | None:
         return self.pointer()["current"]
 
-    def create(self, model: Retriever, checkpoint: Manifest, table: SidTable, logs: Interactions, *,
-               until_event: int, parent: str | None = None, metrics: dict[str, float] | None = None,
-               build: CollabSids | None = None, refresh: dict[str, str] | None = None) -> str:
-        """Write a new release, not promoted; its parent: ``parent`` (the release the
-        checkpoint came from), by default the current one. The id is one past the highest,
-        reserved by an exclusive mkdir: an existing release is never written over."""
+    def create(self, retriever: GenerativeRetriever, logs: Interactions, *, until_event: int,
+               parent: str | None = None, metrics: dict[str, float] | None = None, build: CollabSids | None = None,
+               refresh: dict[str, str] | None = None) -> str:
+        """Write a new release of a fitted ``retriever`` (its checkpoint and the table it
+        speaks) over ``logs``, whose first ``until_event`` events it has seen; not promoted.
+        Its parent: ``parent`` (the release the checkpoint came from), by default the
+        current one. The id is one past the highest, reserved by an exclusive mkdir: an
+        existing release is never written over."""
+        model, checkpoint, table = retriever.model_, retriever.manifest_, retriever.table_
+        if model is None or checkpoint is None or table is None:
+            raise FreshsidError("This GenerativeRetriever is not fitted yet; call fit() (or load()) first.")
         with output_lock(self.root / "releases"):
             existing = self.ids()
             release_id = f"r{int(existing[-1][1:]) + 1 if existing else 1:04d}"
