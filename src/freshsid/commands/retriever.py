@@ -74,8 +74,7 @@ def train(
 
     Two processes (DDP; gloo on CPU, nccl on GPU): torchrun --nproc-per-node 2 -m freshsid -- retriever train ... (same options)
     """
-    from freshsid.retriever.model import RetrieverConfig
-    from freshsid.retriever.pipeline import fit
+    from freshsid.api import GenerativeRetriever
     from freshsid.sid.table import SidTable
 
     use_device(device, ranks=True)
@@ -84,11 +83,9 @@ def train(
     window = Window.parse(parts)
     table = SidTable.load(sids)
     split = load_split(data, table)
-    model_config = RetrieverConfig.preset(exp.retriever, codebook_sizes=table.codebook_sizes,
-                                          max_history=exp.protocol.max_history)
-    result = fit(split, table, window=window, model_config=model_config, train_config=train_config, out=out,
-                 show_progress=show_progress())
-    _print_trained(result, out)
+    retriever = GenerativeRetriever(model=exp.retriever, fit_config=train_config, max_history=exp.protocol.max_history)
+    retriever.fit(split, table, window=window, out=out, progress=show_progress())
+    _print_trained(retriever.manifest_, out)
 
 
 @app.command("finetune")
@@ -139,13 +136,13 @@ def finetune(
     split = load_split(data, table)
     result = warm_start(checkpoint, split, table, target=window, train_config=train_config, out=out,
                         show_progress=show_progress(), remap=remap)
-    _print_trained(result, out)
+    _print_trained(result.manifest, out)
 
 
-def _print_trained(result, out: Path) -> None:
-    info, compute = result.manifest.info, result.compute
-    best = next((h for h in result.history if h["epoch"] == info["best_epoch"]), result.history[-1])
-    typer.echo(f"{len(result.history)} epochs on {info['train_windows']:,} windows; best epoch {info['best_epoch'] + 1} "
+def _print_trained(manifest, out: Path) -> None:
+    info, compute, history = manifest.info, manifest.compute, manifest.info["history"]
+    best = next((h for h in history if h["epoch"] == info["best_epoch"]), history[-1])
+    typer.echo(f"{len(history)} epochs on {info['train_windows']:,} windows; best epoch {info['best_epoch'] + 1} "
                f"(valid loss {best['valid_loss']:.4f}); {compute['retriever_flops'] / 1e12:.3g} TFLOPs, "
                f"{compute['retriever_seconds']:.1f} s -> {out}")
 
@@ -171,17 +168,16 @@ def evaluate(
 
     Users split across processes: torchrun --nproc-per-node 2 -m freshsid -- retriever eval ... (same metrics as one process)
     """
+    from freshsid.api import GenerativeRetriever
     from freshsid.artifacts import write_json_atomic
-    from freshsid.retriever.model import load_checkpoint
-    from freshsid.retriever.pipeline import evaluate as score
     from freshsid.sid.table import SidTable
 
     runtime = use_device(device, ranks=True)
     cutoffs, test_window, allowed_window = parse_ks(ks), Window.parse(test), Window.parse(allowed)
     table = SidTable.load(sids)
-    model, _ = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
+    retriever = GenerativeRetriever.load(checkpoint, table, beam=beam)
     split = load_split(data, table)
-    metrics = score(model, table, split, test=test_window, allowed=allowed_window, ks=cutoffs, beam=beam, max_users=max_users)
+    metrics = retriever.evaluate(split, test=test_window, allowed=allowed_window, ks=cutoffs, max_users=max_users)
     record = {"metrics": metrics, "checkpoint": str(checkpoint), "sids": str(sids), "test": str(test_window),
               "allowed": str(allowed_window), "beam": beam, "max_users": max_users}
     if out is not None and runtime.is_main:
@@ -214,9 +210,8 @@ def recommend(
 
     Example: freshsid retriever recommend --checkpoint runs/beauty/base --sids runs/beauty/sids-0-8 --dataset amazon-beauty --user A1YJEY40YUW4SE --k 10
     """
+    from freshsid.api import GenerativeRetriever
     from freshsid.data.temporal import last_items
-    from freshsid.retriever.model import load_checkpoint
-    from freshsid.retriever.pipeline import recommend as top_items
     from freshsid.sid.table import SidTable
 
     if k > beam:
@@ -224,13 +219,13 @@ def recommend(
     use_device(device)
     window = None if allowed is None else Window.parse(allowed)
     table = SidTable.load(sids)
-    model, _ = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
+    retriever = GenerativeRetriever.load(checkpoint, table, beam=beam)
     split = load_split(data, table)
     logs = split.logs
     users = np.array([user_index(logs, user)])
-    history = last_items(logs.user, logs.item, users, model.config.max_history)
-    items, scores = top_items(model, table, history, users, top_k=k, beam=beam,
-                              allowed_items=None if window is None else split.allowed_items(window))
+    history = last_items(logs.user, logs.item, users, retriever.max_history)
+    items, scores = retriever.recommend(history, users, k=k,
+                                        allowed_items=None if window is None else split.allowed_items(window))
     titles = logs.items["title"].to_list()
     rows = [{"rank": r + 1, "item_id": str(logs.item_ids[i]), "title": titles[i], "score": float(s)}
             for r, (i, s) in enumerate((i, s) for i, s in zip(items[0], scores[0]) if i >= 0)]
