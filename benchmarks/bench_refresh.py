@@ -17,15 +17,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from freshsid.api import GenerativeRetriever
 from freshsid.config import load_config
 from freshsid.data.registry import load_dataset
 from freshsid.data.temporal import TemporalSplit
 from freshsid.evaluate.stages import RunLayout
 from freshsid.policies import BASE_MODEL
-from freshsid.api import GenerativeRetriever
+from freshsid.recode import CollabSids
 from freshsid.serve.refresh import refresh
 from freshsid.serve.release import Releases
-from freshsid.recode import CollabSids
 
 
 def main() -> None:

@@ -46,15 +46,15 @@ import httpx
 import numpy as np
 import torch
 
+from freshsid.api import GenerativeRetriever
 from freshsid.data.registry import load_dataset
 from freshsid.data.temporal import TemporalSplit
 from freshsid.evaluate.stages import RunLayout
 from freshsid.policies import BASE_MODEL
-from freshsid.api import GenerativeRetriever
+from freshsid.recode import CollabSids
 from freshsid.retriever.pipeline import trained_span
 from freshsid.serve.batch import recommend_batch
 from freshsid.serve.release import Releases
-from freshsid.recode import CollabSids
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from freshsid import recode
 from freshsid.artifacts import Manifest, environment, output_lock, read_manifest, write_json_atomic
 from freshsid.config import ExperimentConfig
 from freshsid.data.interactions import Interactions
@@ -30,17 +31,16 @@ from freshsid.data.stats import dataset_stats
 from freshsid.data.temporal import Examples, TemporalSplit, Window, kcore_before
 from freshsid.embed.collab import SASRec
 from freshsid.embed.store import Embeddings
-from freshsid.policies import BASE_MODEL, FULL_MODEL, INCREMENTAL, STALE, Baseline, ModelSpec, Policy, Start, Tokenizer, policy
 from freshsid.errors import FreshsidError
 from freshsid.evaluate.intervals import compare, interval_ks, read_scores, sensitivity, user_scores, write_scores
 from freshsid.evaluate.popularity import most_popular
 from freshsid.evaluate.report_plots import write_report
 from freshsid.evaluate.stages import RunLayout, StageCache
 from freshsid.evaluate.staleness import recall_by_part, sid_churn
+from freshsid.policies import BASE_MODEL, FULL_MODEL, INCREMENTAL, STALE, Baseline, ModelSpec, Policy, Start, Tokenizer, policy
+from freshsid.recode import CollabSids, Recoded
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import Retriever, RetrieverConfig, load_checkpoint
-from freshsid import recode
-from freshsid.recode import CollabSids, Recoded
 from freshsid.runtime import repeatable
 from freshsid.sid.align import METHODS
 from freshsid.sid.table import SidTable

@@ -52,8 +52,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from freshsid.artifacts import output_lock, read_manifest, write_json_atomic
 from freshsid import recode
+from freshsid.artifacts import output_lock, read_manifest, write_json_atomic
 from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import Examples, TemporalSplit, Window
 from freshsid.errors import FreshsidError
@@ -62,9 +62,9 @@ from freshsid.evaluate.popularity import most_popular
 from freshsid.evaluate.rolling_config import RollingConfig
 from freshsid.evaluate.rolling_report import write_report
 from freshsid.evaluate.stages import RunLayout, StageCache
+from freshsid.recode import CollabSids, Recoded
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import RetrieverConfig, load_checkpoint
-from freshsid.recode import CollabSids, Recoded
 from freshsid.retriever.remap import RemapPlan
 from freshsid.runtime import repeatable
 from freshsid.sid.table import SidTable

@@ -54,9 +54,10 @@ from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import Examples, TemporalSplit, Window
 from freshsid.errors import FreshsidError
 from freshsid.metrics import recall_ndcg
+from freshsid.recipes import Recipe
+from freshsid.recode import CollabSids, Recoded
 from freshsid.retriever import pipeline
 from freshsid.retriever.pipeline import Recommender
-from freshsid.recipes import Recipe
 from freshsid.serve import journal
 from freshsid.serve.ops import (
     REFRESH_LOCK,
@@ -68,7 +69,6 @@ from freshsid.serve.ops import (
     share_uncoded,
 )
 from freshsid.serve.release import RETRIEVER, Release, Releases, Superseded
-from freshsid.recode import CollabSids, Recoded
 from freshsid.sid.table import SidTable
 
 NEW, ALL = Window(start=1, stop=2), Window(start=0, stop=2)

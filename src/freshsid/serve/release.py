@@ -49,10 +49,10 @@ from freshsid.data.interactions import Interactions
 from freshsid.data.temporal import last_items
 from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
+from freshsid.recode import CollabSids
 from freshsid.retriever.model import Retriever, load_checkpoint, save_checkpoint
 from freshsid.serve import journal
 from freshsid.serve.events import seen_record
-from freshsid.recode import CollabSids
 from freshsid.sid.table import SidTable
 
 if TYPE_CHECKING:
