@@ -1,6 +1,10 @@
 """The generative retriever: a small GPT-style decoder over SID tokens.
 
 Read top to bottom: config, token layout, attention, block, model, FLOPs, checkpoints.
+It is over 500 lines for one reason: the network has two forward paths that must agree,
+the teacher-forced one training uses and the cached one-token step the beam search runs
+(with its cache layout), and keeping them beside each other is what keeps them equal
+(``tests/test_decode.py`` holds the step to a full forward).
 
 Token layout of one user (D = SID levels, collision suffix included)::
 
