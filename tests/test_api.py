@@ -25,7 +25,7 @@ from smalldemo import shrink
 ROOT = Path(__file__).resolve().parents[1]
 # The docstring examples, in the order a reader runs them: each continues the last.
 EXAMPLES = (registry.load_dataset, Window, TemporalSplit, api.CollabSidBuilder, SidTable, api.CollabSidBuilder.recode,
-            api.align, api.GenerativeRetriever)
+            api.align, api.code_items, api.GenerativeRetriever)
 PUBLIC_MODULES = ("freshsid/__init__.py", "freshsid/api.py", "freshsid/data/registry.py", "freshsid/data/temporal.py",
                   "freshsid/data/layouts.py", "freshsid/sid/table.py", "freshsid/serve/release.py", "freshsid/config.py")
 

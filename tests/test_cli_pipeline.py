@@ -389,7 +389,7 @@ BAD = [
      ["shape"]),
     ("remap-from-another-table", lambda r, o, w: ["retriever", "finetune", *o, "--checkpoint", r["dir"] / "base", "--sids",
                                                   r["dir"] / "aligned", "--remap-from", r["dir"] / "refreshed", *TRAIN,
-                                                  "--out", w / "ft"], ["not the one", "trained on"]),
+                                                  "--out", w / "ft"], ["trained on another SID table"]),
     ("remap-levels-alone", lambda r, o, w: ["retriever", "finetune", *o, "--checkpoint", r["dir"] / "base", "--sids",
                                             r["dir"] / "aligned", "--remap-levels", "1", *TRAIN, "--out", w / "ft"],
      ["--remap-from"]),

@@ -55,7 +55,7 @@ def chain_logs():
 def fitted(chain_logs):
     torch.set_num_threads(1)
     logs, train = chain_logs
-    return SASRec(TINY, random_state=0, progress=False).fit(logs, train)
+    return SASRec(TINY, seed=0, progress=False).fit(logs, train)
 
 
 def dense(logs, raw_items):
@@ -87,9 +87,9 @@ def test_sasrec_records_compute_and_stops_early(fitted):
 def test_sasrec_is_deterministic_given_a_seed(chain_logs, fitted):
     logs, train = chain_logs
     config = TINY.model_copy(update={"max_epochs": 2})
-    a = SASRec(config, random_state=3, progress=False).fit(logs, train).item_embeddings_
-    b = SASRec(config, random_state=3, progress=False).fit(logs, train).item_embeddings_
-    c = SASRec(config, random_state=4, progress=False).fit(logs, train).item_embeddings_
+    a = SASRec(config, seed=3, progress=False).fit(logs, train).item_embeddings_
+    b = SASRec(config, seed=3, progress=False).fit(logs, train).item_embeddings_
+    c = SASRec(config, seed=4, progress=False).fit(logs, train).item_embeddings_
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -100,7 +100,7 @@ def test_unseen_items_are_flagged_and_keep_their_init(chain_logs, fitted):
     assert fitted.item_embeddings_.shape == (logs.n_items, TINY.dim)
     assert fitted.item_embeddings_.dtype == np.float32
     assert not fitted.trained_items_[unseen].any() and fitted.trained_items_.sum() == 30
-    torch.manual_seed(fitted.random_state)
+    torch.manual_seed(fitted.seed)
     init = SASRecModel(logs.n_items, TINY).item_table.detach().numpy()
     np.testing.assert_array_equal(fitted.item_embeddings_[unseen], init[unseen])
     trained = np.flatnonzero(fitted.trained_items_)
@@ -130,7 +130,7 @@ def test_recommend_respects_allowed_items_and_never_returns_padding(chain_logs, 
 def test_sampled_softmax_also_learns(chain_logs):
     logs, train = chain_logs
     config = TINY.model_copy(update={"loss": "sampled_softmax", "n_negatives": 8, "valid_users": 0, "max_epochs": 15})
-    model = SASRec(config, random_state=0, progress=False).fit(logs, train)
+    model = SASRec(config, seed=0, progress=False).fit(logs, train)
     assert model.epochs_run_ == 15 and model.history_[-1]["loss"] < model.history_[0]["loss"] - 0.5
 
 
@@ -272,8 +272,8 @@ def test_warm_start_continues_from_the_given_weights(chain_logs, fitted, tmp_pat
     config = TINY.model_copy(update={"max_epochs": 1})
     state = fitted.state()
     init = fitted.item_embeddings_
-    warm = SASRec(config, random_state=5, progress=False, init_state=state).fit(logs, train)
-    cold = SASRec(config, random_state=5, progress=False).fit(logs, train)
+    warm = SASRec(config, seed=5, progress=False, init_state=state).fit(logs, train)
+    cold = SASRec(config, seed=5, progress=False).fit(logs, train)
     # one epoch moves the rows a little: the warm table stays far closer to its start
     assert np.linalg.norm(warm.item_embeddings_ - init) < 0.5 * np.linalg.norm(cold.item_embeddings_ - init)
     unseen = ~warm.trained_items_
@@ -329,7 +329,7 @@ def test_last_events_keeps_each_users_last_n_in_time_order():
 def test_bce_on_last_sequences_trains_and_flags_its_items(chain_logs):
     logs, train = chain_logs
     config = TINY.model_copy(update={"loss": "bce", "sequences": "last", "max_epochs": 2, "valid_users": 0})
-    model = SASRec(config, random_state=0, progress=False).fit(logs, train)
+    model = SASRec(config, seed=0, progress=False).fit(logs, train)
     assert np.isfinite([h["loss"] for h in model.history_]).all() and model.epochs_run_ == 2
     assert model.trained_items_.any() and model.flops_ > 0
 

@@ -69,5 +69,20 @@ def test_the_callers_of_the_step_do_not_build_sids_themselves(module):
                 and node.module != "freshsid.recode" for alias in node.names}
     called = {original[node.func.id] for node in ast.walk(tree)
               if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in original}
-    allowed = {"align"} if module == "api.py" else set()  # (the public wrapper of the alignment)
+    allowed = {"align", "code_items"} if module == "api.py" else set()  # (the public wrappers)
     assert (defined | called) & STEP_PARTS <= allowed, module
+
+
+INTERNAL = ("freshsid.recode", "freshsid.retriever.pipeline")  # the core the public API wraps
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in (SRC / "commands").glob("*.py")))
+def test_the_commands_reach_the_core_through_the_public_api(module):
+    """Every command module (module-level and function-level imports alike) reaches the
+    recode step and the retriever's stages through :mod:`freshsid.api` only."""
+    tree = ast.parse((SRC / "commands" / module).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 for alias in node.names}  # (from freshsid import recode)
+    assert not imported & set(INTERNAL), module

@@ -192,18 +192,18 @@ def test_rqkmeans_rejects_bad_settings(X: np.ndarray) -> None:
 
 
 def test_rqkmeans_seeding(X: np.ndarray) -> None:
-    first = RQKMeans(n_levels=2, codebook_size=8, random_state=5).fit(X)
-    again = RQKMeans(n_levels=2, codebook_size=8, random_state=5).fit(X)
+    first = RQKMeans(n_levels=2, codebook_size=8, seed=5).fit(X)
+    again = RQKMeans(n_levels=2, codebook_size=8, seed=5).fit(X)
     assert first.codebooks_.tobytes() == again.codebooks_.tobytes()
     assert first.transform(X).tobytes() == again.transform(X).tobytes()
-    other = RQKMeans(n_levels=2, codebook_size=8, random_state=6).fit(X)
+    other = RQKMeans(n_levels=2, codebook_size=8, seed=6).fit(X)
     codes = other.transform(X)
     assert codes.shape == (len(X), 2) and 0 <= codes.min() and codes.max() < 8
     assert other.codebooks_.tobytes() != first.codebooks_.tobytes()
 
 
 def test_rqkmeans_warm_start(X: np.ndarray) -> None:
-    legacy = RQKMeans(n_levels=2, codebook_size=8, random_state=1).fit(X)
+    legacy = RQKMeans(n_levels=2, codebook_size=8, seed=1).fit(X)
     frozen = RQKMeans(n_levels=2, codebook_size=8, n_iter=0, init_codebooks=legacy.codebooks_).fit(X)
     np.testing.assert_array_equal(frozen.codebooks_, legacy.codebooks_)
     np.testing.assert_array_equal(frozen.transform(X), legacy.transform(X))
@@ -211,7 +211,7 @@ def test_rqkmeans_warm_start(X: np.ndarray) -> None:
     # A refresh from the legacy codebooks starts near its optimum, a cold start does not.
     drifted = X + np.float32(0.3)
     warm = RQKMeans(n_levels=2, codebook_size=8, n_iter=3, init_codebooks=legacy.codebooks_).fit(drifted)
-    cold = RQKMeans(n_levels=2, codebook_size=8, n_iter=3, random_state=1).fit(drifted)
+    cold = RQKMeans(n_levels=2, codebook_size=8, n_iter=3, seed=1).fit(drifted)
     assert warm.inertia_history_[0][0] < cold.inertia_history_[0][0]
     assert np.mean(warm.transform(drifted)[:, 0] == legacy.transform(X)[:, 0]) > 0.9
 
@@ -231,7 +231,7 @@ def test_rqkmeans_balanced_respects_capacity() -> None:
 
 
 def test_rqkmeans_level1_codes_group_nearby_items(X: np.ndarray) -> None:
-    codes = RQKMeans(n_levels=2, codebook_size=16, random_state=0).fit(X).transform(X)
+    codes = RQKMeans(n_levels=2, codebook_size=16, seed=0).fit(X).transform(X)
     same, random = same_code_vs_random_distance(X, codes[:, 0])
     assert same < 0.5 * random
 
@@ -265,7 +265,7 @@ def test_rqvae_same_seed_identical_codes(X: np.ndarray, fitted_vae: RQVAE) -> No
     again = small_vae().fit(X)
     assert again.transform(X).tobytes() == fitted_vae.transform(X).tobytes()
     assert again.codebooks_.tobytes() == fitted_vae.codebooks_.tobytes()
-    other = small_vae(epochs=2, random_state=9).fit(X)
+    other = small_vae(epochs=2, seed=9).fit(X)
     codes = other.transform(X)
     assert codes.min() >= 0 and codes.max() < 16
     assert other.codebooks_.tobytes() != fitted_vae.codebooks_.tobytes()
@@ -291,7 +291,7 @@ def test_rqvae_warm_start_continues_from_a_fitted_state(X: np.ndarray, fitted_va
     # Continuing on drifted rows keeps far more codes than a fresh fit with another seed.
     drifted = X + np.random.default_rng(0).normal(scale=0.05, size=X.shape).astype(np.float32)
     warm = small_vae(epochs=3, init_state=state).fit(drifted).transform(drifted)
-    cold = small_vae(random_state=9).fit(drifted).transform(drifted)
+    cold = small_vae(seed=9).fit(drifted).transform(drifted)
     old = fitted_vae.transform(X)
     assert (warm[:, 0] == old[:, 0]).mean() > 0.8 > (cold[:, 0] == old[:, 0]).mean()
     with pytest.raises(FreshsidError, match="init_codebooks"):

@@ -38,6 +38,7 @@ _EXPORTS = {
     "SidTable": "freshsid.sid.table",
     "CollabSidBuilder": "freshsid.api",
     "align": "freshsid.api",
+    "code_items": "freshsid.api",
     "GenerativeRetriever": "freshsid.api",
     "Experiment": "freshsid.evaluate.experiment",
     "Release": "freshsid.serve.release",
@@ -48,7 +49,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from freshsid.api import CollabSidBuilder, GenerativeRetriever, align
+    from freshsid.api import CollabSidBuilder, GenerativeRetriever, align, code_items
     from freshsid.config import ExperimentConfig, preset
     from freshsid.recipes import RECIPES
     from freshsid.data.interactions import Interactions

@@ -3,7 +3,8 @@
 :class:`CollabSidBuilder` builds collaborative SIDs (SASRec embeddings quantized into a
 :class:`~freshsid.sid.table.SidTable`) and recodes them on later logs (aligned to its
 vocabulary, or incrementally), returning a new builder, so recodes chain;
-:func:`align` relabels one table onto another's vocabulary; :class:`GenerativeRetriever`
+:func:`align` relabels one table onto another's vocabulary; :func:`code_items` quantizes
+any item embeddings (collaborative or content) into a table; :class:`GenerativeRetriever`
 trains, fine-tunes, evaluates and queries the retriever. Each wraps the functions the
 CLI, the experiment and the production refresh call (:mod:`freshsid.recode`,
 :mod:`freshsid.retriever.pipeline`), so they cannot drift apart. Hyper-parameters go to
@@ -33,6 +34,7 @@ from freshsid.embed.store import Embeddings
 from freshsid.errors import FreshsidError
 from freshsid.metrics import DEFAULT_KS
 from freshsid.recipes import recipe as find_recipe
+from freshsid import recode
 from freshsid.recode import CollabSids, aligned, build_collab_sids, incremental, remap
 from freshsid.retriever import pipeline
 from freshsid.retriever.model import Retriever, RetrieverConfig, load_checkpoint
@@ -40,7 +42,7 @@ from freshsid.retriever.remap import RemapPlan
 from freshsid.sid.align import METHODS, align as align_tables
 from freshsid.sid.table import SidTable
 
-__all__ = ["CollabSidBuilder", "GenerativeRetriever", "align"]
+__all__ = ["CollabSidBuilder", "GenerativeRetriever", "align", "code_items"]
 PARAMS_FILE = "builder.json"  # a saved builder's constructor arguments
 BUILD = "build"  # where a saved builder keeps the build it continues, when not the served one
 RETRIEVER_PARAMS = "retriever.json"  # a saved retriever's constructor arguments
@@ -67,7 +69,7 @@ class CollabSidBuilder:
         sid: the tokenizer's config: levels, codebook size, suffix size.
         recipe: the recipe (:data:`freshsid.recipes.RECIPES`); it may change the legacy
             build's settings too, and :meth:`recode` follows it.
-        random_state: seed of the embedding model and the tokenizer.
+        seed: seed of the embedding model and the tokenizer.
 
     Attributes (after :meth:`fit`, :meth:`recode` or :meth:`load`):
         table_: the SidTable served (after an aligned recode, the aligned one).
@@ -88,11 +90,11 @@ class CollabSidBuilder:
     """
 
     def __init__(self, *, sasrec: SASRecConfig | None = None, sid: SidConfig | None = None, recipe: str = "cold",
-                 random_state: int = 0) -> None:
+                 seed: int = 0) -> None:
         self.sasrec = sasrec
         self.sid = sid
         self.recipe = recipe
-        self.random_state = random_state
+        self.seed = seed
         self.sids_: CollabSids | None = None
         self.build_: CollabSids | None = None
         self.plan_: RemapPlan | None = None
@@ -102,11 +104,11 @@ class CollabSidBuilder:
     def from_config(cls, config: str | ExperimentConfig = "tiny") -> CollabSidBuilder:
         """The builder an experiment config (or a preset's name) describes."""
         cfg = _config(config)
-        return cls(sasrec=cfg.sasrec, sid=cfg.sid, recipe=cfg.recipe, random_state=cfg.seed)
+        return cls(sasrec=cfg.sasrec, sid=cfg.sid, recipe=cfg.recipe, seed=cfg.seed)
 
     def get_params(self) -> dict[str, Any]:
         """The constructor's arguments, as a manifest records them."""
-        return {"sasrec": self.sasrec, "sid": self.sid, "recipe": self.recipe, "random_state": self.random_state}
+        return {"sasrec": self.sasrec, "sid": self.sid, "recipe": self.recipe, "seed": self.seed}
 
     def configs(self) -> tuple[SASRecConfig, SidConfig]:
         """The run's SASRec and tokenizer configs before the recipe applies (defaults: ``tiny``)."""
@@ -116,7 +118,7 @@ class CollabSidBuilder:
     def fit(self, split: TemporalSplit, window: Window, *, progress: bool = False) -> CollabSidBuilder:
         """Train SASRec on the events of ``window`` and code the window's items."""
         sasrec, sid = find_recipe(self.recipe).legacy_configs(*self.configs())
-        built = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=self.random_state, progress=progress)
+        built = build_collab_sids(split, window, sasrec=sasrec, sid=sid, seed=self.seed, progress=progress)
         self._learnt(built, built, None, split.logs.fingerprint)
         return self
 
@@ -134,7 +136,7 @@ class CollabSidBuilder:
         """
         served, build = _fitted(self, "sids_"), _fitted(self, "build_")
         sasrec, sid = self.configs()
-        how, seed = find_recipe(self.recipe), self.random_state
+        how, seed = find_recipe(self.recipe), self.seed
         if mode == "aligned":
             result = aligned(split, window, served, continued=build, recipe=how, sasrec=sasrec, sid=sid, seed=seed,
                              progress=progress)
@@ -187,7 +189,7 @@ class CollabSidBuilder:
                                 "of freshsid.") from None
         builder = cls(sasrec=None if params["sasrec"] is None else SASRecConfig(**params["sasrec"]),
                       sid=None if params["sid"] is None else SidConfig(**params["sid"]), recipe=params["recipe"],
-                      random_state=int(params["random_state"]))
+                      seed=int(params["seed"]))
         builder._learnt(sids, build, None, read_manifest(folder / sids.EMBEDDINGS).inputs.get("logs"))
         return builder
 
@@ -206,6 +208,23 @@ def align(legacy: SidTable, refreshed: SidTable, *, method: str = "hungarian") -
     if method not in METHODS:
         raise FreshsidError(f"Unknown alignment method {method!r}; use one of {', '.join(METHODS)}.")
     return align_tables(legacy, refreshed, method=method)[0]  # type: ignore[arg-type]
+
+
+def code_items(embeddings: Embeddings, split: TemporalSplit, window: Window, config: SidConfig, *,
+               warm_from: SidTable | None = None, inputs: dict[str, str] | None = None) -> SidTable:
+    """Fit a tokenizer (``config``) on the ``embeddings`` of the items seen in ``window`` and
+    code them all: SIDs from any item vectors, collaborative or content. ``warm_from``: a
+    table whose tokenizer the fit continues from; ``inputs``: fingerprints the table's
+    manifest records (default: the logs').
+
+    Examples:
+        >>> table = freshsid.code_items(builder.embeddings_, split, freshsid.Window(start=0, stop=8),
+        ...                             freshsid.preset("tiny").sid)
+        >>> table.n_levels == freshsid.preset("tiny").sid.n_levels
+        True
+    """
+    return recode.code_items(embeddings, split, window, config, inputs=inputs or {"logs": split.logs.fingerprint},
+                             warm_from=warm_from)
 
 
 class GenerativeRetriever:
@@ -263,6 +282,21 @@ class GenerativeRetriever:
                 "max_history": self.max_history, "beam": self.beam, "recipe": self.recipe,
                 "threads": self.threads}
 
+    def set_params(self, **params: Any) -> GenerativeRetriever:
+        """Change constructor arguments in place (e.g. a loaded retriever's fine-tune schedule)."""
+        unknown = set(params) - set(self.get_params())
+        if unknown:
+            raise FreshsidError(f"GenerativeRetriever has no parameter {sorted(unknown)[0]!r}; "
+                                f"use one of {', '.join(self.get_params())}.")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    @property
+    def trained_window_(self) -> Window:
+        """The parts the checkpoint's training read, histories and targets together."""
+        return pipeline.trained_span(_fitted(self, "manifest_"))
+
     def _out(self, out: str | Path | None) -> Path:
         if self.threads is not None:  # (as the experiment runner does before each training)
             torch.set_num_threads(self.threads)
@@ -283,14 +317,20 @@ class GenerativeRetriever:
         return self
 
     def finetune(self, split: TemporalSplit, table: SidTable, *, window: Window, out: str | Path | None = None,
-                 seed: int = 0, progress: bool = False) -> GenerativeRetriever:
+                 seed: int = 0, remap_levels: int | Literal["all"] | None = None,
+                 progress: bool = False) -> GenerativeRetriever:
         """A new retriever warm-started from this one, trained with the loss on ``window``'s
         events only, over ``table`` (the same shape; e.g. an aligned refresh). This one is
-        left as it was, so the two can be compared. ``seed`` is added to the schedule's seed."""
+        left as it was, so the two can be compared. ``seed`` is added to the schedule's seed.
+        ``remap_levels``: levels of code embeddings carried onto ``table``'s codes first
+        (default: the recipe's)."""
         checkpoint, spoken = _fitted(self, "checkpoint_"), _fitted(self, "table_")
         base = self.finetune_config or preset("tiny").finetune
         train_config = base.model_copy(update={"seed": base.seed + seed})
-        plan = remap(spoken, table, find_recipe(self.recipe))
+        how = find_recipe(self.recipe)
+        if remap_levels is not None:
+            how = how.model_copy(update={"remap_levels": remap_levels})
+        plan = remap(spoken, table, how)
         folder = self._out(out)
         result = pipeline.finetune(checkpoint, split, table, target=window, train_config=train_config, out=folder,
                                    show_progress=progress, remap=plan)
@@ -326,12 +366,15 @@ class GenerativeRetriever:
 
     @classmethod
     def load(cls, folder: str | Path, table: SidTable, *, beam: int | None = None) -> GenerativeRetriever:
-        """A fitted retriever from a checkpoint folder and the table it speaks, with the
-        settings :meth:`save` kept (a checkpoint the CLI wrote: its size, the ``tiny``
-        schedules, the ``cold`` recipe). ``beam``: overrides the kept one."""
+        """A fitted retriever from a checkpoint folder and the table it speaks: the one it
+        was trained on, or one aligned to it (then it decodes, and fine-tunes, over the
+        aligned codes as they are). The settings :meth:`save` kept come back (for a
+        checkpoint the CLI wrote: its size, the ``tiny`` schedules, the ``cold`` recipe).
+        ``beam``: overrides the kept one."""
         model, manifest = load_checkpoint(Path(folder), expected_shape=table.codebook_sizes)
-        if manifest.info.get("sid_table") not in (None, table.content_hash):
-            raise FreshsidError(f"{folder} was trained on another SID table; pass the table it was trained on.")
+        if manifest.info.get("sid_table") not in (None, table.content_hash, table.meta.get("parent")):
+            raise FreshsidError(f"{folder} was trained on another SID table; pass the table it was trained on "
+                                "or one aligned to it.")
         kept = Path(folder) / RETRIEVER_PARAMS
         if kept.exists():
             params = json.loads(kept.read_text())

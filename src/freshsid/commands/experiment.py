@@ -62,9 +62,8 @@ def staleness(
 
     Example: freshsid staleness --dataset amazon-beauty --legacy runs/beauty/sids-0-8 --refreshed runs/beauty/sids-0-9 --checkpoint runs/beauty/base
     """
+    from freshsid.api import GenerativeRetriever
     from freshsid.evaluate.staleness import recall_by_part, sid_churn
-    from freshsid.retriever.model import load_checkpoint
-    from freshsid.retriever.pipeline import trained_span
     from freshsid.sid.table import SidTable
 
     cutoffs = parse_ks(ks)
@@ -72,11 +71,11 @@ def staleness(
     old = SidTable.load(legacy)
     record: dict[str, Any] = {"churn": sid_churn(old, SidTable.load(refreshed))}
     if checkpoint is not None:
-        model, manifest = load_checkpoint(checkpoint, expected_shape=old.codebook_sizes)
-        window = trained_span(manifest)
+        retriever = GenerativeRetriever.load(checkpoint, old)
+        window = retriever.trained_window_
         split = load_split(data, old)
         record["trained_on"] = str(window)
-        record["by_part"] = recall_by_part(model, old, split, trained_on=window, ks=cutoffs, beam=beam, max_users=max_users)
+        record["by_part"] = recall_by_part(retriever.model_, old, split, trained_on=window, ks=cutoffs, beam=beam, max_users=max_users)
     if as_json:
         print_json(record)
         return

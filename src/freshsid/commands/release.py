@@ -67,7 +67,6 @@ def create(
     Example: freshsid release create --checkpoint runs/beauty/base --sids runs/beauty/sids-0-8 --embeddings runs/beauty/emb-0-8 --dataset amazon-beauty --out releases --promote
     """
     from freshsid.api import GenerativeRetriever
-    from freshsid.retriever.pipeline import trained_span
     from freshsid.serve.release import Releases, carried_build
     from freshsid.sid.table import SidTable
 
@@ -75,7 +74,7 @@ def create(
     build = None if embeddings is None else carried_build(embeddings, table)
     retriever = GenerativeRetriever.load(checkpoint, table)
     split = load_split(data, table)
-    span = trained_span(retriever.manifest_)
+    span = retriever.trained_window_
     split.events(span)  # refuses a window past the logs' last part
     releases = Releases(out)
     release_id = releases.create(retriever, split.logs, until_event=int(split.bounds[span.stop]),

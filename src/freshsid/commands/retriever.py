@@ -117,26 +117,24 @@ def finetune(
 
     Carry the code embeddings over first (the remap recipes): ... --sids runs/beauty/sids-aligned --remap-from runs/beauty/sids-0-8 --out runs/beauty/ft-remapped
     """
-    from freshsid import recode
-    from freshsid.retriever.pipeline import finetune as warm_start
+    from freshsid.api import GenerativeRetriever
     from freshsid.sid.table import SidTable
 
     if remap_levels is not None and remap_from is None:
         raise FreshsidError("--remap-levels needs --remap-from, the checkpoint's own SID table.")
     use_device(device, ranks=True)
-    train_config = configure(experiment_preset(preset).finetune, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    window = Window.parse(parts)
+    config = experiment_preset(preset)
+    train_config = configure(config.finetune, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     table = SidTable.load(sids)
-    remap = None
-    if remap_from is not None:
-        spoken = SidTable.load(remap_from)
-        how = experiment_preset(preset).how
-        levels = remap_levels or how.carried_levels(spoken.n_levels) or spoken.n_levels
-        remap = recode.remap(spoken, table, how.model_copy(update={"remap_levels": levels}))
-    split = load_split(data, table)
-    result = warm_start(checkpoint, split, table, target=window, train_config=train_config, out=out,
-                        show_progress=show_progress(), remap=remap)
-    _print_trained(result.manifest, out)
+    spoken = table if remap_from is None else SidTable.load(remap_from)
+    retriever = GenerativeRetriever.load(checkpoint, spoken).set_params(finetune_config=train_config,
+                                                                        recipe=config.recipe)
+    levels = None
+    if remap_from is not None:  # carry what the recipe carries, every level when it carries none
+        levels = remap_levels or config.how.carried_levels(spoken.n_levels) or "all"
+    tuned = retriever.finetune(load_split(data, table), table, window=Window.parse(parts), out=out,
+                               remap_levels=levels, progress=show_progress())
+    _print_trained(tuned.manifest_, out)
 
 
 def _print_trained(manifest, out: Path) -> None:

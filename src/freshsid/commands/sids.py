@@ -72,7 +72,7 @@ def build(
 
     Warm refresh: freshsid sids build --dataset amazon-beauty --parts 0:9 --embeddings runs/beauty/embed-0-9 --warm-from runs/beauty/sids-0-8 --out runs/beauty/sids-0-9
     """
-    from freshsid.recode import code_items
+    from freshsid.api import code_items
     from freshsid.sid.table import SidTable
 
     use_device(device)

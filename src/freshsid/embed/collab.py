@@ -61,13 +61,13 @@ class SASRec:
         self,
         config: SASRecConfig | None = None,
         *,
-        random_state: int = 0,
+        seed: int = 0,
         progress: bool = True,
         init_state: Mapping[str, np.ndarray] | None = None,
         fold_in: np.ndarray | None = None,
     ) -> None:
         self.config = config if config is not None else SASRecConfig()
-        self.random_state = random_state
+        self.seed = seed
         self.progress = progress
         # Warm start: the weights (:meth:`state`) of a SASRec fitted on the same logs, or on
         # logs these extend, with the same config, e.g. the legacy model, so that a refresh
@@ -81,7 +81,7 @@ class SASRec:
         self.fold_in = None if fold_in is None else np.unique(np.asarray(fold_in, dtype=np.int64))
 
     def get_params(self) -> dict:
-        return {"config": self.config.model_dump(), "random_state": self.random_state,
+        return {"config": self.config.model_dump(), "seed": self.seed,
                 "init_state": state_fingerprint(self.init_state),
                 "fold_in": None if self.fold_in is None else len(self.fold_in)}
 
@@ -100,7 +100,7 @@ class SASRec:
         """
         cfg = self.config
         start = time.perf_counter()
-        rng = np.random.default_rng(self.random_state)
+        rng = np.random.default_rng(self.seed)
         user, item = logs.user[events], logs.item[events]
         if valid is None and cfg.valid_users > 0:
             keep, valid = holdout_last(user, item, n_users=cfg.valid_users, length=cfg.max_length, rng=rng)
@@ -122,12 +122,12 @@ class SASRec:
 
         rt = current()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.random_state)
+            torch.manual_seed(self.seed)
             self.model_ = SASRecModel(logs.n_items, cfg)
             if self.init_state is not None:
                 self._warm_start(self.init_state)
             if rt.distributed:
-                torch.manual_seed(self.random_state + rt.rank)  # each rank its own dropout
+                torch.manual_seed(self.seed + rt.rank)  # each rank its own dropout
             self._train(seqs, torch.from_numpy(candidates), slot, valid, rng)
         self.model_.cpu()
         self.item_embeddings_ = self.model_.item_table.detach().numpy().astype(np.float32, copy=True)
@@ -141,7 +141,7 @@ class SASRec:
         if embeddings.state is None:
             raise FreshsidError("These embeddings carry no SASRec weights (an older build saved none); rebuild them "
                                 "with this version of freshsid.")
-        model = cls(SASRecConfig.model_validate(embeddings.config), random_state=embeddings.seed or 0, progress=False)
+        model = cls(SASRecConfig.model_validate(embeddings.config), seed=embeddings.seed or 0, progress=False)
         model.model_ = SASRecModel(n_items, model.config)
         model._warm_start(embeddings.state)
         model.n_items_ = n_items
@@ -387,7 +387,7 @@ def collab_embeddings(
     the ``fold_in`` items' rows of it) and return its item table as :class:`Embeddings`
     (rows of items it trained on are the covered ones, the model's weights ride along),
     with the fitted model."""
-    model = SASRec(config, random_state=seed, progress=progress, init_state=init_state, fold_in=fold_in)
+    model = SASRec(config, seed=seed, progress=progress, init_state=init_state, fold_in=fold_in)
     model.fit(logs, events)
     emb = Embeddings(model.item_embeddings_, np.flatnonzero(model.trained_items_), "collab", config.model_dump(),
                      seed, {"seconds": model.fit_seconds_, "flops": model.flops_}, window, state=model.state())

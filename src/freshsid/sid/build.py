@@ -21,9 +21,9 @@ def make_tokenizer(config: SidConfig, *, init_state: dict[str, np.ndarray] | Non
     if config.tokenizer == "rqkmeans":
         extra: dict[str, Any] = dict(n_iter=config.warm_epochs, init_codebooks=init_state["codebooks"]) if warm else {}
         return RQKMeans(n_levels=config.n_levels, codebook_size=config.codebook_size, balanced=config.balanced,
-                        random_state=config.seed, **extra)
+                        seed=config.seed, **extra)
     return RQVAE(n_levels=config.n_levels, codebook_size=config.codebook_size,
-                 epochs=config.warm_epochs if warm else (config.epochs or RQVAE_EPOCHS), random_state=config.seed, init_state=init_state)
+                 epochs=config.warm_epochs if warm else (config.epochs or RQVAE_EPOCHS), seed=config.seed, init_state=init_state)
 
 
 def build_table(

@@ -56,14 +56,14 @@ class RQKMeans:
         codebook_size: int = 256,
         n_iter: int = 20,
         balanced: bool = False,
-        random_state: int = 0,
+        seed: int = 0,
         init_codebooks: np.ndarray | None = None,
     ) -> None:
         self.n_levels = n_levels
         self.codebook_size = codebook_size
         self.n_iter = n_iter
         self.balanced = balanced
-        self.random_state = random_state
+        self.seed = seed
         self.init_codebooks = init_codebooks
 
     def get_params(self) -> dict[str, Any]:
@@ -73,7 +73,7 @@ class RQKMeans:
             "codebook_size": self.codebook_size,
             "n_iter": self.n_iter,
             "balanced": bool(self.balanced),
-            "random_state": self.random_state,
+            "seed": self.seed,
             "init_codebooks": codebooks_fingerprint(self.init_codebooks),
         }
 
@@ -82,13 +82,13 @@ class RQKMeans:
         n_levels = check_int(self.n_levels, name="n_levels", minimum=1)
         k = check_int(self.codebook_size, name="codebook_size", minimum=2)
         n_iter = check_int(self.n_iter, name="n_iter", minimum=0)
-        seed = check_int(self.random_state, name="random_state", minimum=0)
+        seed = check_int(self.seed, name="seed", minimum=0)
         X = as_matrix(X, min_rows=k)
         init = None
         if self.init_codebooks is not None:
             init = as_codebooks(self.init_codebooks, n_levels=n_levels, codebook_size=k, dim=X.shape[1])
         start = time.perf_counter()
-        # One independent seed per level, all derived from random_state.
+        # One independent seed per level, all derived from seed.
         level_seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=n_levels)
         codebooks = np.empty((n_levels, k, X.shape[1]), dtype=np.float32)
         history: list[list[float]] = []

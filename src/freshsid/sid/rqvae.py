@@ -88,7 +88,7 @@ class RQVAE:
         epochs: int = 50,
         batch_size: int = 512,
         lr: float = 3e-3,
-        random_state: int = 0,
+        seed: int = 0,
         init_state: Mapping[str, np.ndarray] | None = None,
         device: str = "cpu",
     ) -> None:
@@ -100,7 +100,7 @@ class RQVAE:
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
-        self.random_state = random_state
+        self.seed = seed
         # Warm start: the state() of a fitted RQVAE with the same settings and input
         # width; training continues from its encoder, decoder and codebooks (epochs=0
         # keeps them as they are, so the refreshed rows are coded by the old tokenizer).
@@ -118,7 +118,7 @@ class RQVAE:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "lr": float(self.lr),
-            "random_state": self.random_state,
+            "seed": self.seed,
             "init_state": state_fingerprint(self.init_state),
             "device": str(self.device),
         }
@@ -131,7 +131,7 @@ class RQVAE:
             "hidden": [check_int(h, name="hidden_dims entry", minimum=1) for h in self.hidden_dims],
             "epochs": check_int(self.epochs, name="epochs", minimum=0),
             "batch_size": check_int(self.batch_size, name="batch_size", minimum=1),
-            "seed": check_int(self.random_state, name="random_state", minimum=0),
+            "seed": check_int(self.seed, name="seed", minimum=0),
         }
         for name in ("beta", "lr"):
             value = getattr(self, name)
@@ -168,7 +168,7 @@ class RQVAE:
             # codebooks would leave most codes unused from the first step.
             with torch.no_grad():
                 latents = _encode(encoder, data)
-            tokenizer = RQKMeans(n_levels=p["n_levels"], codebook_size=p["k"], random_state=p["seed"])
+            tokenizer = RQKMeans(n_levels=p["n_levels"], codebook_size=p["k"], seed=p["seed"])
             init = tokenizer.fit(latents).codebooks_
         codebooks = nn.Parameter(torch.from_numpy(init.copy()).to(device))
         # The per-batch work (a few hundred rows through layers of ~100 units) is
