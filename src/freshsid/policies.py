@@ -27,7 +27,10 @@ class Tokenizer(StrEnum):
     # the legacy table, plus the items first seen in the gap coded by the legacy tokenizer
     # as it is (incremental coding: no legacy item's SID moves)
     LEGACY_NEW = "legacy+new"
-    REFRESHED = "refreshed"  # refit on base+gap, codes as the refit numbers them
+    REFRESHED = "refreshed"  # refit on base+gap as the recipe says, codes as the refit numbers them
+    # a rebuild: a new SASRec and tokenizer trained on base+gap, whatever the recipe (the
+    # legacy build's settings on the longer window; what a team rebuilding from scratch fields)
+    REBUILT = "rebuilt"
     ALIGNED_GREEDY = "aligned-greedy"  # refreshed, relabelled onto legacy greedily
     ALIGNED_HUNGARIAN = "aligned-hungarian"  # refreshed, relabelled onto legacy exactly
 
@@ -102,7 +105,7 @@ class Policy:
 
 
 BASE_MODEL = ModelSpec(Tokenizer.LEGACY, Start.SCRATCH, "base")
-FULL_MODEL = ModelSpec(Tokenizer.REFRESHED, Start.SCRATCH, "base+gap")
+FULL_MODEL = ModelSpec(Tokenizer.REBUILT, Start.SCRATCH, "base+gap")
 _GAP = "gap"
 _REMAP = ModelSpec(Tokenizer.ALIGNED_HUNGARIAN, Start.BASE, _GAP, remap=True)
 
@@ -116,7 +119,8 @@ POLICIES: tuple[Policy, ...] = (
     Policy("MostPop(gap)+new", Baseline("mostpop", _GAP), "base+gap", ComputeKind.BASELINE,
            "items ranked by their count in the gap, items first seen in gap allowed"),
     Policy("SASRec", Baseline("sasrec", "base+gap"), "base+gap", ComputeKind.BASELINE,
-           "the dense SASRec behind the refreshed SIDs (trained on base+gap), exact top-K"),
+           "the dense SASRec behind Full's SIDs (trained anew on base+gap until its validation stops "
+           "improving), exact top-K"),
     Policy("Base", BASE_MODEL, "base", ComputeKind.BASE, "legacy SIDs, retriever trained on base"),
     Policy("FT-old", ModelSpec(Tokenizer.LEGACY, Start.BASE, _GAP), "base", ComputeKind.FINETUNE,
            "stale legacy SIDs, Base fine-tuned on gap"),
@@ -136,9 +140,9 @@ POLICIES: tuple[Policy, ...] = (
            "refit SIDs (aligned, Hungarian), Base's code embeddings carried onto the new codes, then fine-tuned on gap"),
     Policy("Refresh with remap+new", _REMAP, "base+gap", ComputeKind.FINETUNE,
            "Refresh with remap's model, items first seen in gap also allowed"),
-    Policy("Full", FULL_MODEL, "base+gap", ComputeKind.FULL, "SIDs refit on base+gap, retriever trained from scratch "
+    Policy("Full", FULL_MODEL, "base+gap", ComputeKind.FULL, "a rebuild: SASRec, tokenizer and retriever trained anew "
            "on base+gap"),
-    Policy("Full+FT", ModelSpec(Tokenizer.REFRESHED, Start.FULL, _GAP), "base+gap", ComputeKind.FINETUNE,
+    Policy("Full+FT", ModelSpec(Tokenizer.REBUILT, Start.FULL, _GAP), "base+gap", ComputeKind.FINETUNE,
            "Full, then the same gap fine-tune a refresh gets (the recency control)"),
 )
 
@@ -147,6 +151,9 @@ ABLATIONS: tuple[Policy, ...] = (
     # Is a fresh vocabulary worth anything to this retriever? Full's rebuild with the stale SIDs.
     Policy("Full-old", ModelSpec(Tokenizer.LEGACY, Start.SCRATCH, "base+gap"), "base", ComputeKind.FULL,
            "stale legacy SIDs, retriever rebuilt from scratch on base+gap (an ablation of Full)"),
+    # Full with the refresh's SIDs (continued from the legacy models under a warm recipe).
+    Policy("Full (warm SIDs)", ModelSpec(Tokenizer.REFRESHED, Start.SCRATCH, "base+gap"), "base+gap", ComputeKind.FULL,
+           "the refresh's SIDs (refit on base+gap as the recipe says), retriever trained from scratch on base+gap"),
 )
 
 BY_LABEL: dict[str, Policy] = {p.label: p for p in POLICIES + ABLATIONS}

@@ -77,18 +77,26 @@ class Experiment:
 
     def legacy(self) -> CollabSids:
         """SASRec embeddings and the legacy SidTable, both on base (with the recipe's settings)."""
-        cfg, base = self.config, self.protocol.base
+        # (earlier versions scored the SASRec while building, so the test users were in the key)
+        return self._built_anew(self.layout.legacy, self.protocol.base, former=[self._eval_key()])
+
+    def rebuilt(self) -> CollabSids:
+        """A rebuild's SASRec embeddings and SidTable on base+gap: trained anew, as the legacy
+        ones were on base, whatever the recipe (Full's SIDs and the dense SASRec)."""
+        return self._built_anew(self.layout.rebuild, self.protocol.window("base+gap"))
+
+    def _built_anew(self, stage: str, window: Window, former: list[Any] | None = None) -> CollabSids:
+        cfg = self.config
         sasrec, sid = self.how.legacy_configs(cfg.sasrec, cfg.sid)
 
         def build(folder: Path) -> CollabSids:
-            built = recode.build_collab_sids(self.split, base, sasrec=sasrec, sid=sid, seed=cfg.seed,
+            built = recode.build_collab_sids(self.split, window, sasrec=sasrec, sid=sid, seed=cfg.seed,
                                              progress=self.progress)
             built.save(folder, self.logs.fingerprint)
             return built
 
-        key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(base), *self._split_key()]
-        # (earlier versions scored the SASRec while building, so the test users were in the key)
-        return self.cache.get(self.layout.legacy, key, build, CollabSids.load, former=[[*key, self._eval_key()]])
+        key = [sasrec, sid, cfg.seed, self.logs.fingerprint, str(window), *self._split_key()]
+        return self.cache.get(stage, key, build, CollabSids.load, former=former and [[*key, *former]])
 
     def refreshed(self) -> Recoded:
         """SIDs rebuilt on base+gap with the configured recipe, and aligned to the legacy table
@@ -132,6 +140,8 @@ class Experiment:
             return self.legacy().table
         if tokenizer is Tokenizer.LEGACY_NEW:
             return self.incremental()
+        if tokenizer is Tokenizer.REBUILT:
+            return self.rebuilt().table
         refreshed = self.refreshed()
         return refreshed.build.table if tokenizer.alignment is None else refreshed.aligned[tokenizer.alignment]
 
@@ -227,7 +237,7 @@ class Experiment:
                 rank = lambda ex: np.tile(ranking, (len(ex), 1))  # noqa: E731
                 key = [self.logs.fingerprint, str(window), str(allowed), *self._split_key()]
             else:
-                stage_of = self.layout.refresh if row.model.train == "base+gap" else self.layout.legacy
+                stage_of = self.layout.rebuild if row.model.train == "base+gap" else self.layout.legacy
                 embeddings = lambda: self.sasrec_embeddings(row.model.train)  # noqa: E731
                 rank = lambda ex: SASRec.restore(embeddings(), self.logs.n_items).recommend(  # noqa: E731
                     ex.inputs, max(cfg.ks), allowed_items=self.split.allowed_items(allowed))
@@ -271,16 +281,15 @@ class Experiment:
         return self.cache.get(stage, key, build, load)
 
     def sasrec_embeddings(self, window: str) -> Embeddings:
-        return (self.refreshed().build if window == "base+gap" else self.legacy()).embeddings
+        return (self.rebuilt() if window == "base+gap" else self.legacy()).embeddings
 
     def describe(self, row: Policy) -> str:
         """The row's description, with what this run's recipe made of it: how refreshed SIDs
         were built (cold, or continued from the legacy models) and what a remap carried."""
         how = self.how
         text = row.description
-        refreshed = row.baseline and row.model.kind == "sasrec" and row.model.train == "base+gap"
+        refreshed = isinstance(row.model, ModelSpec) and row.model.tokenizer not in (Tokenizer.LEGACY, Tokenizer.REBUILT)
         if isinstance(row.model, ModelSpec):
-            refreshed = row.model.tokenizer is not Tokenizer.LEGACY
             if row.model.remap:
                 levels = how.carried_levels(self.config.sid.n_levels)
                 text += f" (code embeddings of the first {levels} level(s) carried)"
@@ -307,8 +316,6 @@ class Experiment:
             if model.kind == "sasrec":
                 sids.update(embedding_flops=float(self.sasrec_embeddings(model.train).compute.get("flops", 0.0)),
                             embedding_seconds=float(self.sasrec_embeddings(model.train).compute.get("seconds", 0.0)))
-                if model.train == "base+gap" and how.warm_embeddings:
-                    before = {f"_{u}": legacy()[f"embedding_{u}"] for u in UNITS}
         else:
             _, manifest = self.model(model, seed)
             retriever = {k: float(v) for k, v in manifest.compute.items() if k.startswith("retriever")}
@@ -316,7 +323,7 @@ class Experiment:
             if model.start is Start.SCRATCH:
                 sids = _sids(table)
                 before = {f"_{u}": legacy()[f"embedding_{u}"] + legacy()[f"tokenizer_{u}"] for u in UNITS} \
-                    if warm and model.tokenizer is not Tokenizer.LEGACY else _zero("")
+                    if warm and model.tokenizer not in (Tokenizer.LEGACY, Tokenizer.REBUILT) else _zero("")
             else:
                 start = _parent(model)
                 # SID compute is charged to a fine-tune whose table is not its starting model's.

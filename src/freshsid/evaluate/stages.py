@@ -37,6 +37,7 @@ class RunLayout:
     legacy = "legacy"  # freshsid.recode.CollabSids on base: SASRec embeddings + the legacy table
     refresh = "refresh"  # freshsid.recode.Recoded on base+gap: refreshed build + aligned tables
     incremental = "incremental"  # the legacy table plus the gap's new items coded by the legacy tokenizer
+    rebuild = "rebuild"  # freshsid.recode.CollabSids on base+gap trained anew: Full's SIDs, the dense SASRec
     staleness = "eval/staleness"
 
     def model(self, spec: ModelSpec, seed: int = 0) -> str:
