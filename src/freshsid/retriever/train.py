@@ -158,6 +158,7 @@ def train(
     model.eval()
     compute = dict(state["compute"])
     meta = {**(extra_meta or {}), "history": state["history"], "best_epoch": state["best_epoch"],
+            "steps_per_epoch": steps_per_epoch,
             "train": cfg.model_dump(), "train_windows": len(train_seqs), "processes": rt.world_size,
             "device": rt.device.type, **({"embedding_steps": embedding_steps} if embedding_steps else {})}
     if rt.is_main:
