@@ -10,6 +10,10 @@ per distinct :class:`ModelSpec` (and fine-tuning seed). Stages are cached
 records the windows it trained on and the table it used; every evaluation records
 the model folder and the items it decoded over, and writes each test user's scores
 beside its metrics, from which the report's paired intervals are computed.
+
+It is over 400 lines because the stages share one cache and one set of keys: the SID
+builds, the models, the evaluations and the compute accounting each read the others'
+keys and artifacts, and split apart they would pass the runner's whole state around.
 """
 
 from __future__ import annotations

@@ -38,6 +38,10 @@ A strategy's state is named by the actions that led to it from the initial build
 (``F`` fine-tune, ``I`` code new items and fine-tune, ``R`` refresh and fine-tune), so
 strategies that took the same actions share their stages: Triggered reuses Aligned's while both refresh. Stages
 are cached (:class:`StageCache`), so an interrupted run resumes.
+
+It is over 400 lines because each strategy's round is a few lines of the same state
+(what it serves, its build, its checkpoint); the trigger and its signals live here for
+the same reason.
 """
 
 from __future__ import annotations
