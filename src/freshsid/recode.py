@@ -9,8 +9,9 @@ Two modes, one function each:
   alignment relabels that table's codes, level by level, onto the served table's so that
   a checkpoint trained on the legacy SIDs stays meaningful. The recipe
   (:mod:`freshsid.recipes`) says what the recode continues from the legacy build (its
-  SASRec weights, its tokenizer) and how many levels of code embeddings the fine-tune
-  carries over (:func:`remap`).
+  SASRec weights, its tokenizer), which items take their aligned code (all, the share
+  whose neighbourhood moved most, or those that drifted with confidence:
+  :func:`drift_kept_items`) and how the fine-tune on the new SIDs starts (:func:`remap`).
 - :func:`incremental` (a frozen vocabulary): every served SID kept, the items the served
   table lacks coded by its tokenizer as it is, from the build's SASRec continued on the
   window (so their vectors live in the space that tokenizer reads).
