@@ -1,4 +1,7 @@
-"""The recipes' catalogue (freshsid.recipes) and the replay mix the fine-tune draws."""
+"""The recipes' catalogue (freshsid.recipes), the replay mix a fine-tune draws and the
+drift rule a recode follows (freshsid.recode.drift_kept_items)."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -7,6 +10,9 @@ from pydantic import ValidationError
 from freshsid.config import TrainConfig
 from freshsid.data.sequences import Sequences, mixed
 from freshsid.recipes import RECIPES, Recipe
+from freshsid.recode import drift_kept_items
+from freshsid.sid.align import align, stick
+from freshsid.sid.table import SidTable
 
 
 def sequences(n: int, first_user: int, width: int) -> Sequences:
@@ -51,3 +57,25 @@ def test_conflicting_settings_are_refused():
         Recipe(name="x", description="", distill=1.0)
     with pytest.raises(ValidationError, match="lr"):
         Recipe(name="x", description="", finetune={"lr": -1}).finetune_config(TrainConfig())
+
+
+def test_only_items_that_drifted_with_confidence_and_evidence_take_new_sids():
+    """drift-remap-3's rule: item 3 now sits among legacy first code 1's items and has gap
+    events, so it moves; item 6 moved as far but has none, item 2 only half way: both keep
+    their legacy SIDs, bit for bit, and the share that moved is recorded."""
+    sizes = (4, 4, 8)
+    first = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    legacy = SidTable(items=np.arange(8), codes=np.column_stack([first, np.arange(8) % 4, np.arange(8) // 4]).astype(np.int32),
+                      codebook_sizes=sizes, item_ids=np.array([f"i{i}" for i in range(8)]))
+    vectors = np.array([[0, 0], [0, 0.1], [4, 0], [10, 0.5], [10, 0], [10, 0.1], [0, 0.2], [10, 0.2]], dtype=np.float32)
+    refit = SidTable(items=np.arange(9), codes=np.column_stack([np.arange(9) % 3, np.arange(9) % 4, np.zeros(9, int)]).astype(np.int32),
+                     codebook_sizes=sizes, item_ids=np.array([f"i{i}" for i in range(9)]))  # item 8 is new
+    refreshed = SimpleNamespace(table=refit, embeddings=SimpleNamespace(vectors=np.vstack([vectors, [[5, 5]]])))
+    events = np.array([0, 5, 5, 3, 0, 0, 0, 0, 9])
+    keep, stats = drift_kept_items(legacy, refreshed, events, margin=0.1, min_events=2)
+    assert keep.tolist() == [0, 1, 2, 4, 5, 6, 7]
+    assert stats["moved_items"] == 1 and stats["moved_share"] == 1 / 8 and stats["far_share"] == 2 / 8
+    aligned = stick(legacy, align(legacy, refit, method="hungarian")[0], keep)
+    assert np.array_equal(aligned.codes_for(keep), legacy.codes_for(keep))  # the whole SID, suffix included
+    assert aligned.meta["stats"]["alignment"]["kept_items"] == 7
+    assert len(np.unique(aligned.codes, axis=0)) == len(aligned)

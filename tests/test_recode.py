@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from freshsid import api
@@ -18,9 +16,6 @@ from freshsid.data.temporal import Window
 from freshsid.evaluate.experiment import Experiment
 from freshsid.evaluate.rolling import Rolling
 from freshsid.evaluate.rolling_config import RollingConfig
-from freshsid.recode import drift_kept_items
-from freshsid.sid.align import align, stick
-from freshsid.sid.table import SidTable
 from smalldemo import SMALL_SYNTHETIC
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "freshsid"
@@ -76,25 +71,3 @@ def test_the_callers_of_the_step_do_not_build_sids_themselves(module):
               if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in original}
     allowed = {"align"} if module == "api.py" else set()  # (the public wrapper of the alignment)
     assert (defined | called) & STEP_PARTS <= allowed, module
-
-
-def test_only_items_that_drifted_with_confidence_and_evidence_take_new_sids():
-    """drift-remap-3's rule: item 3 now sits among legacy first code 1's items and has gap
-    events, so it moves; item 6 moved as far but has none, item 2 only half way: both keep
-    their legacy SIDs, bit for bit, and the share that moved is recorded."""
-    sizes = (4, 4, 8)
-    first = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    legacy = SidTable(items=np.arange(8), codes=np.column_stack([first, np.arange(8) % 4, np.arange(8) // 4]).astype(np.int32),
-                      codebook_sizes=sizes, item_ids=np.array([f"i{i}" for i in range(8)]))
-    vectors = np.array([[0, 0], [0, 0.1], [4, 0], [10, 0.5], [10, 0], [10, 0.1], [0, 0.2], [10, 0.2]], dtype=np.float32)
-    refit = SidTable(items=np.arange(9), codes=np.column_stack([np.arange(9) % 3, np.arange(9) % 4, np.zeros(9, int)]).astype(np.int32),
-                     codebook_sizes=sizes, item_ids=np.array([f"i{i}" for i in range(9)]))  # item 8 is new
-    refreshed = SimpleNamespace(table=refit, embeddings=SimpleNamespace(vectors=np.vstack([vectors, [[5, 5]]])))
-    events = np.array([0, 5, 5, 3, 0, 0, 0, 0, 9])
-    keep, stats = drift_kept_items(legacy, refreshed, events, margin=0.1, min_events=2)
-    assert keep.tolist() == [0, 1, 2, 4, 5, 6, 7]
-    assert stats["moved_items"] == 1 and stats["moved_share"] == 1 / 8 and stats["far_share"] == 2 / 8
-    aligned = stick(legacy, align(legacy, refit, method="hungarian")[0], keep)
-    assert np.array_equal(aligned.codes_for(keep), legacy.codes_for(keep))  # the whole SID, suffix included
-    assert aligned.meta["stats"]["alignment"]["kept_items"] == 7
-    assert len(np.unique(aligned.codes, axis=0)) == len(aligned)
