@@ -21,6 +21,7 @@ from freshsid.data.registry import synthetic_dataset
 from freshsid.data.temporal import Window
 from freshsid.evaluate.experiment import Experiment
 from freshsid.policies import ABLATIONS, POLICIES, ModelSpec, Policy, Tokenizer, policy
+from freshsid.retriever.remap import extends
 from freshsid.sid.quantize import residual_encode
 from freshsid.sid.table import SidTable
 from smalldemo import SMALL_SYNTHETIC
@@ -115,7 +116,8 @@ def violations(experiment: Experiment, results: dict) -> list[str]:
                 base = read_manifest(out / results["policies"][parent]["model"])
                 if manifest.parent != base.fingerprint:
                     found.append(f"{label}: {model} does not start from {parent}'s checkpoint")
-            if bool(info.get("remapped_levels")) != remapped:
+            # (a table that keeps every legacy SID, as a drift-confident recode may, has nothing to carry)
+            if bool(info.get("remapped_levels")) != (remapped and not extends(tables[table], tables["legacy"])):
                 found.append(f"{label}: {model} remapped {info.get('remapped_levels', 0)} levels")
         if record["allowed"] != allowed or record["sid_table"] != tables[table].content_hash:
             found.append(f"{label}: decoded over items of {record['allowed']} with another table")
@@ -375,6 +377,9 @@ def test_each_recipe_runs_end_to_end(logs, tmp_path, name):
     assert SidTable.load(experiment.out / "refresh/sids").meta["tokenizer"]["kind"] == sid.tokenizer
     if recipe.warm_tokenizer:  # a refresh that continues the legacy models keeps more codes than chance
         assert results["alignment"]["hungarian"]["levels"][0]["kept_before"] > 1 / config.sid.codebook_size
+    if recipe.drift_margin is not None:  # how many items move is measured, and recorded with the table
+        report, drift = results["alignment"]["hungarian"], SidTable.load(experiment.out / "refresh/aligned-hungarian").meta["stats"]["drift"]
+        assert drift["moved_items"] == report["common_items"] - report["kept_items"] == round(drift["moved_share"] * drift["common_items"])
     if recipe.move_share < 1:  # the rest of the common items are back on their legacy SIDs
         report = results["alignment"]["hungarian"]
         assert report["kept_items"] == report["common_items"] - round(recipe.move_share * report["common_items"])
@@ -385,12 +390,18 @@ def test_each_recipe_runs_end_to_end(logs, tmp_path, name):
     # recipe says, and says so in its manifest
     infos = {label: read_manifest(experiment.out / results["policies"][label]["model"]).info
              for label in ("FT-old", recoded)}
-    assert infos[recoded].get("remapped_levels", 0) == recipe.carried_levels(config.sid.n_levels)
+    moved = not extends(SidTable.load(experiment.out / "refresh/aligned-hungarian"), SidTable.load(experiment.out / "legacy/sids"))
+    assert infos[recoded].get("remapped_levels", 0) == (recipe.carried_levels(config.sid.n_levels) if moved else 0)
     assert "remapped_levels" not in infos["FT-old"]
     # and starts as the recipe says: the weighted remap and the embedding steps are recorded
     start = recipe.finetune_start()
     assert infos[recoded].get("remap_weight", "items") == start.get("weight", "items")
     assert infos[recoded].get("embedding_steps", 0) == start.get("embedding_steps", 0)
+    assert infos[recoded].get("remap_basis", "codes") == start.get("basis", "codes")
+    assert (infos[recoded].get("distill", 0), infos[recoded].get("replay", 0)) == (start.get("distill", 0), start.get("replay", 0))
+    # a recipe's fine-tune settings apply to the fine-tune on the recoded SIDs alone
+    assert infos[recoded]["train"] == recipe.finetune_config(config.finetune).model_dump()
+    assert infos["FT-old"]["train"] == config.finetune.model_dump()
     assert f"recipe {name}" in results["policies"][recoded]["description"]
 
 

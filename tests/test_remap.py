@@ -86,3 +86,44 @@ def test_weights_split_a_merged_codes_mass_by_them_and_must_be_positive():
     torch.testing.assert_close(rows(net, 0)[3], 0.25 * before[0] + 0.75 * before[1])
     with pytest.raises(ValueError, match="positive"):
         remap_code_embeddings(model(), legacy, refreshed, levels=1, weights=np.array([1.0, 0.0, 1.0]))
+
+
+def test_a_prefix_remap_is_the_identity_when_nothing_changed_and_exact_when_codes_hold_one_item():
+    rng = np.random.default_rng(1)
+    legacy = table(np.arange(6), np.column_stack([[0, 0, 1, 1, 2, 3], [0, 1, 0, 1, 2, 3], np.zeros(6, int)]))
+    net = model()
+    before = net.tok_emb.weight.detach().clone()
+    remap_code_embeddings(net, legacy, legacy, levels=2, basis="prefixes")
+    torch.testing.assert_close(net.tok_emb.weight.detach(), before)
+    # every refreshed code of both levels holds one item: each item's refreshed prefix sums
+    # to its legacy prefix at every level
+    legacy = table(np.arange(4), np.column_stack([[0, 0, 1, 1], [0, 1, 0, 1], np.zeros(4, int)]))
+    refreshed = table(np.arange(4), np.column_stack([rng.permutation(4), rng.permutation(4), np.zeros(4, int)]))
+    net = model()
+    old = [rows(net, level) for level in range(2)]
+    remap_code_embeddings(net, legacy, refreshed, levels=2, basis="prefixes")
+    new = [rows(net, level) for level in range(2)]
+    for level in range(2):
+        legacy_prefix = sum(old[d][legacy.codes[:, d]] for d in range(level + 1))
+        refreshed_prefix = sum(new[d][refreshed.codes[:, d]] for d in range(level + 1))
+        torch.testing.assert_close(refreshed_prefix, legacy_prefix)
+
+
+def test_items_a_code_merged_start_apart_at_the_next_level_from_their_prefixes_only():
+    # items 0 and 1 had different first codes and the same second; the refresh merges them
+    # into first code 2 and gives them second codes 0 and 1
+    legacy = table([0, 1], [[0, 3, 0], [1, 3, 0]])
+    refreshed = table([0, 1], [[2, 0, 0], [2, 1, 0]])
+    by_codes, by_prefixes = model(), model()
+    old = [rows(by_codes, level) for level in range(2)]
+    remap_code_embeddings(by_codes, legacy, refreshed, levels=2)
+    remap_code_embeddings(by_prefixes, legacy, refreshed, levels=2, basis="prefixes")
+    merged = (old[0][0] + old[0][1]) / 2
+    for net in (by_codes, by_prefixes):
+        torch.testing.assert_close(rows(net, 0)[2], merged)
+    # per-level codes: both second codes read legacy code 3's row, the two items look alike
+    torch.testing.assert_close(rows(by_codes, 1)[0], rows(by_codes, 1)[1])
+    # whole prefixes: each second code carries its item's own first code beyond the merged row
+    torch.testing.assert_close(rows(by_prefixes, 1)[0], old[0][0] + old[1][3] - merged)
+    torch.testing.assert_close(rows(by_prefixes, 1)[1], old[0][1] + old[1][3] - merged)
+    assert not torch.allclose(rows(by_prefixes, 1)[0], rows(by_prefixes, 1)[1])

@@ -171,17 +171,24 @@ def test_a_corrupt_resume_state_is_discarded_with_a_message(tmp_path, capsys):
     assert "does not match the hash" in capsys.readouterr().err and len(result.history) == 4
 
 
+def base_and_moved_table(base: Path):
+    """The tiny world, a Base fit on its parts [0, 8) into ``base``, and a table of the same
+    shape whose codes moved (each item takes the next one's SID)."""
+    torch.set_num_threads(1)
+    split, table = tiny_world()
+    pipeline.fit(split, table, window=Window(start=0, stop=8), model_config=tiny_model(table),
+                 train_config=TrainConfig(epochs=1, batch_size=32, warmup_steps=1), out=base, show_progress=False)
+    moved = SidTable(items=table.items, codes=np.roll(table.codes, 1, axis=0), codebook_sizes=table.codebook_sizes,
+                     item_ids=table.item_ids)
+    return split, table, moved
+
+
 def test_a_finetune_plan_with_embedding_steps_moves_only_the_token_embeddings_for_those_steps(tmp_path):
     """remap-3-emb's start: while the embedding steps last, every weight but the token
     embeddings keeps the checkpoint's value; the events-weighted remap is recorded."""
     from freshsid.retriever.remap import RemapPlan
 
-    torch.set_num_threads(1)
-    split, table = tiny_world()
-    pipeline.fit(split, table, window=Window(start=0, stop=8), model_config=tiny_model(table),
-                 train_config=TrainConfig(epochs=1, batch_size=32, warmup_steps=1), out=tmp_path / "base", show_progress=False)
-    moved = SidTable(items=table.items, codes=np.roll(table.codes, 1, axis=0), codebook_sizes=table.codebook_sizes,
-                     item_ids=table.item_ids)
+    split, table, moved = base_and_moved_table(tmp_path / "base")
     before = load_file(str(tmp_path / "base" / "model.safetensors"))
     cfg = TrainConfig(epochs=1, batch_size=32, warmup_steps=0, valid_fraction=0)
     steps = len(epoch_batches(np.ones(10**3), 32, seed=0, epoch=0))  # more than the one epoch's steps
@@ -194,3 +201,28 @@ def test_a_finetune_plan_with_embedding_steps_moves_only_the_token_embeddings_fo
     assert tuned.manifest.info["remap_weight"] == "events" and tuned.manifest.info["embedding_steps"] == steps
     assert plan.key()[-1] == {"weight": "events", "embedding_steps": steps}
     assert RemapPlan(table, 3).key() == ["remap", table.content_hash, 3]  # plain plans key as they always did
+
+
+def test_replay_and_distillation_keep_the_steps_and_record_their_share_and_compute(tmp_path):
+    """remap-3-replay's and remap-3-distill's fine-tunes: replay swaps the configured share
+    of the gap's windows for earlier ones (as many windows, as many steps); distillation
+    adds Base's forward passes to the recorded FLOPs."""
+    from freshsid.retriever.remap import RemapPlan
+
+    split, table, moved = base_and_moved_table(tmp_path / "base")
+    cfg = TrainConfig(epochs=2, batch_size=16, warmup_steps=0, valid_fraction=0)
+    gap = pipeline.training_windows(split, moved, history=Window(start=0, stop=8), target=Window(start=8, stop=9),
+                                    max_history=5)
+    tuned = {name: pipeline.finetune(tmp_path / "base", split, moved, target=Window(start=8, stop=9), train_config=cfg,
+                                     out=tmp_path / name, show_progress=False, remap=RemapPlan(table, 3, **start))
+             for name, start in (("plain", {}), ("replay", {"replay": 0.25}), ("distill", {"distill": 0.5}))}
+    info = {name: result.manifest.info for name, result in tuned.items()}
+    assert info["replay"]["train_windows"] == info["plain"]["train_windows"] == len(gap)
+    assert info["replay"]["replay_windows"] == round(0.25 * len(gap)) > 0 and info["replay"]["replay"] == 0.25
+    steps = {name: result.compute["retriever_steps"] for name, result in tuned.items()}
+    assert steps["replay"] == steps["plain"] == steps["distill"]
+    assert info["distill"]["distill"] == 0.5 and "distill" not in info["plain"]
+    teacher = tuned["distill"].compute["retriever_teacher_flops"]
+    assert teacher > 0 and "retriever_teacher_flops" not in tuned["plain"].compute
+    assert tuned["distill"].compute["retriever_flops"] == pytest.approx(tuned["plain"].compute["retriever_flops"] + teacher)
+    assert RemapPlan(table, 3, distill=0.5).key()[-1] == {"weight": "items", "embedding_steps": 0, "distill": 0.5}

@@ -9,8 +9,9 @@ Two modes, one function each:
   alignment relabels that table's codes, level by level, onto the served table's so that
   a checkpoint trained on the legacy SIDs stays meaningful. The recipe
   (:mod:`freshsid.recipes`) says what the recode continues from the legacy build (its
-  SASRec weights, its tokenizer) and how many levels of code embeddings the fine-tune
-  carries over (:func:`remap`).
+  SASRec weights, its tokenizer), which items take their aligned code (all, the share
+  whose neighbourhood moved most, or those that drifted with confidence:
+  :func:`drift_kept_items`) and how the fine-tune on the new SIDs starts (:func:`remap`).
 - :func:`incremental` (a frozen vocabulary): every served SID kept, the items the served
   table lacks coded by its tokenizer as it is, from the build's SASRec continued on the
   window (so their vectors live in the space that tokenizer reads).
@@ -237,6 +238,42 @@ def unmoved_items(legacy: CollabSids, refreshed: CollabSids, move_share: float) 
     return common[order[int(round(move_share * len(common))):]]
 
 
+def drift_kept_items(legacy: SidTable, refreshed: CollabSids, events: np.ndarray, *, margin: float,
+                     min_events: int) -> tuple[np.ndarray, dict]:
+    """Drift-confident re-coding (after DACT, arXiv 2603.29705): the items both tables code
+    that keep their legacy SID, and what was measured.
+
+    An item moves only when its collaborative evidence moved with confidence: in the
+    refreshed embedding space it lies farther than ``1 + margin`` times its distance to the
+    nearest other legacy first-level code's centroid from its own one's (the centroids of
+    the refreshed vectors grouped by legacy first-level code), *and* it has at least
+    ``min_events`` of ``events`` (n_items,), its events in the window's last part. How many
+    move is the outcome, recorded in the stats (``moved_share``)."""
+    common = np.intersect1d(refreshed.table.items, legacy.items)
+    vectors = refreshed.embeddings.vectors[common].astype(np.float64)
+    codes = legacy.codes_for(common)[:, 0].astype(np.int64)
+    sizes = np.bincount(codes, minlength=legacy.codebook_sizes[0])
+    centroids = np.zeros((len(sizes), vectors.shape[1]))
+    np.add.at(centroids, codes, vectors)
+    centroids /= np.maximum(sizes, 1)[:, None]
+    far = np.zeros(len(common), dtype=bool)
+    for start in range(0, len(common), 1 << 14):  # (blocks: an (items, codes) matrix of a whole catalog is large)
+        block = slice(start, start + (1 << 14))
+        rows = np.arange(len(vectors[block]))
+        d2 = (vectors[block] ** 2).sum(1)[:, None] - 2 * vectors[block] @ centroids.T + (centroids ** 2).sum(1)[None]
+        d2[:, sizes == 0] = np.inf
+        own = np.maximum(d2[rows, codes[block]], 0.0)
+        d2[rows, codes[block]] = np.inf
+        far[block] = np.sqrt(own) > (1 + margin) * np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+    busy = np.asarray(events)[common] >= min_events
+    moves = far & busy
+    stats = {"common_items": int(len(common)), "margin": margin, "min_events": min_events,
+             "far_share": float(far.mean()) if len(common) else 0.0,
+             "busy_share": float(busy.mean()) if len(common) else 0.0,
+             "moved_items": int(moves.sum()), "moved_share": float(moves.mean()) if len(common) else 0.0}
+    return common[~moves], stats
+
+
 def remap(spoken: SidTable, table: SidTable, recipe: Recipe) -> RemapPlan | None:
     """What a fine-tune on ``table`` of a checkpoint that speaks ``spoken`` carries over
     first: the recipe's levels of code embeddings, or nothing when it carries none or
@@ -274,7 +311,17 @@ def aligned(split: TemporalSplit, window: Window, legacy: CollabSids, *, recipe:
     if recipe.move_share < 1:
         keep = unmoved_items(legacy, refreshed, recipe.move_share)
         tables = {m: stick(legacy.table, table, keep) for m, table in tables.items()}
+    elif recipe.drift_margin is not None:
+        newest = split.logs.item[split.events(Window(start=window.stop - 1, stop=window.stop))]
+        keep, drift = drift_kept_items(legacy.table, refreshed, np.bincount(newest, minlength=split.logs.n_items),
+                                       margin=recipe.drift_margin, min_events=recipe.drift_min_events)
+        drift["events_window"] = str(Window(start=window.stop - 1, stop=window.stop))
+        tables = {m: _with_stats(stick(legacy.table, table, keep), drift=drift) for m, table in tables.items()}
     return Recoded(refreshed, tables, remap(legacy.table, tables[SERVED], recipe))
+
+
+def _with_stats(table: SidTable, **stats: dict) -> SidTable:
+    return replace(table, meta={**table.meta, "stats": {**table.meta.get("stats", {}), **stats}})
 
 
 def incremental(split: TemporalSplit, window: Window, served: SidTable, continued: CollabSids, *, recipe: Recipe,

@@ -89,3 +89,26 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def mixed(main: Sequences, replay: Sequences, share: float, rng: np.random.Generator) -> tuple[Sequences, int]:
+    """As many windows as ``main`` holds, ``round(share * len(main))`` of them drawn from
+    ``replay`` (without replacement; all of it when it holds fewer) and the rest from
+    ``main``: replay at the same number of windows, so a fine-tune on the mix takes as many
+    optimiser steps as on ``main`` alone. Returns the mix (``main``'s rows first) and how
+    many of its rows are ``replay``'s."""
+    if not 0 <= share < 1:
+        raise ValueError("the replay share must be within [0, 1)")
+    n_replay = min(int(round(share * len(main))), len(replay))
+    take_main = np.sort(rng.choice(len(main), len(main) - n_replay, replace=False))
+    take_replay = np.sort(rng.choice(len(replay), n_replay, replace=False))
+    width = max(main.items.shape[1], replay.items.shape[1])
+
+    def rows(seqs: Sequences, take: np.ndarray, what: str) -> np.ndarray:
+        part = getattr(seqs, what)[take]
+        pad = np.full((len(take), width - part.shape[1]), -1 if what == "items" else False, dtype=part.dtype)
+        return np.concatenate([pad, part], axis=1)  # left-padded, as windows() writes them
+
+    return Sequences(np.concatenate([main.users[take_main], replay.users[take_replay]]),
+                     *(np.concatenate([rows(main, take_main, what), rows(replay, take_replay, what)])
+                       for what in ("items", "target"))), n_replay

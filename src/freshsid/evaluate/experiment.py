@@ -169,7 +169,10 @@ class Experiment:
 
             parent = None
         else:
-            train_config = cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + seed})
+            # (a refresh's fine-tune, on SIDs the recode step made, follows the recipe's settings)
+            recoded = spec.start is Start.BASE and spec.tokenizer not in (Tokenizer.LEGACY, Tokenizer.LEGACY_NEW)
+            tuned = self.how.finetune_config(cfg.finetune) if recoded else cfg.finetune
+            train_config = tuned.model_copy(update={"seed": tuned.seed + seed})
             start = _parent(spec)
             self.model(start)
             parent = self.layout.model(start)

@@ -161,16 +161,18 @@ class Rolling:
         key = [table.content_hash, cfg.retriever, cfg.protocol.max_history, cfg.fit, str(window)]
         self.cache.get(stage, key, build, _checked)
 
-    def _finetune(self, stage: str, parent: str, table: SidTable, target: Window, remap: RemapPlan | None) -> None:
-        """Fine-tune ``parent`` on ``table``, carrying ``remap`` over first (the step's plan)."""
-        cfg = self.run_config
+    def _finetune(self, stage: str, parent: str, table: SidTable, target: Window, remap: RemapPlan | None,
+                  recoded: bool = False) -> None:
+        """Fine-tune ``parent`` on ``table``, carrying ``remap`` over first (the step's plan);
+        ``recoded``: on SIDs an aligned recode made, with the recipe's fine-tune settings."""
+        train_config = self.how.finetune_config(self.run_config.finetune) if recoded else self.run_config.finetune
 
         def build(folder: Path) -> str:
             pipeline.finetune(self.layout.path(parent), self.split, table, target=target, out=folder,
-                              train_config=cfg.finetune, show_progress=self.progress, remap=remap)
+                              train_config=train_config, show_progress=self.progress, remap=remap)
             return stage
 
-        key = [table.content_hash, cfg.finetune, str(target), read_manifest(self.layout.path(parent), verify=False).fingerprint]
+        key = [table.content_hash, train_config, str(target), read_manifest(self.layout.path(parent), verify=False).fingerprint]
         if remap:  # (appended only when set: the keys of runs without it stay as they were)
             key.append(remap.key())
         self.cache.get(stage, key, build, _checked)
@@ -192,7 +194,7 @@ class Rolling:
             return State(path, state.sids, state.build, f"steps/{path}/model", state.coverage, state.refreshed_at)
         window = Window(start=0, stop=r + 1)
         result = self._recode(f"steps/{path}/sids", state, window, "incremental" if action == "I" else "aligned")
-        self._finetune(f"steps/{path}/model", state.model, result.table, part, result.plan)
+        self._finetune(f"steps/{path}/model", state.model, result.table, part, result.plan, recoded=action != "I")
         return State(path, result.sids, result.build, f"steps/{path}/model", window,
                      state.refreshed_at if action == "I" else r)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,7 +378,8 @@ class Retriever(nn.Module):
         weight = batch.item_weight
         return self.loss_sum(batch.tokens, weight) / (weight.sum() * self.config.n_levels).clamp(min=1e-12)
 
-    def loss_sum(self, tokens: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def loss_sum(self, tokens: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor | None = None,
+                 soft: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Weighted *sum* of the cross-entropy over every level of every item with weight > 0.
 
         tokens (B, 1 + T*D) and weight (B, T) as in :class:`TokenBatch`. Training divides
@@ -385,22 +387,27 @@ class Retriever(nn.Module):
         one-process loss. Logits are computed only for weighted items: fine-tuning on a
         few target items then pays the head for those items alone; ``keep`` (N,) lists
         their flat indices in ``weight`` (found here when not given, which on CUDA costs a
-        host synchronisation: training computes it on the host).
+        host synchronisation: training computes it on the host). ``soft(level, logits (N,
+        K_level), weights (N,))``: a further term per level, added to the sum
+        (distillation, :mod:`freshsid.retriever.distill`).
         """
         cfg = self.config
-        hidden, _ = self.encode(tokens[:, :-1])
-        hidden = hidden.reshape(-1, cfg.n_levels, hidden.shape[-1])  # (B*T, D, C)
-        targets = tokens[:, 1:].reshape(-1, cfg.n_levels)
         w = weight.reshape(-1)
         if keep is None:
             keep = (w > 0).nonzero().squeeze(1)
-        hidden, targets, w = hidden[keep], targets[keep], w[keep]
+        hidden, targets, w = self.kept_hidden(tokens, keep), tokens[:, 1:].reshape(-1, cfg.n_levels)[keep], w[keep]
         total = hidden.new_zeros((), dtype=torch.float32)
         for d in range(cfg.n_levels):
             logits = self.level_logits(hidden[:, d], d).float()
             ce = F.cross_entropy(logits, targets[:, d] - cfg.level_offsets[d], reduction="none")
-            total = total + (w * ce).sum()
+            total = total + (w * ce).sum() + (soft(d, logits, w) if soft is not None else 0.0)
         return total
+
+    def kept_hidden(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(N, D, C) final hidden states at the positions that predict each level of the items
+        at flat indices ``keep`` (N,) of the (B, T) item grid of ``tokens`` (B, 1 + T*D)."""
+        hidden, _ = self.encode(tokens[:, :-1])
+        return hidden.reshape(-1, self.config.n_levels, hidden.shape[-1])[keep]
 
     def decoding_prefix(self, cache: list[KV], lengths: torch.Tensor) -> tuple[list[KV], torch.Tensor]:
         """The history cache of :meth:`encode` laid out for :meth:`step`, once per decode.

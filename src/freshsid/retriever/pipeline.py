@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from freshsid.data.sequences import Sequences, windows
+from freshsid.data.sequences import Sequences, mixed, windows
 from freshsid.data.temporal import Examples, TemporalSplit, Window
 from freshsid.artifacts import Manifest
 from freshsid.errors import FreshsidError
 from freshsid.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.retriever.decode import beam_search
+from freshsid.retriever.distill import Teacher
 from freshsid.retriever.model import Retriever, RetrieverConfig, hash_user, load_checkpoint
 from freshsid.retriever.remap import RemapPlan, remap_code_embeddings
 from freshsid.retriever.train import TrainConfig, TrainResult, train
@@ -68,9 +69,12 @@ def finetune(
     and train with loss on the events of ``target`` only, histories from part 0.
     ``remap``: first carry the code embeddings of ``remap.levels`` levels from the
     checkpoint's table onto ``table``'s codes (:mod:`freshsid.retriever.remap`), each item
-    weighted by its events in ``target`` when the plan says so, and start as it says."""
+    weighted by its events in ``target`` when the plan says so, and start as it says; with
+    the plan's ``distill``, the checkpoint as loaded is the teacher of a distillation term
+    (:mod:`freshsid.retriever.distill`); with its ``replay``, that share of the windows
+    comes from the parts before ``target`` (:func:`freshsid.data.sequences.mixed`)."""
     model, manifest = load_checkpoint(checkpoint, expected_shape=table.codebook_sizes)
-    remapped, embedding_steps = {}, 0
+    remapped, embedding_steps, teacher = {}, 0, None
     if remap is not None and remap.levels > 0:
         if remap.spoken.content_hash != manifest.info.get("sid_table"):
             raise FreshsidError(f"The table to remap from ({remap.spoken.content_hash[:12]}) is not the one {checkpoint} "
@@ -81,20 +85,29 @@ def finetune(
         weights = None
         if remap.weight == "events":
             weights = np.bincount(split.logs.item[split.events(target)], minlength=split.logs.n_items) + 1.0
-        remap_code_embeddings(model, remap.spoken, table, remap.levels, weights)
+        if remap.distill:
+            teacher = Teacher.of(load_checkpoint(checkpoint)[0], remap.spoken, table, split.logs.n_items, remap.distill)
+        remap_code_embeddings(model, remap.spoken, table, remap.levels, weights, remap.basis)
         remapped = {"remapped_from": remap.spoken.content_hash, "remapped_levels": remap.levels,
-                    **({"remap_weight": remap.weight} if weights is not None else {})}
+                    **({"remap_weight": remap.weight} if weights is not None else {}),
+                    **({"remap_basis": remap.basis} if remap.basis != "codes" else {})}
         embedding_steps = remap.embedding_steps
     history = Window(start=0, stop=target.start) if target.start > 0 else target
     seqs = training_windows(split, table, history=history, target=target, max_history=model.config.max_history)
     if len(seqs) == 0:
         raise FreshsidError(f"No user has an event in parts {target} with a SID in the table; check --parts.")
+    if remap is not None and remap.replay and target.start > 0:
+        before = Window(start=0, stop=target.start)
+        past = training_windows(split, table, history=before, target=before, max_history=model.config.max_history)
+        seqs, replayed = mixed(seqs, past, remap.replay, np.random.default_rng([train_config.seed, 1]))
+        remapped |= {"replay": remap.replay, "replay_windows": replayed}
     return _train(model, split, table, seqs, train_config=train_config, out=out, parent=manifest.fingerprint,
                   meta={"mode": "finetune", "history_window": str(history), "target_window": str(target), **remapped},
-                  show_progress=show_progress, embedding_steps=embedding_steps)
+                  show_progress=show_progress, embedding_steps=embedding_steps, teacher=teacher)
 
 
-def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_progress, embedding_steps=0) -> TrainResult:
+def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_progress, embedding_steps=0,
+           teacher=None) -> TrainResult:
     """The training call fit and finetune share; the resume state lives beside ``out``."""
     out = Path(out)
     return train(
@@ -109,6 +122,7 @@ def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_p
         extra_meta={**meta, "sid_table": table.content_hash},
         show_progress=show_progress,
         embedding_steps=embedding_steps,
+        teacher=teacher,
     )
 
 

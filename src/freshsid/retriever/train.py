@@ -33,6 +33,7 @@ from freshsid.artifacts import Manifest, file_sha256, fingerprint_of, read_manif
 from freshsid.config import TrainConfig
 from freshsid.data.sequences import Sequences, length_batches
 from freshsid.progress import progress_bar
+from freshsid.retriever.distill import Teacher
 from freshsid.runtime import Runtime, current
 from freshsid.retriever.model import (
     CHECKPOINT_KIND,
@@ -88,6 +89,7 @@ def train(
     show_progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     embedding_steps: int = 0,
+    teacher: Teacher | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``seqs`` and write the best-validation checkpoint to ``out``.
 
@@ -108,6 +110,9 @@ def train(
             to interrupt a run).
         embedding_steps: the first this many optimiser steps (of the same schedule) update
             the token embeddings only; every other weight keeps its value until then.
+        teacher: a frozen model whose mapped code distributions the loss also pulls
+            towards (:mod:`freshsid.retriever.distill`), its weight annealed over the
+            ``epochs`` x steps of the schedule.
     """
     cfg, rt = config, current()
     train_seqs, valid_seqs = split_validation(seqs, cfg.valid_fraction, cfg.seed)
@@ -123,13 +128,15 @@ def train(
     # The resume state belongs to one (data, config, number of ranks); another starts afresh.
     run_id = fingerprint_of([cfg.model_dump(), model.config.model_dump(mode="json"), _data_id(seqs, codes_table), parent]
                             + ([rt.world_size] if rt.distributed else [])
-                            + ([["embedding_steps", embedding_steps]] if embedding_steps else []))
+                            + ([["embedding_steps", embedding_steps]] if embedding_steps else [])
+                            + ([teacher.key()] if teacher is not None else []))
     state = _start_or_resume(work_dir, run_id, model, optimizer, scheduler, cfg.seed, rt)
     net: torch.nn.Module = _SummedLoss(model)
     if rt.distributed:
         net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.on_gpu else None)
     loop = _Loop(model, net, optimizer, scheduler, train_seqs, codes, cfg, rt, embedding_steps=embedding_steps,
-                 steps_per_epoch=steps_per_epoch, state=state, on_step=on_step)
+                 steps_per_epoch=steps_per_epoch, state=state, on_step=on_step,
+                 teacher=teacher.to(rt.device) if teacher is not None else None)
     bar = progress_bar("train", total=total_steps, enabled=show_progress and rt.is_main)
     board = SummaryWriter(str(work_dir / "tensorboard")) if rt.is_main else None
     bar.advance(state["epoch"] * steps_per_epoch + state["step"])
@@ -160,7 +167,8 @@ def train(
     meta = {**(extra_meta or {}), "history": state["history"], "best_epoch": state["best_epoch"],
             "steps_per_epoch": steps_per_epoch,
             "train": cfg.model_dump(), "train_windows": len(train_seqs), "processes": rt.world_size,
-            "device": rt.device.type, **({"embedding_steps": embedding_steps} if embedding_steps else {})}
+            "device": rt.device.type, **({"embedding_steps": embedding_steps} if embedding_steps else {}),
+            **({"distill": teacher.weight} if teacher is not None else {})}
     if rt.is_main:
         manifest = save_checkpoint(out, model, extra_meta=meta, inputs=inputs, compute=compute, parent=parent, seed=cfg.seed)
     rt.barrier()
@@ -192,8 +200,9 @@ class _Loop:
 
     def __init__(self, model: Retriever, net: torch.nn.Module, optimizer, scheduler, seqs: Sequences,
                  codes: torch.Tensor, cfg: TrainConfig, rt: Runtime, *, embedding_steps: int, steps_per_epoch: int,
-                 state: dict[str, Any], on_step: Callable[[int], None] | None) -> None:
+                 state: dict[str, Any], on_step: Callable[[int], None] | None, teacher: Teacher | None = None) -> None:
         self.model, self.net, self.optimizer, self.scheduler = model, net, optimizer, scheduler
+        self.teacher = teacher
         self.seqs, self.codes, self.cfg, self.rt, self.state, self.on_step = seqs, codes, cfg, rt, state, on_step
         self.lengths = (seqs.items >= 0).sum(1)
         self.weights = np.where(seqs.items >= 0, seqs.target, 0).sum(1).astype(np.float64)  # loss weight per window
@@ -247,8 +256,10 @@ class _Loop:
         # A rank with no row of a short last batch still joins the all-reduce, with weight 0.
         scale = rt.world_size / max(self.weights[rows].sum() * model.config.n_levels, 1e-12) if len(mine) else 0.0
         tokens, weight, keep = _device_batch(self.seqs, mine if len(mine) else rows[:1], self.codes, model.config, rt)
+        soft = None if self.teacher is None else self.teacher.term(
+            self.seqs, mine if len(mine) else rows[:1], rt.device, done / (self.steps_per_epoch * self.cfg.epochs))
         with rt.autocast():
-            loss = self.net(tokens, weight, keep) * scale
+            loss = self.net(tokens, weight, keep, soft) * scale
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if done < self.embedding_steps:
@@ -266,6 +277,10 @@ class _Loop:
             * self.model.config.n_levels
         comp["retriever_tokens"] += float(n_tokens)
         comp["retriever_flops"] += self.flops_token * n_tokens
+        if self.teacher is not None:  # its forward passes, within the fine-tune's FLOPs and apart
+            teacher = self.teacher.forward_flops(n_tokens)
+            comp["retriever_flops"] += teacher
+            comp["retriever_teacher_flops"] = comp.get("retriever_teacher_flops", 0.0) + teacher
         comp["retriever_steps"] += 1
 
 
@@ -276,8 +291,8 @@ class _SummedLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return self.model.loss_sum(tokens, weight, keep)
+    def forward(self, tokens: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, soft=None) -> torch.Tensor:
+        return self.model.loss_sum(tokens, weight, keep, soft)
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int) -> list[np.ndarray]:
