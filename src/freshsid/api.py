@@ -325,11 +325,11 @@ class GenerativeRetriever:
         ``remap_levels``: levels of code embeddings carried onto ``table``'s codes first
         (default: the recipe's)."""
         checkpoint, spoken = _fitted(self, "checkpoint_"), _fitted(self, "table_")
-        base = self.finetune_config or preset("tiny").finetune
-        train_config = base.model_copy(update={"seed": base.seed + seed})
         how = find_recipe(self.recipe)
         if remap_levels is not None:
             how = how.model_copy(update={"remap_levels": remap_levels})
+        base = recode.finetune_config(spoken, table, how, self.finetune_config or preset("tiny").finetune)
+        train_config = base.model_copy(update={"seed": base.seed + seed})
         plan = remap(spoken, table, how)
         folder = self._out(out)
         result = pipeline.finetune(checkpoint, split, table, target=window, train_config=train_config, out=folder,

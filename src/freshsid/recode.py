@@ -31,7 +31,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from freshsid.config import SASRecConfig, SidConfig
+from freshsid.config import SASRecConfig, SidConfig, TrainConfig
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.embed.collab import SASRec, collab_embeddings
 from freshsid.embed.store import Embeddings
@@ -272,6 +272,13 @@ def drift_kept_items(legacy: SidTable, refreshed: CollabSids, events: np.ndarray
              "busy_share": float(busy.mean()) if len(common) else 0.0,
              "moved_items": int(moves.sum()), "moved_share": float(moves.mean()) if len(common) else 0.0}
     return common[~moves], stats
+
+
+def finetune_config(spoken: SidTable, table: SidTable, recipe: Recipe, config: TrainConfig) -> TrainConfig:
+    """The settings of a fine-tune on ``table`` of a checkpoint that speaks ``spoken``: the
+    recipe's over the run's ``config`` when ``table`` moves a SID the checkpoint speaks (a
+    refresh's fine-tune), the run's when it keeps them all (the same SIDs, new items coded)."""
+    return config if extends(table, spoken) else recipe.finetune_config(config)
 
 
 def remap(spoken: SidTable, table: SidTable, recipe: Recipe) -> RemapPlan | None:

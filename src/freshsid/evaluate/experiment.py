@@ -169,11 +169,9 @@ class Experiment:
 
             parent = None
         else:
-            # (a refresh's fine-tune, on SIDs the recode step made, follows the recipe's settings)
-            recoded = spec.start is Start.BASE and spec.tokenizer not in (Tokenizer.LEGACY, Tokenizer.LEGACY_NEW)
-            tuned = self.how.finetune_config(cfg.finetune) if recoded else cfg.finetune
-            train_config = tuned.model_copy(update={"seed": tuned.seed + seed})
             start = _parent(spec)
+            tuned = recode.finetune_config(self.table(start.tokenizer), table, self.how, cfg.finetune)
+            train_config = tuned.model_copy(update={"seed": tuned.seed + seed})
             self.model(start)
             parent = self.layout.model(start)
             if spec.remap:

@@ -161,11 +161,11 @@ class Rolling:
         key = [table.content_hash, cfg.retriever, cfg.protocol.max_history, cfg.fit, str(window)]
         self.cache.get(stage, key, build, _checked)
 
-    def _finetune(self, stage: str, parent: str, table: SidTable, target: Window, remap: RemapPlan | None,
-                  recoded: bool = False) -> None:
-        """Fine-tune ``parent`` on ``table``, carrying ``remap`` over first (the step's plan);
-        ``recoded``: on SIDs an aligned recode made, with the recipe's fine-tune settings."""
-        train_config = self.how.finetune_config(self.run_config.finetune) if recoded else self.run_config.finetune
+    def _finetune(self, stage: str, parent: str, spoken: SidTable, table: SidTable, target: Window,
+                  remap: RemapPlan | None) -> None:
+        """Fine-tune ``parent`` (which speaks ``spoken``) on ``table``, carrying ``remap`` over
+        first (the step's plan)."""
+        train_config = recode.finetune_config(spoken, table, self.how, self.run_config.finetune)
 
         def build(folder: Path) -> str:
             pipeline.finetune(self.layout.path(parent), self.split, table, target=target, out=folder,
@@ -190,11 +190,11 @@ class Rolling:
         SIDs on [0, r+1), aligns them and fine-tunes on part r."""
         path, part = state.path + action, Window(start=r, stop=r + 1)
         if action == "F":
-            self._finetune(f"steps/{path}/model", state.model, state.sids.table, part, None)
+            self._finetune(f"steps/{path}/model", state.model, state.sids.table, state.sids.table, part, None)
             return State(path, state.sids, state.build, f"steps/{path}/model", state.coverage, state.refreshed_at)
         window = Window(start=0, stop=r + 1)
         result = self._recode(f"steps/{path}/sids", state, window, "incremental" if action == "I" else "aligned")
-        self._finetune(f"steps/{path}/model", state.model, result.table, part, result.plan, recoded=action != "I")
+        self._finetune(f"steps/{path}/model", state.model, state.sids.table, result.table, part, result.plan)
         return State(path, result.sids, result.build, f"steps/{path}/model", window,
                      state.refreshed_at if action == "I" else r)
 

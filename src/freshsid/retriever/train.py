@@ -13,10 +13,7 @@ every rank with DistributedDataParallel (see :func:`train`).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +26,12 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from freshsid.artifacts import Manifest, file_sha256, fingerprint_of, read_manifest, write_json_atomic
+from freshsid.artifacts import Manifest, fingerprint_of, read_manifest
 from freshsid.config import TrainConfig
 from freshsid.data.sequences import Sequences, length_batches
 from freshsid.progress import progress_bar
 from freshsid.retriever.distill import Teacher
+from freshsid.retriever.resume import cpu_state, load_state, rng_state, save_state, set_rng
 from freshsid.runtime import Runtime, current
 from freshsid.retriever.model import (
     CHECKPOINT_KIND,
@@ -46,8 +44,6 @@ from freshsid.retriever.model import (
     save_checkpoint,
 )
 
-STATE_FILE = "state.pt"  # resume state: tensors and plain values only (loaded with weights_only)
-STATE_RECORD = "state.json"  # the run id and SHA-256 of STATE_FILE
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
 
 
@@ -148,14 +144,14 @@ def train(
         if board is not None:
             board.add_scalar("valid/loss", valid, epoch)
         if valid < state["best"] - 1e-4:
-            state.update(best=valid, best_epoch=epoch, bad=0, best_model=_cpu_state(model))
+            state.update(best=valid, best_epoch=epoch, bad=0, best_model=cpu_state(model))
         else:
             state["bad"] += 1
         state.update(epoch=epoch + 1, step=0)
-        rng = rt.gather(_rng_state(rt))  # every rank's, so that each resumes its own dropout stream
+        rng = rt.gather(rng_state(rt))  # every rank's, so that each resumes its own dropout stream
         if rt.is_main:
-            save_file(_cpu_state(model), str(work_dir / f"epoch-{epoch:03d}.safetensors"))
-            _save_state(work_dir, run_id, state, model, optimizer, scheduler, rng)
+            save_file(cpu_state(model), str(work_dir / f"epoch-{epoch:03d}.safetensors"))
+            save_state(work_dir, run_id, state, model, optimizer, scheduler, rng)
         rt.barrier()
     bar.close()
     if board is not None:
@@ -181,7 +177,7 @@ def _start_or_resume(work_dir: Path, run_id: str, model: Retriever, optimizer, s
                      rt: Runtime) -> dict[str, Any]:
     """The training state: the resume state of run ``run_id`` loaded into the model, the
     optimiser, the scheduler and the random generators; or a fresh one."""
-    state = _load_state(work_dir, run_id)
+    state = load_state(work_dir, run_id)
     if state is None:
         torch.manual_seed(seed + rt.rank)  # dropout differs between ranks, as between rows
         return {"epoch": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad": 0, "history": [],
@@ -190,7 +186,7 @@ def _start_or_resume(work_dir: Path, run_id: str, model: Retriever, optimizer, s
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng(state["rng"], rt)
+    set_rng(state["rng"], rt)
     return state
 
 
@@ -348,68 +344,5 @@ def _valid_loss(model: Retriever, seqs: Sequences, codes: torch.Tensor, batch_si
     return total / max(weight, 1e-12)
 
 
-def _cpu_state(model: Retriever) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-
-
 def _data_id(seqs: Sequences, codes_table: np.ndarray) -> str:
     return fingerprint_of([len(seqs), int(seqs.items.sum()), int(seqs.target.sum()), int(np.asarray(codes_table).sum())])
-
-
-def _rng_state(rt: Runtime) -> list[torch.Tensor]:
-    """This rank's random state: the CPU generator's, and its GPU's when on one."""
-    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(rt.device)] if rt.on_gpu else [])
-
-
-def _set_rng(saved: torch.Tensor | list, rt: Runtime) -> None:
-    """Restore this rank's random state (a single CPU state in states of one process)."""
-    mine = saved[rt.rank] if isinstance(saved, list) else [saved]
-    torch.set_rng_state(mine[0])
-    if rt.on_gpu and len(mine) > 1:
-        torch.cuda.set_rng_state(mine[1], rt.device)
-
-
-def _save_state(work_dir: Path, run_id: str, state: dict, model, optimizer, scheduler, rng: list) -> None:
-    """Atomic write of everything a resume needs, and a record of its run id and hash.
-    ``rng``: every rank's random state, in rank order."""
-    blob = {**state, "run_id": run_id, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng}
-    tmp = work_dir / f".{STATE_FILE}.tmp"
-    torch.save(blob, tmp)
-    digest = file_sha256(tmp)
-    os.replace(tmp, work_dir / STATE_FILE)
-    write_json_atomic(work_dir / STATE_RECORD, {"run_id": run_id, "sha256": digest})
-
-
-def _load_state(work_dir: Path, run_id: str) -> dict | None:
-    """The resume state of run ``run_id`` in ``work_dir``, or None (start afresh).
-
-    Only tensors, numbers, strings and containers are unpickled (``weights_only``), so a
-    crafted file cannot run code; a state whose hash or content does not check out is
-    discarded with a message on stderr."""
-    path = work_dir / STATE_FILE
-    if not path.exists():
-        return None
-    try:
-        record = json.loads((work_dir / STATE_RECORD).read_text())
-        if not isinstance(record, dict):
-            raise ValueError
-    except (OSError, ValueError):
-        return _discard(work_dir, f"{STATE_RECORD} is missing or unreadable")
-    if record.get("run_id") != run_id:
-        return None  # another run's state (other data or settings): this one starts afresh
-    if record.get("sha256") != file_sha256(path):
-        return _discard(work_dir, f"{STATE_FILE} does not match the hash {STATE_RECORD} records")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any failure to read it means the file is not a resume state
-        return _discard(work_dir, f"{STATE_FILE} cannot be read safely: {type(exc).__name__}")
-    missing = {"run_id", "epoch", "step", "model", "optimizer", "scheduler", "rng", "compute", "history"} - set(state)
-    if missing or state["run_id"] != run_id:
-        return _discard(work_dir, f"{STATE_FILE} lacks {', '.join(sorted(missing)) or 'its run id'}")
-    return state
-
-
-def _discard(work_dir: Path, reason: str) -> None:
-    print(f"warning: discarding the resume state in {work_dir} ({reason}); training starts afresh.", file=sys.stderr)
-    return None

@@ -173,7 +173,7 @@ def _refresh(releases: Releases, logs: Interactions, config: ExperimentConfig, *
     scratch = Path(tempfile.mkdtemp(dir=work, prefix="refresh-"))
     try:
         tuned = pipeline.finetune(releases.path(current.id) / RETRIEVER, train, sids.table, target=NEW,
-                                  train_config=how.finetune_config(config.finetune) if mode == "aligned" else config.finetune,
+                                  train_config=recode.finetune_config(current.table, sids.table, how, config.finetune),
                                   out=scratch / "model", show_progress=progress,
                                   remap=sids.plan)
         examples = TemporalSplit.at(logs, [until]).examples(NEW, max_history=current.model.config.max_history)
