@@ -3,6 +3,7 @@ round, the aligned chain's tables checked from the artifacts, and resume after a
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from freshsid.config import SASRecConfig, TrainConfig, preset
 from freshsid.evaluate.rolling_config import ROLLING_STRATEGIES, RollingConfig
 from freshsid.data.registry import synthetic_dataset
 from freshsid.data.synthetic import SyntheticConfig
+from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.evaluate.rolling import Rolling
 from freshsid.sid.table import SidTable
 
@@ -21,7 +23,7 @@ def config(**overrides) -> RollingConfig:
                  fit=TrainConfig(epochs=1, batch_size=64, warmup_steps=2),
                  finetune=TrainConfig(epochs=1, batch_size=64, warmup_steps=1),
                  beam=20, ks=(1, 10, 20), max_eval_users=100, threads=1)
-    return RollingConfig(run=run, n_parts=7, initial=3, calibration_rounds=1, **overrides)
+    return RollingConfig(run=run, n_parts=7, initial=3, calibration_rounds=1, **{"held_out": 0, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,24 @@ def test_every_strategy_is_scored_on_the_part_after_the_one_it_used(run):
         assert sum(r["strategies"][name]["items_added"] for r in results["rounds"]) > 0
     for name in ("report.md", "recall_by_round.png", "compute_vs_quality.png", "codes_over_rounds.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_a_held_out_part_is_never_read(run, logs, tmp_path):
+    """With the last part's events scrambled (items permuted among them, so the catalogue
+    and the users are unchanged), a run that holds it out scores every round it has as
+    the run that reads the last part did."""
+    out, results = run
+    last = TemporalSplit(logs, 7).events(Window(start=6, stop=7))
+    item = logs.item.copy()
+    item[last] = np.random.default_rng(0).permutation(item[last])
+    strategies = ("FT-old", "Aligned", "MostPop")
+    runner = Rolling(replace(logs, item=item), config(held_out=1, strategies=strategies), tmp_path / "run",
+                     show_progress=False)
+    runner.log = lambda _: None
+    held = runner.run()
+    assert [r["round"] for r in held["rounds"]] == [3, 4] and held["config"]["held_out"] == 1
+    metrics = lambda rounds: [{n: r["strategies"][n]["metrics"] for n in strategies} for r in rounds]  # noqa: E731
+    assert metrics(held["rounds"]) == metrics(results["rounds"][:2])
 
 
 def test_the_aligned_chain_keeps_sids_unique_and_codebooks_used(run):

@@ -28,6 +28,8 @@ def rolling(
     preset: Annotated[str, typer.Option("--preset", help="Size preset of every build: tiny, cpu or paper.")] = "cpu",
     n_parts: Annotated[int, typer.Option("--n-parts", min=4, help="Equal-count parts the logs are cut into.")] = 10,
     initial: Annotated[int, typer.Option("--initial", min=1, help="The initial build uses parts [0, initial).")] = 5,
+    held_out: Annotated[int, typer.Option("--held-out", min=0, help="Last parts never read (default 1: the standard "
+                                                                      "split's test part; 0 scores it too).")] = 1,
     strategies: Annotated[str | None, typer.Option("--strategies", help=f"Comma-separated, from {', '.join(ROLLING_STRATEGIES)} (default: all).")] = None,
     signal: Annotated[str, typer.Option("--signal", help=f"Staleness signal of the Triggered strategy: {', '.join(SIGNALS)}.")] = "decay",
     calibration_rounds: Annotated[int, typer.Option("--calibration-rounds", min=1, help="Rounds that set the trigger's threshold.")] = 2,
@@ -37,7 +39,7 @@ def rolling(
 ) -> None:
     """Refresh after refresh: Frozen, FT-old, incremental coding, an aligned chain, Full rebuilds, a trigger and MostPop.
 
-    Round r uses part r and is scored on part r+1. Stages are cached in --out, so a rerun resumes. Writes results.json,
+    Round r uses part r and is scored on part r+1; the last part is never read unless --held-out 0. Stages are cached in --out, so a rerun resumes. Writes results.json,
     report.md and plots (recall by round, compute against quality, codes over rounds).
 
     Example: freshsid rolling --dataset amazon-beauty --preset cpu --out runs/rolling-beauty
@@ -49,7 +51,8 @@ def rolling(
     use_device(device)
     run = configure(experiment_preset(preset), recipe=recipe, max_eval_users=max_eval_users, device=device)
     chosen = ROLLING_STRATEGIES if strategies is None else tuple(s.strip() for s in strategies.split(",") if s.strip())
-    config = configure(RollingConfig(run=run), n_parts=n_parts, initial=initial, strategies=chosen, signal=signal,
+    config = configure(RollingConfig(run=run), n_parts=n_parts, initial=initial, held_out=held_out,
+                       strategies=chosen, signal=signal,
                        calibration_rounds=calibration_rounds)
     runner = Rolling(data.load(), config, out, show_progress=show_progress())
     runner.log = lambda line: typer.echo(line, err=True)

@@ -19,13 +19,16 @@ SIGNALS = ("churn", "unseen", "decay")
 
 class RollingConfig(BaseModel):
     """Many refreshes in a row: the logs cut into ``n_parts`` equal-count parts, an initial
-    build on parts [0, initial), then one round per part r = initial ... n_parts - 2, where a
-    strategy may use part r and is scored on part r + 1. ``run`` gives every size and
-    training setting (an experiment config; its protocol's windows are not used)."""
+    build on parts [0, initial), then one round per part r = initial ... n_parts - 2 - held_out,
+    where a strategy may use part r and is scored on part r + 1; the last ``held_out`` parts
+    are never read (1 by default: the standard split's test part, so that a rolling run can
+    be read as often as needed). ``run`` gives every size and training setting (an experiment
+    config; its protocol's windows are not used)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     n_parts: int = Field(10, ge=4)
     initial: int = Field(5, ge=1)
+    held_out: int = Field(1, ge=0)
     strategies: tuple[str, ...] = ROLLING_STRATEGIES
     # Triggered refreshes when this staleness signal reaches the threshold chosen on the
     # first ``calibration_rounds`` rounds (during which it refreshes every round); below
@@ -36,8 +39,10 @@ class RollingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _rounds(self) -> RollingConfig:
-        if self.initial > self.n_parts - 2:
-            raise ValueError(f"initial ({self.initial}) must leave at least one round: at most n_parts - 2 = {self.n_parts - 2}")
+        last = self.n_parts - 2 - self.held_out
+        if self.initial > last:
+            raise ValueError(f"initial ({self.initial}) must leave at least one round: at most n_parts - 2 - held_out "
+                             f"= {last}")
         unknown = [s for s in self.strategies if s not in ROLLING_STRATEGIES]
         if unknown or not self.strategies:
             raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(ROLLING_STRATEGIES)}")
@@ -45,4 +50,4 @@ class RollingConfig(BaseModel):
 
     @property
     def rounds(self) -> range:
-        return range(self.initial, self.n_parts - 1)
+        return range(self.initial, self.n_parts - 1 - self.held_out)
