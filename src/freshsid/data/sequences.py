@@ -112,3 +112,4 @@ def mixed(main: Sequences, replay: Sequences, share: float, rng: np.random.Gener
     return Sequences(np.concatenate([main.users[take_main], replay.users[take_replay]]),
                      *(np.concatenate([rows(main, take_main, what), rows(replay, take_replay, what)])
                        for what in ("items", "target"))), n_replay
+

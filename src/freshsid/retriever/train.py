@@ -329,6 +329,12 @@ def _batch(seqs: Sequences, rows: np.ndarray, codes: torch.Tensor, config: Retri
 
 
 @torch.no_grad()
+def held_out_loss(model: Retriever, seqs: Sequences, codes_table: np.ndarray, batch_size: int) -> float:
+    """The mean loss of ``model`` over the targets of ``seqs`` (what early stopping reads)."""
+    model.to(current().device)
+    return _valid_loss(model, seqs, torch.as_tensor(codes_table, dtype=torch.long), batch_size, current())
+
+
 def _valid_loss(model: Retriever, seqs: Sequences, codes: torch.Tensor, batch_size: int, rt: Runtime) -> float:
     """Mean loss over the validation windows; ranks take turns over its batches."""
     model.eval()
