@@ -100,7 +100,8 @@ def test_output_does_not_depend_on_chunk_size(chunk_events):
 
 
 def test_migrating_items_change_their_co_consumed_community():
-    cfg = SMALL.model_copy(update={"migrating_share": 0.4, "n_events": 20_000})
+    # Items born on day 0 are followed through their migration: most of the catalog here.
+    cfg = SMALL.model_copy(update={"migrating_share": 0.4, "n_events": 20_000, "new_item_share": 0.2})
     truth = ground_truth(cfg)
     migrants = truth.filter(pl.col("migration_timestamp").is_not_null() & (pl.col("birth_timestamp") == cfg.start_timestamp))
     assert migrants.height > 0.2 * cfg.n_items
