@@ -390,5 +390,6 @@ def collab_embeddings(
     model = SASRec(config, random_state=seed, progress=progress, init_state=init_state, fold_in=fold_in)
     model.fit(logs, events)
     emb = Embeddings(model.item_embeddings_, np.flatnonzero(model.trained_items_), "collab", config.model_dump(),
-                     seed, {"seconds": model.fit_seconds_, "flops": model.flops_}, window, state=model.state())
+                     seed, {"seconds": model.fit_seconds_, "flops": model.flops_, "best_epoch": model.best_epoch_,
+                            "epochs_run": model.epochs_run_}, window, state=model.state())
     return emb, model
