@@ -3,8 +3,8 @@
 For a Base built on the validation split (a build folder of ``bench_incremental.py`` or of
 ``freshsid experiment --validation``), on a sample of its validation users, Recall@1/10 and
 nDCG@10 of: (a) the beam search at the run's beam; (b) the model's own ranking of every
-allowed item, with nothing pruned (the beam as wide as the catalog, which
-``tests/test_decode.py`` holds equal to exhaustive scoring); (c) the dense SASRec the SIDs
+allowed item, with nothing pruned (:func:`freshsid.retriever.exact.exact_top_k`, which
+``tests/test_exact.py`` holds equal to a beam as wide as the catalog); (c) the dense SASRec the SIDs
 were coded from, exact top-K over the same items. (b) − (a) is search error, what (b)
 lacks against (c) is model error. Also: how often a label in (b)'s top 10 is missing
 from (a)'s.
@@ -58,9 +58,9 @@ def main() -> None:
     recommender = Recommender(model, legacy.table, allowed_items=allowed)
     catalog = int(np.isin(legacy.table.items, allowed).sum())
     ranked, seconds = {}, {}
-    for name, beam, batch in (("beam", config.beam, 32), ("no pruning", catalog, 1)):
+    for name, how in (("beam", dict(beam=config.beam, batch_size=32)), ("no pruning", dict(exact=True, batch_size=8))):
         started = time.perf_counter()
-        ranked[name] = recommender(examples.inputs, examples.users, top_k=max(KS), beam=beam, batch_size=batch)[0]
+        ranked[name] = recommender(examples.inputs, examples.users, top_k=max(KS), **how)[0]
         seconds[name] = time.perf_counter() - started
     dense = SASRec.restore(legacy.embeddings, split.logs.n_items)
     ranked["dense SASRec"] = dense.recommend(examples.inputs, max(KS), allowed_items=allowed)

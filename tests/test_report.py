@@ -224,3 +224,28 @@ def test_intervals_sensitivity_and_compute_three_ways_are_printed(results):
     cells = [c.strip() for c in old.split("|")[1:-1]]
     assert cells[header.index("Full / this all-in FLOPs")] == f"{9e12 / 1e12:.1f}×"  # Full all-in 9e12, FT-old 1e12
     assert cells[header.index("Full / this cumulative FLOPs")] == "2.0×"
+
+
+def test_the_newcomer_summary_leads_the_report_with_staleness_the_refresh_and_the_references(results):
+    from freshsid.evaluate.summary import newcomer_summary
+
+    policies = results["policies"]
+    policies["SASRec"] = _policy("baseline", 0.5, 0.0, 0.0)
+    policies["MostPop(gap)"] = _policy("baseline", 0.11, 0.0, 0.0)  # above Base (0.10) at every K
+    policies["FT-old+new"] = _policy("finetune", 0.12, 5e11, 50.0)
+    policies["Refresh with remap+new"] = _policy("finetune", 0.13, 5e11, 50.0)
+    results["intervals"] = {"FT-old+new": {"Refresh with remap+new": {"recall@500": {
+        "diff": 0.01, "low": 0.004, "high": 0.02}}}}
+    text = newcomer_summary(results, ks=(100, 500))
+    assert "Recall@500 0.3000 on part 8 and 0.2800 on part 9 (-7%)" in text
+    assert "moves 90% of items' first code (30% after alignment)" in text
+    assert "Recall@100 0.2600 vs 0.2400" in text and "the refresh is ahead" in text
+    assert "SASRec 1.0000 / 1.0000" in text and "MostPop(gap) 0.2200 / 0.6600" in text
+    assert "Full 0.3000 / 0.9000 (the best generative policy at @100)" in text
+    assert text.endswith("Base is not above MostPop(gap) at any K.")
+    policies["MostPop(gap)"] = _policy("baseline", 0.05, 0.0, 0.0)
+    assert newcomer_summary(results, ks=(100, 500)).endswith("Base is above MostPop(gap) at every K.")
+    md = render_markdown(results)
+    assert md.index("What this run shows") < md.index("## Headline")
+    del policies["Refresh with remap+new"], results["staleness"]
+    assert "Staleness" not in newcomer_summary(results) and "The refresh" not in newcomer_summary(results)

@@ -18,7 +18,9 @@ from pathlib import Path
 from freshsid.data.synthetic import write_synthetic
 from smalldemo import SMALL_SYNTHETIC
 
+# Short schedules (the tiny preset trains to early stopping): the test is about sameness, not quality.
 CONFIG = {"preset": "tiny", "recipe": "remap-3", "threads": 1, "sid": {"tokenizer": "rqvae", "codebook_size": 16, "suffix_size": 64},
+          "fit": {"epochs": 2}, "sasrec": {"max_epochs": 3, "patience": 2},
           "policies": ["MostPop(gap)+new", "Base", "FT-old", "FT-old+new", "FT-aligned (hungarian)",
                        "Refresh with remap", "Full", "Full+FT"]}
 

@@ -100,7 +100,8 @@ def test_output_does_not_depend_on_chunk_size(chunk_events):
 
 
 def test_migrating_items_change_their_co_consumed_community():
-    cfg = SMALL.model_copy(update={"migrating_share": 0.4, "n_events": 20_000})
+    # Items born on day 0 are followed through their migration: most of the catalog here.
+    cfg = SMALL.model_copy(update={"migrating_share": 0.4, "n_events": 20_000, "new_item_share": 0.2})
     truth = ground_truth(cfg)
     migrants = truth.filter(pl.col("migration_timestamp").is_not_null() & (pl.col("birth_timestamp") == cfg.start_timestamp))
     assert migrants.height > 0.2 * cfg.n_items
@@ -273,3 +274,20 @@ def test_sample_in_groups_follows_the_weights():
     idx = _sample_in_groups(np.cumsum(weights), offsets, np.zeros(u.size, np.int64), u)
     share = np.bincount(idx, minlength=5) / u.size
     np.testing.assert_allclose(share, [0.25, 0.75, 0, 0, 0], atol=0.01)
+
+
+def test_shape_stats_count_what_they_say_on_a_log_small_enough_to_count_by_hand():
+    from freshsid.data.interactions import from_arrays
+    from freshsid.data.stats import shape_stats
+
+    # 4 users, 20 events over 20 days; item "a" 10 times (and so repeats).
+    users = ["u0", "u0", "u1", "u1", "u2", "u2", "u3", "u3", "u0", "u1"] * 2
+    items = ["a", "b", "a", "c", "a", "d", "a", "e", "a", "f", "g", "a", "h", "a", "i", "a", "j", "a", "k", "a"]
+    logs = from_arrays(np.array(users), np.array(items), np.arange(20) * 86_400)
+    stats = shape_stats(logs, n_parts=2)
+    assert (stats["users"], stats["items"], stats["events"]) == (4, 11, 20)
+    assert stats["events_per_user_mean"] == 5 and stats["users_under_5_events"] == 0.5
+    pairs = list(zip(users, items))
+    assert stats["repeat_share"] == pytest.approx(1 - len(set(pairs)) / 20)
+    assert stats["top_1pct_item_share"] == pytest.approx(10 / 20)  # the top item alone
+    assert 0 < stats["item_gini"] < 1 and 0 <= stats["new_item_event_share"] <= 1

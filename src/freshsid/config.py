@@ -267,10 +267,12 @@ def stage_seed(seed: int, stage: str) -> int:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         preset="tiny",
-        sasrec=SASRecConfig(dim=32, max_epochs=3, patience=2, valid_users=200, max_length=20),
+        # Trained to convergence: the caps are far above where early stopping ends (each
+        # manifest's best epoch; benchmarks/RESULTS.md, "The demo on a calibrated world").
+        sasrec=SASRecConfig(dim=32, max_epochs=40, patience=3, valid_users=200, max_length=20),
         sid=SidConfig(tokenizer="rqkmeans", codebook_size=16, suffix_size=64),
         retriever="tiny",
-        fit=TrainConfig(epochs=2, batch_size=128, lr=3e-3, warmup_steps=5),
+        fit=TrainConfig(epochs=60, batch_size=128, lr=3e-3, warmup_steps=5, patience=3),
         finetune=TrainConfig(epochs=1, batch_size=128, lr=1e-3, warmup_steps=2),
         beam=50,
         ks=(1, 5, 10, 20, 50),

@@ -166,12 +166,14 @@ def run_experiment(logs: Interactions, config: Any, out: Path) -> None:
     """One :meth:`Experiment.run`; stage lines go to stderr, the headline table to stdout."""
     from freshsid.evaluate.experiment import Experiment
     from freshsid.evaluate.report import headline_table
+    from freshsid.evaluate.summary import newcomer_summary
 
     use_device(config.device)
     runner = Experiment(logs, config, out, show_progress=show_progress())
     runner.log = lambda line: typer.echo(line, err=True)
     results = runner.run()
-    typer.echo(headline_table(results, ks=tuple(config.ks[-3:])))
+    ks = tuple(config.ks[-3:])
+    typer.echo("\n\n".join(part for part in (newcomer_summary(results, ks), headline_table(results, ks=ks)) if part))
     _print_outputs(out)
 
 

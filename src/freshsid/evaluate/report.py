@@ -323,9 +323,12 @@ def render_markdown(results: dict) -> str:
     name = dataset.get("name", "unknown dataset")
     counts = [f"{_fmt(dataset[k])} {k}" for k in ("users", "items", "events") if k in dataset]
     wall = _number(results.get("wall_seconds"))
+    from freshsid.evaluate.summary import newcomer_summary  # it reads this module's helpers
+
     out = [
         f"# freshsid experiment: {name}",
         f"Dataset **{name}**" + (f": {', '.join(counts)}." if counts else ".") + f" Wall time: {_duration(wall)}.",
+        *[part for part in [newcomer_summary(results)] if part],
         "## Headline",
         headline_paragraph(results),
     ]

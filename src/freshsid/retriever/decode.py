@@ -13,6 +13,7 @@ runs no step; its steps run later, only if a descendant has a choice to make.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,14 @@ def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     """Log-softmax over the allowed entries; -inf elsewhere (also for rows with none allowed)."""
     logp = logits.masked_fill(~mask, float("-inf")).log_softmax(dim=-1)
     return logp.masked_fill(~mask, float("-inf"))  # all-masked rows give NaN above
+
+
+def log_softmax_by_group(logit: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """logit (N,) -> (N,) its log-softmax among the entries of the same ``group`` (N,) in
+    [0, n_groups): a node's children scored against each other alone, with no dense mask."""
+    top = torch.full((n_groups,), float("-inf"), device=logit.device).scatter_reduce(0, group, logit, "amax")
+    mass = torch.zeros(n_groups, device=logit.device).index_add_(0, group, (logit - top[group]).exp())
+    return logit - (top + mass.log())[group]
 
 
 @dataclass
@@ -193,10 +202,7 @@ def _last_level(model, trie, history, state: _Beams, top_k: int) -> tuple[torch.
         code = trie.edge_codes[level][leaf[chosen].to(trie.device)].to(device)
         head = model.tok_emb.weight[cfg.level_offsets[level] + code]  # (E', C): the tied head's rows
         logit = (hidden[b // n_beams, row.reshape(-1)[b]] * head).sum(-1).float()
-        # Log-softmax over each beam's children.
-        top = torch.full((n_users * n_beams,), float("-inf"), device=device).scatter_reduce(0, b, logit, "amax")
-        mass = torch.zeros(n_users * n_beams, device=device).index_add_(0, b, (logit - top[b]).exp())
-        logp[chosen] = logit - (top + mass.log())[b]
+        logp[chosen] = log_softmax_by_group(logit, b, n_users * n_beams)  # over each beam's children
     candidate = scores.reshape(-1)[beam_of] + logp
     # Each user's candidates side by side, padded with -inf, then its top_k.
     user = beam_of // n_beams
@@ -276,6 +282,24 @@ def beam_search(
     """
     if beam < 1 or top_k < 1 or batch_size < 1:
         raise FreshsidError(f"beam ({beam}), top_k ({top_k}) and batch_size ({batch_size}) must be >= 1.")
+    return decode_batches(model, histories, user_tokens, codes_table, trie, top_k=top_k, batch_size=batch_size,
+                          search=lambda tokens, lengths: _search(model, tokens, lengths, trie, beam, top_k))
+
+
+def decode_batches(
+    model: Retriever,
+    histories: torch.Tensor | np.ndarray,
+    user_tokens: torch.Tensor | np.ndarray,
+    codes_table: torch.Tensor | np.ndarray,
+    trie: SidTrie,
+    *,
+    top_k: int,
+    batch_size: int,
+    search: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``search`` (tokens (b, L), lengths (b,) -> items, scores (b, <= top_k)) over
+    ``batch_size`` users at a time, in eval mode, and lay the results out as
+    :func:`beam_search` returns them (inputs as it takes them)."""
     device = next(model.parameters()).device
     histories = torch.as_tensor(histories).long().to(device)
     users = torch.as_tensor(user_tokens).long().to(device)
@@ -290,7 +314,7 @@ def beam_search(
             rows = slice(start, start + batch_size)
             batch = build_tokens(histories[rows], codes, users[rows], config=model.config)
             with current().autocast():
-                items, scores = _search(model, batch.tokens, batch.lengths, trie, beam, top_k)
+                items, scores = search(batch.tokens, batch.lengths)
             out_items[rows, : items.shape[1]] = items
             out_scores[rows, : scores.shape[1]] = scores
     finally:

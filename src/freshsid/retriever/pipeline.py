@@ -18,6 +18,7 @@ from freshsid.errors import FreshsidError
 from freshsid.metrics import DEFAULT_KS, recall_ndcg
 from freshsid.retriever.decode import beam_search
 from freshsid.retriever.distill import Teacher
+from freshsid.retriever.exact import exact_top_k
 from freshsid.retriever.model import Retriever, RetrieverConfig, hash_user, load_checkpoint
 from freshsid.retriever.remap import RemapPlan, remap_code_embeddings
 from freshsid.retriever.train import TrainConfig, TrainResult, train
@@ -173,9 +174,13 @@ class Recommender:
         self._lookup = torch.from_numpy(self.lookup).to(device)
 
     def __call__(self, histories: np.ndarray, users: np.ndarray, *, top_k: int, beam: int | None = None,
-                 batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                 batch_size: int = 32, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Items (m, top_k) and scores for users (m,) with histories (m, T); history items the
-        table cannot code are skipped."""
+        table cannot code are skipped. ``exact``: rank every allowed item by its exact score
+        (:func:`~freshsid.retriever.exact.exact_top_k`) instead of the beam search, which then
+        takes no ``beam``."""
+        if exact and beam is not None:
+            raise FreshsidError("Exact scoring ranks every allowed item and takes no beam; pass one or the other.")
         rt = current()
         histories = np.asarray(histories, dtype=np.int64)
         known = (histories >= 0) & (histories < len(self.lookup))
@@ -184,16 +189,13 @@ class Recommender:
         n = len(histories)
         mine = [np.arange(start, min(start + batch_size, n)) for start in rt.share(np.arange(0, n, batch_size))]
         rows = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
-        items, scores = beam_search(
-            self.model,
-            torch.from_numpy(np.ascontiguousarray(histories[rows])),
-            hash_user(np.asarray(users, dtype=np.int64)[rows], self.model.config.user_buckets),
-            self._lookup,
-            self.trie,
-            beam=beam or top_k,
-            top_k=top_k,
-            batch_size=batch_size,
-        )
+        inputs = (self.model, torch.from_numpy(np.ascontiguousarray(histories[rows])),
+                  hash_user(np.asarray(users, dtype=np.int64)[rows], self.model.config.user_buckets),
+                  self._lookup, self.trie)
+        if exact:
+            items, scores = exact_top_k(*inputs, top_k=top_k, batch_size=batch_size)
+        else:
+            items, scores = beam_search(*inputs, beam=beam or top_k, top_k=top_k, batch_size=batch_size)
         if not rt.distributed:
             return items.cpu().numpy(), scores.cpu().numpy()
         out_items = np.full((n, top_k), -1, dtype=np.int64)
