@@ -24,7 +24,8 @@ import json
 from pathlib import Path
 
 from freshsid.evaluate.intervals import compare, interval_ks, read_scores, verdict
-from freshsid.evaluate.report import headline_table, interval_sections, paired_section, policies_of
+from freshsid.evaluate.report import headline_table, interval_sections, paired_section
+from freshsid.evaluate.results import policies_of
 from freshsid.policies import STALE, aligned_variants
 
 REFERENCES = ("FT-old", "FT-old+new", "MostPop(gap)+new", "Full", "Full+FT")

@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from freshsid.evaluate.intervals import verdict as verdict_over_builds
-from freshsid.policies import ABLATIONS, POLICIES, STALE, aligned_variants
+from freshsid.evaluate.results import finite, ks_of, metric_of, policies_of
+from freshsid.evaluate.summary import newcomer_summary
+from freshsid.policies import STALE, aligned_variants
 
 METRICS = ("recall", "ndcg")
 # Compute three ways: retriever training only; all-in (with the SID building a policy needs
@@ -33,36 +34,6 @@ METRIC_TITLES = {"recall": "Recall@K", "ndcg": "nDCG@K"}
 HEADLINE_MIN_K = 100  # the paper's claim is about high cutoffs
 TARGET_COMPUTE_RATIO = 8.0  # paper: ~8-9x less retriever compute than a full rebuild
 MISSING = "—"
-_METRIC_KEY = re.compile(r"^(recall|ndcg)@(\d+)$")
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None for anything missing, non-numeric or NaN/inf."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def metric_of(metrics: dict, metric: str, k: int) -> float | None:
-    return _number((metrics or {}).get(f"{metric}@{k}"))
-
-
-def ks_of(metrics_list: Iterable[dict], metric: str) -> list[int]:
-    """Every K with a ``{metric}@K`` key in any of the dicts, sorted numerically."""
-    found = set()
-    for metrics in metrics_list:
-        for key in metrics or {}:
-            match = _METRIC_KEY.match(key)
-            if match and match.group(1) == metric:
-                found.add(int(match.group(2)))
-    return sorted(found)
-
-
-def policies_of(results: dict) -> dict[str, dict]:
-    """The run's policies in the policy table's order (results.json sorts its keys), others after."""
-    policies = results.get("policies") or {}
-    order = {p.label: i for i, p in enumerate(POLICIES + ABLATIONS)}
-    return {name: policies[name] or {} for name in sorted(policies, key=lambda n: order.get(n, len(order)))}
 
 
 def metric_rows(results: dict) -> list[tuple[str, dict, bool]]:
@@ -74,7 +45,7 @@ def metric_rows(results: dict) -> list[tuple[str, dict, bool]]:
 
 
 def compute_of(policy: dict | None, key: str) -> float | None:
-    return _number(((policy or {}).get("compute") or {}).get(key))
+    return finite(((policy or {}).get("compute") or {}).get(key))
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -92,7 +63,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
-    number = _number(value)
+    number = finite(value)
     if number is None:  # a string passes through; None, NaN and inf show as missing
         return value if isinstance(value, str) else MISSING
     return f"{value:,}" if isinstance(value, int) and spec == ".4f" else format(number, spec)
@@ -174,7 +145,7 @@ def _alignment_section(results: dict) -> str:
             diag.get("sid_agreement_after")
         )
         if prefix is not None and not per_level_prefix:
-            agreement += f"; prefix agreement after: {_fmt(prefix) if _number(prefix) is not None else prefix}"
+            agreement += f"; prefix agreement after: {_fmt(prefix) if finite(prefix) is not None else prefix}"
         parts.append(agreement + ".")
     return "\n\n".join(parts)
 
@@ -322,8 +293,7 @@ def render_markdown(results: dict) -> str:
     dataset = results.get("dataset") or {}
     name = dataset.get("name", "unknown dataset")
     counts = [f"{_fmt(dataset[k])} {k}" for k in ("users", "items", "events") if k in dataset]
-    wall = _number(results.get("wall_seconds"))
-    from freshsid.evaluate.summary import newcomer_summary  # it reads this module's helpers
+    wall = finite(results.get("wall_seconds"))
 
     out = [
         f"# freshsid experiment: {name}",
@@ -359,7 +329,7 @@ def render_markdown(results: dict) -> str:
 
 
 def _interval_cell(cell: dict | None) -> str:
-    if not cell or _number(cell.get("diff")) is None:
+    if not cell or finite(cell.get("diff")) is None:
         return MISSING
     mark = "" if cell["low"] <= 0 <= cell["high"] else " *"
     return f"{cell['diff']:+.4f} [{cell['low']:+.4f}, {cell['high']:+.4f}]{mark}"

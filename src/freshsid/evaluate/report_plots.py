@@ -7,7 +7,8 @@ from pathlib import Path
 
 from freshsid.artifacts import write_bytes_atomic
 from freshsid.evaluate.figures import label_points, new_figure, png_bytes
-from freshsid.evaluate.report import METRIC_TITLES, compute_of, ks_of, metric_of, metric_rows, policies_of, render_markdown
+from freshsid.evaluate.report import METRIC_TITLES, compute_of, metric_rows, render_markdown
+from freshsid.evaluate.results import ks_of, metric_of, policies_of
 
 
 def _colors(results: dict) -> dict[str, str]:

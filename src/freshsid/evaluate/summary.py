@@ -10,7 +10,7 @@ sentence whose policies the run lacks is left out.
 
 from __future__ import annotations
 
-from freshsid.evaluate.report import ks_of, metric_of, policies_of
+from freshsid.evaluate.results import ks_of, metric_of, policies_of
 from freshsid.policies import INCREMENTAL, POLICIES, ComputeKind
 
 REFRESH = "Refresh with remap+new"  # the product's refresh, over the same items as FT-old+new
