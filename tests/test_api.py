@@ -76,6 +76,10 @@ def test_the_estimators_learn_state_with_a_trailing_underscore_and_refuse_when_u
     assert examples["builder"].get_params()["recipe"] == freshsid.preset("tiny").recipe
     retriever = examples["retriever"]
     assert retriever.model_ is not None and retriever.checkpoint_.is_dir() and retriever.table_ is examples["builder"].table_
+    assert retriever.trained_window_ == examples["base"]  # (histories and targets both on base)
+    with pytest.raises(FreshsidError, match="no parameter 'epochs'"):
+        fresh_retriever.set_params(epochs=3)
+    assert fresh_retriever.set_params(beam=7) is fresh_retriever and fresh_retriever.beam == 7
 
 
 def test_the_retriever_is_the_pipelines_and_survives_save_and_load(examples, tmp_path):
