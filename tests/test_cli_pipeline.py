@@ -87,7 +87,10 @@ def test_sids_build_codes_the_covered_items_and_prints_its_stats(run, data):
     _, logs = data
     table = SidTable.load(run["dir"] / "legacy")
     assert table.codebook_sizes == (8, 8, 64) and table.meta["window"] == "0:8"
-    assert np.array_equal(table.items, load_embedding_items(run["dir"] / "emb-0-8"))
+    seen, covered = TemporalSplit(logs, 10).allowed_items(Window.parse("0:8")), load_embedding_items(run["dir"] / "emb-0-8")
+    assert np.array_equal(table.items, seen) and np.isin(covered, seen).all()  # every item of the parts is coded
+    untrained = len(np.setdiff1d(seen, covered))
+    assert (f"never trained on (coded from their initial rows): {untrained:,}" in run["build"].stdout) == (untrained > 0)
     assert (table.item_ids.astype(str) == logs.item_ids[table.items].astype(str)).all()
     stats, text = table.meta["stats"], run["build"].stdout
     assert f"collision rate before suffix: {stats['collision_rate']:.1%}" in text

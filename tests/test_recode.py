@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
                     finetune=TrainConfig(epochs=1, batch_size=64, warmup_steps=1), threads=1, recipe="remap-3")
     out = tmp_path_factory.mktemp("recode")
     experiment = Experiment(logs, config, out / "experiment", show_progress=False)
-    rolling = Rolling(logs, RollingConfig(run=config, n_parts=10, initial=8), out / "rolling", show_progress=False)
+    rolling = Rolling(logs, RollingConfig(run=config, n_parts=10, initial=8, held_out=0), out / "rolling", show_progress=False)
     experiment.log = rolling.log = lambda _: None
     first, window = rolling.initial(), Window(start=0, stop=9)
     builder = api.CollabSidBuilder.from_config(config).fit(experiment.split, config.protocol.base)
