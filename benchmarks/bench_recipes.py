@@ -89,10 +89,17 @@ def main() -> None:
               for seed in args.seeds.split(",")]
     intervals = compare(builds, [OPPONENT, f"{REFRESH} [{recipes[0]}]"], RULE_KS)
     choice = choose(builds, recipes, intervals)
-    means = {label: {c: float(np.mean([b[label][c].mean() for b in builds]))
-                     for c in builds[0][label].columns if c.startswith(("recall@", "ndcg@"))} for label in builds[0]}
+    # (base: the scores on the labels that are base items only, over the users with one: where
+    # the head is lost, old items or new)
+    means = {label: {c: float(np.mean([b[label][c].drop_nans().mean() for b in builds]))
+                     for c in builds[0][label].columns if c.startswith(("recall@", "ndcg@", "base:"))}
+             for label in builds[0]}
     write_json_atomic(args.out / "recipes.json", {"seeds": args.seeds, "means": means, "intervals": intervals,
                                                   "choice": choice})
+    columns = [f"recall@{k}" for k in RULE_KS] + ["ndcg@10", "ndcg@500", "base:recall@1", "base:recall@500"]
+    print("| policy | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
+    for label, row in means.items():
+        print(f"| {label} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")
     print(json.dumps(choice, indent=1))
     for reference, table in interval_sections({"intervals": intervals, "policies": {}}).items():
         print(f"#### Against {reference}\n\n{table}\n")
