@@ -55,7 +55,7 @@ def main() -> None:
         codebook_size=args.codebook_size,
         n_iter=args.n_iter,
         balanced=args.balanced,
-        random_state=args.seed,
+        seed=args.seed,
     )
     start = time.perf_counter()
     model.fit(X)

@@ -239,7 +239,14 @@ def test_the_newcomer_summary_leads_the_report_with_staleness_the_refresh_and_th
     text = newcomer_summary(results, ks=(100, 500))
     assert "Recall@500 0.3000 on part 8 and 0.2800 on part 9 (-7%)" in text
     assert "moves 90% of items' first code (30% after alignment)" in text
-    assert "Recall@100 0.2600 vs 0.2400" in text and "the refresh is ahead" in text
+    assert "Recall@100 0.2600 vs 0.2400" in text and "[+0.0040, +0.0200] (95%, above 0)" in text
+    assert "over builds" not in text  # a cell without the crossed and t intervals gives no verdict
+    cell = results["intervals"]["FT-old+new"]["Refresh with remap+new"]["recall@500"]
+    cell.update(builds=1, crossed_low=0.004, crossed_high=0.02, t_low=None, t_high=None, positive=1)
+    assert "over builds the refresh is level (one build: no t interval; 1 of 1 builds > 0)" in newcomer_summary(
+        results, ks=(100, 500))
+    cell.update(builds=5, t_low=0.001, t_high=0.03, positive=5)
+    assert "over builds the refresh is ahead" in newcomer_summary(results, ks=(100, 500))
     assert "SASRec 1.0000 / 1.0000" in text and "MostPop(gap) 0.2200 / 0.6600" in text
     assert "Full 0.3000 / 0.9000 (the best generative policy at @100)" in text
     assert text.endswith("Base is not above MostPop(gap) at any K.")

@@ -189,7 +189,7 @@ class CollabSidBuilder:
                                 "of freshsid.") from None
         builder = cls(sasrec=None if params["sasrec"] is None else SASRecConfig(**params["sasrec"]),
                       sid=None if params["sid"] is None else SidConfig(**params["sid"]), recipe=params["recipe"],
-                      seed=int(params["seed"]))
+                      seed=int(params["seed"] if "seed" in params else params["random_state"]))  # (its earlier name)
         builder._learnt(sids, build, None, read_manifest(folder / sids.EMBEDDINGS).inputs.get("logs"))
         return builder
 

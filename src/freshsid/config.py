@@ -267,8 +267,9 @@ def stage_seed(seed: int, stage: str) -> int:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         preset="tiny",
-        # Trained to convergence: the caps are far above where early stopping ends (each
-        # manifest's best epoch; benchmarks/RESULTS.md, "The demo on a calibrated world").
+        # Trained to early stopping: the caps sit above where it ends on the demo's world (each
+        # manifest's best epoch; benchmarks/RESULTS.md, "The demo on a calibrated world"),
+        # though not far above for Full, which stopped at 51 of 60 there.
         sasrec=SASRecConfig(dim=32, max_epochs=40, patience=3, valid_users=200, max_length=20),
         sid=SidConfig(tokenizer="rqkmeans", codebook_size=16, suffix_size=64),
         retriever="tiny",

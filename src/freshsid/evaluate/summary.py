@@ -3,13 +3,15 @@
 Three plain sentences built only from ``results.json``, whatever they say: how much Base
 loses from the part after its training to the test part and how many SIDs a refit moves
 (staleness); the product's refresh (with remap, gap items allowed) against the strongest
-incremental coding, FT-old+new, with the paired interval when the run has one; and where
-the generative models stand against the dense SASRec and the popularity baseline. A
+incremental coding, FT-old+new, with the paired interval when the run has one and the
+verdict over builds (:func:`freshsid.evaluate.intervals.verdict`) when it has the intervals
+that needs; and where the generative models stand against the dense SASRec and the popularity baseline. A
 sentence whose policies the run lacks is left out.
 """
 
 from __future__ import annotations
 
+from freshsid.evaluate.intervals import verdict
 from freshsid.evaluate.results import ks_of, metric_of, policies_of
 from freshsid.policies import INCREMENTAL, POLICIES, ComputeKind
 
@@ -69,9 +71,11 @@ def _refresh(results: dict, at, lo: int, hi: int) -> str | None:
                         if at(REFRESH, k) is not None and at(INCREMENTAL.label, k) is not None))
     cell = ((results.get("intervals") or {}).get(INCREMENTAL.label) or {}).get(REFRESH, {}).get(f"recall@{hi}")
     if cell:
-        verdict = ("ahead" if cell["low"] > 0 else "behind" if cell["high"] < 0 else "level (the interval holds 0)")
+        side = ("above 0" if cell["low"] > 0 else "below 0" if cell["high"] < 0 else "holding 0")
         text += (f". Paired over test users, the difference at Recall@{hi} is {cell['diff']:+.4f} "
-                 f"[{cell['low']:+.4f}, {cell['high']:+.4f}] (95%): the refresh is {verdict}")
+                 f"[{cell['low']:+.4f}, {cell['high']:+.4f}] (95%, {side})")
+        if "positive" in cell:  # a verdict needs the crossed and t intervals over builds (runs since they exist)
+            text += f"; over builds the refresh is {verdict(cell)}"
     return text + "."
 
 

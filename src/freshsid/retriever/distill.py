@@ -7,7 +7,8 @@ from Base's distribution over the codes of that level, mapped onto the refreshed
 the refreshed model's: Base's mass on a legacy code is spread over the refreshed codes of
 the items that carried it (:func:`mass_map`), and the mass Base puts on codes that no item
 of both tables carries is left out (the rest renormalised, :func:`mapped_targets`). The
-weight falls linearly to 0 over the fine-tune, which ends on the data alone.
+weight falls linearly to 0 over the fine-tune's planned steps, so a fine-tune that runs
+them all ends on the data alone (one cut short by early stopping ends with some weight left).
 
 Base reads each window with the legacy SIDs (items the legacy table lacks left out of its
 history); a target item the legacy table lacks gets no distillation term. The collision

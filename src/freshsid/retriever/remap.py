@@ -57,14 +57,6 @@ class RemapPlan:
         return ["remap", self.spoken.content_hash, self.levels, *([] if plain else [{**start, **later}])]
 
 
-def remap_plan(spoken: SidTable, table: SidTable, levels: int, **start: Any) -> RemapPlan | None:
-    """What a fine-tune on ``table`` of a checkpoint that speaks ``spoken`` carries over
-    (``pipeline.finetune``'s ``remap``): nothing when ``levels`` is 0 or the table keeps
-    every SID the checkpoint speaks (its own table, or one that only adds items).
-    ``start``: :class:`RemapPlan`'s other fields (a recipe's ``finetune_start()``)."""
-    return RemapPlan(spoken, levels, **start) if levels and not extends(table, spoken) else None
-
-
 def extends(table: SidTable, spoken: SidTable) -> bool:
     """``table`` codes every item of ``spoken`` with the same SID (it may code more)."""
     if table.content_hash == spoken.content_hash:
