@@ -58,15 +58,16 @@ def verdict_table(intervals: dict, pairs: list[tuple[str, str]], cells: list[str
     return "\n".join(lines)
 
 
-def pool(runs: list[Path], metric: str, refresh: str, resamples: int) -> None:
-    """Per dataset, the runs as builds: intervals against every reference and the verdicts."""
+def pool(runs: list[Path], metric: str, refresh: str, resamples: int, extra_ks: tuple[int, ...] = ()) -> None:
+    """Per dataset, the runs as builds: intervals against every reference and the verdicts
+    (at K = 100, 200, 500, the registered metric's K and ``extra_ks``)."""
     by_dataset: dict[str, list[tuple[Path, dict]]] = {}
     for run in runs:
         results = json.loads((run / "results.json").read_text())
         by_dataset.setdefault(results["dataset"]["name"], []).append((run, results))
     for name, found in by_dataset.items():
         builds = [read_scores(run, results["policies"]) for run, results in found]
-        ks = sorted(set(interval_ks(found[0][1]["config"]["ks"])) | {int(metric.split("@")[1])})
+        ks = sorted(set(interval_ks(found[0][1]["config"]["ks"])) | {int(metric.split("@")[1]), *extra_ks})
         intervals = compare(builds, REFERENCES, ks, n_resamples=resamples)
         print(f"### {name}: {len(found)} build(s) ({', '.join(str(run) for run, _ in found)})\n")
         for reference, table in interval_sections({"intervals": intervals, "policies": found[0][1]["policies"]}).items():
@@ -126,9 +127,10 @@ def main() -> None:
     parser.add_argument("--metric", default="recall@500", help="the pre-registered cell of the verdicts")
     parser.add_argument("--refresh", default="Refresh with remap", help="the refresh row of the verdicts (its +new too)")
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--ks", default="", help="with --pool: cutoffs beyond 100, 200, 500 (e.g. 1,10: the head)")
     args = parser.parse_args()
     if args.pool:
-        pool(args.runs, args.metric, args.refresh, args.resamples)
+        pool(args.runs, args.metric, args.refresh, args.resamples, tuple(int(k) for k in args.ks.split(",") if k))
         return
     rows, top = [], None
     for run in args.runs:
