@@ -4,9 +4,9 @@ Three plain sentences built only from ``results.json``, whatever they say: how m
 loses from the part after its training to the test part and how many SIDs a refit moves
 (staleness); the product's refresh (with remap, gap items allowed) against the strongest
 incremental coding, FT-old+new, with the paired interval when the run has one and the
-verdict over builds (:func:`freshsid.evaluate.intervals.verdict`) when it has the intervals
-that needs; and where the generative models stand against the dense SASRec and the popularity baseline. A
-sentence whose policies the run lacks is left out.
+verdict over builds (:func:`freshsid.evaluate.intervals.verdict`) when it has the
+intervals that needs; and where the generative models stand against the dense SASRec and
+the popularity baseline. A sentence whose policies the run lacks is left out.
 """
 
 from __future__ import annotations
