@@ -13,7 +13,8 @@ bootstrap over test users, nested over builds: builds resampled, then users), th
 verdicts of issue 22 at the pre-registered cell (``--metric``, default recall@500) and
 its nDCG beside it (then at the other cutoffs), each with the nested, crossed (one user resample shared by every
 build) and t (over build means) intervals and the sign count; a verdict is ahead or
-behind only when the crossed and t intervals both exclude 0. Reads results.json and the
+behind only when the crossed and t intervals both exclude 0; last, the generative
+policies against the dense SASRec at R@10, N@10 and R@500. Reads results.json and the
 per-user scores the runs wrote.
 """
 
@@ -28,13 +29,19 @@ from freshsid.evaluate.report import headline_table, interval_sections, paired_s
 from freshsid.evaluate.results import policies_of
 from freshsid.policies import STALE, aligned_variants
 
-REFERENCES = ("FT-old", "FT-old+new", "MostPop(gap)+new", "Full", "Full+FT")
+REFERENCES = ("FT-old", "FT-old+new", "MostPop(gap)+new", "Full", "Full+FT", "SASRec")
+HEAD_CELLS = ["recall@10", "ndcg@10", "recall@500"]  # the dense SASRec's bar (issue 39's goal)
 
 
 def verdicts(refresh: str) -> list[tuple[str, str]]:
     """(policy, reference) pairs issue 22 asks a plain verdict for."""
     new = f"{refresh}+new"
     return [(refresh, "FT-old"), (new, "FT-old+new"), (new, "MostPop(gap)+new"), (new, "Full"), (new, "Full+FT")]
+
+
+def against_dense(refresh: str) -> list[tuple[str, str]]:
+    """The generative policies against the dense SASRec, the bar issue 39 sets for the head."""
+    return [(policy, "SASRec") for policy in ("FT-old", "FT-old+new", f"{refresh}+new", "Full+FT")]
 
 
 def _span(low: float | None, high: float | None) -> str:
@@ -79,6 +86,8 @@ def pool(runs: list[Path], metric: str, refresh: str, resamples: int, extra_ks: 
         if others:
             print(f"The same comparisons at the other cutoffs (not registered):\n\n"
                   f"{verdict_table(intervals, verdicts(refresh), others)}\n")
+        print(f"Against the dense SASRec at {', '.join(HEAD_CELLS)}:\n\n"
+              f"{verdict_table(intervals, against_dense(refresh), HEAD_CELLS)}\n")
 
 def cutoffs(results: dict) -> tuple[int, ...]:
     """K >= 100 where the run has them (the paper's high cutoffs), else its three largest."""

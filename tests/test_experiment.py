@@ -473,6 +473,9 @@ def test_summarize_runs_pools_builds_into_intervals_and_verdicts_and_a_kept_run_
     assert row.split("|")[-2].strip().split(" ")[0] in ("ahead", "behind", "level")
     for reference in ("FT-old+new", "MostPop(gap)+new", "Full", "Full+FT"):
         assert f"| Refresh with remap+new − {reference} | recall@20 |" in out
+    assert "Against the dense SASRec at recall@10, ndcg@10, recall@500:" in out
+    dense = next(line for line in out.splitlines() if line.startswith("| FT-old+new − SASRec | recall@10 |"))
+    assert "not in these runs" not in dense and dense.split("|")[-2].strip().split(" ")[0] in ("ahead", "behind", "level")
     # a run whose per-user file is gone: exit 2, nothing kept
     shutil.copytree(experiment.out, tmp_path / "broken")
     next((tmp_path / "broken" / "eval").glob("*.users.parquet")).unlink()
