@@ -168,6 +168,9 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
         if d.get("freshsid_queue_wait_seconds_count"):
             out["queue_ms"] = 1000 * d["freshsid_queue_wait_seconds_sum"] / d["freshsid_queue_wait_seconds_count"]
             out["decode_ms"] = 1000 * d["freshsid_decode_seconds_sum"] / d["freshsid_decode_seconds_count"]
+            if d.get("freshsid_decode_handoff_seconds_count"):  # the code since the decode is timed on its thread
+                out["handoff_ms"] = (1000 * d["freshsid_decode_handoff_seconds_sum"]
+                                     / d["freshsid_decode_handoff_seconds_count"])
             out["latency_ms"] = (1000 * d["freshsid_request_duration_seconds_sum"]
                                  / d["freshsid_request_duration_seconds_count"])
         return out
@@ -270,13 +273,16 @@ def main() -> None:
                 finally:
                     server.stop()
     print("\n| code | beam | micro-batching | loop | concurrency or arrivals | p50 ms | p99 ms | requests/s | mean batch "
-          "| decode ms a request | load average |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| decode ms a request | hand-off ms a batch | load average |\n"
+          "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "—"
         decode = f"{r['decode_ms'] / r['mean_batch']:.1f}" if "decode_ms" in r else "—"
+        handoff = f"{r['handoff_ms']:.1f}" if "handoff_ms" in r else "—"
         setting = f"{r['concurrency']}" if r["loop"] == "closed" else f"{r['arrival_rps']:.1f}/s ({r['share']:.0%})"
         print(f"| {r['code']} | {r['beam']} | {'on' if r['batching'] else 'off'} | {r['loop']} | {setting} | "
-              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['rps']:.1f} | {batch} | {decode} | {r['load']:.2f} |")
+              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['rps']:.1f} | {batch} | {decode} | {handoff} | "
+              f"{r['load']:.2f} |")
     if args.batch_users:
         batch = recommend_batch(releases, args.out / "recs.parquet", users=users[: args.batch_users], k=100, beam=100,
                                 progress=False)

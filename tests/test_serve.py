@@ -140,7 +140,8 @@ def test_metrics_parse_and_have_the_named_series(served):
         assert client.post("/recommend", json={"history": ["45", "46", "1"], "k": 5}).status_code == 200
     families = metric_families(client)
     for name in ("freshsid_requests", "freshsid_request_duration_seconds", "freshsid_batch_size",
-                 "freshsid_queue_wait_seconds", "freshsid_decode_seconds", "freshsid_reloads", "freshsid_release_info",
+                 "freshsid_queue_wait_seconds", "freshsid_decode_seconds", "freshsid_decode_handoff_seconds",
+                 "freshsid_reloads", "freshsid_release_info",
                  "freshsid_release_age_seconds", "freshsid_release_data_until_timestamp_seconds",
                  "freshsid_uncoded_history_share", "freshsid_requests_uncoded_history", "freshsid_recommended_items",
                  "freshsid_last_refresh_outcome", "freshsid_last_refresh_timestamp_seconds"):
@@ -148,6 +149,9 @@ def test_metrics_parse_and_have_the_named_series(served):
         assert families[name].documentation  # HELP
     assert families["freshsid_request_duration_seconds"].type == "histogram"
     assert families["freshsid_batch_size"].type == "histogram"
+    # every batch's decode is timed on its thread, and what it took beyond that apart
+    count = service.metrics.registry.get_sample_value
+    assert count("freshsid_decode_handoff_seconds_count") == count("freshsid_decode_seconds_count") > 0
     release = service.engine.release_id
     assert sample(families, "freshsid_release_info", release=release) == 1
     assert sample(families, "freshsid_requests_total", status="200", release=release) >= 3

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +61,12 @@ class _Pending:
     exclude_seen: bool
     done: asyncio.Future
     queued: float
+
+
+def _timed(call: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``call(*args)`` and the seconds it took, timed on the thread that runs it."""
+    started = time.perf_counter()
+    return call(*args), time.perf_counter() - started
 
 
 class Service:
@@ -140,8 +146,8 @@ class Service:
             raise FreshsidError(f"k = {request.k} is more than the service's beam width {engine.beam}; ask for fewer items.")
         self.metrics.observe_history(uncoded)
         if not self.config.batching:
-            ((items, scores),) = await self._on_decoder(engine, history[None], np.array([user]), [request.k],
-                                                        [request.exclude_seen])
+            ((items, scores),), _ = await self._on_decoder(engine, history[None], np.array([user]),
+                                                           [request.k], [request.exclude_seen])
         else:
             done = asyncio.get_running_loop().create_future()
             self._waiting.append(_Pending(engine, history, user, request.k, request.exclude_seen, done,
@@ -172,22 +178,24 @@ class Service:
         for p in group:
             self.metrics.queue_wait.observe(started - p.queued)
         try:
-            results = await self._on_decoder(engine, np.stack([p.history for p in group]),
-                                             np.array([p.user for p in group]), [p.k for p in group],
-                                             [p.exclude_seen for p in group])
+            results, seconds = await self._on_decoder(engine, np.stack([p.history for p in group]),
+                                                      np.array([p.user for p in group]), [p.k for p in group],
+                                                      [p.exclude_seen for p in group])
         except Exception as exc:  # noqa: BLE001 - handed to the requests, which answer with it
             for p in group:
                 p.done.set_exception(exc)
             return
-        seconds = time.perf_counter() - started
         self.decode_cost.observe(len(group), seconds)
         self.metrics.decode.observe(seconds)
+        self.metrics.handoff.observe(max(0.0, time.perf_counter() - started - seconds))
         self.metrics.batch_size.observe(len(group))
         for p, result in zip(group, results, strict=True):
             p.done.set_result(result)
 
     def _on_decoder(self, engine: Engine, *args: Any) -> asyncio.Future:
-        return asyncio.get_running_loop().run_in_executor(self._decoder, functools.partial(engine.decode, *args))
+        """``engine.decode(*args)`` on the decoding thread: its result and its seconds there."""
+        call = functools.partial(_timed, engine.decode, *args)
+        return asyncio.get_running_loop().run_in_executor(self._decoder, call)
 
     async def _watch(self) -> None:
         while True:

@@ -47,8 +47,11 @@ class ServiceMetrics:
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.queue_wait = Histogram("freshsid_queue_wait_seconds", "Time a request waited for its batch to start "
                                     "decoding.", buckets=LATENCY_BUCKETS, registry=registry)
-        self.decode = Histogram("freshsid_decode_seconds", "Time one batch spent decoding.", buckets=LATENCY_BUCKETS,
-                                registry=registry)
+        self.decode = Histogram("freshsid_decode_seconds", "Time one batch spent decoding, on the decoding thread.",
+                                buckets=LATENCY_BUCKETS, registry=registry)
+        self.handoff = Histogram("freshsid_decode_handoff_seconds", "Time one batch spent going to the decoding "
+                                 "thread and its results back to the event loop, beyond the decode itself.",
+                                 buckets=LATENCY_BUCKETS, registry=registry)
         self.reloads = Counter("freshsid_reloads", "Checks of the current release: swapped in, refused (a release that "
                                "does not load, a pointer that is not one) or failed (an error of the check itself).",
                                ["outcome"], registry=registry)
