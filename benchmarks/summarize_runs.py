@@ -123,8 +123,9 @@ def summary_row(results: dict, k: int) -> list[str]:
     full = next(p for p in policies.values() if p["kind"] == "full")
     plus = policies[with_new[0]]["metrics"][r] if with_new else float("nan")
     n_seeds = len(old.get("by_seed", [0]))
+    refit = f"{policies['FT-new']['metrics'][r]:.4f}" if "FT-new" in policies else "—"  # an ablation, not always run
     return [results["dataset"]["name"], f"{old['metrics'][r]:.4f}", f"{best} {new['metrics'][r]:.4f}",
-            f"{ahead}/{n_seeds}", f"{policies['FT-new']['metrics'][r]:.4f}", f"{plus:.4f}",
+            f"{ahead}/{n_seeds}", refit, f"{plus:.4f}",
             f"{full['metrics'][r]:.4f}", f"{full['compute']['retriever_flops'] / new['compute']['retriever_flops']:.1f}×",
             f"{results['wall_seconds'] / 60:.1f} min"]
 
