@@ -263,3 +263,38 @@ def test_decode_cost_splits_what_a_batch_shares_from_what_each_request_adds():
     for n in (1, 4, 8, 16, 32) * 20:
         recent.observe(n, 0.007 + 0.004 * n)
     assert recent.fixed == pytest.approx(0.007, rel=1e-3)
+
+
+def test_a_decode_process_answers_as_the_decoding_thread_and_ends_with_its_engine(tiny):
+    from freshsid.errors import FreshsidError
+    from freshsid.serve.engine import Engine
+
+    release = tiny.releases.load_current()
+    here = Engine(release, beam=20)
+    apart = Engine(release, beam=20, process_threads=1)
+    histories, users = here.for_users(here.user_ids()[:7])
+    ks, exclude = [3, 20, 1, 5, 20, 2, 9], [False, True, False, True, False, False, True]
+    for (items, scores), (items_apart, scores_apart) in zip(here.decode(histories, users, ks, exclude),
+                                                            apart.decode(histories, users, ks, exclude), strict=True):
+        assert items_apart.tolist() == items.tolist()
+        assert scores_apart == pytest.approx(scores, abs=1e-5)
+    with pytest.raises(FreshsidError, match="no beam"):  # the child's own refusal, raised here as it is
+        apart._search(histories, users, top_k=2, beam=3, exact=True)
+    apart.close()
+    with pytest.raises(RuntimeError, match="has ended"):
+        apart.decode(histories, users, ks, exclude)
+
+
+def test_a_service_decoding_in_a_process_serves_and_swaps(tiny):
+    service = Service(tiny.releases, LIMITS.model_copy(update={"decoder": "process"}))
+    first = service.engine
+    with serve_in_thread(service) as base, httpx.Client(base_url=base, timeout=30) as client:
+        answers = [client.post("/recommend", json={"user_id": u, "k": 5}) for u in first.user_ids()[:3]]
+        assert [a.status_code for a in answers] == [200] * 3
+        histories, users = first.for_users(first.user_ids()[:3])
+        expected = first.recommender(histories, users, top_k=5, beam=LIMITS.beam, batch_size=1)[0]
+        assert [[x["item_id"] for x in a.json()["items"]] for a in answers] == [
+            [first._ids[i] for i in row] for row in expected.tolist()]
+        tiny.releases.rollback()
+        assert client.post("/admin/reload").json()["changed"]
+        assert client.post("/recommend", json={"user_id": first.user_ids()[0], "k": 5}).json()["release"] == "r0001"

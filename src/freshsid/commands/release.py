@@ -326,6 +326,9 @@ def serve(
                                                 "less than the process's, at least 1) [default: 0].")] = None,
     compile_step: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the decoding step "
                                                       "when a release loads [default: off].", show_default=False)] = None,
+    decoder: Annotated[str | None, typer.Option("--decoder", help="Where the beam search runs: thread (beside the event "
+                                                "loop) or process (its own, no GIL shared) [default: thread].",
+                                                show_default=False)] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve recommendations from the current release over HTTP; a newly promoted release is swapped in live.
@@ -343,7 +346,7 @@ def serve(
     from freshsid.serve.release import Releases
 
     settings = serve_config(config, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms, batching=batching,
-                            poll_seconds=poll, threads=threads, compile=compile_step)
+                            poll_seconds=poll, threads=threads, compile=compile_step, decoder=decoder)
     use_device(device)
     service = Service(Releases(releases_root), settings)
     uvicorn.Server(server_config(service, host=host, port=port)).run()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,6 +26,7 @@ class ServeConfig(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0.0)  # how long the first request of a batch waits for company
     batching: bool = True
     threads: int = Field(0, ge=0)  # torch threads of the decoding thread; 0: one less than the process's (at least 1)
+    decoder: Literal["thread", "process"] = "thread"  # where the beam search runs (a process: no GIL shared with the loop)
     compile: bool = False  # torch.compile the decoding step when a release loads (tens of seconds; eager if it fails)
     poll_seconds: float = Field(1.0, gt=0.0)
     max_body_bytes: int = Field(65_536, ge=64)

@@ -2,12 +2,14 @@
 
 The HTTP service and the batch job both ask an :class:`Engine` for recommendations; it
 wraps one release (a :class:`~freshsid.retriever.pipeline.Recommender` over every item
-its table codes) so that swapping releases is swapping engines.
+its table codes) so that swapping releases is swapping engines. The service may have an
+engine decode in a process of its own (:mod:`freshsid.serve.decoder`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from freshsid.errors import FreshsidError
 from freshsid.retriever.pipeline import Recommender
+from freshsid.serve.decoder import DecodeProcess
 from freshsid.serve.metrics import item_age_labels
 from freshsid.serve.release import Release
 
@@ -35,7 +38,10 @@ class Recommendation:
 class Engine:
     """Recommendations from one release, by original user and item ids."""
 
-    def __init__(self, release: Release, *, beam: int, compile_step: bool = False) -> None:
+    def __init__(self, release: Release, *, beam: int, compile_step: bool = False,
+                 process_threads: int | None = None) -> None:
+        """``process_threads``: decode in a child process with that many torch threads
+        (:class:`~freshsid.serve.decoder.DecodeProcess`) rather than on the caller's thread."""
         self.release, self.beam = release, beam
         self.recommender = Recommender(release.model, release.table)
         length = release.model.config.max_history
@@ -59,10 +65,18 @@ class Engine:
         until = release.manifest.info.get("data", {}).get("until_time")
         self._age = (dict(zip(catalog["item"].to_list(), item_age_labels(catalog["first_seen"].to_numpy(), until)))
                      if "first_seen" in catalog.columns and until is not None else {})
-        if compile_step:  # compiled here, by one decode, rather than on a request
+        self._search: Callable[..., tuple[np.ndarray, np.ndarray]] = self.recommender
+        if process_threads is not None:
+            self._search = DecodeProcess(self.recommender, threads=process_threads, compile_step=compile_step)
+        elif compile_step:  # compiled here, by one decode, rather than on a request
             release.model.compile_step()
             if len(self._users):
                 self.decode(self._histories[:1], self._users[:1], [1], [False])
+
+    def close(self) -> None:
+        """End the decode process, if the engine has one (else nothing to do)."""
+        if isinstance(self._search, DecodeProcess):
+            self._search.close()
 
     @property
     def release_id(self) -> str:
@@ -122,8 +136,8 @@ class Engine:
             raise FreshsidError(f"k = {max(ks)} is more than the service's beam width {self.beam}; ask for fewer items.")
         seen = [len(np.unique(row[row >= 0])) if exclude else 0 for row, exclude in zip(histories, exclude_seen, strict=True)]
         width = min(len(self._ids), max(k + n for k, n in zip(ks, seen, strict=True)))
-        items, scores = self.recommender(histories, users, top_k=width, beam=max(self.beam, width),
-                                         batch_size=max(1, len(histories)))
+        items, scores = self._search(histories, users, top_k=width, beam=max(self.beam, width),
+                                     batch_size=max(1, len(histories)))
         out = []
         for row, (k, exclude) in enumerate(zip(ks, exclude_seen, strict=True)):
             keep = items[row] >= 0

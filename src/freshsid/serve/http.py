@@ -47,7 +47,7 @@ from freshsid.serve import journal
 from freshsid.serve.engine import ANONYMOUS, Engine, UnknownUser
 from freshsid.serve.metrics import ServiceMetrics
 from freshsid.serve.requests import BadRequest, BoundedH11Protocol, RecommendRequest, parse_request, read_body
-from freshsid.serve.release import POINTER, Releases, load_release
+from freshsid.serve.release import POINTER, Release, Releases, load_release
 
 log = logging.getLogger("freshsid.serve")
 
@@ -84,22 +84,29 @@ class Service:
     oversubscribe the cores. By default it is one less than the process's, so that the event
     loop (reading, parsing, answering) keeps a core: on 2 shared cores a decode over both
     waited on the loop, and a lone request took twice as long (``benchmarks/RESULTS.md``).
+    With ``decoder = "process"`` that thread hands each batch to the engine's own process
+    (:mod:`freshsid.serve.decoder`), which decodes with those torch threads and no GIL
+    shared with the loop.
     """
 
     def __init__(self, releases: Releases, config: ServeConfig | None = None) -> None:
         self.releases, self.config = releases, config or ServeConfig()
         self.metrics = ServiceMetrics(releases.root)
-        self._use(Engine(releases.load_current(), beam=self.config.beam, compile_step=self.config.compile))
+        # read on the thread that made the service; by default the event loop keeps a core of its own
+        self._threads = self.config.threads or max(1, torch.get_num_threads() - 1)
+        self._use(self._engine(releases.load_current()))
         self._refused: str | None = None  # what was refused last: a release id, or a pointer's stamp
         self._error: str | None = None  # the watcher's last error, logged once
         self._waiting: deque[_Pending] = deque()
         self._ready: asyncio.Event | None = None
         self._arriving = 0  # requests being read or parsed: about to queue
         self.decode_cost = DecodeCost()
-        # read on the thread that made the service; by default the event loop keeps a core of its own
-        self._threads = self.config.threads or max(1, torch.get_num_threads() - 1)
         self._decoder: ThreadPoolExecutor | None = None
         self._reload_lock = asyncio.Lock()
+
+    def _engine(self, release: Release) -> Engine:
+        process = self._threads if self.config.decoder == "process" else None
+        return Engine(release, beam=self.config.beam, compile_step=self.config.compile, process_threads=process)
 
     def _use(self, engine: Engine) -> None:
         self.engine = engine
@@ -221,8 +228,7 @@ class Service:
             if current == self._refused:
                 return {"release": self.engine.release_id, "changed": False, "refused": current}
             try:
-                engine = await asyncio.to_thread(lambda: Engine(load_release(self.releases.path(current)),
-                                                                beam=self.config.beam, compile_step=self.config.compile))
+                engine = await asyncio.to_thread(lambda: self._engine(load_release(self.releases.path(current))))
             except Exception as exc:  # noqa: BLE001 - whatever a release fails with, the old one keeps serving
                 return self._refuse(current, str(exc) if isinstance(exc, FreshsidError) else repr(exc), key=current)
             before = self.engine.release_id
