@@ -14,7 +14,8 @@ its FLOPs counted from the shapes the model was called with (prefill over the hi
 then each level's step over its beams and the head over that level's codes; attention
 counted over the context each token sees), and the same decode by the code before this
 rewrite (``tests/reference_decode.py``, which the tests hold the decode equal to), timed
-alternately with it. ``--profile`` adds torch.profiler tables of a batch-1 and a
+alternately with it. With ``--releases`` the users are the release's own, their histories
+as the server decodes them. ``--profile`` adds torch.profiler tables of a batch-1 and a
 batch-32 decode at beam 100.
 
     python benchmarks/bench_decode.py --profile
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from freshsid.retriever import decode
-from freshsid.retriever.model import Retriever, RetrieverConfig
+from freshsid.retriever.model import Retriever, RetrieverConfig, hash_user
 from freshsid.sid.trie import SidTrie
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +58,29 @@ def synthetic(seed: int = 0) -> tuple[Retriever, np.ndarray, SidTrie]:
     return model, codes, SidTrie(codes, SIZES)
 
 
-def from_release(root: Path) -> tuple[Retriever, np.ndarray, SidTrie]:
+def from_release(root: Path) -> tuple[Retriever, np.ndarray, SidTrie, tuple[torch.Tensor, torch.Tensor]]:
+    """The current release's retriever, SID lookup and trie, and its users' histories and
+    hashed users as the server decodes them (left-padded to the model's history length)."""
+    from freshsid.serve.engine import Engine
     from freshsid.serve.release import Releases
 
     release = Releases(root).load_current()
     table = release.table
-    return release.model.eval(), table.lookup_table(int(table.items.max()) + 1), table.trie()
+    engine = Engine(release, beam=1)
+    histories, users = engine.for_users(engine.user_ids())
+    served = torch.as_tensor(histories), hash_user(torch.as_tensor(users), release.model.config.user_buckets)
+    return release.model.eval(), table.lookup_table(int(table.items.max()) + 1), table.trie(), served
+
+
+def sample(rng: np.random.Generator, served: tuple[torch.Tensor, torch.Tensor] | None, batch: int, n_items: int,
+           buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` histories and hashed users: served users drawn without replacement where a
+    release gives them, else random full histories and buckets."""
+    if served is not None:
+        rows = torch.as_tensor(rng.choice(len(served[0]), batch, replace=False))
+        return served[0][rows], served[1][rows]
+    return (torch.as_tensor(rng.integers(0, n_items, (batch, HISTORY))),
+            torch.as_tensor(rng.integers(0, buckets, batch)))
 
 
 def reference():
@@ -199,7 +217,7 @@ def main() -> None:
           flush=True)
     peak = peak_gflops(args.threads)
     print(f"fp32 peak (2048^3 matmul, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
-    model, codes, trie = from_release(args.releases) if args.releases else synthetic()
+    model, codes, trie, served = from_release(args.releases) if args.releases else (*synthetic(), None)
     old = reference()
     versions = {"after": lambda m, h, u, beam, batch: decode.beam_search(m, h, u, codes, trie, beam=beam, top_k=args.top_k,
                                                                       batch_size=batch)}
@@ -217,8 +235,7 @@ def main() -> None:
     rows = []
     for beam in map(int, args.beams.split(",")):
         for batch in map(int, args.batches.split(",")):
-            hist = torch.as_tensor(rng.integers(0, len(codes), (batch, HISTORY)))
-            users = torch.as_tensor(rng.integers(0, model.config.user_buckets, batch))
+            hist, users = sample(rng, served, batch, len(codes), model.config.user_buckets)
             with FlopCount(model, old) as before:
                 reference_items, reference_scores = old.reference_beam_search(model, hist, users, codes, trie,
                                                                               beam=beam, top_k=args.top_k)
@@ -269,8 +286,7 @@ def main() -> None:
 
     if args.profile:
         for batch in (1, 32):
-            hist = torch.as_tensor(rng.integers(0, len(codes), (batch, HISTORY)))
-            users = torch.as_tensor(rng.integers(0, model.config.user_buckets, batch))
+            hist, users = sample(rng, served, batch, len(codes), model.config.user_buckets)
             for name, run in versions.items():
                 profile(lambda: run(models[name], hist, users, 100, batch), f"{name}, batch {batch}, beam 100")
 
