@@ -77,7 +77,7 @@ def sample(rng: np.random.Generator, served: tuple[torch.Tensor, torch.Tensor] |
     """``batch`` histories and hashed users: served users drawn without replacement where a
     release gives them, else random full histories and buckets."""
     if served is not None:
-        rows = torch.as_tensor(rng.choice(len(served[0]), batch, replace=False))
+        rows = torch.as_tensor(rng.choice(len(served[0]), batch, replace=batch > len(served[0])))
         return served[0][rows], served[1][rows]
     return (torch.as_tensor(rng.integers(0, n_items, (batch, HISTORY))),
             torch.as_tensor(rng.integers(0, buckets, batch)))

@@ -3,6 +3,8 @@
 One tiny release (an untrained model over a synthetic log, seconds to build) served on
 127.0.0.1 with small limits and short timeouts; every loop is bounded."""
 
+import gc
+import os
 import socket
 import time
 
@@ -265,36 +267,56 @@ def test_decode_cost_splits_what_a_batch_shares_from_what_each_request_adds():
     assert recent.fixed == pytest.approx(0.007, rel=1e-3)
 
 
-def test_a_decode_process_answers_as_the_decoding_thread_and_ends_with_its_engine(tiny):
+def test_a_decode_process_answers_as_the_decoding_thread_and_restarts_when_it_dies(tiny):
     from freshsid.errors import FreshsidError
     from freshsid.serve.engine import Engine
 
     release = tiny.releases.load_current()
     here = Engine(release, beam=20)
     apart = Engine(release, beam=20, process_threads=1)
-    histories, users = here.for_users(here.user_ids()[:7])
-    ks, exclude = [3, 20, 1, 5, 20, 2, 9], [False, True, False, True, False, False, True]
-    for (items, scores), (items_apart, scores_apart) in zip(here.decode(histories, users, ks, exclude),
-                                                            apart.decode(histories, users, ks, exclude), strict=True):
-        assert items_apart.tolist() == items.tolist()
-        assert scores_apart == pytest.approx(scores, abs=1e-5)
-    with pytest.raises(FreshsidError, match="no beam"):  # the child's own refusal, raised here as it is
-        apart._search(histories, users, top_k=2, beam=3, exact=True)
-    apart.close()
-    with pytest.raises(RuntimeError, match="has ended"):
-        apart.decode(histories, users, ks, exclude)
+    try:
+        histories, users = here.for_users(here.user_ids()[:7])
+        ks, exclude = [3, 20, 1, 5, 20, 2, 9], [False, True, False, True, False, False, True]
+        for (items, scores), (items_apart, scores_apart) in zip(here.decode(histories, users, ks, exclude),
+                                                                apart.decode(histories, users, ks, exclude),
+                                                                strict=True):
+            assert items_apart.tolist() == items.tolist()
+            assert scores_apart == pytest.approx(scores, abs=1e-5)
+        with pytest.raises(FreshsidError, match="must be >= 1"):  # the child's own refusal, raised here as it is
+            apart._search(histories, users, top_k=0, beam=5, batch_size=7)
+        child = apart._search._process
+        assert child.pid != os.getpid() and child.is_alive()
+        child.kill()
+        child.join()
+        again = apart.decode(histories, users, ks, exclude)  # a new child
+        assert apart._search._process.pid != child.pid
+        assert [items.tolist() for items, _ in again] == [items.tolist() for items, _ in here.decode(histories, users, ks, exclude)]
+    finally:
+        apart.close()
+    assert not apart._search._process.is_alive()
 
 
-def test_a_service_decoding_in_a_process_serves_and_swaps(tiny):
+def test_a_service_decoding_in_a_process_serves_swaps_and_lets_the_old_process_end(tiny):
+    from freshsid.serve.decoder import DecodeProcess
+
     service = Service(tiny.releases, LIMITS.model_copy(update={"decoder": "process"}))
-    first = service.engine
+    assert isinstance(service.engine._search, DecodeProcess)
     with serve_in_thread(service) as base, httpx.Client(base_url=base, timeout=30) as client:
-        answers = [client.post("/recommend", json={"user_id": u, "k": 5}) for u in first.user_ids()[:3]]
+        user_ids = service.engine.user_ids()[:3]
+        answers = [client.post("/recommend", json={"user_id": u, "k": 5}) for u in user_ids]
         assert [a.status_code for a in answers] == [200] * 3
-        histories, users = first.for_users(first.user_ids()[:3])
-        expected = first.recommender(histories, users, top_k=5, beam=LIMITS.beam, batch_size=1)[0]
+        histories, users = service.engine.for_users(user_ids)
+        expected = service.engine.recommender(histories, users, top_k=5, beam=LIMITS.beam, batch_size=1)[0]
         assert [[x["item_id"] for x in a.json()["items"]] for a in answers] == [
-            [first._ids[i] for i in row] for row in expected.tolist()]
+            [service.engine._ids[i] for i in row] for row in expected.tolist()]
+        old = service.engine._search._process
         tiny.releases.rollback()
         assert client.post("/admin/reload").json()["changed"]
-        assert client.post("/recommend", json={"user_id": first.user_ids()[0], "k": 5}).json()["release"] == "r0001"
+        assert client.post("/recommend", json={"user_id": user_ids[0], "k": 5}).json()["release"] == "r0001"
+        deadline = time.monotonic() + 30
+        while old.is_alive() and time.monotonic() < deadline:
+            gc.collect()  # the swapped-out engine, once collected, closes its pipe; its child then ends
+            time.sleep(0.1)
+        assert not old.is_alive()
+        current = service.engine._search._process
+    assert not current.is_alive()  # the service ends its engine's process when it stops

@@ -68,10 +68,10 @@ class Engine:
         self._search: Callable[..., tuple[np.ndarray, np.ndarray]] = self.recommender
         if process_threads is not None:
             self._search = DecodeProcess(self.recommender, threads=process_threads, compile_step=compile_step)
-        elif compile_step:  # compiled here, by one decode, rather than on a request
+        elif compile_step:
             release.model.compile_step()
-            if len(self._users):
-                self.decode(self._histories[:1], self._users[:1], [1], [False])
+        if compile_step and len(self._users):  # compiled here, by one decode, rather than on a request
+            self.decode(self._histories[:1], self._users[:1], [1], [False])
 
     def close(self) -> None:
         """End the decode process, if the engine has one (else nothing to do)."""

@@ -128,6 +128,7 @@ class Service:
             for task in tasks:
                 task.cancel()
             self._decoder.shutdown(wait=False)
+            self.engine.close()
 
     async def answer(self, request: Request) -> tuple[int, bytes]:
         """(status, JSON body) for one POST /recommend."""
