@@ -49,7 +49,7 @@ class DecodeProcess:
     def __call__(self, histories: np.ndarray, users: np.ndarray, *, top_k: int, beam: int,
                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
-            if not self._process.is_alive():
+            if not (self._process.is_alive() and self._close.alive):  # dead, or its pipe closed by an interruption
                 self._close()
                 self._start()
             try:
