@@ -152,9 +152,9 @@ def test_mostpop_ranks_by_the_rounds_part_and_each_round_has_paired_intervals(ru
         entry = record["strategies"]["MostPop"]
         assert entry["metrics"]["recall@20"] == pytest.approx(float(np.mean(expected["recall@20"])))
         assert not any(entry["compute"].values())
-        # every strategy against Incremental, FT-old and Full, on the round's users
+        # every strategy against Incremental, FT-old, Full and MostPop, on the round's users
         intervals = record["intervals"]
-        assert list(intervals) == ["Incremental", "FT-old", "Full"]
+        assert list(intervals) == ["Incremental", "FT-old", "Full", "MostPop"]
         assert list(intervals["Incremental"]) == [n for n in ROLLING_STRATEGIES if n != "Incremental"]
         metrics = {n: e["metrics"] for n, e in record["strategies"].items()}
         for ref, rows in intervals.items():
@@ -230,8 +230,13 @@ def test_summarize_rolling_tables_the_mean_over_rounds_against_incremental(run, 
     monkeypatch.setattr("sys.argv", ["summarize_rolling.py", str(out)])
     benchmark_script("summarize_rolling").main()
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 + len(ROLLING_STRATEGIES)
-    rows = {line.split(" | ")[1]: line for line in lines[2:]}
-    aligned = results["over_rounds"]["Incremental"]["Aligned"]["recall@20"]
-    assert f"{aligned['diff']:+.4f} [{aligned['low']:+.4f}, {aligned['high']:+.4f}]" in rows["Aligned"]
-    assert "| 1.0× | 1.0× |" in rows["Full"] and rows["Incremental"].count("—") == 2
+    strategies, against = lines[2:2 + len(ROLLING_STRATEGIES)], lines[2 + len(ROLLING_STRATEGIES):]
+    rows = {line.split(" | ")[1]: line for line in strategies}
+    cells = lambda c: f"{c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"  # noqa: E731
+    aligned = results["over_rounds"]["Incremental"]["Aligned"]
+    assert cells(aligned["recall@10"]) in rows["Aligned"] and cells(aligned["recall@20"]) in rows["Aligned"]
+    assert "| 1.0× | 1.0× |" in rows["Full"] and rows["Incremental"].count("—") == 3
+    # then Aligned against every reference, at every cutoff with an interval
+    assert [line.split(" | ")[1] for line in against[3:]] == [f"Aligned − {r}" for r in ("Incremental", "FT-old", "Full", "MostPop")]
+    assert against[1].count("ΔR@") == against[1].count("ΔN@") == 3
+    assert cells(results["over_rounds"]["MostPop"]["Aligned"]["ndcg@20"]) in against[-1].rsplit(" | ", 1)[1]

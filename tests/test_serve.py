@@ -190,6 +190,16 @@ def test_a_fresh_server_exports_the_series_its_alerts_read_at_zero(tiny):
     assert sample(families, "freshsid_requests_total", status="500", release="r0002") == 0
 
 
+def test_without_batching_each_request_is_a_decode_of_one_and_is_timed(tiny):
+    service = Service(tiny.releases, LIMITS.model_copy(update={"batching": False}))
+    with serve_in_thread(service) as base, httpx.Client(base_url=base, timeout=30) as client:
+        for _ in range(2):
+            assert client.post("/recommend", json={"user_id": "1", "k": 3}).status_code == 200
+    count = service.metrics.registry.get_sample_value
+    assert count("freshsid_decode_seconds_count") == count("freshsid_batch_size_count") == 2
+    assert count("freshsid_batch_size_sum") == 2 and count("freshsid_decode_seconds_sum") > 0
+
+
 def test_release_shows_counts_and_times_never_which_user_touched_which_item(served):
     _, client, service, _ = served
     shown = client.get("/release").json()

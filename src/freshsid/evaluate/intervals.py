@@ -40,6 +40,7 @@ from freshsid.metrics import per_user
 RESAMPLES = 1000
 LEVEL = 0.95
 INTERVAL_KS = (100, 200, 500)  # the paper's high cutoffs; a run without them uses its three largest
+HEAD_KS = (10,)  # and the head, where a run has it
 BASE_LABELS = "base:"  # column prefix of the scores on base-item labels only
 
 
@@ -204,9 +205,10 @@ def _bounds(cell: dict[str, Any], name: str) -> tuple[float, float] | None:
 
 
 def interval_ks(ks: Sequence[int]) -> tuple[int, ...]:
-    """The cutoffs intervals are given at: 100, 200 and 500 where the run has them."""
-    chosen = tuple(k for k in INTERVAL_KS if k in ks)
-    return chosen or tuple(sorted(ks))[-3:]
+    """The cutoffs intervals are given at: 100, 200 and 500 where the run has them (else its
+    three largest), and 10 where it has it."""
+    high = tuple(k for k in INTERVAL_KS if k in ks) or tuple(sorted(ks))[-3:]
+    return tuple(sorted({*high, *(k for k in HEAD_KS if k in ks)}))
 
 
 def compare(builds: Sequence[dict[str, pl.DataFrame]], references: Sequence[str], ks: Sequence[int], *,

@@ -73,7 +73,7 @@ from freshsid.retriever.remap import RemapPlan
 from freshsid.runtime import repeatable
 from freshsid.sid.table import SidTable
 
-REFERENCES = ("Incremental", "FT-old", "Full")  # the paired intervals: every strategy minus each of these
+REFERENCES = ("Incremental", "FT-old", "Full", "MostPop")  # the paired intervals: every strategy minus each of these
 SID_COMPUTE = ("embedding_flops", "embedding_seconds", "tokenizer_flops", "tokenizer_seconds")
 COMPUTE = ("retriever_flops", "retriever_seconds", *SID_COMPUTE)
 TRIGGER_ACTIONS = {"R": "refresh", "I": "incremental", "": "nothing"}  # what Triggered did in a round, by step letter

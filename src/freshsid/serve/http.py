@@ -154,8 +154,10 @@ class Service:
             raise FreshsidError(f"k = {request.k} is more than the service's beam width {engine.beam}; ask for fewer items.")
         self.metrics.observe_history(uncoded)
         if not self.config.batching:
-            ((items, scores),), _ = await self._on_decoder(engine, history[None], np.array([user]),
-                                                           [request.k], [request.exclude_seen])
+            ((items, scores),), seconds = await self._on_decoder(engine, history[None], np.array([user]),
+                                                                 [request.k], [request.exclude_seen])
+            self.metrics.decode.observe(seconds)  # a batch of one
+            self.metrics.batch_size.observe(1)
         else:
             done = asyncio.get_running_loop().create_future()
             self._waiting.append(_Pending(engine, history, user, request.k, request.exclude_seen, done,
