@@ -118,3 +118,20 @@ def test_rolling_refuses_a_protocol_without_rounds_or_an_unknown_name(tmp_path, 
     result = runner.invoke(app, ["rolling", "--dataset", "synthetic", "--preset", "tiny", "--out", str(tmp_path / "run"), *args])
     assert result.exit_code == 2 and says in result.output, result.output
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_rolling_passes_threads_and_the_protocol_to_the_runner(tmp_path, monkeypatch):
+    from freshsid.evaluate.rolling import Rolling
+
+    seen = {}
+
+    def fake_run(self):
+        seen["config"] = self.config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(Rolling, "run", fake_run)
+    result = runner.invoke(app, ["rolling", "--dataset", "synthetic", "--preset", "tiny", "--threads", "1",
+                                 "--strategies", "Incremental,Aligned", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    config = seen["config"]
+    assert config.run.threads == 1 and config.run.preset == "tiny" and config.strategies == ("Incremental", "Aligned")

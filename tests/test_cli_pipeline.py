@@ -232,9 +232,10 @@ def test_experiment_passes_its_options_to_the_runner(monkeypatch, tmp_path, data
     opts, _ = data
     seen = record_runs(monkeypatch)
     result = invoke("experiment", *opts, "--preset", "tiny", "--policies", "Base, FT-aligned (hungarian)",
-                    "--max-eval-users", "7", "--out", tmp_path / "exp")
+                    "--max-eval-users", "7", "--threads", "1", "--out", tmp_path / "exp")
     config = seen["config"]
     assert config.preset == "tiny" and config.policies == ("Base", "FT-aligned (hungarian)") and config.max_eval_users == 7
+    assert config.threads == 1 != preset("tiny").threads
     assert "FT-aligned (hungarian)" in result.stdout and "0.2500" in result.stdout
     assert str(tmp_path / "exp" / "results.json") in result.stdout
 

@@ -198,6 +198,7 @@ BeamOpt = Annotated[int, typer.Option("--beam", min=1, help="Beam width of the t
 MaxUsersOpt = Annotated[int | None, typer.Option("--max-users", min=1, help="Evaluate a random sample of this many users.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads of every stage (default: the preset's, 2; results depend on it, so compare runs made with the same number).")]
 # Protocol windows as CLI defaults, from the one protocol definition.
 BASE, GAP, TEST = str(PROTOCOL.base), str(PROTOCOL.gap), str(PROTOCOL.test)
 

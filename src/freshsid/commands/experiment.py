@@ -18,6 +18,7 @@ from freshsid.commands.common import (
     KsOpt,
     MaxUsersOpt,
     RunOutOpt,
+    ThreadsOpt,
     configure,
     data_options,
     experiment_preset,
@@ -104,6 +105,7 @@ def experiment(
     validation: Annotated[bool, typer.Option("--validation", help="Run on the validation split (every window one part earlier: base [0, 7), gap [7, 8), scored on part 8), where settings are chosen; the last part is never read.")] = False,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP + " Default: the config's (auto).")] = None,
     kcore: Annotated[int | None, typer.Option("--kcore", min=2, help="Keep only the k-core of the events before the test part (users and items with at least N events there); the test part is never filtered.")] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Run the policies (Base, FT-old, FT-new, FT-aligned, Full, ...) on one dataset; write results and report.
 
@@ -136,7 +138,7 @@ def experiment(
         protocol = protocol.model_copy(update={"kcore": kcore})
     config = configure(base, policies=chosen, max_eval_users=max_eval_users, recipe=recipe,
                        finetune_seeds=None if seeds is None else _seed_list(seeds),
-                       protocol=protocol.model_dump(), device=device)
+                       protocol=protocol.model_dump(), device=device, threads=threads)
     run_experiment(data.load(), config, out)
 
 

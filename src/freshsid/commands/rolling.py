@@ -11,6 +11,7 @@ from freshsid.commands.common import (
     DataSource,
     DeviceOpt,
     RunOutOpt,
+    ThreadsOpt,
     configure,
     data_options,
     experiment_preset,
@@ -36,6 +37,7 @@ def rolling(
     recipe: Annotated[str | None, typer.Option("--recipe", help=f"How SIDs are refreshed: {', '.join(RECIPES)}.")] = None,
     max_eval_users: Annotated[int | None, typer.Option("--max-eval-users", min=1, help="Score a random sample of this many users per part.")] = None,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Refresh after refresh: Frozen, FT-old, incremental coding, an aligned chain, Full rebuilds, a trigger and MostPop.
 
@@ -45,11 +47,14 @@ def rolling(
     Example: freshsid rolling --dataset amazon-beauty --preset cpu --out runs/rolling-beauty
 
     More rounds: freshsid rolling --dataset amazon-beauty --n-parts 20 --initial 10 --out runs/rolling-beauty-20
+
+    Two runs side by side on two cores: freshsid rolling --dataset amazon-toys --threads 1 --out runs/rolling-toys
     """
     from freshsid.evaluate.rolling import Rolling
 
     use_device(device)
-    run = configure(experiment_preset(preset), recipe=recipe, max_eval_users=max_eval_users, device=device)
+    run = configure(experiment_preset(preset), recipe=recipe, max_eval_users=max_eval_users, device=device,
+                    threads=threads)
     chosen = ROLLING_STRATEGIES if strategies is None else tuple(s.strip() for s in strategies.split(",") if s.strip())
     config = configure(RollingConfig(run=run), n_parts=n_parts, initial=initial, held_out=held_out,
                        strategies=chosen, signal=signal,
