@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from freshsid.artifacts import write_json_atomic
-from freshsid.config import preset
+from freshsid.config import ExperimentConfig, preset
 from freshsid.data.registry import load_dataset
 from freshsid.evaluate.experiment import Experiment
 from freshsid.evaluate.intervals import compare, read_scores, verdict
@@ -43,14 +43,19 @@ OPPONENT, REFRESH = "FT-old+new", "Refresh with remap+new"
 CANDIDATES = ("remap-3", "remap-3-distill", "remap-3-replay", "remap-3-prefix", "drift-remap-3")
 
 
+def validation_config(size: str, recipe: str, seed: int, threads: int) -> ExperimentConfig:
+    """A build's config: the preset with ``recipe``, reseeded, on the validation split."""
+    base = preset(size, recipe=recipe, threads=threads).reseeded(seed)
+    return base.model_copy(update={"protocol": base.protocol.validation(), "policies": (OPPONENT,)})
+
+
 def build(logs, seed: int, out: Path, size: str, recipes: list[str], threads: int) -> dict:
     """One build's per-user scores by label: the opponents once, the refresh once per recipe."""
     torch.set_num_threads(threads)
     repeatable()
 
-    def config(recipe: str):
-        base = preset(size, recipe=recipe, threads=threads).reseeded(seed)
-        return base.model_copy(update={"protocol": base.protocol.validation(), "policies": (OPPONENT,)})
+    def config(recipe: str) -> ExperimentConfig:
+        return validation_config(size, recipe, seed, threads)
 
     run = Experiment(logs, config(recipes[0]), out)
     frames = read_scores(out, {label: run.evaluate(policy(label)) for label in ("MostPop(gap)+new", OPPONENT)})

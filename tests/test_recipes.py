@@ -79,3 +79,23 @@ def test_only_items_that_drifted_with_confidence_and_evidence_take_new_sids():
     assert np.array_equal(aligned.codes_for(keep), legacy.codes_for(keep))  # the whole SID, suffix included
     assert aligned.meta["stats"]["alignment"]["kept_items"] == 7
     assert len(np.unique(aligned.codes, axis=0)) == len(aligned)
+
+
+def test_head_loss_classes_each_label_by_how_the_refresh_recoded_it(monkeypatch):
+    from pathlib import Path
+
+    from test_experiment import benchmark_script
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # it reads bench_recipes' settings
+
+    def table(rows: dict[int, tuple[int, ...]]) -> SidTable:
+        items = np.array(sorted(rows))
+        return SidTable(items=items, codes=np.array([rows[i] for i in items], dtype=np.int32),
+                        codebook_sizes=(2, 2, 2, 2), item_ids=items.astype(str))
+
+    legacy = table({0: (0, 0, 0, 0), 1: (0, 1, 0, 0), 2: (1, 0, 0, 0), 3: (1, 1, 1, 0), 5: (1, 0, 1, 0)})
+    # 2 joins 1's code (both merged), 3 changes at level 3, 5 at level 1, 0 keeps its code, 4 is new
+    refreshed = table({0: (0, 0, 0, 0), 1: (0, 1, 0, 0), 2: (0, 1, 0, 1), 3: (1, 1, 0, 0), 5: (0, 0, 1, 0),
+                       4: (1, 1, 1, 0)})
+    kinds = benchmark_script("head_loss").classes(legacy, refreshed, np.array([4, 0, 1, 2, 3, 5, 0]))
+    assert kinds.tolist() == ["new", "kept", "merged", "merged", "level 3", "level 1", "kept"]
