@@ -14,8 +14,9 @@ recipe's aligned table) codes the label against the legacy table:
 Per class: its share of the users, then the refresh (Refresh with remap+new) against the
 strongest incremental coding (FT-old+new) at Recall@1, @10 and @100 pooled over the builds
 (nested interval and t interval over build means; the classes hold other users in each
-build, so there is no crossed interval). Only the recipe's recode is rebuilt (seconds); the
-scores are the run's:
+build, so there is no crossed interval). Only the recipe's recode is rebuilt (seconds) and
+the scores are the run's, given the run's ``--threads`` (a recode on another number of
+threads differs, so its fine-tune and scores are rebuilt too):
 
     python benchmarks/head_loss.py --dataset amazon-toys --seeds 1,2,3 --out runs/inc-toys
 """
