@@ -8,8 +8,8 @@ its 95% interval (the mean over rounds of the per-round paired differences; user
 resampled within each round), the cumulative retriever FLOPs and, when Full ran, how many
 times less retriever and all-in compute than Full. Second table: the refresh every round
 (Aligned) against each other reference the run compared it with, at every cutoff the run
-gave intervals at. Reads only results.json (a run made before an interval was kept has
-"—" in its cell).
+gave intervals at. Third: Aligned against Incremental round by round. Reads only
+results.json (a run made before an interval was kept has "—" in its cell).
 """
 
 from __future__ import annotations
@@ -71,6 +71,16 @@ def refresh_rows(results: dict, keys: list[str]) -> list[str]:
     return out
 
 
+def round_rows(results: dict, keys: list[str]) -> list[str]:
+    """Aligned minus Incremental in each round, at ``keys``."""
+    out = []
+    for record in results["rounds"]:
+        cells = record.get("intervals", {}).get(REFERENCE, {}).get(REFRESH, {})
+        out.append(f"| {results['dataset']['name']} | {record['round']} (part {record['scored_on']}) | "
+                   + " | ".join(cell(cells.get(key)) for key in keys) + " |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="rolling run folders (each with results.json)")
@@ -90,6 +100,11 @@ def main() -> None:
     print("|---|---|" + "---:|" * len(keys))
     for results in loaded:
         print("\n".join(refresh_rows(results, keys)))
+    by_round = [f"recall@{HEAD}", f"recall@{k}", f"ndcg@{k}"]
+    print(f"\n| dataset | round (scored on) | {' | '.join(f'{REFRESH} − {REFERENCE}, ' + key for key in by_round)} |")
+    print("|---|---|" + "---:|" * len(by_round))
+    for results in loaded:
+        print("\n".join(round_rows(results, by_round)))
 
 
 if __name__ == "__main__":

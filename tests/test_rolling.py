@@ -230,7 +230,8 @@ def test_summarize_rolling_tables_the_mean_over_rounds_against_incremental(run, 
     monkeypatch.setattr("sys.argv", ["summarize_rolling.py", str(out)])
     benchmark_script("summarize_rolling").main()
     lines = capsys.readouterr().out.splitlines()
-    strategies, against = lines[2:2 + len(ROLLING_STRATEGIES)], lines[2 + len(ROLLING_STRATEGIES):]
+    strategies, rest = lines[2:2 + len(ROLLING_STRATEGIES)], lines[2 + len(ROLLING_STRATEGIES):]
+    against, by_round = rest[:3 + 4], rest[3 + 4:]
     rows = {line.split(" | ")[1]: line for line in strategies}
     cells = lambda c: f"{c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"  # noqa: E731
     aligned = results["over_rounds"]["Incremental"]["Aligned"]
@@ -240,3 +241,8 @@ def test_summarize_rolling_tables_the_mean_over_rounds_against_incremental(run, 
     assert [line.split(" | ")[1] for line in against[3:]] == [f"Aligned − {r}" for r in ("Incremental", "FT-old", "Full", "MostPop")]
     assert against[1].count("ΔR@") == against[1].count("ΔN@") == 3
     assert cells(results["over_rounds"]["MostPop"]["Aligned"]["ndcg@20"]) in against[-1].rsplit(" | ", 1)[1]
+    # last, Aligned against Incremental in each round
+    assert len(by_round) == 3 + len(results["rounds"])
+    for line, record in zip(by_round[3:], results["rounds"], strict=True):
+        assert line.startswith(f"| synthetic | {record['round']} (part {record['scored_on']}) | ")
+        assert cells(record["intervals"]["Incremental"]["Aligned"]["recall@10"]) in line
