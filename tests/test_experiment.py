@@ -8,6 +8,7 @@ the wrong start or over the wrong table fails it, whatever its code meant to do.
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -48,6 +49,7 @@ BASELINES = {
     "MostPop(gap)": ("mostpop", "8:9", "0:8"),
     "MostPop(gap)+new": ("mostpop", "8:9", "0:9"),
     "SASRec": ("sasrec", "0:9", "0:9"),
+    "SASRec (base)": ("sasrec", "0:8", "0:8"),
 }
 
 
@@ -166,7 +168,8 @@ def baseline_violations(experiment: Experiment, label: str, record: dict) -> lis
         if record["ranking"]["counts"] != [int(counts[i]) for i in expected]:
             found.append(f"{label}: the counts it records are not those of {learnt}")
     else:
-        embeddings = read_manifest(experiment.out / "rebuild/embeddings")
+        stage = "rebuild" if learnt == DEFINITIONS["Full"][2] else "legacy"
+        embeddings = read_manifest(experiment.out / f"{stage}/embeddings")
         if embeddings.info.get("window") != learnt:
             found.append(f"{label}: its SASRec trained on {embeddings.info.get('window')}")
     return found
@@ -481,6 +484,23 @@ def test_summarize_runs_pools_builds_into_intervals_and_verdicts_and_a_kept_run_
     next((tmp_path / "broken" / "eval").glob("*.users.parquet")).unlink()
     monkeypatch.setattr("sys.argv", ["keep_scores.py", str(tmp_path / "broken"), str(tmp_path / "kept-broken")])
     assert keep.main() == 2 and not (tmp_path / "kept-broken").exists()
+
+
+def test_the_dense_bar_scores_a_finished_run_with_its_own_config_and_reuses_its_stages(run, monkeypatch):
+    """benchmarks/bench_dense_bar.py: Base and SASRec (base) of a finished run, from the config in
+    its results.json, without building anything again (the scores are the run's own)."""
+    experiment, results = run
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # it imports its sibling scripts
+    bar = benchmark_script("bench_dense_bar")
+    def stages():
+        return {p: p.stat().st_mtime_ns for folder in ("eval", "models", "legacy") for p in (experiment.out / folder).rglob("*")}
+
+    before = stages()
+    scores = bar.score(experiment.logs, experiment.out, False, 1)
+    assert list(scores) == ["Base", "SASRec (base)"] and stages() == before
+    for label, frame in scores.items():
+        kept = pl.read_parquet(experiment.out / results["policies"][label]["per_user"][0])
+        assert frame.equals(kept)
 
 
 def test_kcore_filters_the_events_before_the_test_part_and_mostpop_counts_what_is_left(logs, tmp_path):

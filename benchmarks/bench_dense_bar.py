@@ -1,0 +1,90 @@
+"""Study: Base against the dense SASRec trained on its own window, pooled over builds (issue 39's bar).
+
+Issue 39 asks that Base, the retriever every policy starts from, be at least level with a
+converged dense SASRec at Recall@10 and nDCG@10 and ahead at Recall@500. The dense reference
+is the policy ``SASRec (base)``: the SASRec the legacy SIDs were coded from, trained on Base's
+window until its own validation stopped improving, exact top-K over the same items. Each
+build folder is scored with the config it was built with, its stages reused (Base is not
+trained again; only the two evaluations run), and the builds are pooled: Base against
+SASRec (base) with the nested, crossed and t intervals and the verdict.
+
+Two kinds of folders: finished ``freshsid experiment`` runs (their ``results.json`` gives
+the config; on the standard split this reads the test part), or the validation builds of
+``bench_recipes.py`` (``--validation``: the preset reseeded with each folder's seed, as that
+script builds them; reads part 8 only):
+
+    python benchmarks/bench_dense_bar.py --dataset amazon-toys --runs runs/final36-toys-b1,runs/final36-toys-b2
+    python benchmarks/bench_dense_bar.py --dataset amazon-toys --validation --runs runs/inc-toys/b1,runs/inc-toys/b2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_recipes import validation_config
+from freshsid.config import ExperimentConfig
+from freshsid.data.registry import load_dataset
+from freshsid.evaluate.experiment import Experiment
+from freshsid.evaluate.intervals import compare, read_scores
+from freshsid.policies import policy
+from freshsid.runtime import repeatable
+from summarize_runs import verdict_table
+
+GENERATIVE, DENSE = "Base", "SASRec (base)"
+KS = (1, 10, 100, 500)
+BAR = ["recall@10", "ndcg@10", "recall@500"]  # level at the first two, ahead at the third
+
+
+def config_of(run: Path, validation: bool, threads: int) -> ExperimentConfig:
+    """The config ``run`` was built with, asked for Base and the dense reference only."""
+    if validation:
+        seed = re.fullmatch(r"b(\d+)", run.name)
+        if seed is None:
+            raise SystemExit(f"{run}: a bench_recipes build folder is named b<seed>")
+        config = validation_config("cpu", "remap-3", int(seed.group(1)), threads)
+    else:
+        config = ExperimentConfig.model_validate(json.loads((run / "results.json").read_text())["config"])
+    return config.model_copy(update={"policies": (GENERATIVE, DENSE)})
+
+
+def score(logs, run: Path, validation: bool, threads: int) -> dict:
+    """Base and SASRec (base) scored in ``run``: label -> per-user scores."""
+    torch.set_num_threads(threads)
+    repeatable()
+    experiment = Experiment(logs, config_of(run, validation, threads), run)
+    return read_scores(run, {label: experiment.evaluate(policy(label)) for label in (GENERATIVE, DENSE)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--runs", required=True, help="comma-separated build folders of one dataset")
+    parser.add_argument("--validation", action="store_true", help="the folders are bench_recipes.py builds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write the means and intervals here (JSON)")
+    args = parser.parse_args()
+    runs = [Path(r) for r in args.runs.split(",")]
+    if len(runs) < 2:
+        parser.error("--runs needs two builds or more: with one there is no t interval, so no verdict")
+    logs = load_dataset(args.dataset)
+    builds = [score(logs, run, args.validation, args.threads) for run in runs]
+    intervals = compare(builds, [DENSE], KS)
+    cells = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]
+    means = {label: {c: float(np.mean([b[label][c].mean() for b in builds])) for c in cells} for label in builds[0]}
+    print(f"{args.dataset}, {len(runs)} builds ({'validation, part 8' if args.validation else 'as each run was split'})\n")
+    print("| policy | " + " | ".join(cells) + " |\n|---|" + "---:|" * len(cells))
+    for label, row in means.items():
+        print(f"| {label} | " + " | ".join(f"{row[c]:.4f}" for c in cells) + " |")
+    print("\n" + verdict_table(intervals, [(GENERATIVE, DENSE)], cells))
+    if args.out:
+        args.out.write_text(json.dumps({"runs": [str(r) for r in runs], "means": means, "intervals": intervals}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
