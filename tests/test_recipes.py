@@ -99,3 +99,38 @@ def test_head_loss_classes_each_label_by_how_the_refresh_recoded_it(monkeypatch)
                        4: (1, 1, 1, 0)})
     kinds = benchmark_script("head_loss").classes(legacy, refreshed, np.array([4, 0, 1, 2, 3, 5, 0]))
     assert kinds.tolist() == ["new", "kept", "merged", "merged", "level 3", "level 1", "kept"]
+
+
+def test_the_recipe_table_joins_runs_and_applies_the_rule_to_every_recipe(monkeypatch, tmp_path):
+    """benchmarks/recipe_table.py: a later run adds only the recipes the earlier lack, and the
+    rule (the best mean among the recipes never behind) is applied to all of them."""
+    import json
+    from pathlib import Path
+
+    from test_experiment import benchmark_script
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    script = benchmark_script("recipe_table")
+    cells = script.CELLS
+
+    def cell(diff: float, behind: bool = False) -> dict:  # a behind cell: crossed and t both below 0
+        high = -0.001 if behind else 0.01
+        return {"diff": diff, "crossed_low": -0.01, "crossed_high": high, "t_low": -0.01, "t_high": high,
+                "positive": 0, "builds": 3}
+
+    def run(path: Path, recipes: dict[str, tuple[float, bool]]) -> Path:
+        labels = {f"{script.REFRESH} [{r}]": v for r, v in recipes.items()}
+        path.write_text(json.dumps({
+            "means": {script.OPPONENT: dict.fromkeys(cells, 0.1), script.POPULAR: dict.fromkeys(cells, 0.05),
+                      **{label: dict.fromkeys(cells, mean) for label, (mean, _) in labels.items()}},
+            "intervals": {script.OPPONENT: {script.POPULAR: {c: cell(-0.05) for c in cells},
+                                            **{label: {c: cell(mean - 0.1, behind and c == "ndcg@50")
+                                                       for c in cells} for label, (mean, behind) in labels.items()}}}}))
+        return path
+
+    first = run(tmp_path / "a.json", {"remap-3": (0.11, False), "fast": (0.13, True)})
+    second = run(tmp_path / "b.json", {"remap-3": (0.5, False), "slow": (0.12, False)})
+    found = script.rows([first, second])
+    assert list(found) == ["remap-3", "fast", "slow"] and found["remap-3"]["source"] == str(first)
+    means, chosen = script.choose(found)
+    assert chosen == "slow" and means["fast"] > means["slow"]  # the best mean is behind at one cell
