@@ -16,7 +16,8 @@ counted over the context each token sees), and the same decode by the code befor
 rewrite (``tests/reference_decode.py``, which the tests hold the decode equal to), timed
 alternately with it. With ``--releases`` the users are the release's own, their histories
 as the server decodes them. ``--profile`` adds torch.profiler tables of a batch-1 and a
-batch-32 decode at beam 100.
+batch-32 decode at beam 100. ``--matmuls`` times the decode's matmuls alone at the shapes it
+ran them: what the decode would cost, and its share of peak, if nothing else took time.
 
     python benchmarks/bench_decode.py --profile
     python benchmarks/bench_decode.py --releases runs/beauty-release --beams 100 --batches 1,32
@@ -105,6 +106,8 @@ class FlopCount:
     def __init__(self, model: Retriever, reference_module=None) -> None:
         self.model, self.cfg, self.reference = model, model.config, reference_module
         self.tokens, self.linear, self.attention, self.head = Counter(), Counter(), Counter(), Counter()
+        self.rows: list[int] = []  # the rows of each call through the layers (prefill, then steps)
+        self.head_rows: list[tuple[int, int]] = []  # (rows, codes) of each head call
         owner = reference_module if reference_module is not None else model
         self._calls = (model.encode, getattr(owner, "_step" if reference_module is not None else "step"),
                        model.level_logits)
@@ -112,6 +115,7 @@ class FlopCount:
     def _step(self, rows: int, done: int, n_prefix: int) -> None:
         c, f, layers = self.cfg.width, self.cfg.ffn, self.cfg.n_layers
         self.tokens[done + 1] += rows
+        self.rows.append(rows)
         self.linear[done + 1] += rows * layers * 2 * (4 * c * c + 2 * c * f)
         self.attention[done + 1] += rows * layers * 4 * c * (n_prefix + done + 1)
 
@@ -122,6 +126,7 @@ class FlopCount:
         def counted_encode(tokens):
             n, length = tokens.shape
             self.tokens[0] += n * length
+            self.rows.append(n * length)
             self.linear[0] += n * length * layers * 2 * (4 * c * c + 2 * c * f)
             self.attention[0] += n * layers * 4 * c * length * (length + 1) / 2
             return encode(tokens)
@@ -136,6 +141,7 @@ class FlopCount:
 
         def counted_logits(hidden, level):
             self.head[level] += hidden.numel() // c * self.cfg.codebook_sizes[level] * 2 * c
+            self.head_rows.append((hidden.numel() // c, self.cfg.codebook_sizes[level]))
             return level_logits(hidden, level)
 
         self.model.encode, self.model.level_logits = counted_encode, counted_logits
@@ -159,6 +165,27 @@ class FlopCount:
         return [{"level": d, "tokens": self.tokens[d], "linear_mflop": self.linear[d] / 1e6,
                  "attention_mflop": self.attention[d] / 1e6, "head_mflop": self.head[d] / 1e6}
                 for d in range(self.cfg.n_levels)]
+
+
+def matmuls_ms(count: FlopCount, repeats: int) -> float:
+    """ms of the decode's matmuls alone, at the shapes it ran them: for every call through the
+    layers (its rows), each layer's q/k/v, output, and two MLP products, and every head call;
+    nothing else (no attention, norms, activations, copies, top-k). A decode cannot be faster
+    than this on the same BLAS; its FLOPs over this time is the share of peak it would reach
+    if everything but the matmuls cost nothing."""
+    c, f, layers = count.cfg.width, count.cfg.ffn, count.cfg.n_layers
+    shapes = [(rows, n_in, n_out) for rows in count.rows for _ in range(layers)
+              for n_in, n_out in ((c, 3 * c), (c, c), (c, f), (f, c))] + [(r, c, k) for r, k in count.head_rows]
+    most = max(rows for rows, _, _ in shapes)
+    inputs = {n_in: torch.randn(most, n_in) for _, n_in, _ in shapes}
+    weights = {(n_in, n_out): (torch.randn(n_out), torch.randn(n_in, n_out)) for _, n_in, n_out in shapes}
+
+    def run() -> None:
+        for rows, n_in, n_out in shapes:
+            bias, weight = weights[n_in, n_out]
+            torch.addmm(bias, inputs[n_in][:rows], weight)
+
+    return 1000 * timed(run, repeats)
 
 
 def peak_gflops(threads: int, n: int = 2048) -> float:
@@ -211,6 +238,8 @@ def main() -> None:
                         help="time the decode before this rewrite (tests/reference_decode.py) alongside")
     parser.add_argument("--compile", action="store_true", help="also time the decode with the step compiled")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of batch-1 and batch-32 decodes")
+    parser.add_argument("--matmuls", action="store_true",
+                        help="also time the decode's matmuls alone at its shapes (the bound on its share of peak)")
     args = parser.parse_args()
 
     print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads}",
@@ -252,6 +281,9 @@ def main() -> None:
                 for name, run in versions.items():
                     ms = 1000 * timed(lambda: run(models[name], hist, users, beam, batch), repeats)
                     row[f"{name}_ms"] = min(row.get(f"{name}_ms", float("inf")), ms)
+            if args.matmuls:
+                row["matmuls_ms"] = matmuls_ms(after, repeats)
+                row["matmul_gflop"] = (sum(after.linear.values()) + sum(after.head.values())) / 1e9
             row["load"] = os.getloadavg()[0]
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -269,6 +301,15 @@ def main() -> None:
         same = ", ".join(n + ("" if r[f"{n}_identical"] else " (order among ties)") for n in versions
                          if r[f"{n}_same"]) or "none"
         print(f"| {r['beam']} | {r['batch']} | {r['gflop_before']:.2f} | {r['gflop']:.2f} | {cells} | {same} |")
+    if args.matmuls:
+        print("\nThe decode's matmuls alone (projections, MLP and heads at the shapes it ran them; nothing else), "
+              "against the whole decode (after):\n")
+        print("| beam | users | matmuls ms | their GFLOP/s, share of peak | the decode's FLOPs over the matmuls' time, "
+              "share of peak | matmuls' share of the decode's time |\n|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['beam']} | {r['batch']} | {r['matmuls_ms']:.2f} | "
+                  f"{r['matmul_gflop'] / r['matmuls_ms'] * 1000:.0f}, {100 * r['matmul_gflop'] / r['matmuls_ms'] * 1000 / peak:.0f}% | "
+                  f"{100 * r['gflop'] / r['matmuls_ms'] * 1000 / peak:.0f}% | {100 * r['matmuls_ms'] / r['after_ms']:.0f}% |")
     print("\nA lone user's decode over the per-user cost in a batch of 32 (the goal: at most 2):\n")
     for beam in sorted({r["beam"] for r in rows}):
         by_batch = {r["batch"]: r for r in rows if r["beam"] == beam}
