@@ -16,7 +16,9 @@ stay cached). Pooled over the builds, every policy
 against FT-old+new (nested, crossed and t intervals, sign counts), and the choice by the
 rule fixed before any run (issue 37): the recipe with the best mean Recall@K and nDCG@K
 over K in {1, 10, 50, 100, 200, 500} whose worst cell is not behind FT-old+new. Reads only
-the validation split's last part (part 8), never the test part.
+the validation split's last part (part 8), never the test part. ``--opponent-at cold-ft30`` also
+fine-tunes FT-old+new as that recipe fine-tunes (the same budget and schedule), so that a
+recipe with a longer fine-tune meets the opponent at its own budget too.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def validation_config(size: str, recipe: str, seed: int, threads: int) -> Experi
     return base.model_copy(update={"protocol": base.protocol.validation(), "policies": (OPPONENT,)})
 
 
-def build(logs, seed: int, out: Path, size: str, recipes: list[str], threads: int) -> dict:
-    """One build's per-user scores by label: the opponents once, the refresh once per recipe."""
+def build(logs, seed: int, out: Path, size: str, recipes: list[str], threads: int,
+          opponent_at: tuple[str, ...] = ()) -> dict:
+    """One build's per-user scores by label: the opponents once, the refresh once per recipe,
+    and the opponent again at the fine-tune budget of each recipe in ``opponent_at``."""
     torch.set_num_threads(threads)
     repeatable()
 
@@ -63,7 +67,16 @@ def build(logs, seed: int, out: Path, size: str, recipes: list[str], threads: in
     for recipe in sorted(recipes, key=lambda r: RECIPES[r].recode_settings() != shared):  # (stable: the others last)
         study = Experiment(logs, config(recipe), out, variant=recipe)
         frames[f"{REFRESH} [{recipe}]"] = read_scores(out, {REFRESH: study.evaluate(policy(REFRESH))})[REFRESH]
+    for recipe in opponent_at:  # the run's own SIDs and coding, fine-tuned as ``recipe`` fine-tunes (equal budget)
+        own = config(recipes[0])
+        tuned = own.model_copy(update={"finetune": RECIPES[recipe].finetune_config(own.finetune)})
+        study = Experiment(logs, tuned, out, variant=f"ft-{recipe}")
+        frames[opponent_at_label(recipe)] = read_scores(out, {OPPONENT: study.evaluate(policy(OPPONENT))})[OPPONENT]
     return frames
+
+
+def opponent_at_label(recipe: str) -> str:
+    return f"{OPPONENT} [{recipe}'s fine-tune]"
 
 
 def choose(builds: list[dict], recipes: list[str], intervals: dict) -> dict:
@@ -86,6 +99,8 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated build seeds")
     parser.add_argument("--recipes", default=",".join(CANDIDATES), help="the first is the run's own")
+    parser.add_argument("--opponent-at", default="",
+                        help="comma-separated recipes: also fine-tune the opponent as each of them does (its budget)")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
@@ -93,9 +108,14 @@ def main() -> None:
     logs, recipes = load_dataset(args.dataset), args.recipes.split(",")
     if len(args.seeds.split(",")) < 2:
         parser.error("--seeds needs two builds or more: with one there is no t interval, so no verdict says 'behind'")
-    builds = [build(logs, int(seed), args.out / f"b{seed}", args.preset, recipes, args.threads)
+    opponent_at = tuple(r for r in args.opponent_at.split(",") if r)
+    unknown = [r for r in (*recipes, *opponent_at) if r not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe {unknown[0]!r}; the recipes are {', '.join(RECIPES)}")
+    builds = [build(logs, int(seed), args.out / f"b{seed}", args.preset, recipes, args.threads, opponent_at)
               for seed in args.seeds.split(",")]
-    intervals = compare(builds, [OPPONENT, f"{REFRESH} [{recipes[0]}]"], RULE_KS)
+    intervals = compare(builds, [OPPONENT, f"{REFRESH} [{recipes[0]}]", *map(opponent_at_label, opponent_at)],
+                        RULE_KS)
     choice = choose(builds, recipes, intervals)
     # (base: the scores on the labels that are base items only, over the users with one: where
     # the head is lost, old items or new)

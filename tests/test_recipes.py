@@ -134,3 +134,30 @@ def test_the_recipe_table_joins_runs_and_applies_the_rule_to_every_recipe(monkey
     assert list(found) == ["remap-3", "fast", "slow"] and found["remap-3"]["source"] == str(first)
     means, chosen = script.choose(found)
     assert chosen == "slow" and means["fast"] > means["slow"]  # the best mean is behind at one cell
+
+
+def test_the_opponent_at_a_recipes_budget_fine_tunes_as_that_recipe_on_the_runs_own_sids(monkeypatch, tmp_path):
+    """bench_recipes.py --opponent-at: FT-old+new again, on the same incremental table, with the
+    recipe's fine-tune settings, read back from the checkpoint's manifest."""
+    from pathlib import Path
+
+    from test_experiment import benchmark_script
+
+    from freshsid.artifacts import read_manifest
+    from freshsid.data.registry import synthetic_dataset
+    from smalldemo import SMALL_SYNTHETIC
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    bench = benchmark_script("bench_recipes")
+    slow = RECIPES["cold-ft30"].model_copy(update={"finetune": {**RECIPES["cold-ft30"].finetune, "epochs": 3}})
+    monkeypatch.setitem(bench.RECIPES, "slow", slow)
+    logs = synthetic_dataset(SMALL_SYNTHETIC, cache_dir=tmp_path / "cache")
+    frames = bench.build(logs, 1, tmp_path / "b1", "tiny", ["remap-3"], 1, opponent_at=("slow",))
+    label = bench.opponent_at_label("slow")
+    assert set(frames) == {"MostPop(gap)+new", bench.OPPONENT, f"{bench.REFRESH} [remap-3]", label}
+    assert frames[label]["user"].equals(frames[bench.OPPONENT]["user"])
+    own, tuned = (read_manifest(tmp_path / "b1" / "models" / name)
+                  for name in ("base-legacy-new-gap", "base-legacy-new-gap@ft-slow"))
+    assert tuned.info["train"]["epochs"] == 3 and tuned.info["train"]["lr"] == 1e-4
+    assert tuned.info["train"]["schedule"] == "constant" and own.info["train"]["epochs"] != 3
+    assert tuned.info["sid_table"] == own.info["sid_table"]  # the same incremental coding
