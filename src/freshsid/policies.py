@@ -151,12 +151,12 @@ ABLATIONS: tuple[Policy, ...] = (
     # Is a fresh vocabulary worth anything to this retriever? Full's rebuild with the stale SIDs.
     Policy("Full-old", ModelSpec(Tokenizer.LEGACY, Start.SCRATCH, "base+gap"), "base", ComputeKind.FULL,
            "stale legacy SIDs, retriever rebuilt from scratch on base+gap (an ablation of Full)"),
-    # Full with the refresh's SIDs (continued from the legacy models under a warm recipe).
     # The dense reference a Base is measured against (issue 39): the SASRec behind the legacy
     # SIDs, trained on base alone until its validation stops improving.
     Policy("SASRec (base)", Baseline("sasrec", "base"), "base", ComputeKind.BASELINE,
            "the dense SASRec behind the legacy SIDs (trained on base until its validation stops improving), "
            "exact top-K over base items"),
+    # Full with the refresh's SIDs (continued from the legacy models under a warm recipe).
     Policy("Full (warm SIDs)", ModelSpec(Tokenizer.REFRESHED, Start.SCRATCH, "base+gap"), "base+gap", ComputeKind.FULL,
            "the refresh's SIDs (refit on base+gap as the recipe says), retriever trained from scratch on base+gap"),
 )
