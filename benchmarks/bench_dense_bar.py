@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bench_recipes import validation_config
+from freshsid.artifacts import write_json_atomic
 from freshsid.config import ExperimentConfig
 from freshsid.data.registry import load_dataset
 from freshsid.evaluate.experiment import Experiment
@@ -41,19 +42,21 @@ KS = (1, 10, 100, 500)
 BAR = ["recall@10", "ndcg@10", "recall@500"]  # level at the first two, ahead at the third
 
 
-def config_of(run: Path, validation: bool, threads: int) -> ExperimentConfig:
-    """The config ``run`` was built with, asked for Base and the dense reference only."""
+def config_of(run: Path, validation: tuple[str, str] | None, threads: int) -> ExperimentConfig:
+    """The config ``run`` was built with, asked for Base and the dense reference only;
+    ``validation``: the (preset, first recipe) of a bench_recipes run, whose config is not
+    written down."""
     if validation:
         seed = re.fullmatch(r"b(\d+)", run.name)
         if seed is None:
             raise SystemExit(f"{run}: a bench_recipes build folder is named b<seed>")
-        config = validation_config("cpu", "remap-3", int(seed.group(1)), threads)
+        config = validation_config(*validation, int(seed.group(1)), threads)
     else:
         config = ExperimentConfig.model_validate(json.loads((run / "results.json").read_text())["config"])
     return config.model_copy(update={"policies": (GENERATIVE, DENSE)})
 
 
-def score(logs, run: Path, validation: bool, threads: int) -> dict:
+def score(logs, run: Path, validation: tuple[str, str] | None, threads: int) -> dict:
     """Base and SASRec (base) scored in ``run``: label -> per-user scores."""
     torch.set_num_threads(threads)
     repeatable()
@@ -66,6 +69,8 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--runs", required=True, help="comma-separated build folders of one dataset")
     parser.add_argument("--validation", action="store_true", help="the folders are bench_recipes.py builds")
+    parser.add_argument("--preset", default="cpu", help="with --validation: the preset the builds used")
+    parser.add_argument("--recipe", default="remap-3", help="with --validation: the builds' first recipe")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the means and intervals here (JSON)")
     args = parser.parse_args()
@@ -73,7 +78,8 @@ def main() -> None:
     if len(runs) < 2:
         parser.error("--runs needs two builds or more: with one there is no t interval, so no verdict")
     logs = load_dataset(args.dataset)
-    builds = [score(logs, run, args.validation, args.threads) for run in runs]
+    validation = (args.preset, args.recipe) if args.validation else None
+    builds = [score(logs, run, validation, args.threads) for run in runs]
     intervals = compare(builds, [DENSE], KS)
     cells = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]
     means = {label: {c: float(np.mean([b[label][c].mean() for b in builds])) for c in cells} for label in builds[0]}
@@ -83,7 +89,7 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(f"{row[c]:.4f}" for c in cells) + " |")
     print("\n" + verdict_table(intervals, [(GENERATIVE, DENSE)], cells))
     if args.out:
-        args.out.write_text(json.dumps({"runs": [str(r) for r in runs], "means": means, "intervals": intervals}, indent=1))
+        write_json_atomic(args.out, {"runs": [str(r) for r in runs], "means": means, "intervals": intervals})
 
 
 if __name__ == "__main__":

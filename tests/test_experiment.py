@@ -496,7 +496,7 @@ def test_the_dense_bar_scores_a_finished_run_with_its_own_config_and_reuses_its_
         return {p: p.stat().st_mtime_ns for folder in ("eval", "models", "legacy") for p in (experiment.out / folder).rglob("*")}
 
     before = stages()
-    scores = bar.score(experiment.logs, experiment.out, False, 1)
+    scores = bar.score(experiment.logs, experiment.out, None, 1)
     assert list(scores) == ["Base", "SASRec (base)"] and stages() == before
     for label, frame in scores.items():
         kept = pl.read_parquet(experiment.out / results["policies"][label]["per_user"][0])
