@@ -178,12 +178,12 @@ def matmuls_ms(count: FlopCount, repeats: int) -> float:
               for n_in, n_out in ((c, 3 * c), (c, c), (c, f), (f, c))] + [(r, c, k) for r, k in count.head_rows]
     most = max(rows for rows, _, _ in shapes)
     inputs = {n_in: torch.randn(most, n_in) for _, n_in, _ in shapes}
-    weights = {(n_in, n_out): (torch.randn(n_out), torch.randn(n_in, n_out)) for _, n_in, n_out in shapes}
+    # laid out as nn.Linear keeps them: (out, in), applied transposed
+    weights = {(n_in, n_out): (torch.randn(n_out, n_in), torch.randn(n_out)) for _, n_in, n_out in shapes}
 
     def run() -> None:
         for rows, n_in, n_out in shapes:
-            bias, weight = weights[n_in, n_out]
-            torch.addmm(bias, inputs[n_in][:rows], weight)
+            torch.nn.functional.linear(inputs[n_in][:rows], *weights[n_in, n_out])
 
     return 1000 * timed(run, repeats)
 
