@@ -3,10 +3,11 @@
 Issue 39 asks that Base, the retriever every policy starts from, be at least level with a
 converged dense SASRec at Recall@10 and nDCG@10 and ahead at Recall@500. The dense reference
 is the policy ``SASRec (base)``: the SASRec the legacy SIDs were coded from, trained on Base's
-window until its own validation stopped improving, exact top-K over the same items. Each
-build folder is scored with the config it was built with, its stages reused (Base is not
-trained again; only the two evaluations run), and the builds are pooled: Base against
-SASRec (base) with the nested, crossed and t intervals and the verdict.
+window until its own validation stopped improving, exact top-K over the same items; beside
+them the simplest baseline, ``MostPop(gap)``. Each build folder is scored with the config
+it was built with, its stages reused (Base is not trained again; only the evaluations
+run), and the builds are pooled: Base (and MostPop(gap)) against SASRec (base) with the
+nested, crossed and t intervals, and Base's verdict.
 
 Two kinds of folders: finished ``freshsid experiment`` runs (their ``results.json`` gives
 the config; on the standard split this reads the test part), or the validation builds of
@@ -37,13 +38,13 @@ from freshsid.policies import policy
 from freshsid.runtime import repeatable
 from summarize_runs import verdict_table
 
-GENERATIVE, DENSE = "Base", "SASRec (base)"
+GENERATIVE, DENSE, POPULAR = "Base", "SASRec (base)", "MostPop(gap)"  # the last: the simplest baseline
 KS = (1, 10, 100, 500)
 BAR = ["recall@10", "ndcg@10", "recall@500"]  # level at the first two, ahead at the third
 
 
 def config_of(run: Path, validation: tuple[str, str] | None, threads: int) -> ExperimentConfig:
-    """The config ``run`` was built with, asked for Base and the dense reference only;
+    """The config ``run`` was built with, asked for Base, the dense reference and MostPop(gap);
     ``validation``: the (preset, first recipe) of a bench_recipes run, whose config is not
     written down."""
     if validation:
@@ -53,15 +54,15 @@ def config_of(run: Path, validation: tuple[str, str] | None, threads: int) -> Ex
         config = validation_config(*validation, int(seed.group(1)), threads)
     else:
         config = ExperimentConfig.model_validate(json.loads((run / "results.json").read_text())["config"])
-    return config.model_copy(update={"policies": (GENERATIVE, DENSE)})
+    return config.model_copy(update={"policies": (GENERATIVE, DENSE, POPULAR)})
 
 
 def score(logs, run: Path, validation: tuple[str, str] | None, threads: int) -> dict:
-    """Base and SASRec (base) scored in ``run``: label -> per-user scores."""
+    """Base, SASRec (base) and MostPop(gap) scored in ``run``: label -> per-user scores."""
     torch.set_num_threads(threads)
     repeatable()
     experiment = Experiment(logs, config_of(run, validation, threads), run)
-    return read_scores(run, {label: experiment.evaluate(policy(label)) for label in (GENERATIVE, DENSE)})
+    return read_scores(run, {label: experiment.evaluate(policy(label)) for label in (GENERATIVE, DENSE, POPULAR)})
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freshsid.artifacts import read_manifest
+from freshsid.config import TrainConfig
 from freshsid.errors import FreshsidError
 from freshsid.retriever.model import (
     Retriever,
@@ -111,6 +112,33 @@ def test_loss_respects_item_weights():
     # No weighted item: a zero loss, not a division by zero.
     zero = build_tokens(items, codes, np.array([0]), config=cfg, item_weight=np.zeros((1, 5)))
     assert model.loss(zero).item() == 0.0
+
+
+def test_label_smoothing_spreads_each_level_over_its_codebook():
+    torch.manual_seed(2)
+    cfg, codes = tiny(), codes_table()
+    model = Retriever(cfg).eval()
+    weight = np.array([[0, 1, 0, 2, 0]], dtype=np.float32)
+    batch = build_tokens(np.array([[1, 2, 3, 4, 5]]), codes, np.array([0]), config=cfg, item_weight=weight)
+    logits = model(batch.tokens)
+
+    def expect(eps: float) -> float:  # (1 - eps) x the target's loss + eps x the mean over the level's codes
+        return sum(w * ((1 - eps) * -logp[codes[item, d]] - eps * logp.mean()).item()
+                   for position, item, w in ((1, 2, 1.0), (3, 4, 2.0)) for d in range(3)
+                   for logp in [F.log_softmax(logits[d][0, position], dim=-1)])
+
+    for eps in (0.0, 0.2, 0.9):
+        assert model.loss_sum(batch.tokens, batch.item_weight, smoothing=eps).item() == pytest.approx(expect(eps), rel=1e-6)
+    assert abs(expect(0.9) - expect(0.0)) > 1e-3  # the settings differ measurably on this batch
+
+
+def test_train_settings_added_later_leave_earlier_stage_keys_alone():
+    """Stage keys hash a TrainConfig's str: a later setting at its default must not show
+    there (the runs keyed before it stay valid), and must once it is set."""
+    assert "label_smoothing" not in str(TrainConfig())
+    assert str(TrainConfig()) == str(TrainConfig(label_smoothing=0.0))
+    assert "label_smoothing=0.1" in str(TrainConfig(label_smoothing=0.1))
+    assert TrainConfig(label_smoothing=0.1).model_dump()["label_smoothing"] == 0.1
 
 
 @settings(max_examples=50, deadline=None)

@@ -152,7 +152,18 @@ class TrainConfig(BaseModel):
     patience: int = Field(3, gt=0)  # epochs without validation improvement before stopping
     valid_fraction: float = Field(0.05, ge=0, lt=1)  # users held out for early stopping
     seed: int = 0
+    # Share of each level's target spread over its whole codebook (0: plain cross-entropy).
+    # The held-out loss that early stopping reads stays plain.
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
+    def __repr_args__(self):
+        """The stage keys hash this repr: a setting added after runs were keyed shows only when
+        set, so that the keys of runs without it stay as they were."""
+        return [(name, value) for name, value in super().__repr_args__()
+                if not (name in _LATER_TRAIN_SETTINGS and value == _LATER_TRAIN_SETTINGS[name])]
+
+
+_LATER_TRAIN_SETTINGS = {"label_smoothing": 0.0}  # setting -> its default
 
 # Retriever sizes by preset (freshsid.retriever.model.RetrieverConfig.preset); the SID
 # shape always comes from the SidTable.

@@ -379,7 +379,8 @@ class Retriever(nn.Module):
         return self.loss_sum(batch.tokens, weight) / (weight.sum() * self.config.n_levels).clamp(min=1e-12)
 
     def loss_sum(self, tokens: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor | None = None,
-                 soft: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                 soft: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 smoothing: float = 0.0) -> torch.Tensor:
         """Weighted *sum* of the cross-entropy over every level of every item with weight > 0.
 
         tokens (B, 1 + T*D) and weight (B, T) as in :class:`TokenBatch`. Training divides
@@ -389,7 +390,8 @@ class Retriever(nn.Module):
         their flat indices in ``weight`` (found here when not given, which on CUDA costs a
         host synchronisation: training computes it on the host). ``soft(level, logits (N,
         K_level), weights (N,))``: a further term per level, added to the sum
-        (distillation, :mod:`freshsid.retriever.distill`).
+        (distillation, :mod:`freshsid.retriever.distill`). ``smoothing``: label smoothing
+        over each level's codebook.
         """
         cfg = self.config
         w = weight.reshape(-1)
@@ -399,7 +401,8 @@ class Retriever(nn.Module):
         total = hidden.new_zeros((), dtype=torch.float32)
         for d in range(cfg.n_levels):
             logits = self.level_logits(hidden[:, d], d).float()
-            ce = F.cross_entropy(logits, targets[:, d] - cfg.level_offsets[d], reduction="none")
+            ce = F.cross_entropy(logits, targets[:, d] - cfg.level_offsets[d], reduction="none",
+                                 label_smoothing=smoothing)
             total = total + (w * ce).sum() + (soft(d, logits, w) if soft is not None else 0.0)
         return total
 

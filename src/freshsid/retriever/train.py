@@ -127,7 +127,7 @@ def train(
                             + ([["embedding_steps", embedding_steps]] if embedding_steps else [])
                             + ([teacher.key()] if teacher is not None else []))
     state = _start_or_resume(work_dir, run_id, model, optimizer, scheduler, cfg.seed, rt)
-    net: torch.nn.Module = _SummedLoss(model)
+    net: torch.nn.Module = _SummedLoss(model, cfg.label_smoothing)
     if rt.distributed:
         net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.on_gpu else None)
     loop = _Loop(model, net, optimizer, scheduler, train_seqs, codes, cfg, rt, embedding_steps=embedding_steps,
@@ -283,12 +283,12 @@ class _Loop:
 class _SummedLoss(torch.nn.Module):
     """The retriever's summed loss as a module's forward, which is what DistributedDataParallel wraps."""
 
-    def __init__(self, model: Retriever) -> None:
+    def __init__(self, model: Retriever, smoothing: float = 0.0) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.smoothing = model, smoothing
 
     def forward(self, tokens: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, soft=None) -> torch.Tensor:
-        return self.model.loss_sum(tokens, weight, keep, soft)
+        return self.model.loss_sum(tokens, weight, keep, soft, self.smoothing)
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int) -> list[np.ndarray]:
