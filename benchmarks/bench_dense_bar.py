@@ -6,8 +6,9 @@ is the policy ``SASRec (base)``: the SASRec the legacy SIDs were coded from, tra
 window until its own validation stopped improving, exact top-K over the same items; beside
 them the simplest baseline, ``MostPop(gap)``. Each build folder is scored with the config
 it was built with, its stages reused (Base is not trained again; only the evaluations
-run), and the builds are pooled: Base (and MostPop(gap)) against SASRec (base) with the
-nested, crossed and t intervals, and Base's verdict.
+run), and the builds are pooled: Base against SASRec (base) and against MostPop(gap), with
+the nested, crossed and t intervals and the verdicts. (MostPop(gap) has seen the part
+after Base's window; the bar is the dense model on the same window.)
 
 Two kinds of folders: finished ``freshsid experiment`` runs (their ``results.json`` gives
 the config; on the standard split this reads the test part), or the validation builds of
@@ -81,14 +82,14 @@ def main() -> None:
     logs = load_dataset(args.dataset)
     validation = (args.preset, args.recipe) if args.validation else None
     builds = [score(logs, run, validation, args.threads) for run in runs]
-    intervals = compare(builds, [DENSE], KS)
+    intervals = compare(builds, [DENSE, POPULAR], KS)
     cells = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]
     means = {label: {c: float(np.mean([b[label][c].mean() for b in builds])) for c in cells} for label in builds[0]}
     print(f"{args.dataset}, {len(runs)} builds ({'validation, part 8' if args.validation else 'as each run was split'})\n")
     print("| policy | " + " | ".join(cells) + " |\n|---|" + "---:|" * len(cells))
     for label, row in means.items():
         print(f"| {label} | " + " | ".join(f"{row[c]:.4f}" for c in cells) + " |")
-    print("\n" + verdict_table(intervals, [(GENERATIVE, DENSE)], cells))
+    print("\n" + verdict_table(intervals, [(GENERATIVE, DENSE), (GENERATIVE, POPULAR)], cells))
     if args.out:
         write_json_atomic(args.out, {"runs": [str(r) for r in runs], "means": means, "intervals": intervals})
 

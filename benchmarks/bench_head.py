@@ -2,10 +2,11 @@
 
 For a Base built on the validation split (a build folder of ``bench_incremental.py`` or of
 ``freshsid experiment --validation``), on a sample of its validation users, Recall and
-nDCG at ``--ks`` (default 1, 10) of: (a) the beam search at the run's beam; (b) the model's own ranking of every
-allowed item, with nothing pruned (:func:`freshsid.retriever.exact.exact_top_k`, which
-``tests/test_exact.py`` holds equal to a beam as wide as the catalog); (c) the dense SASRec the SIDs
-were coded from, exact top-K over the same items. (b) − (a) is search error, what (b)
+nDCG at ``--ks`` (default 1, 10) of: (a) the beam search at the run's beam; (b) the
+model's own ranking of every allowed item, with nothing pruned
+(:func:`freshsid.retriever.exact.exact_top_k`, which ``tests/test_exact.py`` holds equal to
+a beam as wide as the catalog); (c) the dense SASRec the SIDs were coded from, exact top-K
+over the same items. (b) − (a) is search error, what (b)
 lacks against (c) is model error. Also: how often a label in (b)'s top K (the largest of
 ``--ks``) is missing from (a)'s.
 

@@ -21,7 +21,8 @@ from freshsid.recipes import RECIPES
 from freshsid.data.registry import synthetic_dataset
 from freshsid.data.temporal import Window
 from freshsid.evaluate.experiment import Experiment
-from freshsid.policies import ABLATIONS, POLICIES, ModelSpec, Policy, Tokenizer, policy
+from freshsid.evaluate.intervals import read_scores
+from freshsid.policies import ABLATIONS, BASE_MODEL, POLICIES, ModelSpec, Policy, Tokenizer, policy
 from freshsid.retriever.remap import extends
 from freshsid.sid.quantize import residual_encode
 from freshsid.sid.table import SidTable
@@ -487,7 +488,7 @@ def test_summarize_runs_pools_builds_into_intervals_and_verdicts_and_a_kept_run_
 
 
 def test_the_dense_bar_scores_a_finished_run_with_its_own_config_and_reuses_its_stages(run, monkeypatch):
-    """benchmarks/bench_dense_bar.py: Base and SASRec (base) of a finished run, from the config in
+    """benchmarks/bench_dense_bar.py: Base, SASRec (base) and MostPop(gap) of a finished run, from the config in
     its results.json, without building anything again (the scores are the run's own)."""
     experiment, results = run
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # it imports its sibling scripts
@@ -497,10 +498,34 @@ def test_the_dense_bar_scores_a_finished_run_with_its_own_config_and_reuses_its_
 
     before = stages()
     scores = bar.score(experiment.logs, experiment.out, None, 1)
-    assert list(scores) == ["Base", "SASRec (base)"] and stages() == before
+    assert list(scores) == ["Base", "SASRec (base)", "MostPop(gap)"] and stages() == before
     for label, frame in scores.items():
         kept = pl.read_parquet(experiment.out / results["policies"][label]["per_user"][0])
         assert frame.equals(kept)
+
+
+def test_the_recency_pass_trains_base_again_on_its_windows_last_part_only(run, tmp_path, monkeypatch):
+    """benchmarks/bench_recency.py: Base fine-tuned on the last part of its own window (read
+    back from the pass's manifest), Base's checkpoint untouched, scored on Base's users."""
+    experiment, _ = run
+    shutil.copytree(experiment.out, tmp_path / "run")
+    copy = Experiment(experiment.logs, experiment.config, tmp_path / "run", show_progress=False)
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    recency = benchmark_script("bench_recency")
+    base = copy.layout.path(copy.layout.model(BASE_MODEL))
+    weights = {p: p.read_bytes() for p in base.iterdir() if p.is_file()}
+    label, scores, compute = recency.recency_pass(copy, 1, None, None)
+    window = copy.protocol.base
+    manifest = read_manifest(tmp_path / "run/models" / f"base-recent1-e{copy.config.finetune.epochs}-lr{copy.config.finetune.lr:g}")
+    assert manifest.info["target_window"] == str(Window(start=window.stop - 1, stop=window.stop))
+    assert manifest.info["history_window"] == str(Window(start=0, stop=window.stop - 1))
+    assert manifest.parent == read_manifest(base).fingerprint
+    assert {p: p.read_bytes() for p in base.iterdir() if p.is_file()} == weights
+    assert compute["retriever_flops"] > 0 and label.startswith("Base + last 1 part")
+    base_scores = read_scores(copy.out, {"Base": copy.evaluate(policy("Base"))})["Base"]
+    assert np.array_equal(scores["user"].to_numpy(), base_scores["user"].to_numpy())
+    with pytest.raises(SystemExit):
+        recency.recency_pass(copy, window.stop - window.start, None, None)  # the whole window is not a recency pass
 
 
 def test_kcore_filters_the_events_before_the_test_part_and_mostpop_counts_what_is_left(logs, tmp_path):
