@@ -1,5 +1,5 @@
 """Study: Base with a recency pass — its own window's last part(s) trained again — against Base
-and the dense SASRec on the same window, pooled over validation builds (issue 39).
+and the dense SASRec on the same window, pooled over builds (issue 39).
 
 Issue 39's fixes are chosen on validation. What the measurements point to: the next part's
 recall peaks after a few epochs while the in-window loss keeps falling (training longer fits
@@ -9,13 +9,14 @@ tail is lost to drift inside the window, so this asks whether weighting the wind
 recent events more helps: Base, already trained, is fine-tuned on the last ``--parts`` of
 its own window (histories from part 0, the preset's fine-tune settings unless ``--epochs``
 or ``--lr`` say otherwise). It sees no event Base and the dense SASRec did not: the bar
-stays like for like. Each build folder is a ``bench_recipes.py`` validation build, its
-stages reused; only the recency pass is trained (in ``models/base-recent<P>-e<E>-lr<LR>``
-of the build) and scored, on part 8:
+stays like for like. Each build folder's stages are reused; only the recency pass is
+trained (in ``models/base-recent<P>-e<E>-lr<LR>`` of the build) and scored. The folders are
+``bench_recipes.py`` validation builds (``--validation``: scored on part 8), or finished
+``freshsid experiment`` runs, scored with the config in their ``results.json`` (on the
+standard split this reads the test part):
 
-    python benchmarks/bench_recency.py --dataset amazon-beauty --runs runs/inc-beauty/b1,runs/inc-beauty/b2
-
-Reads only the validation split's last part, never the test part.
+    python benchmarks/bench_recency.py --dataset amazon-beauty --validation --runs runs/inc-beauty/b1,runs/inc-beauty/b2
+    python benchmarks/bench_recency.py --dataset amazon-beauty --runs runs/final36-beauty-b1,runs/final36-beauty-b2
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ def recency_pass(run: Experiment, parts: int, epochs: int | None, lr: float | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--runs", required=True, help="comma-separated bench_recipes.py build folders (b<seed>)")
+    parser.add_argument("--runs", required=True, help="comma-separated build folders of one dataset")
+    parser.add_argument("--validation", action="store_true", help="the folders are bench_recipes.py builds (b<seed>)")
     parser.add_argument("--parts", type=int, default=1, help="the last this many parts of Base's window")
     parser.add_argument("--epochs", type=int, help="the pass's epochs (default: the preset's fine-tune)")
     parser.add_argument("--lr", type=float, help="the pass's learning rate (default: the preset's fine-tune)")
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--recipe", default="remap-3", help="the builds' first recipe")
+    parser.add_argument("--preset", default="cpu", help="with --validation: the preset the builds used")
+    parser.add_argument("--recipe", default="remap-3", help="with --validation: the builds' first recipe")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the means and intervals here (JSON)")
     args = parser.parse_args()
@@ -80,7 +82,8 @@ def main() -> None:
     builds, flops = [], []
     for folder in runs:
         repeatable()
-        run = Experiment(logs, config_of(folder, (args.preset, args.recipe), args.threads), folder)
+        validation = (args.preset, args.recipe) if args.validation else None
+        run = Experiment(logs, config_of(folder, validation, args.threads), folder)
         scores = read_scores(folder, {label: run.evaluate(policy(label)) for label in (GENERATIVE, DENSE, POPULAR)})
         label, scores[label], compute = recency_pass(run, args.parts, args.epochs, args.lr)
         base_flops = run.compute(BASE_MODEL)["retriever_flops"]
@@ -89,7 +92,8 @@ def main() -> None:
     intervals = compare(builds, [GENERATIVE, DENSE], KS)
     cells = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]
     means = {name: {c: float(np.mean([b[name][c].mean() for b in builds])) for c in cells} for name in builds[0]}
-    print(f"{args.dataset}, {len(runs)} builds (validation, part 8); the pass costs {np.mean(flops):.3f}x "
+    split = "validation, part 8" if args.validation else "as each run was split"
+    print(f"{args.dataset}, {len(runs)} builds ({split}); the pass costs {np.mean(flops):.3f}x "
           f"Base's training FLOPs\n")
     print("| policy | " + " | ".join(cells) + " |\n|---|" + "---:|" * len(cells))
     for name, row in means.items():
