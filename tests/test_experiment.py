@@ -113,7 +113,13 @@ def violations(experiment: Experiment, results: dict) -> list[str]:
                 found.append(f"{label}: {model} trained on history {said[0]}, targets {said[1]}")
             if info.get("sid_table") != tables[table].content_hash or manifest.inputs.get("sid_table") != info.get("sid_table"):
                 found.append(f"{label}: {model} did not train on the {table} table")
-            if parent is None and manifest.parent is not None:
+            if parent is None and experiment.config.recent_parts:  # from scratch, then the recency pass
+                fit = read_manifest((out / model).parent / f".{Path(model).name}.fit")
+                stop, parts = int(target.split(":")[1]), experiment.config.recent_parts
+                if (manifest.parent, fit.parent, info.get("recent_window"), fit.info.get("target_window")) != (
+                        fit.fingerprint, None, f"{stop - parts}:{stop}", target):
+                    found.append(f"{label}: {model} is not its fit on {target} then a pass on its last {parts} part(s)")
+            elif parent is None and manifest.parent is not None:
                 found.append(f"{label}: {model} was not trained from scratch")
             if parent is not None:
                 base = read_manifest(out / results["policies"][parent]["model"])
@@ -526,6 +532,23 @@ def test_the_recency_pass_trains_base_again_on_its_windows_last_part_only(run, t
     assert np.array_equal(scores["user"].to_numpy(), base_scores["user"].to_numpy())
     with pytest.raises(SystemExit):
         recency.recency_pass(copy, window.stop - window.start, None, None)  # the whole window is not a recency pass
+
+
+def test_from_scratch_models_take_the_recency_pass_the_config_asks_for(run, tmp_path):
+    """recent_parts: Base and Full are fit on their window, then trained again on its last
+    part (read back from their manifests), and what starts from them starts from that."""
+    experiment, _ = run
+    shutil.copytree(experiment.out, tmp_path / "run")
+    config = tiny_config(policies=("Base", "FT-old", "Full"), recent_parts=1)
+    again = Experiment(experiment.logs, config, tmp_path / "run", show_progress=False)
+    again.log = lambda _: None
+    results = again.run()
+    assert violations(again, results) == []
+    base = read_manifest(tmp_path / "run" / results["policies"]["Base"]["model"])
+    assert base.info["recent_window"] == "7:8" and base.parent != read_manifest(experiment.out / "models/scratch-legacy-base").parent
+    assert results["policies"]["Base"]["compute"]["retriever_flops"] > run[1]["policies"]["Base"]["compute"]["retriever_flops"]
+    with pytest.raises(ValueError, match="recent_parts"):
+        tiny_config(recent_parts=8)  # the whole base window again is no recency pass
 
 
 def test_kcore_filters_the_events_before_the_test_part_and_mostpop_counts_what_is_left(logs, tmp_path):

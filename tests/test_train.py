@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from freshsid.artifacts import read_manifest
 from freshsid.data.interactions import from_arrays
 from freshsid.data.temporal import TemporalSplit, Window
 from freshsid.errors import FreshsidError
@@ -117,6 +118,37 @@ def test_fit_finetune_evaluate_and_shape_check(tmp_path):
         pipeline.finetune(tmp_path / "base", split, wrong, target=Window(start=8, stop=9), train_config=cfg,
                           out=tmp_path / "bad", show_progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_recency_pass_is_the_fine_tune_of_the_fit_on_the_windows_last_part(tmp_path):
+    """pipeline.fit with recent_parts: the same weights as fitting, then fine-tuning that
+    checkpoint on the window's last part; the record names both windows, its parent is the
+    fit, and its compute is both runs'."""
+    torch.set_num_threads(1)
+    split, table = tiny_world()
+    fit_cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_steps=2, seed=5)
+    recent_cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-3, warmup_steps=1, seed=9)
+    window = Window(start=0, stop=8)
+    passed = pipeline.fit(split, table, window=window, model_config=tiny_model(table), train_config=fit_cfg,
+                          out=tmp_path / "base", show_progress=False, recent_parts=1, recent_config=recent_cfg)
+    fitted = read_manifest(tmp_path / ".base.fit")
+    assert fitted.info["target_window"] == str(window) and "recent_window" not in fitted.info
+    tuned = pipeline.finetune(tmp_path / ".base.fit", split, table, target=Window(start=7, stop=8),
+                              train_config=recent_cfg, out=tmp_path / "tuned", show_progress=False)
+    for name, weight in tuned.model.state_dict().items():
+        assert torch.equal(weight, passed.model.state_dict()[name]), name
+    info = passed.manifest.info
+    assert info["mode"] == "fit" and info["target_window"] == info["history_window"] == str(window)
+    assert info["recent_window"] == str(Window(start=7, stop=8)) and passed.manifest.parent == fitted.fingerprint
+    assert pipeline.trained_span(passed.manifest) == window
+    assert passed.manifest.compute["retriever_flops"] == pytest.approx(
+        fitted.compute["retriever_flops"] + tuned.compute["retriever_flops"])
+    for parts in (8, 3):
+        with pytest.raises(FreshsidError):
+            pipeline.fit(split, table, window=window, model_config=tiny_model(table), train_config=fit_cfg,
+                         out=tmp_path / f"bad{parts}", show_progress=False, recent_parts=parts,
+                         recent_config=None if parts == 3 else recent_cfg)
+        assert not (tmp_path / f"bad{parts}").exists()
 
 
 def test_lr_schedules_warm_up_then_decay_or_hold():

@@ -234,6 +234,8 @@ class GenerativeRetriever:
     Args:
         model: size preset of the network (``tiny``, ``cpu`` or ``paper``).
         fit_config: schedule of :meth:`fit` (from scratch); finetune_config: of :meth:`finetune`.
+        recent_parts: :meth:`fit` then trains again on the last this many parts of its
+            window with ``finetune_config`` (the recency pass; 0: none).
         max_history: items of history the model reads.
         beam: beam width of the decoding (default: ``k`` of each call).
         recipe: the recipe; its ``remap_levels`` say whether :meth:`finetune` onto another
@@ -256,11 +258,12 @@ class GenerativeRetriever:
     """
 
     def __init__(self, *, model: str = "tiny", fit_config: TrainConfig | None = None,
-                 finetune_config: TrainConfig | None = None, max_history: int = 20, beam: int | None = None,
-                 recipe: str = "cold", threads: int | None = None) -> None:
+                 finetune_config: TrainConfig | None = None, recent_parts: int = 0, max_history: int = 20,
+                 beam: int | None = None, recipe: str = "cold", threads: int | None = None) -> None:
         self.model = model
         self.fit_config = fit_config
         self.finetune_config = finetune_config
+        self.recent_parts = recent_parts
         self.max_history = max_history
         self.beam = beam
         self.recipe = recipe
@@ -274,12 +277,12 @@ class GenerativeRetriever:
     def from_config(cls, config: str | ExperimentConfig = "tiny") -> GenerativeRetriever:
         """The retriever an experiment config (or a preset's name) describes."""
         cfg = _config(config)
-        return cls(model=cfg.retriever, fit_config=cfg.fit, finetune_config=cfg.finetune,
+        return cls(model=cfg.retriever, fit_config=cfg.fit, finetune_config=cfg.finetune, recent_parts=cfg.recent_parts,
                    max_history=cfg.protocol.max_history, beam=cfg.beam, recipe=cfg.recipe, threads=cfg.threads)
 
     def get_params(self) -> dict[str, Any]:
         return {"model": self.model, "fit_config": self.fit_config, "finetune_config": self.finetune_config,
-                "max_history": self.max_history, "beam": self.beam, "recipe": self.recipe,
+                "recent_parts": self.recent_parts, "max_history": self.max_history, "beam": self.beam, "recipe": self.recipe,
                 "threads": self.threads}
 
     def set_params(self, **params: Any) -> GenerativeRetriever:
@@ -307,12 +310,14 @@ class GenerativeRetriever:
 
     def fit(self, split: TemporalSplit, table: SidTable, *, window: Window, out: str | Path | None = None,
             progress: bool = False) -> GenerativeRetriever:
-        """Train from scratch on the events of ``window``; the checkpoint goes to ``out``
-        (default: a temporary folder; keep it with :meth:`save`)."""
+        """Train from scratch on the events of ``window`` (then, with ``recent_parts``, again on
+        its last parts); the checkpoint goes to ``out`` (default: a temporary folder; keep it
+        with :meth:`save`)."""
         folder = self._out(out)
         config = RetrieverConfig.preset(self.model, codebook_sizes=table.codebook_sizes, max_history=self.max_history)
         result = pipeline.fit(split, table, window=window, model_config=config,
-                              train_config=self.fit_config or preset("tiny").fit, out=folder, show_progress=progress)
+                              train_config=self.fit_config or preset("tiny").fit, out=folder, show_progress=progress,
+                              recent_parts=self.recent_parts, recent_config=self.finetune_config or preset("tiny").finetune)
         self._learnt(result, table, folder)
         return self
 

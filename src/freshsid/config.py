@@ -186,6 +186,11 @@ class ExperimentConfig(BaseModel):
     retriever: PresetName = "cpu"
     fit: TrainConfig = TrainConfig()
     finetune: TrainConfig = TrainConfig(epochs=2, lr=5e-4, warmup_steps=10, patience=2)
+    # Every retriever trained from scratch (Base, Full) is then trained again on the last
+    # this many parts of its window with the ``finetune`` settings: the recency pass
+    # (freshsid.retriever.pipeline.fit), chosen for the cpu preset on the validation splits
+    # (benchmarks/RESULTS.md, issue 39). 0: none.
+    recent_parts: int = Field(0, ge=0)
     beam: int = Field(DEFAULT_BEAM, gt=0)
     ks: tuple[int, ...] = DEFAULT_KS
     max_eval_users: int | None = Field(None, gt=0)
@@ -223,6 +228,14 @@ class ExperimentConfig(BaseModel):
         if levels > self.sid.n_levels:
             raise ValueError(f"recipe {self.recipe!r} carries {levels} levels of code embeddings but the SIDs have "
                              f"{self.sid.n_levels}; choose a recipe that carries fewer (remap-1) or build more levels")
+        return self
+
+    @model_validator(mode="after")
+    def _recency_within_base(self) -> ExperimentConfig:
+        parts = self.protocol.base.stop - self.protocol.base.start
+        if self.recent_parts >= parts:
+            raise ValueError(f"recent_parts ({self.recent_parts}) must be fewer than the base window's {parts} parts, "
+                             "or the recency pass would train on the whole window again")
         return self
 
     @property
@@ -299,6 +312,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         preset="cpu",
         fit=TrainConfig(epochs=8, batch_size=256, lr=1e-3, patience=2),
         finetune=TrainConfig(epochs=2, batch_size=256, lr=5e-4, warmup_steps=10, patience=2),
+        recent_parts=1,
         max_eval_users=None,
     ),
     "paper": dict(

@@ -65,6 +65,9 @@ def train(
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
+    recent_parts: Annotated[int | None, typer.Option(
+        "--recent-parts", min=0, help="Then train again on the last this many parts of --parts, with the preset's "
+                                      "fine-tune schedule (default: the preset's; 0: no recency pass).")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -83,7 +86,9 @@ def train(
     window = Window.parse(parts)
     table = SidTable.load(sids)
     split = load_split(data, table)
-    retriever = GenerativeRetriever(model=exp.retriever, fit_config=train_config, max_history=exp.protocol.max_history)
+    retriever = GenerativeRetriever(model=exp.retriever, fit_config=train_config, finetune_config=exp.finetune,
+                                    recent_parts=exp.recent_parts if recent_parts is None else recent_parts,
+                                    max_history=exp.protocol.max_history)
     retriever.fit(split, table, window=window, out=out, progress=show_progress())
     _print_trained(retriever.manifest_, out)
 

@@ -164,7 +164,8 @@ class Experiment:
             def build(folder: Path) -> tuple[Retriever, Manifest]:
                 result = pipeline.fit(self.split, table, window=window, out=folder, show_progress=self.progress,
                                       model_config=RetrieverConfig.preset(cfg.retriever, codebook_sizes=table.codebook_sizes,
-                                                                          max_history=self.protocol.max_history), train_config=train_config)
+                                                                          max_history=self.protocol.max_history),
+                                      train_config=train_config, recent_parts=cfg.recent_parts, recent_config=cfg.finetune)
                 return result.model, result.manifest
 
             parent = None
@@ -186,6 +187,8 @@ class Experiment:
                parent and self._fingerprint(parent)]
         if remap:  # (appended only when set: the keys of runs without it stay as they were)
             key.append(remap.key())
+        if spec.start is Start.SCRATCH and cfg.recent_parts:  # (likewise)
+            key.append(["recent", cfg.recent_parts, cfg.finetune])
         key += self._split_key()
         return self.cache.get(self.layout.model(spec, seed), key, build,
                               lambda folder: load_checkpoint(folder, expected_shape=table.codebook_sizes))

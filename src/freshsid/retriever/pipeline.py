@@ -46,13 +46,38 @@ def fit(
     train_config: TrainConfig,
     out: Path,
     show_progress: bool = True,
+    recent_parts: int = 0,
+    recent_config: TrainConfig | None = None,
 ) -> TrainResult:
-    """Train a retriever from scratch on the events of ``window``."""
+    """Train a retriever from scratch on the events of ``window``.
+
+    ``recent_parts``: then train it again, with ``recent_config``, on the events of the last
+    that many parts of ``window`` (histories from its start), as a fine-tune would: a recency
+    pass, which the next period's recall gains from where the window has drifted
+    (``benchmarks/RESULTS.md``, issue 39). The fitted model is kept beside ``out``
+    (``.<name>.fit``); ``out``'s record holds both runs' compute and the pass's window."""
     _check_shape(model_config, table)
+    if recent_parts and not (0 < recent_parts < window.stop - window.start and recent_config is not None):
+        raise FreshsidError(f"A recency pass over the last {recent_parts} part(s) needs its training settings and a "
+                            f"window of more parts than that ({window} has {window.stop - window.start}); "
+                            "pass 0 parts for none.")
     seqs = training_windows(split, table, history=window, target=window, max_history=model_config.max_history)
     torch.manual_seed(train_config.seed)
-    return _train(Retriever(model_config), split, table, seqs, train_config=train_config, out=out, parent=None,
-                  meta={"mode": "fit", "history_window": str(window), "target_window": str(window)}, show_progress=show_progress)
+    meta = {"mode": "fit", "history_window": str(window), "target_window": str(window)}
+    out = Path(out)
+    fitted = _train(Retriever(model_config), split, table, seqs, train_config=train_config,
+                    out=out.parent / f".{out.name}.fit" if recent_parts else out, parent=None, meta=meta,
+                    show_progress=show_progress)
+    if not recent_parts:
+        return fitted
+    recent = Window(start=window.stop - recent_parts, stop=window.stop)
+    seqs = training_windows(split, table, history=Window(start=window.start, stop=recent.start), target=recent,
+                            max_history=model_config.max_history)
+    # The fitted model as a fine-tune would load it (its best epoch), so that the pass is the
+    # same run as pipeline.finetune from that checkpoint.
+    model, _ = load_checkpoint(out.parent / f".{out.name}.fit", expected_shape=table.codebook_sizes)
+    return _train(model, split, table, seqs, train_config=recent_config, out=out, parent=fitted.manifest.fingerprint,
+                  meta={**meta, "recent_window": str(recent)}, show_progress=show_progress, spent=fitted.compute)
 
 
 def finetune(
@@ -108,7 +133,7 @@ def finetune(
 
 
 def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_progress, embedding_steps=0,
-           teacher=None) -> TrainResult:
+           teacher=None, spent=None) -> TrainResult:
     """The training call fit and finetune share; the resume state lives beside ``out``."""
     out = Path(out)
     return train(
@@ -124,6 +149,7 @@ def _train(model, split, table, seqs, *, train_config, out, parent, meta, show_p
         show_progress=show_progress,
         embedding_steps=embedding_steps,
         teacher=teacher,
+        spent=spent,
     )
 
 

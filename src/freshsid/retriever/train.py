@@ -86,6 +86,7 @@ def train(
     on_step: Callable[[int], None] | None = None,
     embedding_steps: int = 0,
     teacher: Teacher | None = None,
+    spent: dict[str, float] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``seqs`` and write the best-validation checkpoint to ``out``.
 
@@ -109,6 +110,8 @@ def train(
         teacher: a frozen model whose mapped code distributions the loss also pulls
             towards (:mod:`freshsid.retriever.distill`), its weight annealed over the
             ``epochs`` x steps of the schedule.
+        spent: compute this model already cost before this run (a fit before its recency
+            pass, :func:`freshsid.retriever.pipeline.fit`), added to the record's.
     """
     cfg, rt = config, current()
     train_seqs, valid_seqs = split_validation(seqs, cfg.valid_fraction, cfg.seed)
@@ -159,7 +162,7 @@ def train(
     if "best_model" in state:
         model.load_state_dict(state["best_model"])
     model.eval()
-    compute = dict(state["compute"])
+    compute = {name: value + (spent or {}).get(name, 0.0) for name, value in state["compute"].items()}
     meta = {**(extra_meta or {}), "history": state["history"], "best_epoch": state["best_epoch"],
             "steps_per_epoch": steps_per_epoch,
             "train": cfg.model_dump(), "train_windows": len(train_seqs), "processes": rt.world_size,
