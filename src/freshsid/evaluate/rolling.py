@@ -155,10 +155,12 @@ class Rolling:
             pipeline.fit(self.split, table, window=window, out=folder, show_progress=self.progress,
                          model_config=RetrieverConfig.preset(cfg.retriever, codebook_sizes=table.codebook_sizes,
                                                              max_history=cfg.protocol.max_history),
-                         train_config=cfg.fit)
+                         train_config=cfg.fit, recent_parts=cfg.recent_parts, recent_config=cfg.finetune)
             return stage
 
         key = [table.content_hash, cfg.retriever, cfg.protocol.max_history, cfg.fit, str(window)]
+        if cfg.recent_parts:  # (appended only when set: the keys of runs without it stay as they were)
+            key.append(["recent", cfg.recent_parts, cfg.finetune])
         self.cache.get(stage, key, build, _checked)
 
     def _finetune(self, stage: str, parent: str, spoken: SidTable, table: SidTable, target: Window,

@@ -43,6 +43,9 @@ class RollingConfig(BaseModel):
         if self.initial > last:
             raise ValueError(f"initial ({self.initial}) must leave at least one round: at most n_parts - 2 - held_out "
                              f"= {last}")
+        if self.run.recent_parts >= self.initial:
+            raise ValueError(f"the run's recency pass ({self.run.recent_parts} part(s)) must be shorter than the "
+                             f"initial build's {self.initial} parts")
         unknown = [s for s in self.strategies if s not in ROLLING_STRATEGIES]
         if unknown or not self.strategies:
             raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(ROLLING_STRATEGIES)}")
