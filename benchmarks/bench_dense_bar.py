@@ -66,21 +66,31 @@ def score(logs, run: Path, validation: tuple[str, str] | None, threads: int) -> 
     return read_scores(run, {label: experiment.evaluate(policy(label)) for label in (GENERATIVE, DENSE, POPULAR)})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a study over finished builds (this script's and ``bench_recency.py``'s)."""
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--runs", required=True, help="comma-separated build folders of one dataset")
-    parser.add_argument("--validation", action="store_true", help="the folders are bench_recipes.py builds")
+    parser.add_argument("--validation", action="store_true", help="the folders are bench_recipes.py builds (b<seed>)")
     parser.add_argument("--preset", default="cpu", help="with --validation: the preset the builds used")
     parser.add_argument("--recipe", default="remap-3", help="with --validation: the builds' first recipe")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the means and intervals here (JSON)")
-    args = parser.parse_args()
+
+
+def builds_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[Path], tuple[str, str] | None]:
+    """The build folders (two or more) and, with --validation, their (preset, first recipe)."""
     runs = [Path(r) for r in args.runs.split(",")]
     if len(runs) < 2:
         parser.error("--runs needs two builds or more: with one there is no t interval, so no verdict")
+    return runs, (args.preset, args.recipe) if args.validation else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    build_options(parser)
+    args = parser.parse_args()
+    runs, validation = builds_of(parser, args)
     logs = load_dataset(args.dataset)
-    validation = (args.preset, args.recipe) if args.validation else None
     builds = [score(logs, run, validation, args.threads) for run in runs]
     intervals = compare(builds, [DENSE, POPULAR], KS)
     cells = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]

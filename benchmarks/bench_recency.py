@@ -22,12 +22,11 @@ standard split this reads the test part):
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench_dense_bar import DENSE, GENERATIVE, POPULAR, config_of
+from bench_dense_bar import DENSE, GENERATIVE, POPULAR, build_options, builds_of, config_of
 from freshsid.artifacts import write_json_atomic
 from freshsid.data.registry import load_dataset
 from freshsid.data.temporal import Window
@@ -63,26 +62,17 @@ def recency_pass(run: Experiment, parts: int, epochs: int | None, lr: float | No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--runs", required=True, help="comma-separated build folders of one dataset")
-    parser.add_argument("--validation", action="store_true", help="the folders are bench_recipes.py builds (b<seed>)")
+    build_options(parser)
     parser.add_argument("--parts", type=int, default=1, help="the last this many parts of Base's window")
     parser.add_argument("--epochs", type=int, help="the pass's epochs (default: the preset's fine-tune)")
     parser.add_argument("--lr", type=float, help="the pass's learning rate (default: the preset's fine-tune)")
-    parser.add_argument("--preset", default="cpu", help="with --validation: the preset the builds used")
-    parser.add_argument("--recipe", default="remap-3", help="with --validation: the builds' first recipe")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, help="write the means and intervals here (JSON)")
     args = parser.parse_args()
-    runs = [Path(r) for r in args.runs.split(",")]
-    if len(runs) < 2:
-        parser.error("--runs needs two builds or more: with one there is no t interval, so no verdict")
+    runs, validation = builds_of(parser, args)
     torch.set_num_threads(args.threads)
     logs = load_dataset(args.dataset)
     builds, flops = [], []
     for folder in runs:
         repeatable()
-        validation = (args.preset, args.recipe) if args.validation else None
         run = Experiment(logs, config_of(folder, validation, args.threads), folder)
         scores = read_scores(folder, {label: run.evaluate(policy(label)) for label in (GENERATIVE, DENSE, POPULAR)})
         label, scores[label], compute = recency_pass(run, args.parts, args.epochs, args.lr)
