@@ -60,14 +60,14 @@ def fit(
     if recent_parts and not (0 < recent_parts < window.stop - window.start and recent_config is not None):
         raise FreshsidError(f"A recency pass over the last {recent_parts} part(s) needs its training settings and a "
                             f"window of more parts than that ({window} has {window.stop - window.start}); "
-                            "pass 0 parts for none.")
+                            "set it to 0 (--recent-parts 0) for none.")
     seqs = training_windows(split, table, history=window, target=window, max_history=model_config.max_history)
     torch.manual_seed(train_config.seed)
     meta = {"mode": "fit", "history_window": str(window), "target_window": str(window)}
     out = Path(out)
-    fitted = _train(Retriever(model_config), split, table, seqs, train_config=train_config,
-                    out=out.parent / f".{out.name}.fit" if recent_parts else out, parent=None, meta=meta,
-                    show_progress=show_progress)
+    fit_out = out.parent / f".{out.name}.fit" if recent_parts else out
+    fitted = _train(Retriever(model_config), split, table, seqs, train_config=train_config, out=fit_out, parent=None,
+                    meta=meta, show_progress=show_progress)
     if not recent_parts:
         return fitted
     recent = Window(start=window.stop - recent_parts, stop=window.stop)
@@ -75,7 +75,7 @@ def fit(
                             max_history=model_config.max_history)
     # The fitted model as a fine-tune would load it (its best epoch), so that the pass is the
     # same run as pipeline.finetune from that checkpoint.
-    model, _ = load_checkpoint(out.parent / f".{out.name}.fit", expected_shape=table.codebook_sizes)
+    model, _ = load_checkpoint(fit_out, expected_shape=table.codebook_sizes)
     return _train(model, split, table, seqs, train_config=recent_config, out=out, parent=fitted.manifest.fingerprint,
                   meta={**meta, "recent_window": str(recent)}, show_progress=show_progress, spent=fitted.compute)
 
