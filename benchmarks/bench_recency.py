@@ -9,7 +9,8 @@ tail is lost to drift inside the window, so this asks whether weighting the wind
 recent events more helps: Base, already trained, is fine-tuned on the last ``--parts`` of
 its own window (histories from part 0, the preset's fine-tune settings unless ``--epochs``
 or ``--lr`` say otherwise). It sees no event Base and the dense SASRec did not: the bar
-stays like for like. Each build folder's stages are reused; only the recency pass is
+stays like for like. (This is how the pass was chosen, on builds made before the ``cpu``
+preset took it; on a build of today's preset Base has had it, and this adds a second.) Each build folder's stages are reused; only the recency pass is
 trained (in ``models/base-recent<P>-e<E>-lr<LR>`` of the build) and scored. The folders are
 ``bench_recipes.py`` validation builds (``--validation``: scored on part 8), or finished
 ``freshsid experiment`` runs, scored with the config in their ``results.json`` (on the
