@@ -42,7 +42,7 @@ from freshsid.evaluate.intervals import compare, read_scores, user_scores
 from freshsid.evaluate.report import interval_sections
 from freshsid.policies import policy
 from freshsid.runtime import repeatable
-from summarize_runs import verdict_table
+from summarize_runs import build_means, means_table, verdict_table
 
 KS = (1, 10, 100, 500)
 DENSE = "dense SASRec"
@@ -136,13 +136,11 @@ def main() -> None:
     ks = tuple(k for k in KS if f"recall@{k}" in builds[0][DENSE].columns)
     intervals = compare(builds, [labels[0], DENSE], ks)
     cells = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
-    means = {label: {c: float(np.mean([b[label][c].mean() for b in builds])) for c in cells} for label in labels}
+    means = build_means(builds, cells)
     write_json_atomic(args.out / f"{args.policy.lower()}-converge-pooled.json",
                       {"seeds": seeds, "means": means, "intervals": intervals})
     print(f"\n{args.dataset}, builds {seeds}, pooled\n")
-    print("| budget | " + " | ".join(cells) + " |\n|---|" + "---:|" * len(cells))
-    for label, row in means.items():
-        print(f"| {label} | " + " | ".join(f"{row[c]:.4f}" for c in cells) + " |")
+    print(means_table(means, cells, first="budget"))
     pairs = [(label, ref) for ref in (labels[0], DENSE) for label in labels if label not in (ref, DENSE)]
     print("\n" + verdict_table(intervals, pairs, cells))
 

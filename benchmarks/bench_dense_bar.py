@@ -26,7 +26,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench_recipes import validation_config
@@ -37,7 +36,7 @@ from freshsid.evaluate.experiment import Experiment
 from freshsid.evaluate.intervals import compare, read_scores
 from freshsid.policies import policy
 from freshsid.runtime import repeatable
-from summarize_runs import verdict_table
+from summarize_runs import build_means, means_table, verdict_table
 
 GENERATIVE, DENSE, POPULAR = "Base", "SASRec (base)", "MostPop(gap)"  # the last: the simplest baseline
 KS = (1, 10, 100, 500)
@@ -94,11 +93,9 @@ def main() -> None:
     builds = [score(logs, run, validation, args.threads) for run in runs]
     intervals = compare(builds, [DENSE, POPULAR], KS)
     cells = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]
-    means = {label: {c: float(np.mean([b[label][c].mean() for b in builds])) for c in cells} for label in builds[0]}
+    means = build_means(builds, cells)
     print(f"{args.dataset}, {len(runs)} builds ({'validation, part 8' if args.validation else 'as each run was split'})\n")
-    print("| policy | " + " | ".join(cells) + " |\n|---|" + "---:|" * len(cells))
-    for label, row in means.items():
-        print(f"| {label} | " + " | ".join(f"{row[c]:.4f}" for c in cells) + " |")
+    print(means_table(means, cells))
     print("\n" + verdict_table(intervals, [(GENERATIVE, DENSE), (GENERATIVE, POPULAR)], cells))
     if args.out:
         write_json_atomic(args.out, {"runs": [str(r) for r in runs], "means": means, "intervals": intervals})

@@ -36,7 +36,7 @@ from freshsid.evaluate.intervals import compare, read_scores, user_scores
 from freshsid.policies import BASE_MODEL, Tokenizer, policy
 from freshsid.retriever import pipeline
 from freshsid.runtime import repeatable
-from summarize_runs import verdict_table
+from summarize_runs import build_means, means_table, verdict_table
 
 KS = (1, 10, 100, 500)
 
@@ -82,13 +82,11 @@ def main() -> None:
         builds.append(scores)
     intervals = compare(builds, [GENERATIVE, DENSE], KS)
     cells = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]
-    means = {name: {c: float(np.mean([b[name][c].mean() for b in builds])) for c in cells} for name in builds[0]}
+    means = build_means(builds, cells)
     split = "validation, part 8" if args.validation else "as each run was split"
     print(f"{args.dataset}, {len(runs)} builds ({split}); the pass costs {np.mean(flops):.3f}x "
           f"Base's training FLOPs\n")
-    print("| policy | " + " | ".join(cells) + " |\n|---|" + "---:|" * len(cells))
-    for name, row in means.items():
-        print(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in cells) + " |")
+    print(means_table(means, cells))
     print("\n" + verdict_table(intervals, [(label, GENERATIVE), (label, DENSE), (GENERATIVE, DENSE)], cells))
     if args.out:
         write_json_atomic(args.out, {"runs": [str(r) for r in runs], "pass_flops_over_base": flops, "means": means,

@@ -39,6 +39,7 @@ from freshsid.evaluate.report import interval_sections
 from freshsid.policies import policy
 from freshsid.recipes import RECIPES
 from freshsid.runtime import repeatable
+from summarize_runs import means_table
 
 RULE_KS = (1, 10, 50, 100, 200, 500)
 OPPONENT, REFRESH = "FT-old+new", "Refresh with remap+new"
@@ -125,9 +126,7 @@ def main() -> None:
     write_json_atomic(args.out / "recipes.json", {"seeds": args.seeds, "means": means, "intervals": intervals,
                                                   "choice": choice})
     columns = [f"recall@{k}" for k in RULE_KS] + ["ndcg@10", "ndcg@500", "base:recall@1", "base:recall@500"]
-    print("| policy | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
-    for label, row in means.items():
-        print(f"| {label} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")
+    print(means_table(means, columns))
     print(json.dumps(choice, indent=1))
     for reference, table in interval_sections({"intervals": intervals, "policies": {}}).items():
         print(f"#### Against {reference}\n\n{table}\n")

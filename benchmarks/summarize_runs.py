@@ -48,6 +48,19 @@ def _span(low: float | None, high: float | None) -> str:
     return "—" if low is None else f"[{low:+.4f}, {high:+.4f}]"
 
 
+def build_means(builds: list[dict], cells: list[str]) -> dict[str, dict[str, float]]:
+    """Per label of the first build, per cell: the mean over builds of its mean over users."""
+    return {label: {c: sum(float(b[label][c].mean()) for b in builds) / len(builds) for c in cells}
+            for label in builds[0]}
+
+
+def means_table(means: dict[str, dict[str, float]], cells: list[str], first: str = "policy") -> str:
+    """``means`` (label -> cell -> value) as a Markdown table, a row per label."""
+    lines = [f"| {first} | " + " | ".join(cells) + " |", "|---|" + "---:|" * len(cells)]
+    lines += [f"| {label} | " + " | ".join(f"{row[c]:.4f}" for c in cells) + " |" for label, row in means.items()]
+    return "\n".join(lines)
+
+
 def verdict_table(intervals: dict, pairs: list[tuple[str, str]], cells: list[str]) -> str:
     """One row per (policy, reference) and cell: the difference, its nested, crossed and t
     intervals, the sign count and the verdict (ahead/behind only when crossed and t agree)."""

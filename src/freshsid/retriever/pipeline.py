@@ -73,10 +73,9 @@ def fit(
     recent = Window(start=window.stop - recent_parts, stop=window.stop)
     seqs = training_windows(split, table, history=Window(start=window.start, stop=recent.start), target=recent,
                             max_history=model_config.max_history)
-    # The fitted model as a fine-tune would load it (its best epoch), so that the pass is the
-    # same run as pipeline.finetune from that checkpoint.
-    model, _ = load_checkpoint(fit_out, expected_shape=table.codebook_sizes)
-    return _train(model, split, table, seqs, train_config=recent_config, out=out, parent=fitted.manifest.fingerprint,
+    # (fitted.model holds its best epoch's weights, those of its checkpoint: the pass is the
+    # same run as pipeline.finetune from that checkpoint, which tests/test_train.py holds.)
+    return _train(fitted.model, split, table, seqs, train_config=recent_config, out=out, parent=fitted.manifest.fingerprint,
                   meta={**meta, "recent_window": str(recent)}, show_progress=show_progress, spent=fitted.compute)
 
 
